@@ -1,0 +1,43 @@
+# dcloop: `make run` and `make test` do all the set-up on a fresh machine.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+# torch/torchvision/torchaudio pinned together (torchaudio's ABI follows torch).
+TORCH  := torch==2.14.1 torchvision==0.29.1 torchaudio==2.11.0
+ARGS   ?=
+
+.PHONY: install run test test-fast lint format bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet $(TORCH)
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+run: install  ## the default experiment: digits, injected noise, K=5, CPU
+	$(BIN)/dcloop $(ARGS)
+
+test: install  ## the whole test suite (what CI runs)
+	$(BIN)/python -m pytest -q
+
+test-fast: install
+	$(BIN)/python -m pytest -q -m "not slow"
+
+lint: install
+	$(BIN)/ruff check dcloop tests scripts
+	$(BIN)/ruff format --check dcloop tests scripts
+
+format: install
+	$(BIN)/ruff format dcloop tests scripts
+	$(BIN)/ruff check --fix dcloop tests scripts
+
+bench: install
+	$(BIN)/python scripts/bench_noise.py
+	$(BIN)/python scripts/bench_cl_engine.py
+
+clean:
+	rm -rf $(VENV) outputs multirun .pytest_cache

@@ -1,0 +1,6 @@
+"""Lightning callbacks: thin hooks over dcloop's functional core."""
+
+from dcloop.callbacks.confident_learning import ConfidentLearning
+from dcloop.callbacks.oof import OOFCollector
+
+__all__ = ["ConfidentLearning", "OOFCollector"]

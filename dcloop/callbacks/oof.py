@@ -1,0 +1,208 @@
+"""Out-of-fold softmax collection into a device-resident ``[N, C]`` buffer."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, DistributedSampler
+
+from dcloop.validation import check_batch
+
+log = logging.getLogger(__name__)
+
+
+def dedup_last(index: torch.Tensor, probs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Keep one row per index (padded distributed samplers repeat samples); on device."""
+    order = torch.argsort(index, stable=True)
+    index, probs = index[order], probs[order]
+    keep = torch.ones_like(index, dtype=torch.bool)
+    keep[1:] = index[1:] != index[:-1]
+    return index[keep], probs[keep]
+
+
+class OOFCollector(L.Callback):
+    """After each training epoch, write each sample's out-of-fold softmax by index.
+
+    The pass runs over an un-augmented loader of the training set in eval mode.
+    With dcloop's :class:`~dcloop.models.FoldEnsemble` the probabilities come from
+    ``pl_module.oof_probs(x, index)`` (each sample's held-out replica). With any
+    other LightningModule (sequential mode: fold k is an ordinary Trainer run) they
+    are ``softmax(pl_module(x))`` on a loader of the held-out fold only.
+
+    Per batch nothing leaves the device; under DDP the ``(index, probs)`` pairs are
+    gathered once at epoch end and the duplicates a padded sampler adds are dropped.
+
+    Args:
+        num_samples: N, rows of the buffer (default: ``pl_module.num_samples``).
+        num_classes: C (default: ``pl_module.num_classes``).
+        dataloader: loader of ``(x, y, index)`` items to predict (default:
+            ``trainer.datamodule.oof_dataloader()``).
+        every_n_epochs: collect every n-th epoch (the last epoch always collects).
+        require_full_coverage: raise if some row was never written (fold-parallel
+            mode); sequential mode covers only its fold, so set it False there.
+        dtype: of the buffer (``torch.float16`` halves memory at ImageNet scale).
+
+    Example:
+        >>> oof = OOFCollector(num_samples=N, num_classes=C, dataloader=held_out_loader,
+        ...                    require_full_coverage=False)  # doctest: +SKIP
+        >>> L.Trainer(callbacks=[oof]).fit(my_module, train_loader)  # doctest: +SKIP
+        >>> index, probs = oof.shard()  # doctest: +SKIP
+    """
+
+    def __init__(self, num_samples: int | None = None, num_classes: int | None = None, *,
+                 dataloader: DataLoader | None = None, every_n_epochs: int = 1,
+                 require_full_coverage: bool = True, dtype: torch.dtype = torch.float32) -> None:
+        if every_n_epochs < 1:
+            raise ValueError(f"every_n_epochs must be >= 1; got {every_n_epochs}")
+        for name, v in (("num_samples", num_samples), ("num_classes", num_classes)):
+            if v is not None and v < 1:
+                raise ValueError(f"{name} must be a positive integer; got {v}")
+        self.num_samples = num_samples
+        self.num_classes = num_classes
+        self.dataloader = dataloader
+        self.every_n_epochs = every_n_epochs
+        self.require_full_coverage = require_full_coverage
+        self.dtype = dtype
+        self.probs: torch.Tensor | None = None
+        self.seen: torch.Tensor | None = None
+        self.last_epoch = -1
+        self._pending: dict[str, Any] | None = None
+
+    @property
+    def state_key(self) -> str:
+        return self._generate_state_key(num_samples=self.num_samples,
+                                        num_classes=self.num_classes)
+
+    # ------------------------------------------------------------------ hooks
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if self.num_samples is None:
+            self.num_samples = int(getattr(pl_module, "num_samples", 0)) or None
+        if self.num_classes is None:
+            self.num_classes = int(getattr(pl_module, "num_classes", 0)) or None
+        if self.num_samples is None or self.num_classes is None:
+            raise ValueError("OOFCollector needs num_samples and num_classes (pass them, or "
+                             "give the LightningModule `num_samples` / `num_classes`)")
+        self._allocate(pl_module.device)
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        epoch = trainer.current_epoch
+        last = trainer.max_epochs is not None and epoch + 1 >= trainer.max_epochs
+        if (epoch + 1) % self.every_n_epochs and not last:
+            return
+        self.collect(trainer, pl_module)
+        self.last_epoch = epoch
+
+    def state_dict(self) -> dict[str, Any]:
+        if self.probs is None:
+            return {"last_epoch": self.last_epoch}
+        return {"probs": self.probs.cpu(), "seen": self.seen.cpu(), "last_epoch": self.last_epoch}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.last_epoch = state_dict.get("last_epoch", -1)
+        self._pending = state_dict
+        if self.probs is not None:
+            self._allocate(self.probs.device)
+
+    # ----------------------------------------------------------------- public
+    def collect(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Run the OOF pass now and write the buffer (called at each epoch end)."""
+        self._allocate(pl_module.device)
+        loader = self._loader(trainer)
+        distributed = trainer.world_size > 1
+        parts_i, parts_p = [], []
+        was_training = pl_module.training
+        pl_module.eval()
+        try:
+            with torch.inference_mode():
+                for i, batch in enumerate(loader):
+                    if i == 0:
+                        check_batch(batch)
+                    batch = pl_module.transfer_batch_to_device(batch, pl_module.device, 0)
+                    index, probs = batch[2].long(), self._predict(pl_module, batch)
+                    if distributed:
+                        parts_i.append(index)
+                        parts_p.append(probs)
+                    else:
+                        self.probs.index_copy_(0, index, probs.to(self.dtype))
+                        self.seen[index] = True
+        finally:
+            pl_module.train(was_training)
+        if distributed:
+            self._write_gathered(pl_module, parts_i, parts_p)
+        if self.require_full_coverage:
+            self._check_coverage()
+
+    def shard(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(index (M,), probs (M, C))`` of the rows written so far, on the host."""
+        rows = self.seen.nonzero().flatten()
+        return rows.cpu().numpy(), self.probs[rows].float().cpu().numpy()
+
+    def save_shard(self, path: str | Path) -> Path:
+        """Write :meth:`shard` to an ``.npz`` with arrays ``index`` and ``probs``."""
+        index, probs = self.shard()
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        np.savez(path, index=index, probs=probs)
+        return path
+
+    # ---------------------------------------------------------------- private
+    def _allocate(self, device: torch.device) -> None:
+        if self.probs is None or self.probs.device != device:
+            shape = (self.num_samples, self.num_classes)
+            if self.probs is None:
+                self.probs = torch.zeros(shape, dtype=self.dtype, device=device)
+                self.seen = torch.zeros(self.num_samples, dtype=torch.bool, device=device)
+            else:
+                self.probs, self.seen = self.probs.to(device), self.seen.to(device)
+        if self._pending is not None and "probs" in self._pending:
+            self.probs.copy_(self._pending["probs"])
+            self.seen.copy_(self._pending["seen"])
+        self._pending = None
+
+    def _loader(self, trainer: L.Trainer) -> DataLoader:
+        loader = self.dataloader
+        if loader is None:
+            dm = trainer.datamodule
+            if dm is None or not hasattr(dm, "oof_dataloader"):
+                raise ValueError("OOFCollector needs a dataloader: pass `dataloader=` or use "
+                                 "a datamodule with an `oof_dataloader()` method")
+            loader = dm.oof_dataloader()
+        if trainer.world_size > 1:
+            sampler = DistributedSampler(loader.dataset, num_replicas=trainer.world_size,
+                                         rank=trainer.global_rank, shuffle=False)
+            loader = DataLoader(loader.dataset, batch_size=loader.batch_size, sampler=sampler,
+                                num_workers=loader.num_workers, collate_fn=loader.collate_fn)
+        return loader
+
+    @staticmethod
+    def _predict(pl_module: L.LightningModule, batch) -> torch.Tensor:
+        x, _, index = batch
+        if hasattr(pl_module, "oof_probs"):
+            return pl_module.oof_probs(x, index)
+        return pl_module(x).float().softmax(-1)
+
+    def _write_gathered(self, pl_module, parts_i, parts_p) -> None:
+        index = torch.cat(parts_i) if parts_i else torch.empty(0, dtype=torch.long,
+                                                               device=pl_module.device)
+        probs = torch.cat(parts_p) if parts_p else torch.empty(0, self.num_classes,
+                                                               device=pl_module.device)
+        # Every rank holds the same number of rows (the sampler pads), so shapes match.
+        index = pl_module.all_gather(index).reshape(-1)
+        probs = pl_module.all_gather(probs).reshape(-1, self.num_classes)
+        index, probs = dedup_last(index, probs)
+        self.probs.index_copy_(0, index, probs.to(self.dtype))
+        self.seen[index] = True
+
+    def _check_coverage(self) -> None:
+        missing = (~self.seen).nonzero().flatten()
+        if missing.numel():
+            raise RuntimeError(
+                f"OOF pass left {missing.numel()} of {self.num_samples} rows unwritten (e.g. "
+                f"indices {missing[:5].tolist()}): the OOF loader must cover every training "
+                "index exactly once"
+            )

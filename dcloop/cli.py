@@ -1,0 +1,19 @@
+"""The Hydra command line: a thin wrapper over :func:`dcloop.train.train`."""
+
+from __future__ import annotations
+
+import hydra
+from omegaconf import DictConfig
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="config")
+def _app(cfg: DictConfig) -> float:
+    from dcloop.train import train
+
+    metrics = train(cfg)
+    return float(metrics["test"]["accuracy"])  # the value Hydra sweepers optimise
+
+
+def main() -> None:
+    """Entry point of the ``dcloop`` console script and ``python -m dcloop``."""
+    _app()

@@ -1,0 +1,672 @@
+"""Datasets whose items are ``(x, y, index)``.
+
+Every dataset dcloop trains on yields ``(x, y, index)``: ``x`` a float32 tensor (C, H, W),
+``y`` the given (possibly noisy) integer label and ``index`` the row of the sample in the
+split's label table (``0..N-1``). The index is what lets the training loop write out-of-fold
+predictions and per-sample statistics back to the right row.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from PIL import Image, UnidentifiedImageError
+from torch import Tensor
+from torch.utils.data import Dataset
+
+from dcloop.data._validation import as_label_array, check_label_range, preview
+
+logger = logging.getLogger(__name__)
+
+Transform = Callable[[Tensor], Tensor]
+
+#: File extensions (lower case) that :func:`image_folder` treats as images.
+IMAGE_EXTENSIONS: tuple[str, ...] = (
+    ".png",
+    ".jpg",
+    ".jpeg",
+    ".bmp",
+    ".gif",
+    ".tif",
+    ".tiff",
+    ".webp",
+    ".ppm",
+    ".pgm",
+)
+
+_MODES = {"RGB": "RGB", "L": "L", "GRAY": "L", "GREY": "L", "GRAYSCALE": "L"}
+
+TORCHVISION_NAMES: tuple[str, ...] = ("cifar10", "mnist")
+
+
+def _normalize_mode(mode: str) -> str:
+    key = str(mode).upper()
+    if key not in _MODES:
+        raise ValueError(
+            f"mode must be 'RGB' (3 channels) or 'L' / 'grayscale' (1 channel), got {mode!r}"
+        )
+    return _MODES[key]
+
+
+def _normalize_image_size(image_size: Any) -> tuple[int, int] | None:
+    if image_size is None:
+        return None
+    if isinstance(image_size, bool):
+        raise ValueError(f"image_size must be None, an int or (height, width), got {image_size!r}")
+    if isinstance(image_size, (int, np.integer)):
+        size = (int(image_size), int(image_size))
+    elif isinstance(image_size, Sequence) and len(image_size) == 2:
+        size = (int(image_size[0]), int(image_size[1]))
+    else:
+        raise ValueError(f"image_size must be None, an int or (height, width), got {image_size!r}")
+    if min(size) < 1:
+        raise ValueError(f"image_size must be positive, got {image_size!r}")
+    return size
+
+
+def _check_sources(sources: Sequence[str] | None, n: int) -> list[str] | None:
+    if sources is None:
+        return None
+    out = [str(s) for s in sources]
+    if len(out) != n:
+        raise ValueError(f"sources must have one entry per sample ({n}), got {len(out)}")
+    return out
+
+
+class IndexedTensorDataset(Dataset):
+    """In-memory tensors with labels; items are ``(x, y, index)``.
+
+    ``x`` may be floating point (returned as float32 unchanged) or uint8 (returned as float32
+    divided by 255, so large image sets can stay compact in memory).
+
+    Args:
+        x: Inputs, shape (N, ...) — normally (N, C, H, W).
+        labels: Given integer labels, array-like of shape (N,).
+        transform: Optional callable applied to each ``x[i]`` (a float32 tensor) on access.
+        sources: Optional human-readable origin of each row, length N (e.g. ``"digits:17"``).
+        num_classes: Number of classes C if known; labels are then checked to lie in ``[0, C)``.
+        class_names: Optional names of the C classes.
+
+    Attributes:
+        x: The input tensor, shape (N, ...).
+        labels: ``np.ndarray`` int64, shape (N,).
+        num_classes: ``int`` or ``None`` when unknown.
+        class_names: ``list[str]`` or ``None``.
+        transform: The per-item transform or ``None``.
+    """
+
+    def __init__(
+        self,
+        x: Tensor,
+        labels: Any,
+        *,
+        transform: Transform | None = None,
+        sources: Sequence[str] | None = None,
+        num_classes: int | None = None,
+        class_names: Sequence[str] | None = None,
+    ) -> None:
+        if not isinstance(x, Tensor):
+            raise ValueError(f"x must be a torch.Tensor of shape (N, ...), got {type(x).__name__}")
+        if x.ndim < 1:
+            raise ValueError("x must have a leading sample dimension (N, ...), got a scalar")
+        if not (x.dtype == torch.uint8 or x.dtype.is_floating_point):
+            raise ValueError(f"x must be a floating point or uint8 tensor, got dtype {x.dtype}")
+        self.labels = as_label_array(labels)
+        if self.labels.shape[0] != x.shape[0]:
+            raise ValueError(
+                f"x has {x.shape[0]} samples but labels has {self.labels.shape[0]}; "
+                "they must have the same length N"
+            )
+        if num_classes is not None:
+            num_classes = int(num_classes)
+            check_label_range(self.labels, num_classes)
+        if class_names is not None:
+            class_names = [str(c) for c in class_names]
+            if num_classes is not None and len(class_names) != num_classes:
+                raise ValueError(
+                    f"class_names has {len(class_names)} entries but num_classes={num_classes}"
+                )
+        if transform is not None and not callable(transform):
+            raise ValueError(f"transform must be callable or None, got {transform!r}")
+        self.x = x
+        self.num_classes = num_classes
+        self.class_names = class_names
+        self.transform = transform
+        self._sources = _check_sources(sources, int(x.shape[0]))
+
+    def __len__(self) -> int:
+        return int(self.x.shape[0])
+
+    def __getitem__(self, i: int) -> tuple[Tensor, int, int]:
+        i = int(i)
+        x = self.x[i]
+        x = x.float().div_(255.0) if x.dtype == torch.uint8 else x.to(torch.float32)
+        if self.transform is not None:
+            x = self.transform(x)
+        return x, int(self.labels[i]), i
+
+    def source(self, i: int) -> str:
+        """Returns where row ``i`` came from: ``sources[i]`` or ``"row:{i}"``."""
+        i = int(i)
+        if not 0 <= i < len(self):
+            raise IndexError(f"row {i} is out of range for a dataset of {len(self)} samples")
+        return self._sources[i] if self._sources is not None else f"row:{i}"
+
+    @property
+    def sources(self) -> list[str]:
+        """The origin of every row, length N."""
+        return [self.source(i) for i in range(len(self))]
+
+    def _replace(self, **changes: Any) -> IndexedTensorDataset:
+        kwargs: dict[str, Any] = {
+            "x": self.x,
+            "labels": self.labels,
+            "transform": self.transform,
+            "sources": self._sources,
+            "num_classes": self.num_classes,
+            "class_names": self.class_names,
+        }
+        kwargs.update(changes)
+        x = kwargs.pop("x")
+        labels = kwargs.pop("labels")
+        return IndexedTensorDataset(x, labels, **kwargs)
+
+    def with_labels(self, new_labels: Any) -> IndexedTensorDataset:
+        """Returns a dataset sharing ``x`` (no copy) with ``new_labels`` (N,) as given labels."""
+        new = as_label_array(new_labels, name="new_labels")
+        if new.shape[0] != len(self):
+            raise ValueError(f"new_labels must have length {len(self)}, got {new.shape[0]}")
+        return self._replace(labels=new)
+
+    def with_transform(self, transform: Transform | None) -> IndexedTensorDataset:
+        """Returns a dataset sharing ``x`` and labels with a different per-item transform."""
+        return self._replace(transform=transform)
+
+    def subset(self, indices: Any) -> IndexedTensorDataset:
+        """Returns the rows ``indices`` as a new dataset whose index runs ``0..len(indices)-1``.
+
+        Sources are carried over, so ``subset(idx).source(k) == self.source(idx[k])``.
+        """
+        idx = as_label_array(indices, name="indices")
+        if idx.size and (idx.min() < 0 or idx.max() >= len(self)):
+            raise ValueError(f"indices must lie in [0, {len(self)}), got min {idx.min()} max {idx.max()}")
+        t = torch.as_tensor(idx, dtype=torch.long)
+        return self._replace(
+            x=self.x[t], labels=self.labels[idx], sources=[self.source(int(i)) for i in idx]
+        )
+
+
+def _load_image(path: str, mode: str, size: tuple[int, int] | None) -> Tensor:
+    """Reads one image file as a float32 tensor (C, H, W) in [0, 1]."""
+    try:
+        with Image.open(path) as img:
+            img = img.convert(mode)
+            if size is not None and (img.height, img.width) != size:
+                img = img.resize((size[1], size[0]), Image.BILINEAR)
+            arr = np.asarray(img, dtype=np.float32) / 255.0
+    except FileNotFoundError as err:
+        raise FileNotFoundError(f"image file not found: {path}") from err
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as err:
+        raise OSError(f"could not read image file {path}: {err}") from err
+    if arr.ndim == 2:
+        arr = arr[None, :, :]
+    else:
+        arr = np.ascontiguousarray(arr.transpose(2, 0, 1))
+    return torch.from_numpy(arr)
+
+
+class ImageFileDataset(Dataset):
+    """Image files read lazily with PIL; items are ``(x, y, index)``.
+
+    Args:
+        items: Sequence of ``(path, label)`` pairs.
+        image_size: ``None`` (keep each file's size — then all files must share one size to be
+            batched), an int (square side) or ``(height, width)``.
+        mode: ``"RGB"`` (3 channels) or ``"L"``/``"grayscale"`` (1 channel).
+        transform: Optional callable applied to the float32 tensor (C, H, W) of each item.
+        num_classes: Number of classes C if known; labels are checked to lie in ``[0, C)``.
+        class_names: Optional names of the C classes.
+
+    Attributes:
+        paths: ``list[str]``, length N.
+        labels: ``np.ndarray`` int64, shape (N,).
+        num_classes: ``int`` or ``None``.
+        class_names: ``list[str]`` or ``None``.
+        image_size: ``(height, width)`` or ``None``.
+        mode: ``"RGB"`` or ``"L"``.
+    """
+
+    def __init__(
+        self,
+        items: Sequence[tuple[str | os.PathLike, int]],
+        *,
+        image_size: int | tuple[int, int] | None = None,
+        mode: str = "RGB",
+        transform: Transform | None = None,
+        num_classes: int | None = None,
+        class_names: Sequence[str] | None = None,
+    ) -> None:
+        pairs = list(items)
+        for k, pair in enumerate(pairs[:1] + pairs[-1:]):
+            if not isinstance(pair, (tuple, list)) or len(pair) != 2:
+                raise ValueError(f"items must be (path, label) pairs; item {k} is {pair!r}")
+        self.paths = [os.fspath(p) for p, _ in pairs]
+        self.labels = as_label_array([lab for _, lab in pairs])
+        if num_classes is not None:
+            num_classes = int(num_classes)
+            check_label_range(self.labels, num_classes)
+        if class_names is not None:
+            class_names = [str(c) for c in class_names]
+            if num_classes is not None and len(class_names) != num_classes:
+                raise ValueError(
+                    f"class_names has {len(class_names)} entries but num_classes={num_classes}"
+                )
+        if transform is not None and not callable(transform):
+            raise ValueError(f"transform must be callable or None, got {transform!r}")
+        self.image_size = _normalize_image_size(image_size)
+        self.mode = _normalize_mode(mode)
+        self.transform = transform
+        self.num_classes = num_classes
+        self.class_names = class_names
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> tuple[Tensor, int, int]:
+        i = int(i)
+        x = _load_image(self.paths[i], self.mode, self.image_size)
+        if self.transform is not None:
+            x = self.transform(x)
+        return x, int(self.labels[i]), i
+
+    def source(self, i: int) -> str:
+        """Returns the file path of row ``i``."""
+        i = int(i)
+        if not 0 <= i < len(self):
+            raise IndexError(f"row {i} is out of range for a dataset of {len(self)} samples")
+        return self.paths[i]
+
+    @property
+    def sources(self) -> list[str]:
+        """The file path of every row, length N."""
+        return list(self.paths)
+
+    def _replace(self, paths: Sequence[str], labels: np.ndarray, **changes: Any) -> ImageFileDataset:
+        kwargs: dict[str, Any] = {
+            "image_size": self.image_size,
+            "mode": self.mode,
+            "transform": self.transform,
+            "num_classes": self.num_classes,
+            "class_names": self.class_names,
+        }
+        kwargs.update(changes)
+        return ImageFileDataset(list(zip(paths, labels.tolist(), strict=True)), **kwargs)
+
+    def with_labels(self, new_labels: Any) -> ImageFileDataset:
+        """Returns a dataset over the same files with ``new_labels`` (N,) as given labels."""
+        new = as_label_array(new_labels, name="new_labels")
+        if new.shape[0] != len(self):
+            raise ValueError(f"new_labels must have length {len(self)}, got {new.shape[0]}")
+        return self._replace(self.paths, new)
+
+    def with_transform(self, transform: Transform | None) -> ImageFileDataset:
+        """Returns a dataset over the same files and labels with a different transform."""
+        return self._replace(self.paths, self.labels, transform=transform)
+
+    def subset(self, indices: Any) -> ImageFileDataset:
+        """Returns the rows ``indices`` as a new dataset whose index runs ``0..len(indices)-1``."""
+        idx = as_label_array(indices, name="indices")
+        if idx.size and (idx.min() < 0 or idx.max() >= len(self)):
+            raise ValueError(f"indices must lie in [0, {len(self)}), got min {idx.min()} max {idx.max()}")
+        return self._replace([self.paths[int(i)] for i in idx], self.labels[idx])
+
+
+def _require_dir(root: str | os.PathLike, what: str, how: str) -> Path:
+    path = Path(root).expanduser()
+    if not path.exists():
+        raise FileNotFoundError(f"{what} not found: {str(path)!r} does not exist. {how}")
+    if not path.is_dir():
+        raise FileNotFoundError(f"{what} {str(path)!r} is not a directory. {how}")
+    return path
+
+
+def image_folder(
+    root: str | os.PathLike,
+    *,
+    image_size: int | tuple[int, int] | None = None,
+    mode: str = "RGB",
+    extensions: Sequence[str] = IMAGE_EXTENSIONS,
+) -> tuple[ImageFileDataset, list[str]]:
+    """Loads a class-per-sub-folder image tree (``root/<class name>/**/<image>``).
+
+    Class names are the sub-folder names in sorted order; class ``k`` is ``class_names[k]``.
+    Files are found recursively, matched case-insensitively against ``extensions``; hidden
+    files and folders (starting with ``.``) are skipped. Rows are ordered by class, then path.
+
+    Args:
+        root: Folder holding one sub-folder per class.
+        image_size: ``None``, an int (square side) or ``(height, width)``.
+        mode: ``"RGB"`` or ``"L"``/``"grayscale"``.
+        extensions: Accepted file extensions, e.g. ``(".png", ".jpg")``.
+
+    Returns:
+        ``(dataset, class_names)``.
+
+    Raises:
+        FileNotFoundError: If ``root`` does not exist or is not a directory.
+        ValueError: If there are no class sub-folders or a class folder holds no images.
+    """
+    how = "Pass root=<folder with one sub-folder of images per class>, e.g. root/cat/1.png."
+    base = _require_dir(root, "image folder root", how)
+    exts = tuple(e.lower() if e.startswith(".") else "." + e.lower() for e in extensions)
+    if not exts:
+        raise ValueError("extensions must name at least one file extension, e.g. ('.png',)")
+    class_dirs = sorted(
+        p for p in base.iterdir() if p.is_dir() and not p.name.startswith(".")
+    )
+    if not class_dirs:
+        raise ValueError(f"no class sub-folders found in {str(base)!r}. {how}")
+    class_names = [p.name for p in class_dirs]
+    items: list[tuple[str, int]] = []
+    empty: list[str] = []
+    for label, cdir in enumerate(class_dirs):
+        files = []
+        for dirpath, dirnames, filenames in os.walk(cdir):
+            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+            for name in filenames:
+                if not name.startswith(".") and name.lower().endswith(exts):
+                    files.append(os.path.join(dirpath, name))
+        if not files:
+            empty.append(cdir.name)
+        items.extend((f, label) for f in sorted(files))
+    if empty:
+        raise ValueError(
+            f"class folder(s) with no image files in {str(base)!r}: {preview(empty)}; "
+            f"accepted extensions are {', '.join(exts)}"
+        )
+    logger.info("image_folder %s: %d images in %d classes", base, len(items), len(class_names))
+    ds = ImageFileDataset(
+        items,
+        image_size=image_size,
+        mode=mode,
+        num_classes=len(class_names),
+        class_names=class_names,
+    )
+    return ds, class_names
+
+
+def _parse_int(text: str) -> int | None:
+    try:
+        return int(text)
+    except ValueError:
+        pass
+    try:
+        value = float(text)
+    except ValueError:
+        return None
+    return int(value) if value.is_integer() else None
+
+
+def csv_manifest(
+    root: str | os.PathLike,
+    manifest: str | os.PathLike,
+    *,
+    image_size: int | tuple[int, int] | None = None,
+    mode: str = "RGB",
+    class_names: Sequence[str] | None = None,
+) -> tuple[ImageFileDataset, list[str]]:
+    """Loads images listed in a CSV manifest with columns ``path,label``.
+
+    Paths are relative to ``root`` (absolute paths are used as they are). Labels are either
+    integer class ids or class names:
+
+    * with ``class_names`` given, labels that are all members of ``class_names`` map by name,
+      otherwise integer labels must lie in ``[0, len(class_names))``;
+    * without it, integer labels give ``class_names = ["0", ..., str(max)]`` and name labels
+      give the sorted unique names.
+
+    The manifest file is only read, never modified.
+
+    Args:
+        root: Folder the manifest paths are relative to.
+        manifest: The CSV file; if relative and not found as given, it is looked up in ``root``.
+        image_size: ``None``, an int (square side) or ``(height, width)``.
+        mode: ``"RGB"`` or ``"L"``/``"grayscale"``.
+        class_names: Optional class names; class ``k`` is ``class_names[k]``.
+
+    Returns:
+        ``(dataset, class_names)``.
+
+    Raises:
+        FileNotFoundError: If ``root``, the manifest or any listed image file is missing
+            (up to five missing files are named, with the count).
+        ValueError: If columns are missing, the manifest is empty or labels are invalid.
+    """
+    how = "Pass root=<image folder> and manifest=<CSV with columns path,label>."
+    base = _require_dir(root, "image root", how)
+    mpath = Path(manifest).expanduser()
+    if not mpath.is_file() and not mpath.is_absolute() and (base / mpath).is_file():
+        mpath = base / mpath
+    if not mpath.is_file():
+        raise FileNotFoundError(
+            f"manifest not found: {str(Path(manifest))!r} (also looked in {str(base)!r}). {how}"
+        )
+    try:
+        df = pd.read_csv(mpath, dtype=str, keep_default_na=False, skipinitialspace=True)
+    except pd.errors.EmptyDataError as err:
+        raise ValueError(f"manifest {str(mpath)!r} is empty; expected columns path,label") from err
+    df.columns = [str(c).strip() for c in df.columns]
+    missing_cols = [c for c in ("path", "label") if c not in df.columns]
+    if missing_cols:
+        raise ValueError(
+            f"manifest {str(mpath)!r} lacks column(s) {missing_cols}; expected columns path,label, "
+            f"found {list(df.columns)}"
+        )
+    if len(df) == 0:
+        raise ValueError(f"manifest {str(mpath)!r} has no rows; expected one row per image")
+    paths = [p.strip() for p in df["path"].tolist()]
+    raw = [lab.strip() for lab in df["label"].tolist()]
+    blank = [k for k, (p, lab) in enumerate(zip(paths, raw, strict=True)) if not p or not lab]
+    if blank:
+        raise ValueError(
+            f"manifest {str(mpath)!r} has empty path or label in {len(blank)} row(s), "
+            f"first data rows (0-based): {blank[:5]}"
+        )
+
+    names = [str(c) for c in class_names] if class_names is not None else None
+    if names is not None and len(set(names)) != len(names):
+        raise ValueError(f"class_names must be unique, got {names}")
+    ints = [_parse_int(lab) for lab in raw]
+    if names is not None and all(lab in names for lab in raw):
+        lookup = {n: k for k, n in enumerate(names)}
+        labels = [lookup[lab] for lab in raw]
+    elif all(v is not None for v in ints):
+        labels = [int(v) for v in ints]  # type: ignore[arg-type]
+        if min(labels) < 0:
+            raise ValueError(f"manifest {str(mpath)!r}: integer labels must be >= 0, got {min(labels)}")
+        if names is None:
+            names = [str(k) for k in range(max(labels) + 1)]
+        elif max(labels) >= len(names):
+            raise ValueError(
+                f"manifest {str(mpath)!r}: label {max(labels)} is out of range for "
+                f"{len(names)} class_names"
+            )
+    elif names is not None:
+        unknown = sorted({lab for lab in raw if lab not in names})
+        raise ValueError(
+            f"manifest {str(mpath)!r}: label(s) not in class_names: {preview(unknown)}; "
+            f"class_names are {names}"
+        )
+    else:
+        names = sorted(set(raw))
+        lookup = {n: k for k, n in enumerate(names)}
+        labels = [lookup[lab] for lab in raw]
+
+    full = [p if os.path.isabs(p) else str(base / p) for p in paths]
+    missing = [p for p in full if not os.path.isfile(p)]
+    if missing:
+        raise FileNotFoundError(
+            f"{len(missing)} image file(s) listed in {str(mpath)!r} do not exist: "
+            f"{preview(missing)}. Paths are read relative to root={str(base)!r}."
+        )
+    logger.info("csv_manifest %s: %d images in %d classes", mpath, len(full), len(names))
+    ds = ImageFileDataset(
+        list(zip(full, labels, strict=True)),
+        image_size=image_size,
+        mode=mode,
+        num_classes=len(names),
+        class_names=names,
+    )
+    return ds, list(names)
+
+
+def torchvision_dataset(
+    name: str, root: str | os.PathLike, *, train: bool
+) -> IndexedTensorDataset:
+    """Loads CIFAR-10 or MNIST from a local folder with torchvision (never downloads).
+
+    The images are held in memory as uint8 and returned as float32 in [0, 1]:
+    CIFAR-10 items are (3, 32, 32), MNIST items (1, 28, 28). Sources read
+    ``"<name>:<train|test>:<row>"``.
+
+    Args:
+        name: ``"cifar10"`` or ``"mnist"``.
+        root: Folder that holds ``cifar-10-batches-py/`` (CIFAR-10) or ``MNIST/raw/`` (MNIST).
+        train: The official training set if True, else the official test set.
+
+    Returns:
+        An :class:`IndexedTensorDataset` with ``num_classes=10`` and the class names.
+
+    Raises:
+        ValueError: If ``name`` is not one of the supported datasets.
+        FileNotFoundError: If the dataset files are not under ``root``.
+    """
+    from torchvision import datasets as tvd
+
+    key = str(name).lower().replace("-", "").replace("_", "")
+    if key not in TORCHVISION_NAMES:
+        raise ValueError(f"name must be one of {list(TORCHVISION_NAMES)}, got {name!r}")
+    if root is None:
+        raise ValueError(f"{key} needs root=<folder holding the dataset files>, got None")
+    expected = {
+        "cifar10": "the extracted 'cifar-10-batches-py' folder (data_batch_1..5, test_batch, "
+        "batches.meta)",
+        "mnist": "'MNIST/raw/' with train-images-idx3-ubyte, train-labels-idx1-ubyte, "
+        "t10k-images-idx3-ubyte and t10k-labels-idx1-ubyte (uncompressed)",
+    }[key]
+    path = Path(root).expanduser()
+    hint = f"Place {expected} inside {str(path)!r}; dcloop never downloads data."
+    if not path.is_dir():
+        raise FileNotFoundError(f"{key} root {str(path)!r} does not exist. {hint}")
+    cls = tvd.CIFAR10 if key == "cifar10" else tvd.MNIST
+    try:
+        tv = cls(str(path), train=train, download=False)
+    except RuntimeError as err:
+        raise FileNotFoundError(f"{key} files not found or corrupt under {str(path)!r}. {hint}") from err
+    if key == "cifar10":
+        x = torch.from_numpy(np.ascontiguousarray(np.asarray(tv.data).transpose(0, 3, 1, 2)))
+    else:
+        x = torch.as_tensor(tv.data).unsqueeze(1).contiguous()
+    split = "train" if train else "test"
+    labels = as_label_array(np.asarray(tv.targets))
+    sources = [f"{key}:{split}:{i}" for i in range(len(labels))]
+    return IndexedTensorDataset(
+        x,
+        labels,
+        sources=sources,
+        num_classes=len(tv.classes),
+        class_names=[str(c) for c in tv.classes],
+    )
+
+
+def _is_int_like(value: Any) -> bool:
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, (int, np.integer)):
+        return True
+    if isinstance(value, Tensor):
+        return value.ndim == 0 and not value.dtype.is_floating_point and value.dtype != torch.bool
+    return False
+
+
+_ITEM_HINT = (
+    "dcloop needs dataset items (x, y, index), where index is the integer row of the sample "
+    "(0..N-1). Use dcloop.data.IndexedTensorDataset for tensors, or wrap an (x, y) dataset "
+    "with dcloop.data.WithIndex(dataset)."
+)
+
+
+def check_item(item: Any) -> None:
+    """Checks that a dataset item is ``(x, y, index)`` with an integer ``index``.
+
+    Args:
+        item: One item, ``dataset[i]``.
+
+    Raises:
+        ValueError: Explaining the expected item layout and how to get it.
+    """
+    if not isinstance(item, (tuple, list)):
+        raise ValueError(f"dataset item is a {type(item).__name__}, not a tuple. {_ITEM_HINT}")
+    if len(item) != 3:
+        raise ValueError(f"dataset item has {len(item)} element(s), expected 3. {_ITEM_HINT}")
+    if not _is_int_like(item[2]):
+        raise ValueError(
+            f"dataset item's third element (index) is {item[2]!r} of type "
+            f"{type(item[2]).__name__}, expected an int. {_ITEM_HINT}"
+        )
+
+
+class WithIndex(Dataset):
+    """Wraps a dataset of ``(x, y)`` items into ``(x, y, index)`` items.
+
+    Args:
+        dataset: Any map-style dataset whose items are ``(x, y)`` with an integer ``y``.
+
+    Attributes:
+        dataset: The wrapped dataset.
+    """
+
+    def __init__(self, dataset: Dataset) -> None:
+        if not hasattr(dataset, "__getitem__") or not hasattr(dataset, "__len__"):
+            raise ValueError(
+                f"WithIndex needs a map-style dataset with __getitem__ and __len__, "
+                f"got {type(dataset).__name__}"
+            )
+        self.dataset = dataset
+        self._labels: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, i: int) -> tuple[Any, int, int]:
+        i = int(i)
+        item = self.dataset[i]
+        if not isinstance(item, (tuple, list)) or len(item) != 2:
+            n = len(item) if isinstance(item, (tuple, list)) else type(item).__name__
+            raise ValueError(f"WithIndex expects items (x, y) from the wrapped dataset, got {n}")
+        x, y = item
+        return x, int(y), i
+
+    @property
+    def labels(self) -> np.ndarray:
+        """Labels (N,) int64: from the wrapped dataset's ``targets``/``labels`` if present,
+        otherwise read once from every item (may be slow for image files)."""
+        if self._labels is None:
+            for attr in ("targets", "labels"):
+                if hasattr(self.dataset, attr):
+                    self._labels = as_label_array(getattr(self.dataset, attr))
+                    break
+            else:
+                self._labels = as_label_array([self[i][1] for i in range(len(self))])
+        return self._labels
+
+    def source(self, i: int) -> str:
+        """Returns ``"row:{i}"``."""
+        return f"row:{int(i)}"

@@ -1,0 +1,7 @@
+"""Networks and the fold-parallel LightningModule."""
+
+from dcloop.models.fold_ensemble import FoldEnsemble
+from dcloop.models.losses import fold_masked_loss
+from dcloop.models.nets import MLP, SmallCNN
+
+__all__ = ["FoldEnsemble", "MLP", "SmallCNN", "fold_masked_loss"]

@@ -1,0 +1,184 @@
+"""K fold replicas of one network, trained together in one Lightning loop."""
+
+from __future__ import annotations
+
+import copy
+import logging
+from collections.abc import Callable
+from typing import Literal
+
+import lightning as L
+import torch
+from torch import nn
+from torch.func import functional_call, stack_module_state
+
+from dcloop.folds import assign_folds
+from dcloop.models.losses import fold_masked_loss
+from dcloop.state import SampleTable
+from dcloop.validation import check_labels
+
+log = logging.getLogger(__name__)
+
+Vectorize = Literal["auto", "vmap", "loop"]
+
+
+def _key(name: str) -> str:
+    return name.replace(".", "__")
+
+
+class FoldEnsemble(L.LightningModule):
+    """K replicas of a network; replica k trains on every fold but k.
+
+    Each batch ``(x, y, index)`` is loaded and augmented once and seen by all K
+    replicas. Replica k's loss masks out the samples with ``fold[index] == k`` and
+    weights the rest by ``weight[index]``, so after an epoch every sample has one
+    replica that never trained on it: its out-of-fold (OOF) predictor.
+
+    Parameters of the K replicas are stacked ``(K, ...)`` and the forward pass is
+    vectorised with ``torch.func.vmap``; networks that vmap cannot batch fall back
+    to a loop over replicas (``vectorize="auto"`` decides on the first batch).
+
+    Args:
+        net: factory returning a fresh ``nn.Module`` mapping ``(B, ...)`` to ``(B, C)``
+            logits (for Hydra: ``_partial_: true``).
+        labels: ``(N,)`` given labels of the training set, row = sample index.
+        num_folds: K.
+        num_classes: C (default: ``max(labels) + 1``).
+        seed: seeds the folds, the replicas' initialisation and each epoch's RNG.
+        true_labels: ``(N,)`` ground truth when known (noise experiments).
+        lr, weight_decay: AdamW settings (elementwise, so the replicas stay independent).
+        scheduler: ``"cosine"`` (annealed over ``trainer.max_epochs``) or ``"none"``.
+        label_smoothing: of the training loss.
+        vectorize: ``"auto"``, ``"vmap"`` or ``"loop"``.
+
+    Example:
+        >>> from functools import partial
+        >>> from dcloop.models import FoldEnsemble, MLP
+        >>> model = FoldEnsemble(partial(MLP, (1, 8, 8), 10), labels, num_folds=5)  # doctest: +SKIP
+    """
+
+    def __init__(self, net: Callable[[], nn.Module], labels, *, num_folds: int = 5,
+                 num_classes: int | None = None, seed: int = 0, true_labels=None, lr: float = 3e-3,
+                 weight_decay: float = 1e-4, scheduler: str = "cosine",
+                 label_smoothing: float = 0.0, vectorize: Vectorize = "auto") -> None:
+        super().__init__()
+        if vectorize not in ("auto", "vmap", "loop"):
+            raise ValueError(f"vectorize must be 'auto', 'vmap' or 'loop'; got {vectorize!r}")
+        if scheduler not in ("cosine", "none"):
+            raise ValueError(f"scheduler must be 'cosine' or 'none'; got {scheduler!r}")
+        if not callable(net):
+            raise ValueError(f"net must be a callable returning an nn.Module; got {net!r}")
+        self.save_hyperparameters(ignore=["net", "labels", "true_labels"])
+        labels = check_labels(labels, num_classes)
+        self.num_classes = int(num_classes) if num_classes is not None else int(labels.max()) + 1
+        folds = assign_folds(labels, num_folds, seed=seed)
+        self.samples = SampleTable(labels, folds, true_labels)
+        self.num_folds = int(num_folds)
+
+        with torch.random.fork_rng():
+            torch.manual_seed(seed)
+            replicas = [net() for _ in range(self.num_folds)]
+        if not isinstance(replicas[0], nn.Module):
+            raise ValueError(f"net() must return an nn.Module; got {type(replicas[0]).__name__}")
+        params, buffers = stack_module_state(replicas)
+        self._names = list(params)
+        self._buffer_names = list(buffers)
+        self.replica_params = nn.ParameterDict(
+            {_key(n): nn.Parameter(p.detach().clone()) for n, p in params.items()})
+        for n, b in buffers.items():
+            self.register_buffer("replica_buf__" + _key(n), b.clone())
+        # The skeleton holds the architecture only; its tensors live on "meta".
+        self._skeleton = [copy.deepcopy(replicas[0]).to("meta")]
+        self._mode: str = "loop" if vectorize == "loop" else "vmap"
+        self._auto = vectorize == "auto"
+
+    # ----------------------------------------------------------------- replicas
+    @property
+    def num_samples(self) -> int:
+        return len(self.samples)
+
+    @property
+    def vectorized(self) -> bool:
+        """True when the replicas run through ``torch.func.vmap``."""
+        return self._mode == "vmap"
+
+    def _stacked(self) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        params = {n: self.replica_params[_key(n)] for n in self._names}
+        buffers = {n: getattr(self, "replica_buf__" + _key(n)) for n in self._buffer_names}
+        return params, buffers
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits of every replica: ``(B, ...) -> (K, B, C)``."""
+        params, buffers = self._stacked()
+        skeleton = self._skeleton[0]
+        skeleton.train(self.training)
+        if self._mode == "vmap":
+            try:
+                return self._forward_vmap(skeleton, params, buffers, x)
+            except Exception as err:  # noqa: BLE001 - any vmap limitation triggers the fallback
+                if not self._auto:
+                    raise
+                log.info("vmap cannot batch this network (%s); looping over %d replicas",
+                         type(err).__name__, self.num_folds)
+                self._mode = "loop"
+        return torch.stack([
+            functional_call(skeleton, ({n: p[k] for n, p in params.items()},
+                                       {n: b[k] for n, b in buffers.items()}), (x,))
+            for k in range(self.num_folds)
+        ])
+
+    @staticmethod
+    def _forward_vmap(skeleton, params, buffers, x):
+        def one(p, b, inp):
+            return functional_call(skeleton, (p, b), (inp,))
+
+        return torch.vmap(one, in_dims=(0, 0, None), randomness="different")(params, buffers, x)
+
+    # ---------------------------------------------------------------- training
+    def on_train_epoch_start(self) -> None:
+        # Per-epoch seed: a run resumed from a checkpoint draws the same randomness.
+        torch.manual_seed(self.hparams.seed * 100_003 + self.current_epoch)
+
+    def training_step(self, batch, batch_idx):
+        x, _, index = batch
+        s = self.samples
+        logits = self(x)
+        loss, per_replica = fold_masked_loss(
+            logits, s.labels[index], s.folds[index], s.weights[index],
+            label_smoothing=self.hparams.label_smoothing)
+        self.log("train/loss", per_replica.mean(), prog_bar=True, on_step=False, on_epoch=True,
+                 batch_size=x.shape[0])
+        return loss
+
+    def _ensemble_step(self, batch, stage: str) -> torch.Tensor:
+        x, y, _ = batch
+        probs = self(x).float().softmax(-1).mean(0)
+        acc = (probs.argmax(-1) == y).float().mean()
+        self.log(f"{stage}/acc", acc, prog_bar=True, on_epoch=True, batch_size=x.shape[0])
+        return probs
+
+    def validation_step(self, batch, batch_idx):
+        self._ensemble_step(batch, "val")
+
+    def test_step(self, batch, batch_idx):
+        self._ensemble_step(batch, "test")
+
+    def predict_step(self, batch, batch_idx, dataloader_idx=0):
+        """Mean softmax of the K replicas, ``(B, C)``."""
+        x = batch[0] if isinstance(batch, (tuple, list)) else batch
+        return self(x).float().softmax(-1).mean(0)
+
+    def oof_probs(self, x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        """Softmax of each sample's held-out replica: ``(B, C)``, no host sync."""
+        probs = self(x).float().softmax(-1)
+        rows = torch.arange(x.shape[0], device=probs.device)
+        return probs[self.samples.folds[index], rows]
+
+    def configure_optimizers(self):
+        opt = torch.optim.AdamW(self.replica_params.parameters(), lr=self.hparams.lr,
+                                weight_decay=self.hparams.weight_decay)
+        if self.hparams.scheduler == "none":
+            return opt
+        epochs = max(1, int(self.trainer.max_epochs or 1))
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}

@@ -1,0 +1,97 @@
+"""Result files of a run: issue table, class report, noise matrix, metrics."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from dcloop.state import SampleTable
+
+
+def _atomic_write(path: Path, write) -> Path:
+    """Write through a temporary file in the same folder, then rename over ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def write_csv(df: pd.DataFrame, path: Path) -> Path:
+    return _atomic_write(path, lambda tmp: df.to_csv(tmp, index=False))
+
+
+def write_json(obj: Any, path: Path) -> Path:
+    def dump(tmp):
+        with open(tmp, "w") as f:
+            json.dump(obj, f, indent=2, default=float)
+            f.write("\n")
+
+    return _atomic_write(path, dump)
+
+
+def issue_table(table: SampleTable, sources: Sequence[str] | None = None) -> pd.DataFrame:
+    """One row per sample, flagged first, then worst label quality first.
+
+    Columns: ``index, given_label, suggested_label, quality, flagged, weight, source,
+    first_flagged_epoch, last_flagged_epoch`` and, with ground truth,
+    ``true_label, is_noisy``.
+    """
+    t = {k: v.detach().cpu().numpy() for k, v in table.state_dict().items()}
+    n = len(t["labels"])
+    df = pd.DataFrame({
+        "index": np.arange(n),
+        "given_label": t["labels"],
+        "suggested_label": t["suggested"],
+        "quality": t["quality"],
+        "flagged": t["flagged"],
+        "weight": t["weights"],
+        "source": list(sources) if sources is not None else [f"row:{i}" for i in range(n)],
+        "first_flagged_epoch": t["first_flagged"],
+        "last_flagged_epoch": t["last_flagged"],
+    })
+    if table.has_ground_truth:
+        df["true_label"] = t["true_labels"]
+        df["is_noisy"] = t["labels"] != t["true_labels"]
+    return df.sort_values(["flagged", "quality", "index"], ascending=[False, True, True],
+                          kind="stable").reset_index(drop=True)
+
+
+def write_issue_table(path: Path, table: SampleTable, sources=None) -> Path:
+    return write_csv(issue_table(table, sources), path)
+
+
+def class_report(table: SampleTable, probs: torch.Tensor, class_noise_rate: torch.Tensor,
+                 class_names: Sequence[str] | None = None) -> pd.DataFrame:
+    """Per class: count, estimated noise rate, OOF accuracy, flagged count (+ truth)."""
+    labels = table.labels.cpu().numpy()
+    pred = probs.argmax(1).cpu().numpy()
+    flagged = table.flagged.cpu().numpy()
+    c = probs.shape[1]
+    rows = []
+    for k in range(c):
+        m = labels == k
+        row = {"class": k, "name": class_names[k] if class_names else str(k),
+               "count": int(m.sum()),
+               "noise_rate_est": float(class_noise_rate[k]),
+               "oof_accuracy": float((pred[m] == k).mean()) if m.any() else float("nan"),
+               "flagged": int(flagged[m].sum())}
+        if table.has_ground_truth:
+            true = table.true_labels.cpu().numpy()
+            row["noise_rate_true"] = float((true[m] != k).mean()) if m.any() else float("nan")
+        rows.append(row)
+    return pd.DataFrame(rows)

@@ -1,0 +1,71 @@
+"""The one place for per-sample state, keyed by ``index``."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from dcloop.validation import check_labels
+
+
+class SampleTable(nn.Module):
+    """Per-sample state as device-resident buffers (saved in checkpoints).
+
+    Row ``i`` is the sample whose dataset item carries ``index == i``.
+
+    Buffers (all ``(N,)``):
+        labels: given (possibly noisy) labels, int64.
+        folds: fold of each sample in ``[0, K)``, int64.
+        weights: loss weight, float32 (1 keep, 0 pruned, between: down-weighted).
+        flagged: current confident-learning flag, bool.
+        quality: label-quality score in [0, 1] (NaN before the first CL step).
+        suggested: the label the OOF model prefers (argmax), int64 (-1 before CL).
+        first_flagged / last_flagged: epochs, int64 (-1 when never flagged).
+        true_labels: ground truth when known (noise experiments), else -1.
+    """
+
+    def __init__(self, labels, folds, true_labels=None) -> None:
+        super().__init__()
+        labels = torch.as_tensor(check_labels(labels))
+        n = labels.numel()
+        folds = torch.as_tensor(np.asarray(folds), dtype=torch.long)
+        if folds.shape != (n,):
+            raise ValueError(f"folds must have shape ({n},); got {tuple(folds.shape)}")
+        if true_labels is None:
+            true = torch.full((n,), -1, dtype=torch.long)
+        else:
+            true = torch.as_tensor(check_labels(true_labels))
+            if true.shape != (n,):
+                raise ValueError(f"true_labels must have shape ({n},); got {tuple(true.shape)}")
+        self.register_buffer("labels", labels)
+        self.register_buffer("folds", folds)
+        self.register_buffer("true_labels", true)
+        self.register_buffer("weights", torch.ones(n))
+        self.register_buffer("flagged", torch.zeros(n, dtype=torch.bool))
+        self.register_buffer("quality", torch.full((n,), float("nan")))
+        self.register_buffer("suggested", torch.full((n,), -1, dtype=torch.long))
+        self.register_buffer("first_flagged", torch.full((n,), -1, dtype=torch.long))
+        self.register_buffer("last_flagged", torch.full((n,), -1, dtype=torch.long))
+
+    def __len__(self) -> int:
+        return self.labels.numel()
+
+    @property
+    def has_ground_truth(self) -> bool:
+        return bool((self.true_labels >= 0).all())
+
+    @property
+    def is_noisy(self) -> torch.Tensor:
+        """``(N,)`` bool: given label differs from the true label (needs ground truth)."""
+        return self.labels != self.true_labels
+
+    def record_flags(self, flags: torch.Tensor, quality: torch.Tensor, suggested: torch.Tensor,
+                     epoch: int) -> None:
+        """Store one confident-learning verdict; a sample cleared later is unflagged."""
+        self.flagged.copy_(flags)
+        self.quality.copy_(quality)
+        self.suggested.copy_(suggested)
+        first = self.first_flagged
+        self.first_flagged.copy_(torch.where(flags & (first < 0), epoch, first))
+        self.last_flagged.copy_(torch.where(flags, epoch, self.last_flagged))
