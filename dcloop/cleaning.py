@@ -12,8 +12,13 @@ import torch
 
 from dcloop import cl
 
-FILTER_BY = ("prune_by_noise_rate", "prune_by_class", "both", "confident_learning",
-             "predicted_neq_given")
+FILTER_BY = (
+    "prune_by_noise_rate",
+    "prune_by_class",
+    "both",
+    "confident_learning",
+    "predicted_neq_given",
+)
 QUALITY_METHODS = ("self_confidence", "normalized_margin", "confidence_weighted_entropy")
 ACTIONS = ("prune", "downweight", "detect")
 BACKENDS = ("torch", "cleanlab")
@@ -48,10 +53,15 @@ def check_choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
         raise ValueError(f"{name} must be one of {list(allowed)}; got {value!r}")
 
 
-def confident_learning(labels: torch.Tensor, probs: torch.Tensor, *,
-                       filter_by: str = "prune_by_noise_rate",
-                       quality_method: str = "self_confidence",
-                       frac_noise: float = 1.0, backend: str = "torch") -> CLResult:
+def confident_learning(
+    labels: torch.Tensor,
+    probs: torch.Tensor,
+    *,
+    filter_by: str = "prune_by_noise_rate",
+    quality_method: str = "self_confidence",
+    frac_noise: float = 1.0,
+    backend: str = "torch",
+) -> CLResult:
     """Flags, quality scores and noise estimates from OOF probabilities.
 
     Args:
@@ -71,8 +81,9 @@ def confident_learning(labels: torch.Tensor, probs: torch.Tensor, *,
     device = probs.device
     probs = probs.float()
     labels = labels.long().to(device)
-    flags = cl.find_label_issues(labels, probs, filter_by=filter_by, frac_noise=frac_noise,
-                                 backend=backend)
+    flags = cl.find_label_issues(
+        labels, probs, filter_by=filter_by, frac_noise=frac_noise, backend=backend
+    )
     quality = cl.get_label_quality_scores(labels, probs, method=quality_method)
     joint = torch.as_tensor(cl.estimate_joint(labels, probs), device=device).float()
     noise_matrix, _ = cl.estimate_noise_matrices(labels, probs)
@@ -88,8 +99,14 @@ def confident_learning(labels: torch.Tensor, probs: torch.Tensor, *,
     )
 
 
-def action_weights(flags: torch.Tensor, quality: torch.Tensor, *, action: str,
-                   floor: float = 0.0, power: float = 1.0) -> torch.Tensor:
+def action_weights(
+    flags: torch.Tensor,
+    quality: torch.Tensor,
+    *,
+    action: str,
+    floor: float = 0.0,
+    power: float = 1.0,
+) -> torch.Tensor:
     """Per-sample loss weights for one verdict.
 
     Args:

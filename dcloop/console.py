@@ -24,20 +24,34 @@ def run_summary(metrics: dict[str, Any], run_dir: Path, top: list[dict[str, Any]
     ]
     noise = metrics.get("noise_injected")
     if noise and noise.get("kind") != "none":
-        lines.append(f"  injected    {noise['kind']} noise, {noise['num_noisy']} labels "
-                     f"({noise['rate_actual']:.1%}) made wrong on purpose")
-    lines.append(f"  found       {flagged} likely label errors ({flagged / n:.1%}); estimated "
-                 f"noise rate {metrics['noise']['rate']:.1%}; action={metrics['cleaning']['action']}")
+        lines.append(
+            f"  injected    {noise['kind']} noise, {noise['num_noisy']} labels "
+            f"({noise['rate_actual']:.1%}) made wrong on purpose"
+        )
+    lines.append(
+        f"  found       {flagged} likely label errors ({flagged / n:.1%}); estimated "
+        f"noise rate {metrics['noise']['rate']:.1%}; action={metrics['cleaning']['action']}"
+    )
     det = metrics.get("detection")
     if det:
-        lines.append(f"  detection   precision {det['precision']:.3f}  recall {det['recall']:.3f}"
-                     f"  F1 {det['f1']:.3f}  AUROC {det['auroc']:.3f}")
-    lines.append(f"  test        accuracy {metrics['test']['accuracy']:.4f} "
-                 f"(mean of the {metrics['cleaning']['num_folds']} fold replicas)")
+        lines.append(
+            f"  detection   precision {det['precision']:.3f}  recall {det['recall']:.3f}"
+            f"  F1 {det['f1']:.3f}  AUROC {det['auroc']:.3f}"
+        )
+    lines.append(
+        f"  test        accuracy {metrics['test']['accuracy']:.4f} "
+        f"(mean of the {metrics['cleaning']['num_folds']} fold replicas)"
+    )
     if top:
-        lines.append("  worst       " + "; ".join(
-            f"#{r['index']} {r['given_label']}->{r['suggested_label']} (q={r['quality']:.2f})"
-            for r in top))
-    lines.append(f"  results     {run_dir}/ (label_issues.csv, class_report.csv, "
-                 "noise_matrix.csv, metrics.json)")
+        lines.append(
+            "  worst       "
+            + "; ".join(
+                f"#{r['index']} {r['given_label']}->{r['suggested_label']} (q={r['quality']:.2f})"
+                for r in top
+            )
+        )
+    lines.append(
+        f"  results     {run_dir}/ (label_issues.csv, class_report.csv, "
+        "noise_matrix.csv, metrics.json)"
+    )
     return "\n".join(lines)

@@ -5,8 +5,9 @@ from __future__ import annotations
 import torch
 
 
-def detection_metrics(flags: torch.Tensor, is_noisy: torch.Tensor,
-                      quality: torch.Tensor | None = None) -> dict[str, float]:
+def detection_metrics(
+    flags: torch.Tensor, is_noisy: torch.Tensor, quality: torch.Tensor | None = None
+) -> dict[str, float]:
     """Precision, recall and F1 of ``flags`` against ``is_noisy``; AUROC of ``quality``.
 
     Args:
@@ -27,8 +28,13 @@ def detection_metrics(flags: torch.Tensor, is_noisy: torch.Tensor,
     precision = tp / n_flag if n_flag else 0.0
     recall = tp / n_noisy if n_noisy else 0.0
     f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-    out = {"precision": precision, "recall": recall, "f1": f1,
-           "num_flagged": int(n_flag), "num_noisy": int(n_noisy)}
+    out = {
+        "precision": precision,
+        "recall": recall,
+        "f1": f1,
+        "num_flagged": int(n_flag),
+        "num_noisy": int(n_noisy),
+    }
     if quality is not None:
         out["auroc"] = auroc(-quality.double(), is_noisy)
     return out

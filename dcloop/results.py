@@ -53,30 +53,37 @@ def issue_table(table: SampleTable, sources: Sequence[str] | None = None) -> pd.
     """
     t = {k: v.detach().cpu().numpy() for k, v in table.state_dict().items()}
     n = len(t["labels"])
-    df = pd.DataFrame({
-        "index": np.arange(n),
-        "given_label": t["labels"],
-        "suggested_label": t["suggested"],
-        "quality": t["quality"],
-        "flagged": t["flagged"],
-        "weight": t["weights"],
-        "source": list(sources) if sources is not None else [f"row:{i}" for i in range(n)],
-        "first_flagged_epoch": t["first_flagged"],
-        "last_flagged_epoch": t["last_flagged"],
-    })
+    df = pd.DataFrame(
+        {
+            "index": np.arange(n),
+            "given_label": t["labels"],
+            "suggested_label": t["suggested"],
+            "quality": t["quality"],
+            "flagged": t["flagged"],
+            "weight": t["weights"],
+            "source": list(sources) if sources is not None else [f"row:{i}" for i in range(n)],
+            "first_flagged_epoch": t["first_flagged"],
+            "last_flagged_epoch": t["last_flagged"],
+        }
+    )
     if table.has_ground_truth:
         df["true_label"] = t["true_labels"]
         df["is_noisy"] = t["labels"] != t["true_labels"]
-    return df.sort_values(["flagged", "quality", "index"], ascending=[False, True, True],
-                          kind="stable").reset_index(drop=True)
+    return df.sort_values(
+        ["flagged", "quality", "index"], ascending=[False, True, True], kind="stable"
+    ).reset_index(drop=True)
 
 
 def write_issue_table(path: Path, table: SampleTable, sources=None) -> Path:
     return write_csv(issue_table(table, sources), path)
 
 
-def class_report(table: SampleTable, probs: torch.Tensor, class_noise_rate: torch.Tensor,
-                 class_names: Sequence[str] | None = None) -> pd.DataFrame:
+def class_report(
+    table: SampleTable,
+    probs: torch.Tensor,
+    class_noise_rate: torch.Tensor,
+    class_names: Sequence[str] | None = None,
+) -> pd.DataFrame:
     """Per class: count, estimated noise rate, OOF accuracy, flagged count (+ truth)."""
     labels = table.labels.cpu().numpy()
     pred = probs.argmax(1).cpu().numpy()
@@ -85,11 +92,14 @@ def class_report(table: SampleTable, probs: torch.Tensor, class_noise_rate: torc
     rows = []
     for k in range(c):
         m = labels == k
-        row = {"class": k, "name": class_names[k] if class_names else str(k),
-               "count": int(m.sum()),
-               "noise_rate_est": float(class_noise_rate[k]),
-               "oof_accuracy": float((pred[m] == k).mean()) if m.any() else float("nan"),
-               "flagged": int(flagged[m].sum())}
+        row = {
+            "class": k,
+            "name": class_names[k] if class_names else str(k),
+            "count": int(m.sum()),
+            "noise_rate_est": float(class_noise_rate[k]),
+            "oof_accuracy": float((pred[m] == k).mean()) if m.any() else float("nan"),
+            "flagged": int(flagged[m].sum()),
+        }
         if table.has_ground_truth:
             true = table.true_labels.cpu().numpy()
             row["noise_rate_true"] = float((true[m] != k).mean()) if m.any() else float("nan")

@@ -60,8 +60,9 @@ class SampleTable(nn.Module):
         """``(N,)`` bool: given label differs from the true label (needs ground truth)."""
         return self.labels != self.true_labels
 
-    def record_flags(self, flags: torch.Tensor, quality: torch.Tensor, suggested: torch.Tensor,
-                     epoch: int) -> None:
+    def record_flags(
+        self, flags: torch.Tensor, quality: torch.Tensor, suggested: torch.Tensor, epoch: int
+    ) -> None:
         """Store one confident-learning verdict; a sample cleared later is unflagged."""
         self.flagged.copy_(flags)
         self.quality.copy_(quality)

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
+import functools
+import inspect
 import logging
 import time
 from pathlib import Path
 from typing import Any
-
-import functools
-import inspect
 
 import lightning as L
 import numpy as np
@@ -19,10 +18,10 @@ from omegaconf import DictConfig, OmegaConf
 
 from dcloop.callbacks import ConfidentLearning, OOFCollector
 from dcloop.console import emit, run_summary
+from dcloop.data import check_item
 from dcloop.metrics import detection_metrics
 from dcloop.models import FoldEnsemble
 from dcloop.results import class_report, issue_table, write_csv, write_json
-from dcloop.validation import check_batch
 
 log = logging.getLogger(__name__)
 
@@ -37,8 +36,11 @@ def net_factory(net_cfg: DictConfig, in_shape, num_classes: int):
     if not isinstance(factory, functools.partial):
         raise ValueError("model.net must be a factory: set `_partial_: true` on it")
     params = inspect.signature(factory.func).parameters
-    known = {"in_shape": tuple(in_shape), "in_channels": int(in_shape[0]),
-             "num_classes": int(num_classes)}
+    known = {
+        "in_shape": tuple(in_shape),
+        "in_channels": int(in_shape[0]),
+        "num_classes": int(num_classes),
+    }
     extra = {k: v for k, v in known.items() if k in params and k not in factory.keywords}
     return functools.partial(factory, **extra)
 
@@ -48,25 +50,33 @@ def build(cfg: DictConfig, run_dir: Path):
     dm = instantiate(cfg.data, noise=OmegaConf.to_container(cfg.noise), seed=cfg.seed)
     dm.setup("fit")
     item = dm.train_dataset[0]
-    check_batch(tuple(item) if isinstance(item, (tuple, list)) else item)
+    check_item(item)
     sources = [dm.source_of(i) for i in range(dm.num_train)]
     model = FoldEnsemble(
-        net_factory(cfg.model.net, dm.input_shape, dm.num_classes), dm.given_labels, num_folds=cfg.folds,
-        num_classes=dm.num_classes, seed=cfg.seed,
+        net_factory(cfg.model.net, dm.input_shape, dm.num_classes),
+        dm.given_labels,
+        num_folds=cfg.folds,
+        num_classes=dm.num_classes,
+        seed=cfg.seed,
         true_labels=dm.true_labels if dm.has_ground_truth else None,
         **OmegaConf.to_container(cfg.model.optim),
     )
     oof = OOFCollector()
-    clcb = ConfidentLearning(**OmegaConf.to_container(cfg.cl), output_dir=run_dir,
-                             sources=sources)
+    clcb = ConfidentLearning(**OmegaConf.to_container(cfg.cl), output_dir=run_dir, sources=sources)
     callbacks: list[L.Callback] = [oof, clcb]
     if cfg.checkpoint:
-        callbacks.append(L.pytorch.callbacks.ModelCheckpoint(
-            dirpath=run_dir / "checkpoints", save_last=True, save_top_k=0,
-            save_on_train_epoch_end=True))
+        callbacks.append(
+            L.pytorch.callbacks.ModelCheckpoint(
+                dirpath=run_dir / "checkpoints",
+                save_last=True,
+                save_top_k=0,
+                save_on_train_epoch_end=True,
+            )
+        )
     logger = instantiate(cfg.logger) if cfg.get("logger") else False
-    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=logger,
-                          default_root_dir=str(run_dir))
+    trainer = instantiate(
+        cfg.trainer, callbacks=callbacks, logger=logger, default_root_dir=str(run_dir)
+    )
     return dm, model, oof, clcb, trainer, sources
 
 
@@ -97,8 +107,16 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     return metrics
 
 
-def finish(run_dir: Path, dm, model: FoldEnsemble, oof: OOFCollector,
-           clcb: ConfidentLearning, sources, test: dict, cfg: DictConfig) -> dict[str, Any]:
+def finish(
+    run_dir: Path,
+    dm,
+    model: FoldEnsemble,
+    oof: OOFCollector,
+    clcb: ConfidentLearning,
+    sources,
+    test: dict,
+    cfg: DictConfig,
+) -> dict[str, Any]:
     """Write the end-of-run files and assemble ``metrics.json``'s content."""
     table = model.samples
     result = clcb.last_result or clcb.run(table.labels, oof.probs)
@@ -106,9 +124,13 @@ def finish(run_dir: Path, dm, model: FoldEnsemble, oof: OOFCollector,
         table.record_flags(result.flags, result.quality, result.suggested, -1)
     metrics: dict[str, Any] = {
         "data": {"source": dm.source, "num_train": dm.num_train, "num_classes": dm.num_classes},
-        "cleaning": {"num_folds": model.num_folds, "action": clcb.action,
-                     "filter_by": clcb.filter_by, "num_flagged": int(table.flagged.sum()),
-                     "vectorized": model.vectorized},
+        "cleaning": {
+            "num_folds": model.num_folds,
+            "action": clcb.action,
+            "filter_by": clcb.filter_by,
+            "num_flagged": int(table.flagged.sum()),
+            "vectorized": model.vectorized,
+        },
         "noise": {"rate": result.noise_rate},
         "test": {"accuracy": float(test.get("test/acc", float("nan")))},
         "history": clcb.history,
@@ -116,20 +138,28 @@ def finish(run_dir: Path, dm, model: FoldEnsemble, oof: OOFCollector,
     if dm.has_ground_truth:
         det = detection_metrics(table.flagged, table.is_noisy, table.quality)
         metrics["detection"] = det
-        metrics["noise_injected"] = {"kind": dm.noise.kind, "rate": dm.noise.rate,
-                                     "num_noisy": int(dm.is_noisy.sum()),
-                                     "rate_actual": float(dm.is_noisy.mean())}
+        metrics["noise_injected"] = {
+            "kind": dm.noise.kind,
+            "rate": dm.noise.rate,
+            "num_noisy": int(dm.is_noisy.sum()),
+            "rate_actual": float(dm.is_noisy.mean()),
+        }
     if not L.pytorch.utilities.rank_zero_only.rank == 0:
         return metrics
     names = list(dm.class_names) if getattr(dm, "class_names", None) else None
     write_csv(issue_table(table, sources), run_dir / "label_issues.csv")
-    write_csv(class_report(table, oof.probs, result.class_noise_rate, names),
-              run_dir / "class_report.csv")
+    write_csv(
+        class_report(table, oof.probs, result.class_noise_rate, names), run_dir / "class_report.csv"
+    )
     nm = result.noise_matrix.cpu().numpy()
     labels = names or [str(k) for k in range(nm.shape[0])]
-    write_csv(pd.DataFrame(nm, columns=[f"true_{c}" for c in labels])
-              .assign(given=[f"given_{c}" for c in labels]).set_index("given").reset_index(),
-              run_dir / "noise_matrix.csv")
+    write_csv(
+        pd.DataFrame(nm, columns=[f"true_{c}" for c in labels])
+        .assign(given=[f"given_{c}" for c in labels])
+        .set_index("given")
+        .reset_index(),
+        run_dir / "noise_matrix.csv",
+    )
     np.save(run_dir / "oof_probs.npy", oof.probs.float().cpu().numpy())
     np.save(run_dir / "folds.npy", table.folds.cpu().numpy())
     OmegaConf.save(cfg, run_dir / "config.yaml")

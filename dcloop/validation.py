@@ -62,9 +62,9 @@ def check_probs(probs, num_samples: int | None = None, num_classes: int | None =
         raise ValueError(f"probabilities have {n} rows but there are {num_samples} labels")
     if num_classes is not None and c != num_classes:
         raise ValueError(f"probabilities have {c} columns but num_classes={num_classes}")
-    finite = torch.isfinite(probs).all() if isinstance(probs, torch.Tensor) else np.isfinite(
-        probs
-    ).all()
+    finite = (
+        torch.isfinite(probs).all() if isinstance(probs, torch.Tensor) else np.isfinite(probs).all()
+    )
     if not bool(finite):
         bad = torch.as_tensor(probs).isfinite().logical_not().any(dim=1).nonzero().flatten()
         raise ValueError(
@@ -83,8 +83,10 @@ def check_batch(batch) -> None:
             "your dataset with dcloop.data.WithIndex or use dcloop.data.IndexedTensorDataset."
         )
     index = batch[2]
-    ok = isinstance(index, torch.Tensor) and not index.is_floating_point() and not (
-        index.dtype == torch.bool
+    ok = (
+        isinstance(index, torch.Tensor)
+        and not index.is_floating_point()
+        and not (index.dtype == torch.bool)
     )
     if not ok:
         raise ValueError(

@@ -22,10 +22,13 @@ def noisy_problem(n=600, c=4, seed=0):
 @pytest.mark.parametrize("filter_by", ["prune_by_noise_rate", "both", "confident_learning"])
 def test_flags_equal_a_direct_cleanlab_call(backend, filter_by):
     labels, probs, _ = noisy_problem()
-    res = confident_learning(torch.from_numpy(labels), torch.from_numpy(probs).float(),
-                             filter_by=filter_by, backend=backend)
-    ref = cleanlab.filter.find_label_issues(labels, probs.astype(np.float32),
-                                            filter_by=filter_by)
+    res = confident_learning(
+        torch.from_numpy(labels),
+        torch.from_numpy(probs).float(),
+        filter_by=filter_by,
+        backend=backend,
+    )
+    ref = cleanlab.filter.find_label_issues(labels, probs.astype(np.float32), filter_by=filter_by)
     np.testing.assert_array_equal(res.flags.numpy(), ref)
     ref_q = cleanlab.rank.get_label_quality_scores(labels, probs.astype(np.float32))
     np.testing.assert_allclose(res.quality.numpy(), ref_q, rtol=1e-5, atol=1e-6)

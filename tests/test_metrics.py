@@ -10,8 +10,9 @@ def test_detection_metrics_match_sklearn():
     noisy = rng.random(500) < 0.2
     flags = noisy ^ (rng.random(500) < 0.1)
     quality = np.where(noisy, rng.random(500) * 0.7, rng.random(500) * 0.7 + 0.3).round(2)
-    m = detection_metrics(torch.from_numpy(flags), torch.from_numpy(noisy),
-                          torch.from_numpy(quality))
+    m = detection_metrics(
+        torch.from_numpy(flags), torch.from_numpy(noisy), torch.from_numpy(quality)
+    )
     assert np.isclose(m["precision"], precision_score(noisy, flags))
     assert np.isclose(m["recall"], recall_score(noisy, flags))
     assert np.isclose(m["f1"], f1_score(noisy, flags))

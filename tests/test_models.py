@@ -40,8 +40,10 @@ def test_weights_zero_remove_a_sample_from_the_loss():
     torch.testing.assert_close(per[1], ce[0])  # replica 1 trains on fold 0 minus the pruned one
 
 
-@pytest.mark.parametrize("net", [partial(MLP, (1, 4, 4), 3, hidden=(16,)),
-                                 partial(SmallCNN, 1, 3, width=4, batch_norm=True)])
+@pytest.mark.parametrize(
+    "net",
+    [partial(MLP, (1, 4, 4), 3, hidden=(16,)), partial(SmallCNN, 1, 3, width=4, batch_norm=True)],
+)
 def test_vmap_and_loop_agree(net):
     model = make(net)
     model.eval()

@@ -52,12 +52,21 @@ class ConfidentLearning(L.Callback):
         sources: ``(N,)`` file paths or dataset ids for the issue table.
     """
 
-    def __init__(self, *, warmup_epochs: int = 5, every_n_epochs: int = 1,
-                 filter_by: str = "prune_by_noise_rate",
-                 quality_method: str = "self_confidence", action: str = "prune",
-                 frac_noise: float = 1.0, downweight_floor: float = 0.1,
-                 downweight_power: float = 1.0, backend: str = "torch",
-                 output_dir: str | Path | None = None, sources=None) -> None:
+    def __init__(
+        self,
+        *,
+        warmup_epochs: int = 5,
+        every_n_epochs: int = 1,
+        filter_by: str = "prune_by_noise_rate",
+        quality_method: str = "self_confidence",
+        action: str = "prune",
+        frac_noise: float = 1.0,
+        downweight_floor: float = 0.1,
+        downweight_power: float = 1.0,
+        backend: str = "torch",
+        output_dir: str | Path | None = None,
+        sources=None,
+    ) -> None:
         check_choice("filter_by", filter_by, FILTER_BY)
         check_choice("quality_method", quality_method, QUALITY_METHODS)
         check_choice("action", action, ACTIONS)
@@ -89,13 +98,17 @@ class ConfidentLearning(L.Callback):
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if not hasattr(pl_module, "samples"):
-            raise ValueError("ConfidentLearning needs a LightningModule with a `samples` "
-                             "SampleTable, e.g. dcloop.models.FoldEnsemble")
+            raise ValueError(
+                "ConfidentLearning needs a LightningModule with a `samples` "
+                "SampleTable, e.g. dcloop.models.FoldEnsemble"
+            )
         mine = trainer.callbacks.index(self)
         found = [c for c in trainer.callbacks[:mine] if isinstance(c, OOFCollector)]
         if not found:
-            raise ValueError("ConfidentLearning needs an OOFCollector placed before it in "
-                             "Trainer(callbacks=[OOFCollector(), ConfidentLearning(), ...])")
+            raise ValueError(
+                "ConfidentLearning needs an OOFCollector placed before it in "
+                "Trainer(callbacks=[OOFCollector(), ConfidentLearning(), ...])"
+            )
         self._oof = found[-1]
 
     def due(self, epoch: int) -> bool:
@@ -112,31 +125,52 @@ class ConfidentLearning(L.Callback):
         if trainer.world_size > 1:  # decide once, on rank 0
             result = trainer.strategy.broadcast(result, src=0)
         table.record_flags(result.flags, result.quality, result.suggested, epoch)
-        table.weights.copy_(action_weights(result.flags, result.quality, action=self.action,
-                                           floor=self.downweight_floor,
-                                           power=self.downweight_power))
+        table.weights.copy_(
+            action_weights(
+                result.flags,
+                result.quality,
+                action=self.action,
+                floor=self.downweight_floor,
+                power=self.downweight_power,
+            )
+        )
         self.last_result = result
         row = self._summarise(epoch, result, table)
         self.history.append(row)
-        pl_module.log_dict({f"cl/{k}": float(v) for k, v in row.items() if k != "epoch"},
-                           on_epoch=True, on_step=False)
-        log.info("epoch %d: %d flagged, estimated noise %.3f", epoch, row["num_flagged"],
-                 row["noise_rate_est"])
+        pl_module.log_dict(
+            {f"cl/{k}": float(v) for k, v in row.items() if k != "epoch"},
+            on_epoch=True,
+            on_step=False,
+        )
+        log.info(
+            "epoch %d: %d flagged, estimated noise %.3f",
+            epoch,
+            row["num_flagged"],
+            row["noise_rate_est"],
+        )
         if self.output_dir is not None and trainer.is_global_zero:
             write_issue_table(self.output_dir / "label_issues.csv", table, self.sources)
         trainer.strategy.barrier("dcloop_cl")
 
     def run(self, labels, probs) -> CLResult:
         """Confident learning on ``(labels, probs)`` with this callback's settings."""
-        return confident_learning(labels, probs, filter_by=self.filter_by,
-                                  quality_method=self.quality_method,
-                                  frac_noise=self.frac_noise, backend=self.backend)
+        return confident_learning(
+            labels,
+            probs,
+            filter_by=self.filter_by,
+            quality_method=self.quality_method,
+            frac_noise=self.frac_noise,
+            backend=self.backend,
+        )
 
     @staticmethod
     def _summarise(epoch: int, result: CLResult, table) -> dict[str, Any]:
-        row: dict[str, Any] = {"epoch": epoch, "num_flagged": int(result.flags.sum()),
-                               "noise_rate_est": result.noise_rate,
-                               "weight_mean": float(table.weights.mean())}
+        row: dict[str, Any] = {
+            "epoch": epoch,
+            "num_flagged": int(result.flags.sum()),
+            "noise_rate_est": result.noise_rate,
+            "weight_mean": float(table.weights.mean()),
+        }
         if table.has_ground_truth:
             det = detection_metrics(result.flags, table.is_noisy, result.quality)
             row.update({k: det[k] for k in ("precision", "recall", "f1", "auroc")})

@@ -54,9 +54,16 @@ class OOFCollector(L.Callback):
         >>> index, probs = oof.shard()  # doctest: +SKIP
     """
 
-    def __init__(self, num_samples: int | None = None, num_classes: int | None = None, *,
-                 dataloader: DataLoader | None = None, every_n_epochs: int = 1,
-                 require_full_coverage: bool = True, dtype: torch.dtype = torch.float32) -> None:
+    def __init__(
+        self,
+        num_samples: int | None = None,
+        num_classes: int | None = None,
+        *,
+        dataloader: DataLoader | None = None,
+        every_n_epochs: int = 1,
+        require_full_coverage: bool = True,
+        dtype: torch.dtype = torch.float32,
+    ) -> None:
         if every_n_epochs < 1:
             raise ValueError(f"every_n_epochs must be >= 1; got {every_n_epochs}")
         for name, v in (("num_samples", num_samples), ("num_classes", num_classes)):
@@ -75,8 +82,7 @@ class OOFCollector(L.Callback):
 
     @property
     def state_key(self) -> str:
-        return self._generate_state_key(num_samples=self.num_samples,
-                                        num_classes=self.num_classes)
+        return self._generate_state_key(num_samples=self.num_samples, num_classes=self.num_classes)
 
     # ------------------------------------------------------------------ hooks
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
@@ -85,8 +91,10 @@ class OOFCollector(L.Callback):
         if self.num_classes is None:
             self.num_classes = int(getattr(pl_module, "num_classes", 0)) or None
         if self.num_samples is None or self.num_classes is None:
-            raise ValueError("OOFCollector needs num_samples and num_classes (pass them, or "
-                             "give the LightningModule `num_samples` / `num_classes`)")
+            raise ValueError(
+                "OOFCollector needs num_samples and num_classes (pass them, or "
+                "give the LightningModule `num_samples` / `num_classes`)"
+            )
         self._allocate(pl_module.device)
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -169,14 +177,25 @@ class OOFCollector(L.Callback):
         if loader is None:
             dm = trainer.datamodule
             if dm is None or not hasattr(dm, "oof_dataloader"):
-                raise ValueError("OOFCollector needs a dataloader: pass `dataloader=` or use "
-                                 "a datamodule with an `oof_dataloader()` method")
+                raise ValueError(
+                    "OOFCollector needs a dataloader: pass `dataloader=` or use "
+                    "a datamodule with an `oof_dataloader()` method"
+                )
             loader = dm.oof_dataloader()
         if trainer.world_size > 1:
-            sampler = DistributedSampler(loader.dataset, num_replicas=trainer.world_size,
-                                         rank=trainer.global_rank, shuffle=False)
-            loader = DataLoader(loader.dataset, batch_size=loader.batch_size, sampler=sampler,
-                                num_workers=loader.num_workers, collate_fn=loader.collate_fn)
+            sampler = DistributedSampler(
+                loader.dataset,
+                num_replicas=trainer.world_size,
+                rank=trainer.global_rank,
+                shuffle=False,
+            )
+            loader = DataLoader(
+                loader.dataset,
+                batch_size=loader.batch_size,
+                sampler=sampler,
+                num_workers=loader.num_workers,
+                collate_fn=loader.collate_fn,
+            )
         return loader
 
     @staticmethod
@@ -187,10 +206,16 @@ class OOFCollector(L.Callback):
         return pl_module(x).float().softmax(-1)
 
     def _write_gathered(self, pl_module, parts_i, parts_p) -> None:
-        index = torch.cat(parts_i) if parts_i else torch.empty(0, dtype=torch.long,
-                                                               device=pl_module.device)
-        probs = torch.cat(parts_p) if parts_p else torch.empty(0, self.num_classes,
-                                                               device=pl_module.device)
+        index = (
+            torch.cat(parts_i)
+            if parts_i
+            else torch.empty(0, dtype=torch.long, device=pl_module.device)
+        )
+        probs = (
+            torch.cat(parts_p)
+            if parts_p
+            else torch.empty(0, self.num_classes, device=pl_module.device)
+        )
         # Every rank holds the same number of rows (the sampler pads), so shapes match.
         index = pl_module.all_gather(index).reshape(-1)
         probs = pl_module.all_gather(probs).reshape(-1, self.num_classes)

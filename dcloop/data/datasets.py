@@ -147,7 +147,12 @@ class IndexedTensorDataset(Dataset):
     def __getitem__(self, i: int) -> tuple[Tensor, int, int]:
         i = int(i)
         x = self.x[i]
-        x = x.float().div_(255.0) if x.dtype == torch.uint8 else x.to(torch.float32)
+        if x.dtype == torch.uint8:
+            x = x.float().div_(255.0)
+        else:
+            x = x.to(torch.float32)
+            if self.transform is not None:
+                x = x.clone()  # an in-place transform must not alter the stored data
         if self.transform is not None:
             x = self.transform(x)
         return x, int(self.labels[i]), i
@@ -196,7 +201,9 @@ class IndexedTensorDataset(Dataset):
         """
         idx = as_label_array(indices, name="indices")
         if idx.size and (idx.min() < 0 or idx.max() >= len(self)):
-            raise ValueError(f"indices must lie in [0, {len(self)}), got min {idx.min()} max {idx.max()}")
+            raise ValueError(
+                f"indices must lie in [0, {len(self)}), got min {idx.min()} max {idx.max()}"
+            )
         t = torch.as_tensor(idx, dtype=torch.long)
         return self._replace(
             x=self.x[t], labels=self.labels[idx], sources=[self.source(int(i)) for i in idx]
@@ -298,7 +305,9 @@ class ImageFileDataset(Dataset):
         """The file path of every row, length N."""
         return list(self.paths)
 
-    def _replace(self, paths: Sequence[str], labels: np.ndarray, **changes: Any) -> ImageFileDataset:
+    def _replace(
+        self, paths: Sequence[str], labels: np.ndarray, **changes: Any
+    ) -> ImageFileDataset:
         kwargs: dict[str, Any] = {
             "image_size": self.image_size,
             "mode": self.mode,
@@ -324,7 +333,9 @@ class ImageFileDataset(Dataset):
         """Returns the rows ``indices`` as a new dataset whose index runs ``0..len(indices)-1``."""
         idx = as_label_array(indices, name="indices")
         if idx.size and (idx.min() < 0 or idx.max() >= len(self)):
-            raise ValueError(f"indices must lie in [0, {len(self)}), got min {idx.min()} max {idx.max()}")
+            raise ValueError(
+                f"indices must lie in [0, {len(self)}), got min {idx.min()} max {idx.max()}"
+            )
         return self._replace([self.paths[int(i)] for i in idx], self.labels[idx])
 
 
@@ -368,9 +379,7 @@ def image_folder(
     exts = tuple(e.lower() if e.startswith(".") else "." + e.lower() for e in extensions)
     if not exts:
         raise ValueError("extensions must name at least one file extension, e.g. ('.png',)")
-    class_dirs = sorted(
-        p for p in base.iterdir() if p.is_dir() and not p.name.startswith(".")
-    )
+    class_dirs = sorted(p for p in base.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not class_dirs:
         raise ValueError(f"no class sub-folders found in {str(base)!r}. {how}")
     class_names = [p.name for p in class_dirs]
@@ -490,7 +499,9 @@ def csv_manifest(
     elif all(v is not None for v in ints):
         labels = [int(v) for v in ints]  # type: ignore[arg-type]
         if min(labels) < 0:
-            raise ValueError(f"manifest {str(mpath)!r}: integer labels must be >= 0, got {min(labels)}")
+            raise ValueError(
+                f"manifest {str(mpath)!r}: integer labels must be >= 0, got {min(labels)}"
+            )
         if names is None:
             names = [str(k) for k in range(max(labels) + 1)]
         elif max(labels) >= len(names):
@@ -527,9 +538,7 @@ def csv_manifest(
     return ds, list(names)
 
 
-def torchvision_dataset(
-    name: str, root: str | os.PathLike, *, train: bool
-) -> IndexedTensorDataset:
+def torchvision_dataset(name: str, root: str | os.PathLike, *, train: bool) -> IndexedTensorDataset:
     """Loads CIFAR-10 or MNIST from a local folder with torchvision (never downloads).
 
     The images are held in memory as uint8 and returned as float32 in [0, 1]:
@@ -569,7 +578,9 @@ def torchvision_dataset(
     try:
         tv = cls(str(path), train=train, download=False)
     except RuntimeError as err:
-        raise FileNotFoundError(f"{key} files not found or corrupt under {str(path)!r}. {hint}") from err
+        raise FileNotFoundError(
+            f"{key} files not found or corrupt under {str(path)!r}. {hint}"
+        ) from err
     if key == "cifar10":
         x = torch.from_numpy(np.ascontiguousarray(np.asarray(tv.data).transpose(0, 3, 1, 2)))
     else:

@@ -57,10 +57,21 @@ class FoldEnsemble(L.LightningModule):
         >>> model = FoldEnsemble(partial(MLP, (1, 8, 8), 10), labels, num_folds=5)  # doctest: +SKIP
     """
 
-    def __init__(self, net: Callable[[], nn.Module], labels, *, num_folds: int = 5,
-                 num_classes: int | None = None, seed: int = 0, true_labels=None, lr: float = 3e-3,
-                 weight_decay: float = 1e-4, scheduler: str = "cosine",
-                 label_smoothing: float = 0.0, vectorize: Vectorize = "auto") -> None:
+    def __init__(
+        self,
+        net: Callable[[], nn.Module],
+        labels,
+        *,
+        num_folds: int = 5,
+        num_classes: int | None = None,
+        seed: int = 0,
+        true_labels=None,
+        lr: float = 3e-3,
+        weight_decay: float = 1e-4,
+        scheduler: str = "cosine",
+        label_smoothing: float = 0.0,
+        vectorize: Vectorize = "auto",
+    ) -> None:
         super().__init__()
         if vectorize not in ("auto", "vmap", "loop"):
             raise ValueError(f"vectorize must be 'auto', 'vmap' or 'loop'; got {vectorize!r}")
@@ -84,7 +95,8 @@ class FoldEnsemble(L.LightningModule):
         self._names = list(params)
         self._buffer_names = list(buffers)
         self.replica_params = nn.ParameterDict(
-            {_key(n): nn.Parameter(p.detach().clone()) for n, p in params.items()})
+            {_key(n): nn.Parameter(p.detach().clone()) for n, p in params.items()}
+        )
         for n, b in buffers.items():
             self.register_buffer("replica_buf__" + _key(n), b.clone())
         # The skeleton holds the architecture only; its tensors live on "meta".
@@ -118,14 +130,22 @@ class FoldEnsemble(L.LightningModule):
             except Exception as err:  # noqa: BLE001 - any vmap limitation triggers the fallback
                 if not self._auto:
                     raise
-                log.info("vmap cannot batch this network (%s); looping over %d replicas",
-                         type(err).__name__, self.num_folds)
+                log.info(
+                    "vmap cannot batch this network (%s); looping over %d replicas",
+                    type(err).__name__,
+                    self.num_folds,
+                )
                 self._mode = "loop"
-        return torch.stack([
-            functional_call(skeleton, ({n: p[k] for n, p in params.items()},
-                                       {n: b[k] for n, b in buffers.items()}), (x,))
-            for k in range(self.num_folds)
-        ])
+        return torch.stack(
+            [
+                functional_call(
+                    skeleton,
+                    ({n: p[k] for n, p in params.items()}, {n: b[k] for n, b in buffers.items()}),
+                    (x,),
+                )
+                for k in range(self.num_folds)
+            ]
+        )
 
     @staticmethod
     def _forward_vmap(skeleton, params, buffers, x):
@@ -144,10 +164,20 @@ class FoldEnsemble(L.LightningModule):
         s = self.samples
         logits = self(x)
         loss, per_replica = fold_masked_loss(
-            logits, s.labels[index], s.folds[index], s.weights[index],
-            label_smoothing=self.hparams.label_smoothing)
-        self.log("train/loss", per_replica.mean(), prog_bar=True, on_step=False, on_epoch=True,
-                 batch_size=x.shape[0])
+            logits,
+            s.labels[index],
+            s.folds[index],
+            s.weights[index],
+            label_smoothing=self.hparams.label_smoothing,
+        )
+        self.log(
+            "train/loss",
+            per_replica.mean(),
+            prog_bar=True,
+            on_step=False,
+            on_epoch=True,
+            batch_size=x.shape[0],
+        )
         return loss
 
     def _ensemble_step(self, batch, stage: str) -> torch.Tensor:
@@ -175,8 +205,11 @@ class FoldEnsemble(L.LightningModule):
         return probs[self.samples.folds[index], rows]
 
     def configure_optimizers(self):
-        opt = torch.optim.AdamW(self.replica_params.parameters(), lr=self.hparams.lr,
-                                weight_decay=self.hparams.weight_decay)
+        opt = torch.optim.AdamW(
+            self.replica_params.parameters(),
+            lr=self.hparams.lr,
+            weight_decay=self.hparams.weight_decay,
+        )
         if self.hparams.scheduler == "none":
             return opt
         epochs = max(1, int(self.trainer.max_epochs or 1))

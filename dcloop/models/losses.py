@@ -6,9 +6,13 @@ import torch
 import torch.nn.functional as F
 
 
-def fold_masked_loss(logits: torch.Tensor, targets: torch.Tensor, folds: torch.Tensor,
-                     weights: torch.Tensor | None = None,
-                     label_smoothing: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+def fold_masked_loss(
+    logits: torch.Tensor,
+    targets: torch.Tensor,
+    folds: torch.Tensor,
+    weights: torch.Tensor | None = None,
+    label_smoothing: float = 0.0,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Cross-entropy of K replicas where replica k ignores the samples of fold k.
 
     Args:
@@ -24,8 +28,12 @@ def fold_masked_loss(logits: torch.Tensor, targets: torch.Tensor, folds: torch.T
         ``total`` is their sum, so each replica receives exactly its own gradient.
     """
     k, b, c = logits.shape
-    ce = F.cross_entropy(logits.reshape(k * b, c), targets.repeat(k), reduction="none",
-                         label_smoothing=label_smoothing).view(k, b)
+    ce = F.cross_entropy(
+        logits.reshape(k * b, c),
+        targets.repeat(k),
+        reduction="none",
+        label_smoothing=label_smoothing,
+    ).view(k, b)
     replica = torch.arange(k, device=logits.device).unsqueeze(1)
     w = (folds.unsqueeze(0) != replica).to(ce.dtype)
     if weights is not None:

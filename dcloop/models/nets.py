@@ -18,8 +18,13 @@ class MLP(nn.Sequential):
         dropout: dropout after each hidden layer.
     """
 
-    def __init__(self, in_shape: Sequence[int], num_classes: int,
-                 hidden: Sequence[int] = (256, 128), dropout: float = 0.0) -> None:
+    def __init__(
+        self,
+        in_shape: Sequence[int],
+        num_classes: int,
+        hidden: Sequence[int] = (256, 128),
+        dropout: float = 0.0,
+    ) -> None:
         layers: list[nn.Module] = [nn.Flatten()]
         width = math.prod(in_shape)
         for h in hidden:
@@ -46,8 +51,14 @@ class SmallCNN(nn.Module):
         dropout: dropout before the classifier.
     """
 
-    def __init__(self, in_channels: int, num_classes: int, width: int = 32,
-                 batch_norm: bool = False, dropout: float = 0.0) -> None:
+    def __init__(
+        self,
+        in_channels: int,
+        num_classes: int,
+        width: int = 32,
+        batch_norm: bool = False,
+        dropout: float = 0.0,
+    ) -> None:
         super().__init__()
 
         def block(cin: int, cout: int) -> list[nn.Module]:

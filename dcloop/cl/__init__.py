@@ -1,0 +1,29 @@
+"""Confident learning on torch tensors: a chunked, memory-bounded engine with cleanlab semantics.
+
+Public functions accept torch tensors on any device (or numpy arrays) and return results in the
+same family: torch in -> torch on the same device, numpy in -> numpy.
+
+* :func:`find_label_issues` -- boolean mask or ranked indices of likely label errors
+  (``filter_by``: ``prune_by_noise_rate``, ``prune_by_class``, ``both``, ``confident_learning``,
+  ``predicted_neq_given``); ``backend="cleanlab"`` runs cleanlab itself.
+* :func:`get_label_quality_scores` -- ``self_confidence``, ``normalized_margin``,
+  ``confidence_weighted_entropy``.
+* :func:`compute_confident_joint`, :func:`estimate_joint`, :func:`estimate_noise_matrices`.
+
+``pred_probs`` is read in row chunks (``chunk_size`` rows): besides the inputs, the engine holds
+a few ``(N,)`` vectors, ``(K, K)`` matrices and one ``[chunk, K]`` working block at a time.
+"""
+
+from dcloop.cl.count import compute_confident_joint, estimate_joint, estimate_noise_matrices
+from dcloop.cl.filter import FILTER_BY, find_label_issues
+from dcloop.cl.rank import SCORE_METHODS, get_label_quality_scores
+
+__all__ = [
+    "FILTER_BY",
+    "SCORE_METHODS",
+    "compute_confident_joint",
+    "estimate_joint",
+    "estimate_noise_matrices",
+    "find_label_issues",
+    "get_label_quality_scores",
+]

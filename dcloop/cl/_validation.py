@@ -1,0 +1,198 @@
+"""Input checks and conversion for the public ``dcloop.cl`` functions.
+
+Every public function calls :func:`prepare_inputs` exactly once; the private engine functions
+assume the resulting :class:`Inputs` are valid and never re-check them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+#: Allowed distance of a probability from ``[0, 1]`` (cleanlab's ``FLOATING_POINT_COMPARISON``).
+PROB_RANGE_ATOL = 1e-6
+#: Allowed ``|row sum - 1|`` per input dtype. Rows inside the tolerance are used *as given*
+#: (no renormalisation, as cleanlab does); rows outside raise ``ValueError``.
+ROW_SUM_ATOL = {
+    torch.float16: 1e-2,
+    torch.bfloat16: 1e-2,
+    torch.float32: 1e-3,
+    torch.float64: 1e-3,
+}
+#: Elements per ``[chunk, K]`` working block: small on CPU so that a chunk stays in cache while
+#: several reductions read it; large on accelerators to keep kernel launches few.
+CPU_CHUNK_ELEMENTS = 1 << 20
+DEVICE_CHUNK_ELEMENTS = 1 << 26
+
+
+@dataclass(frozen=True)
+class Inputs:
+    """Validated inputs shared by the private engine functions.
+
+    Attributes:
+        labels: ``(N,)`` int64 tensor on ``probs.device``, values in ``[0, K)``.
+        probs: ``(N, K)`` floating tensor as given (dtype and device unchanged, no copy).
+        compute_dtype: float64 for float64 input, else float32 (half types are upcast per chunk).
+        chunk_rows: rows per ``[chunk, K]`` block.
+        as_numpy: whether results go back to the caller as numpy arrays.
+    """
+
+    labels: torch.Tensor
+    probs: torch.Tensor
+    compute_dtype: torch.dtype
+    chunk_rows: int
+    as_numpy: bool
+
+    @property
+    def n(self) -> int:
+        return int(self.probs.shape[0])
+
+    @property
+    def k(self) -> int:
+        return int(self.probs.shape[1])
+
+    @property
+    def device(self) -> torch.device:
+        return self.probs.device
+
+    def chunks(self) -> Iterator[tuple[int, int]]:
+        """Yield ``(start, stop)`` row ranges covering ``[0, N)``."""
+        for start in range(0, self.n, self.chunk_rows):
+            yield start, min(start + self.chunk_rows, self.n)
+
+    def block(self, start: int, stop: int) -> torch.Tensor:
+        """Rows ``[start, stop)`` of ``probs`` in ``compute_dtype`` (a copy only for half input)."""
+        return self.probs[start:stop].to(self.compute_dtype)
+
+    def out(self, value: torch.Tensor) -> torch.Tensor | np.ndarray:
+        """Return ``value`` in the caller's array family (numpy on host, or torch as is)."""
+        return value.cpu().numpy() if self.as_numpy else value
+
+    def out_matrix(self, value: np.ndarray) -> torch.Tensor | np.ndarray:
+        """Return a host ``(K, K)`` numpy matrix in the caller's array family and device."""
+        return value if self.as_numpy else torch.from_numpy(value).to(self.device)
+
+
+def _as_tensor(x: Any, name: str) -> tuple[torch.Tensor, bool]:
+    if isinstance(x, torch.Tensor):
+        return x, False
+    arr = np.asarray(x)
+    if arr.dtype == object:
+        raise TypeError(f"{name} must be a torch tensor or numpy array; got {type(x).__name__}")
+    if arr.dtype.byteorder == ">" or any(s < 0 for s in arr.strides):
+        arr = np.ascontiguousarray(arr, dtype=arr.dtype.newbyteorder("="))
+    return torch.from_numpy(arr), True
+
+
+def default_chunk_rows(num_classes: int, device: torch.device) -> int:
+    """Rows per chunk for a ``[chunk, K]`` working block on ``device``."""
+    budget = CPU_CHUNK_ELEMENTS if device.type == "cpu" else DEVICE_CHUNK_ELEMENTS
+    return max(1, budget // max(num_classes, 1))
+
+
+def prepare_inputs(labels: Any, pred_probs: Any, *, chunk_size: int | None = None) -> Inputs:
+    """Validate ``labels`` / ``pred_probs`` once and wrap them for the engine.
+
+    Args:
+        labels: ``(N,)`` integer tensor or array of given labels.
+        pred_probs: ``(N, K)`` float16/bfloat16/float32/float64 tensor or array of predicted
+            class probabilities; each row must sum to 1 within :data:`ROW_SUM_ATOL`.
+        chunk_size: rows per ``[chunk, K]`` block; ``None`` picks one from the device.
+
+    Returns:
+        The validated :class:`Inputs`.
+
+    Raises:
+        TypeError: unsupported container or dtype.
+        ValueError: shape mismatch, labels out of range, non-finite probabilities, probabilities
+            outside ``[0, 1]`` or rows that do not sum to 1.
+    """
+    probs, probs_np = _as_tensor(pred_probs, "pred_probs")
+    lab, _ = _as_tensor(labels, "labels")
+    if probs.dtype not in ROW_SUM_ATOL:
+        raise TypeError(
+            "pred_probs must be float16, bfloat16, float32 or float64; "
+            f"got {str(probs.dtype).replace('torch.', '')}"
+        )
+    if probs.ndim != 2:
+        raise ValueError(f"pred_probs must have shape (N, K); got shape {tuple(probs.shape)}")
+    n, k = probs.shape
+    if k < 2:
+        raise ValueError(f"pred_probs must have at least 2 columns (classes); got K={k}")
+    if n < 1:
+        raise ValueError("pred_probs must have at least one row; got N=0")
+    if lab.ndim != 1:
+        raise ValueError(f"labels must have shape (N,); got shape {tuple(lab.shape)}")
+    if lab.shape[0] != n:
+        raise ValueError(
+            f"labels and pred_probs must have the same length; got {lab.shape[0]} labels and "
+            f"pred_probs of shape {tuple(probs.shape)}"
+        )
+    if lab.dtype.is_floating_point or lab.dtype.is_complex or lab.dtype == torch.bool:
+        raise TypeError(
+            f"labels must have an integer dtype; got {str(lab.dtype).replace('torch.', '')}"
+        )
+    if chunk_size is not None and (isinstance(chunk_size, bool) or int(chunk_size) < 1):
+        raise ValueError(f"chunk_size must be a positive int or None; got {chunk_size!r}")
+    lab = lab.to(device=probs.device, dtype=torch.int64)
+    lo, hi = (int(v) for v in torch.aminmax(lab))
+    if lo < 0 or hi >= k:
+        raise ValueError(f"labels must be in [0, {k}); got min={lo}, max={hi}")
+    rows = int(chunk_size) if chunk_size is not None else default_chunk_rows(k, probs.device)
+    compute_dtype = torch.float64 if probs.dtype == torch.float64 else torch.float32
+    inputs = Inputs(lab, probs, compute_dtype, min(rows, n), probs_np)
+    _check_probabilities(inputs)
+    return inputs
+
+
+def _check_probabilities(inputs: Inputs) -> None:
+    """One chunked pass: finite values, range ``[0, 1]`` and row sums close to 1."""
+    dev = inputs.device
+    worst_dev = torch.zeros((), dtype=inputs.compute_dtype, device=dev)
+    n_bad_rows = torch.zeros((), dtype=torch.int64, device=dev)
+    lo = torch.full((), float("inf"), dtype=inputs.compute_dtype, device=dev)
+    hi = torch.full((), -float("inf"), dtype=inputs.compute_dtype, device=dev)
+    for start, stop in inputs.chunks():
+        block = inputs.block(start, stop)
+        sums = block.sum(dim=1)
+        finite = torch.isfinite(sums)  # NaN or inf anywhere in a row makes its sum non-finite
+        n_bad_rows += (~finite).sum()
+        dev_rows = torch.where(finite, (sums - 1).abs(), torch.zeros_like(sums))
+        worst_dev = torch.maximum(worst_dev, dev_rows.amax())
+        b_lo, b_hi = torch.aminmax(block)
+        lo, hi = torch.minimum(lo, b_lo), torch.maximum(hi, b_hi)
+    n_bad, worst, lo_v, hi_v = int(n_bad_rows), float(worst_dev), float(lo), float(hi)
+    if n_bad:
+        row = _first_row(inputs, lambda b: ~torch.isfinite(b.sum(dim=1)))
+        raise ValueError(
+            f"pred_probs must be finite; got {n_bad} row(s) with NaN or inf (first: row {row})"
+        )
+    if lo_v < -PROB_RANGE_ATOL or hi_v > 1 + PROB_RANGE_ATOL:
+        raise ValueError(f"pred_probs must be in [0, 1]; got min={lo_v:.6g}, max={hi_v:.6g}")
+    atol = ROW_SUM_ATOL[inputs.probs.dtype]
+    if worst > atol:
+        row = _first_row(inputs, lambda b: (b.sum(dim=1) - 1).abs() > atol)
+        row_sum = float(inputs.block(row, row + 1).sum())
+        raise ValueError(
+            f"pred_probs rows must sum to 1 (atol={atol:g}); got max |row sum - 1| = {worst:.3g} "
+            f"(first offending row {row} sums to {row_sum:.6g}); renormalise the rows first"
+        )
+
+
+def _first_row(inputs: Inputs, bad) -> int:
+    """Index of the first row where ``bad(block)`` is True (error path only)."""
+    for start, stop in inputs.chunks():
+        hit = torch.nonzero(bad(inputs.block(start, stop)))
+        if hit.numel():
+            return start + int(hit[0, 0])
+    return -1  # pragma: no cover - callers only ask when such a row exists
+
+
+def check_choice(name: str, value: Any, choices: tuple) -> None:
+    """Raise ``ValueError`` unless ``value`` is one of ``choices``."""
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {list(choices)}; got {value!r}")

@@ -1,0 +1,420 @@
+"""The data module dcloop trains with: splits, injected label noise and (x, y, index) loaders."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+
+from dcloop.data.datasets import (
+    ImageFileDataset,
+    IndexedTensorDataset,
+    Transform,
+    _normalize_image_size,
+    _normalize_mode,
+    csv_manifest,
+    image_folder,
+    torchvision_dataset,
+)
+from dcloop.data.digits import DIGITS_CLASS_NAMES, load_digits_splits
+from dcloop.data.noise import NOISE_KINDS, NoiseResult, inject_noise, save_noise
+from dcloop.data.sampling import EpochShuffleSampler
+from dcloop.data.splits import _check_fracs, stratified_split_indices
+
+logger = logging.getLogger(__name__)
+
+#: Data sources :class:`LabelNoiseDataModule` can load.
+SOURCES: tuple[str, ...] = ("digits", "folder", "csv", "cifar10", "mnist")
+
+_NOISE_KEYS = ("kind", "rate", "sparsity")
+
+SplitDataset = IndexedTensorDataset | ImageFileDataset
+
+
+def _parse_noise(noise: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Validates a noise spec and fills defaults: ``{"kind", "rate", "sparsity"}``."""
+    if noise is None:
+        return {"kind": "none", "rate": 0.0, "sparsity": 0.0}
+    if not isinstance(noise, Mapping):
+        raise ValueError(
+            f"noise must be None or a mapping with keys {list(_NOISE_KEYS)}, got {noise!r}"
+        )
+    spec = dict(noise)
+    unknown = sorted(str(k) for k in spec if k not in _NOISE_KEYS)
+    if unknown:
+        raise ValueError(
+            f"noise has unknown key(s) {unknown}; allowed keys are {list(_NOISE_KEYS)}"
+        )
+    kind = spec.get("kind", "none")
+    kind = "none" if kind is None else str(kind)
+    if kind not in NOISE_KINDS:
+        raise ValueError(f"noise kind must be one of {list(NOISE_KINDS)}, got {kind!r}")
+    rate = spec.get("rate", 0.0)
+    sparsity = spec.get("sparsity", 0.0)
+    for name, value, upper_ok in (("rate", rate, False), ("sparsity", sparsity, True)):
+        if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+            raise ValueError(f"noise {name} must be a number, got {value!r}")
+        if not (0.0 <= float(value) <= 1.0 if upper_ok else 0.0 <= float(value) < 1.0):
+            bound = "[0, 1]" if upper_ok else "[0, 1)"
+            raise ValueError(f"noise {name} must be in {bound}, got {value}")
+    return {"kind": kind, "rate": float(rate), "sparsity": float(sparsity or 0.0)}
+
+
+def _check_positive_int(name: str, value: Any, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
+    return int(value)
+
+
+def _resize_tensor_dataset(ds: IndexedTensorDataset, size: tuple[int, int]) -> IndexedTensorDataset:
+    """Resizes every image of an in-memory (N, C, H, W) dataset once, at load time."""
+    x = ds.x
+    if x.ndim != 4 or tuple(x.shape[-2:]) == size:
+        return ds
+    is_uint8 = x.dtype == torch.uint8
+    xf = x.float().div_(255.0) if is_uint8 else x.float()
+    out = F.interpolate(xf, size=size, mode="bilinear", align_corners=False, antialias=True)
+    if is_uint8:
+        out = out.clamp_(0.0, 1.0).mul_(255.0).round_().to(torch.uint8)
+    return ds._replace(x=out)
+
+
+class LabelNoiseDataModule(L.LightningDataModule):
+    """Loads a data source, splits it, injects label noise into train, and serves loaders.
+
+    Every loader yields batches of ``(x, y, index)``: ``x`` float32 (B, C, H, W), ``y`` the
+    given label (B,) and ``index`` (B,) the row within that split. For the training split,
+    ``y == given_labels[index]``.
+
+    Sources:
+        * ``"digits"``: scikit-learn's embedded 8x8 digits, (1, 8, 8); needs no files.
+        * ``"folder"``: ``root/<class>/<image>``, see :func:`~dcloop.data.image_folder`.
+        * ``"csv"``: ``manifest`` with columns ``path,label`` relative to ``root``, see
+          :func:`~dcloop.data.csv_manifest`.
+        * ``"cifar10"`` / ``"mnist"``: torchvision files already under ``root`` (never
+          downloaded); the official train set is split into train/val (``val_frac`` of it goes
+          to val, ``test_frac`` is unused) and the official test set is the test split.
+
+    For digits, folder and csv, ``test_frac`` and ``val_frac`` of all rows go to test and val
+    with a stratified, seeded split. ``image_size`` resizes images of every source (file sources
+    on read, in-memory sources once at setup); ``mode`` applies to file sources only.
+
+    Args:
+        source: One of :data:`SOURCES`.
+        root: Data folder (required for every source except ``"digits"``).
+        manifest: CSV file for ``source="csv"`` (relative paths are also looked up in ``root``).
+        image_size: ``None``, an int (square side) or ``(height, width)``.
+        mode: ``"RGB"`` or ``"L"``/``"grayscale"`` for file sources.
+        num_classes: Number of classes C; by default the number of class names found. A larger
+            value is allowed only if every class still has training samples.
+        noise: ``None`` (clean) or a mapping with keys ``kind`` (one of
+            :data:`~dcloop.data.noise.NOISE_KINDS`), ``rate`` and ``sparsity``.
+        batch_size: Training batch size.
+        eval_batch_size: Batch size of the out-of-fold, validation and test loaders.
+        num_workers: DataLoader worker processes.
+        seed: Seed of the split, of the noise and of the training order.
+        val_frac: Validation fraction, in [0, 1).
+        test_frac: Test fraction, in [0, 1).
+        train_transform: Optional callable on a float32 tensor (C, H, W), applied only by
+            :meth:`train_dataloader` (augmentation).
+    """
+
+    def __init__(
+        self,
+        source: str = "digits",
+        *,
+        root: str | os.PathLike | None = None,
+        manifest: str | os.PathLike | None = None,
+        image_size: int | tuple[int, int] | None = None,
+        mode: str = "RGB",
+        num_classes: int | None = None,
+        noise: Mapping[str, Any] | None = None,
+        batch_size: int = 64,
+        eval_batch_size: int = 512,
+        num_workers: int = 0,
+        seed: int = 0,
+        val_frac: float = 0.15,
+        test_frac: float = 0.2,
+        train_transform: Transform | None = None,
+    ) -> None:
+        super().__init__()
+        if source not in SOURCES:
+            raise ValueError(f"source must be one of {list(SOURCES)}, got {source!r}")
+        if source != "digits" and root is None:
+            what = {
+                "folder": "a folder with one sub-folder of images per class",
+                "csv": "the folder that the manifest's paths are relative to",
+                "cifar10": "the folder holding 'cifar-10-batches-py/'",
+                "mnist": "the folder holding 'MNIST/raw/'",
+            }[source]
+            raise ValueError(f"source={source!r} needs root=<{what}>, got root=None")
+        if source == "csv" and manifest is None:
+            raise ValueError(
+                "source='csv' needs manifest=<CSV file with columns path,label>, got None"
+            )
+        if num_classes is not None:
+            num_classes = _check_positive_int("num_classes", num_classes, 1)
+        if train_transform is not None and not callable(train_transform):
+            raise ValueError(f"train_transform must be callable or None, got {train_transform!r}")
+        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+            raise ValueError(f"seed must be a non-negative int, got {seed!r}")
+        _check_fracs(val_frac, test_frac)
+        self.source = source
+        self.root = root
+        self.manifest = manifest
+        self.image_size = _normalize_image_size(image_size)
+        self.mode = _normalize_mode(mode)
+        self.noise_spec = _parse_noise(noise)
+        self.batch_size = _check_positive_int("batch_size", batch_size, 1)
+        self.eval_batch_size = _check_positive_int("eval_batch_size", eval_batch_size, 1)
+        self.num_workers = _check_positive_int("num_workers", num_workers, 0)
+        self.seed = int(seed)
+        self.val_frac = float(val_frac)
+        self.test_frac = float(test_frac)
+        self.train_transform = train_transform
+        self._num_classes_arg = num_classes
+
+        self._is_setup = False
+        self.noise: NoiseResult | None = None
+        self.train_dataset: SplitDataset | None = None
+        self.val_dataset: SplitDataset | None = None
+        self.test_dataset: SplitDataset | None = None
+        self._train_augmented: SplitDataset | None = None
+        self._class_names: list[str] = []
+        self._input_shape: tuple[int, ...] = ()
+
+    # ------------------------------------------------------------------ loading
+    def _load_splits(self) -> tuple[dict[str, SplitDataset], list[str]]:
+        fracs = {"seed": self.seed, "val_frac": self.val_frac, "test_frac": self.test_frac}
+        if self.source == "digits":
+            splits: dict[str, SplitDataset] = dict(load_digits_splits(**fracs))
+            names = list(DIGITS_CLASS_NAMES)
+        elif self.source in ("folder", "csv"):
+            if self.source == "folder":
+                full, names = image_folder(self.root, image_size=self.image_size, mode=self.mode)
+            else:
+                full, names = csv_manifest(
+                    self.root, self.manifest, image_size=self.image_size, mode=self.mode
+                )
+            tr, va, te = stratified_split_indices(full.labels, **fracs)
+            splits = {"train": full.subset(tr), "val": full.subset(va), "test": full.subset(te)}
+        else:
+            full = torchvision_dataset(self.source, self.root, train=True)
+            test = torchvision_dataset(self.source, self.root, train=False)
+            tr, va, _ = stratified_split_indices(
+                full.labels, seed=self.seed, val_frac=self.val_frac, test_frac=0.0
+            )
+            splits = {"train": full.subset(tr), "val": full.subset(va), "test": test}
+            names = list(full.class_names or [str(k) for k in range(10)])
+        if self.image_size is not None:
+            splits = {
+                k: _resize_tensor_dataset(v, self.image_size)
+                if isinstance(v, IndexedTensorDataset)
+                else v
+                for k, v in splits.items()
+            }
+        return splits, names
+
+    def _resolve_classes(self, names: list[str]) -> list[str]:
+        c = self._num_classes_arg
+        if c is None:
+            return names
+        if c < len(names):
+            raise ValueError(
+                f"num_classes={c} is smaller than the {len(names)} classes found in the data "
+                f"({names[:10]}{'...' if len(names) > 10 else ''})"
+            )
+        return names + [str(k) for k in range(len(names), c)]
+
+    @staticmethod
+    def _validate_train_labels(labels: np.ndarray, names: list[str]) -> None:
+        c = len(names)
+        bad = np.flatnonzero((labels < 0) | (labels >= c))
+        if bad.size:
+            raise ValueError(
+                f"training labels must lie in [0, {c}); {bad.size} row(s) do not, e.g. row "
+                f"{int(bad[0])} has label {int(labels[bad[0]])}"
+            )
+        counts = np.bincount(labels, minlength=c)
+        empty = np.flatnonzero(counts == 0)
+        if empty.size:
+            shown = ", ".join(f"{int(k)} ({names[k]!r})" for k in empty[:10])
+            raise ValueError(
+                f"every class needs at least one training sample; class(es) without any: "
+                f"{shown}{' ...' if empty.size > 10 else ''} ({empty.size} of {c}). Add samples, "
+                "lower val_frac/test_frac, or fix num_classes."
+            )
+
+    def setup(self, stage: str | None = None) -> None:
+        """Loads the splits and injects noise into train; does the work only once.
+
+        Args:
+            stage: Lightning stage (ignored; all splits are prepared together).
+
+        Raises:
+            ValueError: If training labels are out of range or a class has no training sample.
+            FileNotFoundError: If the data files are missing.
+        """
+        if self._is_setup:
+            return
+        splits, names = self._load_splits()
+        train = splits["train"]
+        names = self._resolve_classes(names)
+        self._validate_train_labels(train.labels, names)
+        for split in ("val", "test"):
+            labels = splits[split].labels
+            if labels.size and (labels.min() < 0 or labels.max() >= len(names)):
+                raise ValueError(
+                    f"{split} labels must lie in [0, {len(names)}), found {int(labels.max())}"
+                )
+        spec = self.noise_spec
+        self.noise = inject_noise(
+            train.labels,
+            kind=spec["kind"],
+            rate=spec["rate"],
+            num_classes=len(names),
+            seed=self.seed,
+            sparsity=spec["sparsity"],
+        )
+        self._class_names = names
+        self.train_dataset = train.with_labels(self.noise.given_labels)
+        self._train_augmented = self.train_dataset.with_transform(self.train_transform)
+        self.val_dataset = splits["val"]
+        self.test_dataset = splits["test"]
+        self._input_shape = tuple(int(s) for s in self.train_dataset[0][0].shape)
+        self._is_setup = True
+        logger.info(
+            "data %s: %d train / %d val / %d test, %d classes, input %s, noise %s (%d flipped)",
+            self.source,
+            len(self.train_dataset),
+            len(self.val_dataset),
+            len(self.test_dataset),
+            len(names),
+            self._input_shape,
+            spec["kind"],
+            self.noise.num_noisy,
+        )
+
+    # ---------------------------------------------------------------- accessors
+    def _require_setup(self) -> None:
+        if not self._is_setup:
+            raise RuntimeError(
+                "LabelNoiseDataModule.setup() has not run yet; call dm.setup() first"
+            )
+
+    @property
+    def is_setup(self) -> bool:
+        """Whether :meth:`setup` has run."""
+        return self._is_setup
+
+    @property
+    def num_classes(self) -> int:
+        """Number of classes C."""
+        self._require_setup()
+        return len(self._class_names)
+
+    @property
+    def class_names(self) -> list[str]:
+        """Class names, length C."""
+        self._require_setup()
+        return list(self._class_names)
+
+    @property
+    def num_train(self) -> int:
+        """Number of training samples N."""
+        self._require_setup()
+        return len(self.train_dataset)
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        """Shape of one input ``x`` without augmentation, (C, H, W)."""
+        self._require_setup()
+        return self._input_shape
+
+    @property
+    def given_labels(self) -> np.ndarray:
+        """Training labels after noise (what the model sees), int64 (N,)."""
+        self._require_setup()
+        return self.noise.given_labels
+
+    @property
+    def true_labels(self) -> np.ndarray:
+        """Training labels before noise, int64 (N,)."""
+        self._require_setup()
+        return self.noise.true_labels
+
+    @property
+    def is_noisy(self) -> np.ndarray:
+        """Whether each training label was changed by the injected noise, bool (N,)."""
+        self._require_setup()
+        return self.noise.is_noisy
+
+    @property
+    def has_ground_truth(self) -> bool:
+        """True when noise was injected, so ``true_labels``/``is_noisy`` are a known truth."""
+        self._require_setup()
+        return self.noise.kind != "none"
+
+    def source_of(self, i: int) -> str:
+        """Where training row ``i`` came from (file path, ``"digits:<row>"``, ...)."""
+        self._require_setup()
+        return self.train_dataset.source(i)
+
+    # ------------------------------------------------------------------ loaders
+    def _ensure_setup(self) -> None:
+        if not self._is_setup:
+            self.setup()
+
+    def train_dataloader(self) -> DataLoader:
+        """Training batches ``(x, y, index)`` with ``train_transform``, epoch-seeded shuffle."""
+        self._ensure_setup()
+        ds = self._train_augmented
+        return DataLoader(
+            ds,
+            batch_size=self.batch_size,
+            sampler=EpochShuffleSampler(len(ds), seed=self.seed),
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+            drop_last=False,
+        )
+
+    def _eval_loader(self, ds: SplitDataset) -> DataLoader:
+        return DataLoader(
+            ds,
+            batch_size=self.eval_batch_size,
+            shuffle=False,
+            num_workers=self.num_workers,
+            drop_last=False,
+        )
+
+    def oof_dataloader(self) -> DataLoader:
+        """Training set in row order, without augmentation (for out-of-fold predictions)."""
+        self._ensure_setup()
+        return self._eval_loader(self.train_dataset)
+
+    def val_dataloader(self) -> DataLoader:
+        """Validation batches ``(x, y, index)`` in row order."""
+        self._ensure_setup()
+        return self._eval_loader(self.val_dataset)
+
+    def test_dataloader(self) -> DataLoader:
+        """Test batches ``(x, y, index)`` in row order."""
+        self._ensure_setup()
+        return self._eval_loader(self.test_dataset)
+
+    # --------------------------------------------------------------------- save
+    def save(self, directory: str | os.PathLike) -> None:
+        """Writes ``labels.csv`` and ``noise_matrix_true.csv`` for the training split.
+
+        Args:
+            directory: Output folder (created if needed).
+        """
+        self._require_setup()
+        save_noise(self.noise, directory, sources=self.train_dataset.sources)

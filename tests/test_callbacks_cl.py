@@ -1,0 +1,120 @@
+from functools import partial
+
+import cleanlab
+import lightning as L
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from dcloop.callbacks import ConfidentLearning, OOFCollector
+from dcloop.models import MLP, FoldEnsemble
+
+from conftest import BlobsDataModule, fast_trainer
+
+
+def model_for(dm, **kw):
+    return FoldEnsemble(
+        partial(MLP, (8,), 3, hidden=(32,)),
+        dm.labels,
+        num_folds=4,
+        true_labels=dm.true,
+        lr=1e-2,
+        **kw,
+    )
+
+
+def fit(tmp_path, dm, epochs=4, **cl_kw):
+    model = model_for(dm)
+    oof = OOFCollector()
+    clcb = ConfidentLearning(warmup_epochs=2, output_dir=tmp_path, **cl_kw)
+    fast_trainer(tmp_path, [oof, clcb], max_epochs=epochs).fit(model, datamodule=dm)
+    return model, oof, clcb
+
+
+def test_callback_equals_direct_cleanlab_call(tmp_path, blobs):
+    model, oof, clcb = fit(tmp_path, blobs)
+    probs = oof.probs.numpy()
+    ref = cleanlab.filter.find_label_issues(blobs.labels, probs)
+    np.testing.assert_array_equal(model.samples.flagged.numpy(), ref)
+    assert ref.sum() > 10  # the blobs carry ~15% flipped labels
+    assert [h["epoch"] for h in clcb.history] == [1, 2, 3]  # warm-up 2 -> from epoch index 1
+    assert {"precision", "recall", "f1", "auroc", "num_flagged"} <= set(clcb.history[-1])
+    table = pd.read_csv(tmp_path / "label_issues.csv")
+    assert len(table) == blobs.n and table["flagged"].sum() == ref.sum()
+    assert table["flagged"].iloc[: ref.sum()].all()  # flagged first, worst first
+    assert table.loc[table.flagged, "quality"].is_monotonic_increasing
+
+
+@pytest.mark.parametrize("action", ["prune", "downweight", "detect"])
+def test_actions_set_weights(tmp_path, blobs, action):
+    model, _, _ = fit(tmp_path, blobs, action=action, downweight_floor=0.2)
+    s = model.samples
+    assert (s.weights[~s.flagged] == 1).all()
+    flagged_w = s.weights[s.flagged]
+    if action == "prune":
+        assert (flagged_w == 0).all()
+    elif action == "detect":
+        assert (flagged_w == 1).all()
+    else:
+        expected = s.quality[s.flagged].clamp_min(0.2)
+        torch.testing.assert_close(flagged_w, expected)
+        assert (flagged_w < 1).all()
+
+
+def test_pruned_sample_comes_back_when_cleared(tmp_path):
+    from dcloop.cleaning import action_weights
+
+    flags = torch.tensor([True, True])
+    q = torch.tensor([0.1, 0.2])
+    w1 = action_weights(flags, q, action="prune")
+    w2 = action_weights(torch.tensor([False, True]), q, action="prune")
+    assert w1.tolist() == [0.0, 0.0] and w2.tolist() == [1.0, 0.0]
+
+
+def test_needs_an_oof_collector_first(tmp_path, blobs):
+    model = model_for(blobs)
+    with pytest.raises(ValueError, match="OOFCollector placed before it"):
+        fast_trainer(tmp_path, [ConfidentLearning(), OOFCollector()]).fit(model, datamodule=blobs)
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match=r"action must be one of"):
+        ConfidentLearning(action="drop")
+    with pytest.raises(ValueError, match="warmup_epochs"):
+        ConfidentLearning(warmup_epochs=0)
+    with pytest.raises(ValueError, match="filter_by"):
+        ConfidentLearning(filter_by="nope")
+
+
+def run_with_checkpoints(tmp_path, max_epochs, ckpt_path=None):
+    L.seed_everything(0)
+    dm = BlobsDataModule()
+    model = model_for(dm, scheduler="none")
+    oof, clcb = OOFCollector(), ConfidentLearning(warmup_epochs=2)
+    ckpt = L.pytorch.callbacks.ModelCheckpoint(
+        dirpath=tmp_path / "ckpt", save_last=True, save_top_k=0, save_on_train_epoch_end=True
+    )
+    trainer = L.Trainer(
+        accelerator="cpu",
+        max_epochs=max_epochs,
+        logger=False,
+        callbacks=[oof, clcb, ckpt],
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+    )
+    trainer.fit(model, datamodule=dm, ckpt_path=ckpt_path)
+    return model, oof, clcb
+
+
+def test_resume_gives_the_same_flags(tmp_path):
+    full, full_oof, full_cl = run_with_checkpoints(tmp_path / "a", 5)
+    run_with_checkpoints(tmp_path / "b", 3)  # "killed" after epoch 3
+    resumed, res_oof, res_cl = run_with_checkpoints(
+        tmp_path / "c", 5, tmp_path / "b" / "ckpt" / "last.ckpt"
+    )
+    torch.testing.assert_close(res_oof.probs, full_oof.probs)
+    assert torch.equal(resumed.samples.flagged, full.samples.flagged)
+    assert torch.equal(resumed.samples.first_flagged, full.samples.first_flagged)
+    assert [h["epoch"] for h in res_cl.history] == [h["epoch"] for h in full_cl.history]
