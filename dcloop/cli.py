@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import hydra
@@ -20,4 +21,6 @@ def _app(cfg: DictConfig) -> float:
 
 def main() -> None:
     """Entry point of the ``dcloop`` console script and ``python -m dcloop``."""
+    # Lightning 2.6 on torch 2.14 warns about its own pytree use on every batch.
+    warnings.filterwarnings("ignore", message=".*LeafSpec.*")
     _app()

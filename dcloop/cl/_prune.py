@@ -35,28 +35,34 @@ def _numpy_pick(values: torch.Tensor, count: int, *, descending: bool) -> torch.
     return torch.from_numpy(picked).to(values.device)
 
 
-def _top_m_rows(margin: torch.Tensor, m: torch.Tensor, kk: int, ties: str) -> torch.Tensor:
-    """Rows among the ``m[c]`` largest entries of line ``c`` of ``margin``, for any ``c``.
+def _top_m(
+    margin: torch.Tensor, m: torch.Tensor, kk: int, n: np.ndarray, ties: str
+) -> torch.Tensor:
+    """Mark the ``m[l]`` largest entries of each line ``l`` of ``margin``.
 
     Args:
-        margin: ``(G, n)`` scores, one line per (class, column) to prune.
-        m: ``(G,)`` int64 how many to take from each line (``1 <= m <= kk <= n``).
+        margin: ``(L, n_max)`` scores, one line per (class, column) to prune; padding is -inf.
+        m: ``(L,)`` int64 how many to take from each line (``1 <= m[l] <= n[l]``).
         kk: ``max(m)`` as a Python int.
+        n: ``(L,)`` host number of real (non-padding) entries of each line.
         ties: see the module docstring.
 
     Returns:
-        ``(n,)`` bool.
+        ``(L, n_max)`` bool. With ``ties="index"``, ties at the cut-off go to the lowest
+        positions (= lowest row indices, as rows are listed in ascending order).
     """
-    cut = margin.topk(kk, dim=1).values.gather(1, (m - 1).unsqueeze(1))  # (G, 1)
+    cut = margin.topk(kk, dim=1).values.gather(1, (m - 1).unsqueeze(1))  # (L, 1)
     above = margin > cut
     at = margin == cut
     room = (m - above.sum(dim=1)).unsqueeze(1)
     take = above | (at & (at.cumsum(dim=1) <= room))
     if ties == "cleanlab":
         straddling = torch.nonzero(at.sum(dim=1) > room.squeeze(1)).flatten().tolist()
-        for c in straddling:
-            take[c] = _numpy_pick(margin[c], int(m[c]), descending=True)
-    return take.any(dim=0)
+        for line in straddling:
+            take[line, : n[line]] = _numpy_pick(
+                margin[line, : n[line]], int(m[line]), descending=True
+            )
+    return take
 
 
 def eligible_classes(counts: np.ndarray, min_examples_per_class: int) -> np.ndarray:
@@ -74,25 +80,6 @@ def eligible_classes(counts: np.ndarray, min_examples_per_class: int) -> np.ndar
     return eligible
 
 
-def _margins(
-    inputs: Inputs, rows: torch.Tensor, cols: torch.Tensor, base: torch.Tensor
-) -> torch.Tensor:
-    """``(G, n)`` margins ``p[rows, cols[g]] - base`` in compute dtype.
-
-    Whole rows are gathered (streaming reads) one chunk at a time, then the columns picked
-    from the cached block, which is ~2x faster than a scattered 2-D gather on CPU.
-    """
-    step = inputs.chunk_rows
-    if rows.numel() <= step:
-        block = inputs.probs.index_select(0, rows).index_select(1, cols)
-        return block.to(inputs.compute_dtype).t() - base
-    margin = torch.empty(cols.numel(), rows.numel(), dtype=inputs.compute_dtype, device=rows.device)
-    for r0 in range(0, rows.numel(), step):
-        part = inputs.probs.index_select(0, rows[r0 : r0 + step]).index_select(1, cols)
-        margin[:, r0 : r0 + step] = part.t()
-    return margin.sub_(base)
-
-
 def prune_by_noise_rate(
     inputs: Inputs, s: Scan, pcm: np.ndarray, min_examples_per_class: int, ties: str = "index"
 ) -> torch.Tensor:
@@ -100,42 +87,48 @@ def prune_by_noise_rate(
     ``pcm[j, k]`` examples *given* ``k`` with the largest margin ``p[j] - p[k]`` (ranked among
     all examples given ``k``, not only those confidently counted in cell ``(k, j)``).
 
-    Works class by class on gathered ``(columns, n_k)`` blocks of at most one chunk each.
+    All (class, column) lines with something to prune are processed together in padded
+    ``(n_max, lines)`` batches of at most one chunk of elements, so the cost does not grow
+    with the number of classes.
 
     Returns:
         ``(N,)`` bool mask on the input device.
     """
-    counts = s.label_counts
+    counts, dev = s.label_counts, inputs.device
     todo = pcm.T.astype(np.int64)  # todo[k, j]: how many of given k to flag towards j
     np.fill_diagonal(todo, 0)
     todo[todo < 0] = 0
     todo[~eligible_classes(counts, min_examples_per_class)] = 0
     todo = np.minimum(todo, counts[:, None])
-    mask = torch.zeros(inputs.n, dtype=torch.bool, device=inputs.device)
-    classes = np.flatnonzero(todo.any(axis=1))
-    if classes.size == 0:
-        return mask
-    dev = inputs.device
-    cols_np = [np.flatnonzero(todo[k]) for k in classes]
-    m_np = [todo[k, c] for k, c in zip(classes, cols_np, strict=True)]
-    cols_all = torch.from_numpy(np.concatenate(cols_np)).to(dev)  # one host->device copy
-    m_all = torch.from_numpy(np.concatenate(m_np)).to(dev)
+    line_k, line_j = np.nonzero(todo)  # lines grouped by class
+    hits = torch.zeros(inputs.n, dtype=torch.int32, device=dev)
+    if line_k.size == 0:
+        return hits.bool()
+    order = np.argsort(counts[line_k], kind="stable")  # similar lengths together: less padding
+    line_k, line_j = line_k[order], line_j[order]
+    line_n, line_m = counts[line_k], todo[line_k, line_j]
     budget = CPU_CHUNK_ELEMENTS if dev.type == "cpu" else DEVICE_CHUNK_ELEMENTS
-    offset = 0
-    for k, cols_k, m_k in zip(classes, cols_np, m_np, strict=True):
-        n_k = int(counts[k])
-        rows = s.perm[s.starts[k] : s.starts[k + 1]]  # ascending row index
-        base = s.self_conf[rows]  # p[:, k] on the class's rows
-        hit = torch.zeros(n_k, dtype=torch.bool, device=dev)
-        group = max(1, budget // n_k)
-        for g0 in range(0, cols_k.size, group):
-            g1 = min(g0 + group, cols_k.size)
-            margin = _margins(inputs, rows, cols_all[offset + g0 : offset + g1], base)
-            kk = int(m_k[g0:g1].max())
-            hit |= _top_m_rows(margin, m_all[offset + g0 : offset + g1], kk, ties)
-        mask[rows] = hit
-        offset += cols_k.size
-    return mask
+    starts_all = torch.from_numpy(s.starts[line_k]).to(dev)
+    cols_all = torch.from_numpy(line_j).to(dev)
+    m_all = torch.from_numpy(line_m).to(dev)
+    n_all = torch.from_numpy(line_n).to(dev)
+    lo = 0
+    while lo < line_k.size:  # batch [lo, hi): lines sorted by length, so n_max = line_n[hi-1]
+        hi = lo + 1
+        while hi < line_k.size and (hi + 1 - lo) * line_n[hi] <= budget:
+            hi += 1
+        n_max = int(line_n[hi - 1])
+        step = torch.arange(n_max, device=dev).unsqueeze(1)  # (n_max, 1)
+        pad = step >= n_all[lo:hi]  # (n_max, L)
+        pos = (starts_all[lo:hi] + step).masked_fill_(pad, 0)
+        rows = s.perm[pos]  # (n_max, L): row-major order keeps a class's lines adjacent
+        margin = inputs.probs[rows, cols_all[lo:hi]].to(inputs.compute_dtype)
+        margin.sub_(s.self_conf[rows]).masked_fill_(pad, -torch.inf)
+        kk = int(line_m[lo:hi].max())
+        take = _top_m(margin.t(), m_all[lo:hi], kk, line_n[lo:hi], ties).t()
+        hits.index_add_(0, rows.flatten(), take.flatten().to(torch.int32))
+        lo = hi
+    return hits > 0
 
 
 def prune_by_class(

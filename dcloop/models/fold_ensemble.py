@@ -15,7 +15,7 @@ from torch.func import functional_call, stack_module_state
 from dcloop.folds import assign_folds
 from dcloop.models.losses import fold_masked_loss
 from dcloop.state import SampleTable
-from dcloop.validation import check_labels
+from dcloop.validation import check_all_classes_present, check_labels
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +50,8 @@ class FoldEnsemble(L.LightningModule):
         scheduler: ``"cosine"`` (annealed over ``trainer.max_epochs``) or ``"none"``.
         label_smoothing: of the training loss.
         vectorize: ``"auto"``, ``"vmap"`` or ``"loop"``.
+        mask_folds: ``False`` trains every replica on all samples (a plain ensemble,
+            for baselines: its "OOF" predictions are then in-sample).
 
     Example:
         >>> from functools import partial
@@ -71,6 +73,7 @@ class FoldEnsemble(L.LightningModule):
         scheduler: str = "cosine",
         label_smoothing: float = 0.0,
         vectorize: Vectorize = "auto",
+        mask_folds: bool = True,
     ) -> None:
         super().__init__()
         if vectorize not in ("auto", "vmap", "loop"):
@@ -82,6 +85,7 @@ class FoldEnsemble(L.LightningModule):
         self.save_hyperparameters(ignore=["net", "labels", "true_labels"])
         labels = check_labels(labels, num_classes)
         self.num_classes = int(num_classes) if num_classes is not None else int(labels.max()) + 1
+        check_all_classes_present(labels, self.num_classes, "training labels")
         folds = assign_folds(labels, num_folds, seed=seed)
         self.samples = SampleTable(labels, folds, true_labels)
         self.num_folds = int(num_folds)
@@ -166,7 +170,7 @@ class FoldEnsemble(L.LightningModule):
         loss, per_replica = fold_masked_loss(
             logits,
             s.labels[index],
-            s.folds[index],
+            s.folds[index] if self.hparams.mask_folds else torch.full_like(index, -1),
             s.weights[index],
             label_smoothing=self.hparams.label_smoothing,
         )
