@@ -65,8 +65,8 @@ def confident_learning(
     """Flags, quality scores and noise estimates from OOF probabilities.
 
     Args:
-        labels: ``(N,)`` given labels.
-        probs: ``(N, C)`` out-of-fold softmax (any device).
+        labels: ``(N,)`` given labels (tensor or array).
+        probs: ``(N, C)`` out-of-fold softmax (tensor on any device, or array).
         filter_by: cleanlab's ``filter_by`` method.
         quality_method: cleanlab's label-quality score.
         frac_noise: fraction of the estimated number of issues to flag (cleanlab).
@@ -78,9 +78,10 @@ def confident_learning(
     check_choice("filter_by", filter_by, FILTER_BY)
     check_choice("quality_method", quality_method, QUALITY_METHODS)
     check_choice("backend", backend, BACKENDS)
+    probs = torch.as_tensor(probs)
     device = probs.device
     probs = probs.float()
-    labels = labels.long().to(device)
+    labels = torch.as_tensor(labels).long().to(device)
     flags = cl.find_label_issues(
         labels, probs, filter_by=filter_by, frac_noise=frac_noise, backend=backend
     )

@@ -127,3 +127,55 @@ def test_console_script_runs_from_any_directory(tmp_path):
         timeout=120,
     )
     assert mod.returncode == 0 and "noise" in mod.stdout
+
+
+@pytest.mark.slow
+def test_installed_wheel_finds_its_configs(tmp_path):
+    root = Path(dcloop.__file__).parent.parent
+    wheels, target = tmp_path / "wheels", tmp_path / "site"
+    build = [
+        sys.executable,
+        "-m",
+        "pip",
+        "wheel",
+        "-q",
+        "--no-deps",
+        "--no-build-isolation",
+        str(root),
+        "-w",
+        str(wheels),
+    ]
+    subprocess.run(build, check=True, capture_output=True, timeout=300)
+    wheel = next(wheels.glob("dcloop-*.whl"))
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            "--no-deps",
+            "--target",
+            str(target),
+            str(wheel),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
+    env = {**os.environ, "PYTHONPATH": str(target)}
+    code = (
+        "import dcloop, sys; print(dcloop.__file__); sys.argv=['dcloop','--cfg','job']; "
+        "from dcloop.cli import main; main()"
+    )
+    res = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert str(target) in res.stdout.splitlines()[0]
+    assert "warmup_epochs" in res.stdout and "SmallCNN" in res.stdout
