@@ -105,3 +105,33 @@ def class_report(
             row["noise_rate_true"] = float((true[m] != k).mean()) if m.any() else float("nan")
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def noise_matrix_frame(noise_matrix, class_names: Sequence[str] | None = None) -> pd.DataFrame:
+    """``P(given=i | true=j)`` as a table: rows ``given_<i>``, columns ``true_<j>``."""
+    nm = torch.as_tensor(noise_matrix).cpu().numpy()
+    names = class_names or [str(k) for k in range(nm.shape[0])]
+    df = pd.DataFrame(nm, columns=[f"true_{c}" for c in names])
+    df.insert(0, "given", [f"given_{c}" for c in names])
+    return df
+
+
+def write_run_files(
+    run_dir: Path,
+    table: SampleTable,
+    probs: torch.Tensor,
+    result,
+    sources=None,
+    class_names: Sequence[str] | None = None,
+) -> None:
+    """Write a run's result files (see README, "Results") into ``run_dir``."""
+    run_dir = Path(run_dir)
+    write_csv(issue_table(table, sources), run_dir / "label_issues.csv")
+    write_csv(
+        class_report(table, probs, result.class_noise_rate, class_names),
+        run_dir / "class_report.csv",
+    )
+    write_csv(noise_matrix_frame(result.noise_matrix, class_names), run_dir / "noise_matrix.csv")
+    np.save(run_dir / "oof_probs.npy", probs.float().cpu().numpy())
+    np.save(run_dir / "folds.npy", table.folds.cpu().numpy())
+    torch.save(table.state_dict(), run_dir / "sample_table.pt")

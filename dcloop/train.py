@@ -6,22 +6,21 @@ import functools
 import inspect
 import logging
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import lightning as L
-import numpy as np
-import pandas as pd
-import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from dcloop.callbacks import ConfidentLearning, OOFCollector
+from dcloop.cleaning import CLResult
 from dcloop.console import emit, run_summary
 from dcloop.data import check_item
 from dcloop.metrics import detection_metrics
 from dcloop.models import FoldEnsemble
-from dcloop.results import class_report, issue_table, write_csv, write_json
+from dcloop.results import issue_table, write_json, write_run_files
 
 log = logging.getLogger(__name__)
 
@@ -45,12 +44,27 @@ def net_factory(net_cfg: DictConfig, in_shape, num_classes: int):
     return functools.partial(factory, **extra)
 
 
-def build(cfg: DictConfig, run_dir: Path):
-    """Instantiate the datamodule, module, callbacks and trainer of a run."""
+@dataclass
+class Run:
+    """Everything one run builds from its config."""
+
+    dm: Any
+    model: FoldEnsemble
+    oof: OOFCollector
+    cl: ConfidentLearning
+    trainer: L.Trainer
+    sources: list[str]
+
+
+def build(cfg: DictConfig, run_dir: Path) -> Run:
+    """Instantiate the datamodule, module, callbacks and trainer of a run.
+
+    All input checks (data path, labels, empty classes, K, dataset items) happen here,
+    before any training starts.
+    """
     dm = instantiate(cfg.data, noise=OmegaConf.to_container(cfg.noise), seed=cfg.seed)
     dm.setup("fit")
-    item = dm.train_dataset[0]
-    check_item(item)
+    check_item(dm.train_dataset[0])
     sources = [dm.source_of(i) for i in range(dm.num_train)]
     model = FoldEnsemble(
         net_factory(cfg.model.net, dm.input_shape, dm.num_classes),
@@ -77,7 +91,7 @@ def build(cfg: DictConfig, run_dir: Path):
     trainer = instantiate(
         cfg.trainer, callbacks=callbacks, logger=logger, default_root_dir=str(run_dir)
     )
-    return dm, model, oof, clcb, trainer, sources
+    return Run(dm, model, oof, clcb, trainer, sources)
 
 
 def train(cfg: DictConfig) -> dict[str, Any]:
@@ -93,75 +107,50 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     run_dir = Path(cfg.output_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
-    dm, model, oof, clcb, trainer, sources = build(cfg, run_dir)
-    dm.save(run_dir)
-    ckpt = cfg.get("resume")
-    trainer.fit(model, datamodule=dm, ckpt_path=ckpt)
-    test = trainer.test(model, datamodule=dm, verbose=False)
-    metrics = finish(run_dir, dm, model, oof, clcb, sources, test[0] if test else {}, cfg)
+    run = build(cfg, run_dir)
+    if run.trainer.is_global_zero:
+        run.dm.save(run_dir)  # given/true labels and noise mask, before any training
+    run.trainer.fit(run.model, datamodule=run.dm, ckpt_path=cfg.get("resume"))
+    test = run.trainer.test(run.model, datamodule=run.dm, verbose=False)
+    table = run.model.samples
+    result = run.cl.last_result
+    if result is None:  # confident learning never ran in the loop (warm-up > max_epochs)
+        result = run.cl.run(table.labels, run.oof.probs)
+        table.record_flags(result.flags, result.quality, result.suggested, -1)
+    metrics = run_metrics(run, result, test[0] if test else {})
     metrics["wall_time_s"] = time.perf_counter() - start
-    if trainer.is_global_zero:
+    if run.trainer.is_global_zero:
+        names = list(run.dm.class_names) if getattr(run.dm, "class_names", None) else None
+        write_run_files(run_dir, table, run.oof.probs, result, run.sources, names)
+        OmegaConf.save(cfg, run_dir / "config.yaml")
         write_json(metrics, run_dir / "metrics.json")
-        top = issue_table(model.samples, sources).head(5).to_dict("records")
+        top = issue_table(table, run.sources).head(5).to_dict("records")
         emit(run_summary(metrics, run_dir, [r for r in top if r["flagged"]]))
     return metrics
 
 
-def finish(
-    run_dir: Path,
-    dm,
-    model: FoldEnsemble,
-    oof: OOFCollector,
-    clcb: ConfidentLearning,
-    sources,
-    test: dict,
-    cfg: DictConfig,
-) -> dict[str, Any]:
-    """Write the end-of-run files and assemble ``metrics.json``'s content."""
-    table = model.samples
-    result = clcb.last_result or clcb.run(table.labels, oof.probs)
-    if clcb.last_result is None:  # CL never ran in the loop (warm-up >= max_epochs)
-        table.record_flags(result.flags, result.quality, result.suggested, -1)
+def run_metrics(run: Run, result: CLResult, test: dict) -> dict[str, Any]:
+    """The content of ``metrics.json``."""
+    table, dm = run.model.samples, run.dm
     metrics: dict[str, Any] = {
         "data": {"source": dm.source, "num_train": dm.num_train, "num_classes": dm.num_classes},
         "cleaning": {
-            "num_folds": model.num_folds,
-            "action": clcb.action,
-            "filter_by": clcb.filter_by,
+            "num_folds": run.model.num_folds,
+            "action": run.cl.action,
+            "filter_by": run.cl.filter_by,
             "num_flagged": int(table.flagged.sum()),
-            "vectorized": model.vectorized,
+            "vectorized": run.model.vectorized,
         },
         "noise": {"rate": result.noise_rate},
         "test": {"accuracy": float(test.get("test/acc", float("nan")))},
-        "history": clcb.history,
+        "history": run.cl.history,
     }
     if dm.has_ground_truth:
-        det = detection_metrics(table.flagged, table.is_noisy, table.quality)
-        metrics["detection"] = det
+        metrics["detection"] = detection_metrics(table.flagged, table.is_noisy, table.quality)
         metrics["noise_injected"] = {
             "kind": dm.noise.kind,
             "rate": dm.noise.rate,
             "num_noisy": int(dm.is_noisy.sum()),
             "rate_actual": float(dm.is_noisy.mean()),
         }
-    if not L.pytorch.utilities.rank_zero_only.rank == 0:
-        return metrics
-    names = list(dm.class_names) if getattr(dm, "class_names", None) else None
-    write_csv(issue_table(table, sources), run_dir / "label_issues.csv")
-    write_csv(
-        class_report(table, oof.probs, result.class_noise_rate, names), run_dir / "class_report.csv"
-    )
-    nm = result.noise_matrix.cpu().numpy()
-    labels = names or [str(k) for k in range(nm.shape[0])]
-    write_csv(
-        pd.DataFrame(nm, columns=[f"true_{c}" for c in labels])
-        .assign(given=[f"given_{c}" for c in labels])
-        .set_index("given")
-        .reset_index(),
-        run_dir / "noise_matrix.csv",
-    )
-    np.save(run_dir / "oof_probs.npy", oof.probs.float().cpu().numpy())
-    np.save(run_dir / "folds.npy", table.folds.cpu().numpy())
-    OmegaConf.save(cfg, run_dir / "config.yaml")
-    torch.save(table.state_dict(), run_dir / "sample_table.pt")
     return metrics

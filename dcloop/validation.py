@@ -53,26 +53,6 @@ def check_all_classes_present(labels: np.ndarray, num_classes: int, what: str = 
         )
 
 
-def check_probs(probs, num_samples: int | None = None, num_classes: int | None = None) -> None:
-    """Validate an ``(N, C)`` probability matrix: finite, in shape. No copy to the host."""
-    if probs.ndim != 2:
-        raise ValueError(f"probabilities must be 2-D (N, C); got shape {tuple(probs.shape)}")
-    n, c = probs.shape
-    if num_samples is not None and n != num_samples:
-        raise ValueError(f"probabilities have {n} rows but there are {num_samples} labels")
-    if num_classes is not None and c != num_classes:
-        raise ValueError(f"probabilities have {c} columns but num_classes={num_classes}")
-    finite = (
-        torch.isfinite(probs).all() if isinstance(probs, torch.Tensor) else np.isfinite(probs).all()
-    )
-    if not bool(finite):
-        bad = torch.as_tensor(probs).isfinite().logical_not().any(dim=1).nonzero().flatten()
-        raise ValueError(
-            f"probabilities contain NaN or inf in {bad.numel()} row(s), e.g. rows "
-            f"{bad[:5].tolist()}: the model diverged or its outputs are not softmax"
-        )
-
-
 def check_batch(batch) -> None:
     """Raise ``ValueError`` unless a batch is ``(x, y, index)`` with an integer index."""
     if not isinstance(batch, (tuple, list)) or len(batch) != 3:

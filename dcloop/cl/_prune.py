@@ -18,7 +18,7 @@ import logging
 import numpy as np
 import torch
 
-from dcloop.cl._validation import CPU_CHUNK_ELEMENTS, DEVICE_CHUNK_ELEMENTS, Inputs
+from dcloop.cl._validation import Inputs
 from dcloop.cl.count import Scan
 
 logger = logging.getLogger(__name__)
@@ -80,6 +80,19 @@ def eligible_classes(counts: np.ndarray, min_examples_per_class: int) -> np.ndar
     return eligible
 
 
+def _batch_end(lengths: np.ndarray, lo: int, budget: int) -> int:
+    """Largest ``hi > lo`` with ``(hi - lo) * lengths[hi - 1] <= budget`` (at least ``lo + 1``);
+    ``lengths`` is sorted ascending, so the padded batch size grows with ``hi`` (bisection)."""
+    a, b = lo + 1, lengths.size  # answer in [a, b]
+    while a < b:
+        mid = (a + b + 1) // 2
+        if (mid - lo) * int(lengths[mid - 1]) <= budget:
+            a = mid
+        else:
+            b = mid - 1
+    return a
+
+
 def prune_by_noise_rate(
     inputs: Inputs, s: Scan, pcm: np.ndarray, min_examples_per_class: int, ties: str = "index"
 ) -> torch.Tensor:
@@ -107,16 +120,16 @@ def prune_by_noise_rate(
     order = np.argsort(counts[line_k], kind="stable")  # similar lengths together: less padding
     line_k, line_j = line_k[order], line_j[order]
     line_n, line_m = counts[line_k], todo[line_k, line_j]
-    budget = CPU_CHUNK_ELEMENTS if dev.type == "cpu" else DEVICE_CHUNK_ELEMENTS
+    # ~40 bytes of temporaries per batch element (indices, margins, masks): a quarter of a
+    # [chunk, K] block's element count keeps a batch within ~2.5 float32 blocks.
+    budget = max(inputs.chunk_rows * inputs.k // 4, 1)
     starts_all = torch.from_numpy(s.starts[line_k]).to(dev)
     cols_all = torch.from_numpy(line_j).to(dev)
     m_all = torch.from_numpy(line_m).to(dev)
     n_all = torch.from_numpy(line_n).to(dev)
     lo = 0
     while lo < line_k.size:  # batch [lo, hi): lines sorted by length, so n_max = line_n[hi-1]
-        hi = lo + 1
-        while hi < line_k.size and (hi + 1 - lo) * line_n[hi] <= budget:
-            hi += 1
+        hi = _batch_end(line_n, lo, budget)
         n_max = int(line_n[hi - 1])
         step = torch.arange(n_max, device=dev).unsqueeze(1)  # (n_max, 1)
         pad = step >= n_all[lo:hi]  # (n_max, L)

@@ -26,7 +26,7 @@ ROW_SUM_ATOL = {
 #: Elements per ``[chunk, K]`` working block: small on CPU so that a chunk stays in cache while
 #: several reductions read it; large on accelerators to keep kernel launches few.
 CPU_CHUNK_ELEMENTS = 1 << 20
-DEVICE_CHUNK_ELEMENTS = 1 << 26
+DEVICE_CHUNK_ELEMENTS = 1 << 24
 
 
 @dataclass(frozen=True)
