@@ -103,6 +103,8 @@ class OOFCollector(L.Callback):
         if (epoch + 1) % self.every_n_epochs and not last:
             return
         self.collect(trainer, pl_module)
+        if self.require_full_coverage:
+            self._check_coverage()
         self.last_epoch = epoch
 
     def state_dict(self) -> dict[str, Any]:
@@ -118,7 +120,11 @@ class OOFCollector(L.Callback):
 
     # ----------------------------------------------------------------- public
     def collect(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        """Run the OOF pass now and write the buffer (called at each epoch end)."""
+        """Run the OOF pass now and write the buffer (called at each epoch end).
+
+        Nothing in the loop waits for the device: no ``.item()``, ``.cpu()`` or
+        data-dependent shapes (``tests/test_gpu.py`` checks it with CUDA's sync debug mode).
+        """
         self._allocate(pl_module.device)
         loader = self._loader(trainer)
         distributed = trainer.world_size > 1
@@ -142,8 +148,6 @@ class OOFCollector(L.Callback):
             pl_module.train(was_training)
         if distributed:
             self._write_gathered(pl_module, parts_i, parts_p)
-        if self.require_full_coverage:
-            self._check_coverage()
 
     def shard(self) -> tuple[np.ndarray, np.ndarray]:
         """``(index (M,), probs (M, C))`` of the rows written so far, on the host."""
