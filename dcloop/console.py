@@ -42,6 +42,11 @@ def run_summary(metrics: dict[str, Any], run_dir: Path, top: list[dict[str, Any]
         f"  test        accuracy {metrics['test']['accuracy']:.4f} "
         f"(mean of the {metrics['cleaning']['num_folds']} fold replicas)"
     )
+    if "refit_accuracy" in metrics["test"]:
+        lines.append(
+            f"  refit       accuracy {metrics['test']['refit_accuracy']:.4f} "
+            "(one network retrained on the cleaned data)"
+        )
     if top:
         lines.append(
             "  worst       "

@@ -19,7 +19,7 @@ from dcloop.cleaning import CLResult
 from dcloop.console import emit, run_summary
 from dcloop.data import check_item
 from dcloop.metrics import detection_metrics
-from dcloop.models import FoldEnsemble
+from dcloop.models import Classifier, FoldEnsemble
 from dcloop.results import issue_table, write_json, write_run_files
 
 log = logging.getLogger(__name__)
@@ -118,6 +118,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         result = run.cl.run(table.labels, run.oof.probs)
         table.record_flags(result.flags, result.quality, result.suggested, -1)
     metrics = run_metrics(run, result, test[0] if test else {})
+    if cfg.get("refit"):
+        metrics["test"]["refit_accuracy"] = refit(cfg, run)
     metrics["wall_time_s"] = time.perf_counter() - start
     if run.trainer.is_global_zero:
         names = list(run.dm.class_names) if getattr(run.dm, "class_names", None) else None
@@ -127,6 +129,24 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         top = issue_table(table, run.sources).head(5).to_dict("records")
         emit(run_summary(metrics, run_dir, [r for r in top if r["flagged"]]))
     return metrics
+
+
+def refit(cfg: DictConfig, run: Run) -> float:
+    """Train one network on the cleaned data (the final weights); its test accuracy."""
+    dm = run.dm
+    model = Classifier(
+        net_factory(cfg.model.net, dm.input_shape, dm.num_classes),
+        dm.num_classes,
+        weights=run.model.samples.weights.cpu(),
+        seed=cfg.seed,
+        **{k: v for k, v in OmegaConf.to_container(cfg.model.optim).items() if k != "vectorize"},
+    )
+    trainer = instantiate(
+        cfg.trainer, logger=False, enable_checkpointing=False, default_root_dir=str(cfg.output_dir)
+    )
+    trainer.fit(model, datamodule=dm)
+    test = trainer.test(model, datamodule=dm, verbose=False)
+    return float(test[0]["test/acc"])
 
 
 def run_metrics(run: Run, result: CLResult, test: dict) -> dict[str, Any]:

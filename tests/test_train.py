@@ -117,7 +117,7 @@ def test_console_script_runs_from_any_directory(tmp_path):
         timeout=300,
     )
     assert res.returncode == 0, res.stderr[-2000:]
-    assert "dcloop: run finished" in res.stdout
+    assert "dcloop: run finished" in res.stdout and "refit       accuracy" in res.stdout
     assert (out / "metrics.json").exists()
     mod = subprocess.run(
         [sys.executable, "-m", "dcloop", "--help"],
