@@ -107,6 +107,7 @@ def test_console_script_runs_from_any_directory(tmp_path):
             "model=mlp",
             "trainer.max_epochs=2",
             "cl.warmup_epochs=1",
+            "refit=true",
             *QUIET,
             f"hydra.run.dir={out}",
         ],

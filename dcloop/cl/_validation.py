@@ -6,9 +6,11 @@ assume the resulting :class:`Inputs` are valid and never re-check them.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import functools
+import os
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -27,6 +29,36 @@ ROW_SUM_ATOL = {
 #: several reductions read it; large on accelerators to keep kernel launches few.
 CPU_CHUNK_ELEMENTS = 1 << 20
 DEVICE_CHUNK_ELEMENTS = 1 << 24
+#: Intra-op threads torch may use while the engine runs on CPU (restored afterwards); override
+#: with the environment variable ``DCLOOP_CL_THREADS`` (``0`` = leave torch's setting alone).
+#: The engine issues thousands of short memory-bound ops; with several OpenMP threads each op
+#: is a parallel region whose barrier waits for a descheduled thread whenever the cores are
+#: shared (data-loader workers, other jobs). On the 2-core benchmark host, with other processes
+#: running, 2 threads were 3-20x slower than 1; on an idle host 1 thread costs little.
+CPU_THREADS = 1
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def limit_cpu_threads(fn: _F) -> _F:
+    """Run ``fn(labels, pred_probs, ...)`` with at most :data:`CPU_THREADS` intra-op threads
+    unless ``pred_probs`` is a tensor on an accelerator."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        probs = args[1] if len(args) > 1 else kwargs.get("pred_probs")
+        want = int(os.environ.get("DCLOOP_CL_THREADS", CPU_THREADS))
+        have = torch.get_num_threads()
+        on_device = isinstance(probs, torch.Tensor) and probs.device.type != "cpu"
+        if on_device or want <= 0 or want >= have:
+            return fn(*args, **kwargs)
+        torch.set_num_threads(want)
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            torch.set_num_threads(have)
+
+    return wrapper  # type: ignore[return-value]
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,7 @@ import torch
 
 from dcloop.cl import _kxk
 from dcloop.cl._prune import TIES, prune_by_class, prune_by_noise_rate
-from dcloop.cl._validation import Inputs, check_choice, prepare_inputs
+from dcloop.cl._validation import Inputs, check_choice, limit_cpu_threads, prepare_inputs
 from dcloop.cl.count import confident_joint_from_scan, scan
 from dcloop.cl.rank import SCORE_METHODS, order_issues
 
@@ -120,6 +120,7 @@ def _remove_per_class(value: Any, filter_by: str, k: int) -> np.ndarray | None:
     return arr.astype(np.int64)
 
 
+@limit_cpu_threads
 def find_label_issues(
     labels: Any,
     pred_probs: Any,
