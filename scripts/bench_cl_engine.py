@@ -160,6 +160,9 @@ def worker(spec: dict) -> dict:
     mask = mask.cpu().numpy() if isinstance(mask, torch.Tensor) else np.asarray(mask)
     peak_kb = _status_kb("VmHWM") if reset else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     np.save(spec["mask_path"], mask)
+    if spec["engine"] == "dcloop":  # untimed: the bit-exact tie mode, for the parity column
+        exact = find_label_issues(labels_t, probs_t, filter_by=fb, ties="cleanlab")
+        np.save(spec["mask_path"].replace(".npy", "_exact.npy"), exact.cpu().numpy())
     out = {
         **spec,
         "wall_s": wall,
@@ -218,62 +221,124 @@ def precision_recall() -> list[dict]:
     return rows
 
 
-def markdown(results: list[dict], pr: list[dict], args) -> str:
+def _gb(x: float) -> str:
+    return f"{x:.2f} GB" if x >= 0.095 else f"{x * 1024:.0f} MB"
+
+
+def run_meta(args, load: tuple) -> dict:
     import torch
 
+    meta = {
+        "command": "python scripts/bench_cl_engine.py " + " ".join(sys.argv[1:]),
+        "cpu_cores": os.cpu_count(),
+        "machine": platform.machine(),
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "cleanlab": __import__("cleanlab").__version__,
+        "device": args.device,
+        "first_size": args.sizes.split(",")[0] if args.sizes else None,
+        "load": list(load),
+    }
+    if args.device.startswith("cuda"):
+        meta["gpu"] = torch.cuda.get_device_name(torch.device(args.device))
+    return meta
+
+
+NOTES = [
+    "Every engine call runs in a fresh process. *time*: wall time of one `find_label_issues` "
+    "call on data already in memory (on a GPU: already on the device; the first, cold call in "
+    "brackets). *peak RSS*: the process's resident-memory high-water mark during the call, "
+    "reset once the data was built; *working*: peak RSS minus the RSS with the data loaded "
+    "(the extra memory the call needed). cleanlab runs on the host with its default `n_jobs` "
+    "(forked pool; children's RSS in the JSON). float16 rows: dcloop gets the float16 matrix, "
+    "cleanlab the same values upcast to float32 (dcloop's reference semantics).  ",
+    '*same mask*: dcloop default (ties broken by row index) / `ties="cleanlab"` (replays '
+    "cleanlab's own tie order), each compared with cleanlab's mask; differences are examples "
+    "tied at a pruning cut-off.",
+]
+
+
+def _mask_verdict(n_diff: int, n_diff_exact: int) -> str:
+    if n_diff == 0 and n_diff_exact == 0:
+        return "identical"
+    exact = "identical" if n_diff_exact == 0 else f"{n_diff_exact} differ"
+    return f'{n_diff} tied example(s) differ by default; with `ties="cleanlab"`: {exact}'
+
+
+def _section(run: dict) -> list[str]:
+    meta, rows = run["meta"], run["results"]
+    where = f"`{meta['device']}`" + (f" ({meta['gpu']})" if meta.get("gpu") else "")
     lines = [
-        "# dcloop.cl engine vs cleanlab",
+        f"Command: `{meta['command']}`  ",
+        f"Host: {meta['cpu_cores']} CPU cores ({meta['machine']}), torch {meta['torch']}, numpy "
+        f"{meta['numpy']}, cleanlab {meta['cleanlab']}; dcloop on {where} with its default "
+        f"settings. Load average before / after: {meta['load'][0]:.2f} / "
+        f"{meta['load'][1]:.2f}.",
         "",
-        f"Command: `python scripts/bench_cl_engine.py {' '.join(sys.argv[1:])}`  ",
-        f"Host: {platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, "
-        f"torch {torch.__version__}, numpy {np.__version__}, cleanlab "
-        f"{__import__('cleanlab').__version__}; dcloop device: `{args.device}`.  ",
-        "Each row is one fresh process; `peak RSS` is the process's high-water mark during the "
-        "call (reset after the data was built), `working` = peak RSS - RSS with the data loaded. "
-        "cleanlab runs on the host with its default `n_jobs` (forked workers' RSS: JSON). "
-        "float16 rows: dcloop gets float16 data; its reference is cleanlab on the same data "
-        "upcast to float32.",
-        "",
-        "| case | filter_by | engine | input dtype | time (s) | speed-up | peak RSS (GB) | "
-        "working (GB) | flagged | same mask |",
-        "| --- | --- | --- | --- | ---: | ---: | ---: | ---: | ---: | --- |",
+        "| case | filter_by | dtype | cleanlab time (s) | dcloop time (s) | speed-up | "
+        "cleanlab peak RSS / working | dcloop peak RSS / working | flagged | same mask |",
+        "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
     ]
-    for r in results:
-        ref = r.get("reference")
-        speed = f"{ref['wall_s'] / r['wall_s']:.1f}x" if ref else ""
-        same = "" if ref is None else ("yes" if r["same_mask"] else f"no ({r['n_diff']} differ)")
-        t = f"{r['wall_s']:.3f}"
-        if r.get("first_call_s") is not None:
-            t += f" (first {r['first_call_s']:.2f})"
-        mem = f"{r['peak_rss_gb']:.2f}"
-        work = f"{r['peak_over_baseline_gb']:.2f}"
-        if "gpu_peak_over_data_gb" in r:
-            work += f" (GPU {r['gpu_peak_over_data_gb']:.2f})"
-        lines.append(
-            f"| {r['case']} | {r['filter_by']} | {r['engine']} | {r['dtype']} | {t} | {speed} | "
-            f"{mem} | {work} | {r['flagged']} | {same} |"
-        )
-    big = [r for r in results if r.get("reference") and r["case"] == args.sizes.split(",")[0]]
-    if big:
-        lines += ["", "Targets at the first size (dcloop vs cleanlab in the same run):", ""]
-        for r in big:
-            ref = r["reference"]
-            lines.append(
-                f"- {r['dtype']} input: {ref['wall_s'] / r['wall_s']:.1f}x faster "
-                f"(target >= 5x); peak RSS {r['peak_rss_gb'] / ref['peak_rss_gb']:.0%} of "
-                f"cleanlab's, working memory {r['peak_over_baseline_gb']:.2f} GB vs "
-                f"{ref['peak_over_baseline_gb']:.2f} GB "
-                f"({r['peak_over_baseline_gb'] / ref['peak_over_baseline_gb']:.1%}); "
-                f"same mask: {'yes' if r['same_mask'] else 'no'}"
+    for r in rows:
+        c, d = r.get("cleanlab"), r.get("dcloop")
+        t_c = f"{c['wall_s']:.3f}" if c else ""
+        t_d = ""
+        if d:
+            t_d = f"{d['wall_s']:.3f}"
+            if d.get("first_call_s") is not None:
+                t_d += f" ({d['first_call_s']:.2f})"
+        speed = f"{c['wall_s'] / d['wall_s']:.1f}x" if c and d else ""
+        m_c = f"{_gb(c['peak_rss_gb'])} / {_gb(c['peak_over_baseline_gb'])}" if c else ""
+        m_d = f"{_gb(d['peak_rss_gb'])} / {_gb(d['peak_over_baseline_gb'])}" if d else ""
+        if d and "gpu_peak_over_data_gb" in d:
+            m_d += f" (GPU +{_gb(d['gpu_peak_over_data_gb'])})"
+        same = ""
+        if c and d:
+            same = " / ".join(
+                "yes" if n == 0 else f"no ({n} differ)" for n in (r["n_diff"], r["n_diff_exact"])
             )
+        lines.append(
+            f"| {r['case']} | {r['filter_by']} | {r['dtype']} | {t_c} | {t_d} | {speed} | "
+            f"{m_c} | {m_d} | {(d or c)['flagged']} | {same} |"
+        )
+    first = meta.get("first_size")
+    big = [r for r in rows if r["case"] == first and r.get("cleanlab") and r.get("dcloop")]
+    if big:
+        lines += ["", f"Targets at {first} (dcloop vs cleanlab in the same run):", ""]
+        for r in big:
+            c, d = r["cleanlab"], r["dcloop"]
+            lines.append(
+                f"- {r['dtype']} input: {c['wall_s'] / d['wall_s']:.1f}x faster (target >= 5x); "
+                f"peak RSS {d['peak_rss_gb'] / c['peak_rss_gb']:.0%} of cleanlab's (data "
+                f"included; target <= 25%); working memory {_gb(d['peak_over_baseline_gb'])} vs "
+                f"{_gb(c['peak_over_baseline_gb'])} "
+                f"({d['peak_over_baseline_gb'] / c['peak_over_baseline_gb']:.1%}); masks: "
+                + _mask_verdict(r["n_diff"], r["n_diff_exact"])
+            )
+    return lines
+
+
+def markdown(run: dict, merged: list[dict]) -> str:
+    lines = ["# dcloop.cl engine vs cleanlab", "", *NOTES, ""]
+    title = "## " + (
+        f"{run['meta']['gpu']} (`--device {run['meta']['device']}`)"
+        if run["meta"].get("gpu")
+        else f"{run['meta']['cpu_cores']}-core CPU"
+    )
+    lines += [title, "", *_section(run)]
+    for other in merged:
+        lines += ["", f"## {other['meta'].get('gpu') or other['meta']['device']} run", ""]
+        lines += _section(other)
+    pr = run["precision_recall"]
     if pr:
         lines += [
             "",
             "## Precision / recall against human-confirmed label errors",
             "",
             "Only the candidates shown to Mechanical Turk workers were checked, so precision = "
-            "confirmed / flagged-and-checked, recall = confirmed found / all confirmed "
-            "(`mturk['given'] < 3`). dcloop masks (identical to cleanlab's, see above).",
+            "confirmed / (flagged and checked), recall = confirmed found / all confirmed "
+            "(confirmed: fewer than 3 of 5 workers chose the given label). dcloop default "
+            "masks; they equal cleanlab's except where a table above says otherwise.",
             "",
             "| set | filter_by | flagged | flagged & checked | confirmed found | precision | "
             "recall |",
@@ -299,7 +364,15 @@ def main() -> None:
     ap.add_argument("--real-filters", default=",".join(FILTERS), help="filter_by on real sets")
     ap.add_argument("--half", action="store_true", help="also run float16 input at each size")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--pause", type=float, default=5.0, help="seconds before each synthetic run")
     ap.add_argument("--out", default="scripts/results/bench_cl_engine", help="path without ext")
+    ap.add_argument(
+        "--merge",
+        action="append",
+        default=[],
+        help="JSON of another run (e.g. --device cuda on a GPU host) to keep as a section; runs "
+        "on this run's --device are dropped, so a previous output file can be passed",
+    )
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
@@ -314,10 +387,10 @@ def main() -> None:
         cases += [
             (f"real:{n}", fb, "float64") for n in REAL_SETS for fb in args.real_filters.split(",")
         ]
-    results = []
+    rows, load0 = [], os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as tmp:
         for i, (case, fb, dtype) in enumerate(cases):
-            ref = None
+            row = {"case": case, "filter_by": fb, "dtype": dtype}
             for engine in engines:
                 spec = dict(
                     case=case,
@@ -328,28 +401,32 @@ def main() -> None:
                     device=args.device,
                     mask_path=f"{tmp}/{i}_{engine}.npy",
                 )
-                r = run_worker(spec)
+                if not case.startswith("real:"):
+                    time.sleep(args.pause)  # let the previous worker's memory be reclaimed
+                r = row[engine] = run_worker(spec)
                 print(
                     f"{case:>16} {fb:>20} {dtype:>8} {engine:>9} {r['wall_s']:8.3f}s "
                     f"peak {r['peak_rss_gb']:6.2f} GB flagged {r['flagged']}",
                     flush=True,
                 )
-                if engine == "cleanlab":
-                    ref = r
-                elif ref is not None:
-                    a, b = np.load(ref["mask_path"]), np.load(r["mask_path"])
-                    r["same_mask"], r["n_diff"] = bool((a == b).all()), int((a != b).sum())
-                    r["reference"] = {
-                        k: ref[k] for k in ("wall_s", "peak_rss_gb", "peak_over_baseline_gb")
-                    }
-                results.append(r)
+            if "cleanlab" in row and "dcloop" in row:
+                ref = np.load(row["cleanlab"]["mask_path"])
+                for key, path in (("n_diff", ""), ("n_diff_exact", "_exact")):
+                    ours = np.load(row["dcloop"]["mask_path"].replace(".npy", f"{path}.npy"))
+                    row[key] = int((ours != ref).sum())
+            rows.append(row)
         pr = precision_recall() if args.real else []
+    load = (load0, os.getloadavg()[0])
+    run = {"meta": run_meta(args, load), "results": rows, "precision_recall": pr}
+    merged = [json.loads(Path(m).read_text()) for m in args.merge]
+    merged = [m for run_m in merged for m in (run_m, *run_m.pop("merged", []))]
+    merged = [m for m in merged if m["meta"]["device"] != args.device]  # this run replaces it
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(
-        json.dumps({"results": results, "precision_recall": pr}, indent=1, default=str)
+        json.dumps({**run, "merged": merged}, indent=1, default=str)
     )
-    out.with_suffix(".md").write_text(markdown(results, pr, args))
+    out.with_suffix(".md").write_text(markdown(run, merged))
     print(f"wrote {out.with_suffix('.md')} and {out.with_suffix('.json')}")
 
 

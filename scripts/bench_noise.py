@@ -14,6 +14,10 @@ built from the composed Hydra config with :func:`dcloop.train.net_factory`):
 * ``inloop_prune`` / ``inloop_downweight``: ``dcloop.train.train(cfg)`` with
   ``cl.action=prune`` / ``downweight`` (K fold replicas, CL between epochs after warm-up).
 
+Diagnostics, only when named in ``--methods``: ``ceiling_retrain`` (two-stage's retrain given
+perfect flags: one Classifier on the truly clean samples) and ``ceiling_prune`` (in-loop prune
+given perfect flags from the first step: the K fold replicas with every noisy sample at weight 0).
+
 Within one seed, every method sees the same split, the same injected noise and the same
 training order (``LabelNoiseDataModule(seed=S)``); the folds of ``two_stage`` are the folds of
 the in-loop run (``assign_folds(given_labels, K, seed=S)``).
@@ -22,6 +26,9 @@ Examples::
 
     # what scripts/results/bench_noise.md was made with
     python scripts/bench_noise.py
+    # the perfect-flag ceilings quoted in its Findings
+    python scripts/bench_noise.py --settings sym40 asym40 --methods ceiling_retrain \\
+        ceiling_prune --out /tmp/bench_noise_ceiling
     # smoke run
     python scripts/bench_noise.py --seeds 0 --settings sym20 --epochs 3 --out /tmp/bench_smoke
 """
@@ -75,6 +82,8 @@ SETTING_NAMES = {
     "asym40": "asymmetric 40 %",
 }
 METHODS = ("oracle", "baseline", "ensemble", "two_stage", "inloop_prune", "inloop_downweight")
+#: Diagnostics (not run by default): the two cleaning schemes given perfect flags.
+CEILINGS = ("ceiling_retrain", "ceiling_prune")
 METHOD_NAMES = {
     "oracle": "oracle (true labels, 1 model)",
     "baseline": "baseline (noisy labels, 1 model)",
@@ -82,6 +91,8 @@ METHOD_NAMES = {
     "two_stage": "two-stage (seq. K-fold OOF + cleanlab + retrain)",
     "inloop_prune": "in-loop prune (dcloop)",
     "inloop_downweight": "in-loop down-weight (dcloop)",
+    "ceiling_retrain": "ceiling: two-stage with perfect flags (1 model on the clean samples)",
+    "ceiling_prune": "ceiling: in-loop prune with perfect flags (K fold replicas, noisy weight 0)",
 }
 FLAGGING = ("two_stage", "inloop_prune", "inloop_downweight")
 #: Issue targets for in-loop prune, mean test accuracy over the seeds.
@@ -108,7 +119,7 @@ def quiet() -> None:
 
 
 def compose_cfg(setting: str, seed: int, epochs: int, folds: int, run_dir: Path,
-                action: str = "detect") -> DictConfig:
+                action: str = "detect", extra: list[str] | None = None) -> DictConfig:
     """The dcloop config of one (setting, seed), as the CLI would compose it."""
     kind, rate = SETTINGS[setting]
     overrides = [
@@ -124,6 +135,7 @@ def compose_cfg(setting: str, seed: int, epochs: int, folds: int, run_dir: Path,
         f"seed={seed}",
         f"trainer.max_epochs={epochs}",
         f"folds={folds}",
+        *(extra or []),
     ]
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
@@ -275,6 +287,36 @@ def run_inloop(cfg, run_dir):
     }
 
 
+def run_ceiling_retrain(cfg, run_dir):
+    """Two-stage's retrain step with perfect detection: one Classifier on the clean samples."""
+    dm = datamodule(cfg)
+    factory = net_factory(cfg.model.net, dm.input_shape, dm.num_classes)
+    clean = np.flatnonzero(~dm.is_noisy)
+    _, acc = fit_classifier(cfg, dm, factory, Subset(dm.train_dataset, clean.tolist()),
+                            run_dir, cfg.seed)
+    return {"acc": acc, "num_train_used": int(clean.size)}
+
+
+def run_ceiling_prune(cfg, run_dir):
+    """In-loop prune with perfect detection from the first step: the K fold replicas with
+    every noisy sample's weight 0 (replica k then sees the clean samples outside fold k)."""
+    dm = datamodule(cfg)
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    model = FoldEnsemble(
+        net_factory(cfg.model.net, dm.input_shape, dm.num_classes),
+        dm.given_labels,
+        num_folds=cfg.folds,
+        num_classes=dm.num_classes,
+        seed=cfg.seed,
+        **OmegaConf.to_container(cfg.model.optim),
+    )
+    model.samples.weights.copy_(torch.as_tensor(~dm.is_noisy, dtype=torch.float32))
+    tr = trainer(cfg, run_dir)
+    tr.fit(model, datamodule=dm)
+    test = tr.test(model, datamodule=dm, verbose=False)
+    return {"acc": float(test[0]["test/acc"])}
+
+
 RUNNERS = {
     "oracle": run_oracle,
     "baseline": run_baseline,
@@ -282,6 +324,8 @@ RUNNERS = {
     "two_stage": run_two_stage,
     "inloop_prune": run_inloop,
     "inloop_downweight": run_inloop,
+    "ceiling_retrain": run_ceiling_retrain,
+    "ceiling_prune": run_ceiling_prune,
 }
 
 
@@ -347,7 +391,8 @@ def fmt(x: float | None, pct: bool = False) -> str:
 
 def table(rows: list[dict[str, Any]]) -> str:
     out = [
-        "| Noise | Method | Test acc. % (mean ± sd) | Precision | Recall | F1 | Wall time (s/run) |",
+        "| Noise | Method | Test acc. % (mean ± sd) | Precision | Recall | F1 "
+        "| Wall time (s/run) |",
         "|---|---|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
@@ -389,6 +434,16 @@ def write_report(out: Path, args, runs, meta) -> None:
     payload = {**meta, "summary": rows, "runs": runs}
     out.with_suffix(".json").write_text(json.dumps(payload, indent=2, default=float) + "\n")
     m = meta["machine"]
+    r = meta.get("resolved", {})
+    o, c = r.get("model", {}).get("optim", {}), r.get("cl", {})
+    resolved = (
+        f"- Resolved config (every row): net {r.get('model', {}).get('net', {}).get('_target_')}"
+        f", lr {o.get('lr')}, weight_decay {o.get('weight_decay')}, scheduler "
+        f"{o.get('scheduler')}, label_smoothing {o.get('label_smoothing')}, batch "
+        f"{r.get('batch_size')}; CL warm-up {c.get('warmup_epochs')}, filter_by "
+        f"{c.get('filter_by')}, quality {c.get('quality_method')}, downweight floor "
+        f"{c.get('downweight_floor')}, backend {c.get('backend')}"
+    )
     md = [
         "# Noisy-label benchmark (digits)",
         "",
@@ -404,6 +459,7 @@ def write_report(out: Path, args, runs, meta) -> None:
         "wd 1e-4, cosine, batch 64 for every row. In-loop: CL from epoch 5, every epoch, "
         "prune_by_noise_rate. Runs one after another in one process, "
         f"torch.set_num_threads({args.threads}).",
+        resolved,
         f"- Total wall time: {meta.get('total_time_s', float('nan')) / 60:.1f} min",
         "",
         table(rows),
@@ -433,13 +489,16 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--settings", nargs="+", choices=list(SETTINGS), default=list(SETTINGS))
-    p.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
+    p.add_argument("--methods", nargs="+", choices=METHODS + CEILINGS, default=list(METHODS),
+                   help="default: all but the ceiling_* diagnostics")
     p.add_argument("--epochs", type=int, default=30)
     p.add_argument("--folds", type=int, default=5)
     p.add_argument("--out", type=Path, default=Path("scripts/results/bench_noise"),
                    help="output prefix: writes <out>.md and <out>.json")
     p.add_argument("--workdir", type=Path, default=None,
                    help="run outputs (default: a temporary directory, removed at the end)")
+    p.add_argument("--overrides", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="extra Hydra overrides for every row, e.g. model.optim.label_smoothing=0.1")
     p.add_argument("--threads", type=int, default=1,
                    help="torch intra-op threads (1: tiny CNN, 2 shared cores; more oversubscribes)")
     p.add_argument("--findings", type=Path, default=None,
@@ -456,7 +515,8 @@ def main(argv=None) -> int:
         "date": dt.datetime.now().astimezone().isoformat(timespec="seconds"),
         "machine": machine(),
         "config": {"epochs": args.epochs, "folds": args.folds, "seeds": args.seeds,
-                   "settings": args.settings, "methods": args.methods},
+                   "settings": args.settings, "methods": args.methods,
+                   "overrides": args.overrides, "threads": args.threads},
         "targets": {k: TARGETS[k] for k in args.settings if k in TARGETS},
     }
     if args.findings is not None:
@@ -470,7 +530,8 @@ def main(argv=None) -> int:
         workdir.mkdir(parents=True, exist_ok=True)
     runs: list[dict[str, Any]] = []
     # Untimed warm-up (imports, first kernels) so the first timed run is not penalised.
-    warm = compose_cfg(args.settings[0], args.seeds[0], 1, args.folds, workdir / "warmup")
+    warm = compose_cfg(args.settings[0], args.seeds[0], 1, args.folds, workdir / "warmup",
+                       extra=args.overrides)
     run_baseline(warm, workdir / "warmup")
     start = time.perf_counter()
     try:
@@ -481,8 +542,14 @@ def main(argv=None) -> int:
                     run_dir.mkdir(parents=True, exist_ok=True)
                     action = {"inloop_prune": "prune",
                               "inloop_downweight": "downweight"}.get(method, "detect")
-                    cfg = compose_cfg(setting, seed, args.epochs, args.folds, run_dir, action)
+                    cfg = compose_cfg(setting, seed, args.epochs, args.folds, run_dir, action,
+                                      args.overrides)
                     if "num_train" not in meta:
+                        meta["resolved"] = {
+                            "model": OmegaConf.to_container(cfg.model),
+                            "cl": OmegaConf.to_container(cfg.cl),
+                            "batch_size": int(cfg.data.batch_size),
+                        }
                         dm = datamodule(cfg)
                         meta["num_train"] = dm.num_train
                         meta["num_test"] = len(dm.test_dataset)

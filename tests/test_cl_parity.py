@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import os
 from pathlib import Path
 
 import cleanlab.count
@@ -13,8 +15,10 @@ import torch
 
 import dcloop.cl as dc
 
-DATA = Path("/work/shared/data/label-errors")
+DATA = Path(os.environ.get("DCLOOP_LABEL_ERRORS", "/work/shared/data/label-errors"))
 REAL = ("mnist", "cifar10", "20news", "imdb")
+# cleanlab warns once per small class and call; dcloop logs it once per call instead.
+pytestmark = pytest.mark.filterwarnings("ignore:May not flag all label issues:UserWarning")
 
 
 def random_problem(n, k, seed, *, missing=0, quant=0, onehot=0.0, dtype=np.float32):
@@ -322,3 +326,15 @@ def test_cuda_matches_cpu():
         torch.testing.assert_close(gpu.cpu(), cpu)
         gpu_exact = dc.find_label_issues(lab_t.cuda(), prob_t.cuda(), filter_by=fb, ties="cleanlab")
         np.testing.assert_array_equal(gpu_exact.cpu().numpy(), cleanlab_mask(labels, probs, fb))
+
+
+@pytest.mark.parametrize(("n", "k", "seed", "opts"), CASES[1::3])
+def test_batched_noise_rate_path_matches(monkeypatch, n, k, seed, opts):
+    """The padded, batched prune_by_noise_rate (the accelerator default) on CPU."""
+    import dcloop.cl.filter as flt
+
+    batched = functools.partial(flt.prune_by_noise_rate, batched=True)
+    monkeypatch.setattr(flt, "prune_by_noise_rate", batched)
+    labels, probs = random_problem(n, k, seed, **opts)
+    for fb in ("prune_by_noise_rate", "both"):
+        check_filter(labels, probs, fb, chunk_size=37)

@@ -159,3 +159,29 @@ def test_score_method_errors():
         dc.get_label_quality_scores(
             labels, probs, method="confidence_weighted_entropy", adjust_pred_probs=True
         )
+
+
+def test_cpu_thread_limit_is_restored():
+    labels, probs = problem()
+    before = torch.get_num_threads()
+    dc.find_label_issues(labels, probs)
+    with pytest.raises(ValueError):
+        dc.compute_confident_joint(labels, probs * 2)
+    assert torch.get_num_threads() == before
+
+
+def test_inputs_that_require_grad_are_fine():
+    labels, probs = problem()
+    leaf = torch.from_numpy(probs).requires_grad_(True)
+    mask = dc.find_label_issues(torch.from_numpy(labels), leaf)
+    scores = dc.get_label_quality_scores(torch.from_numpy(labels), leaf)
+    assert not mask.requires_grad and not scores.requires_grad
+
+
+def test_degenerate_label_sets():
+    rng = np.random.default_rng(1)
+    probs = rng.dirichlet(np.ones(5), 50).astype(np.float32)
+    for labels in (np.zeros(50, np.int64), np.full(50, 4)):  # one class only (cleanlab refuses)
+        for fb in dc.FILTER_BY:
+            assert dc.find_label_issues(labels, probs, filter_by=fb).shape == (50,)
+    assert dc.find_label_issues(np.array([1]), np.array([[0.3, 0.7]])).tolist() == [False]

@@ -35,33 +35,32 @@ def _numpy_pick(values: torch.Tensor, count: int, *, descending: bool) -> torch.
     return torch.from_numpy(picked).to(values.device)
 
 
-def _top_m(
-    margin: torch.Tensor, m: torch.Tensor, kk: int, n: np.ndarray, ties: str
+def _take_top_m(
+    margin: torch.Tensor, m: torch.Tensor, kk: int, ties: str, lengths: np.ndarray | None = None
 ) -> torch.Tensor:
-    """Mark the ``m[l]`` largest entries of each line ``l`` of ``margin``.
+    """Mark the ``m[g]`` largest entries of each line ``g`` of ``margin``.
 
     Args:
-        margin: ``(L, n_max)`` scores, one line per (class, column) to prune; padding is -inf.
-        m: ``(L,)`` int64 how many to take from each line (``1 <= m[l] <= n[l]``).
+        margin: ``(G, n)`` scores, one line per (class, column) to prune, entries in ascending
+            row-index order; padding (batched path) is ``-inf``.
+        m: ``(G,)`` int64 how many to take from each line (``1 <= m <= kk``).
         kk: ``max(m)`` as a Python int.
-        n: ``(L,)`` host number of real (non-padding) entries of each line.
         ties: see the module docstring.
+        lengths: ``(G,)`` host count of real entries per line (``None``: all ``n``).
 
     Returns:
-        ``(L, n_max)`` bool. With ``ties="index"``, ties at the cut-off go to the lowest
-        positions (= lowest row indices, as rows are listed in ascending order).
+        ``(G, n)`` bool. With ``ties="index"``, ties at a cut-off go to the lowest positions.
     """
-    cut = margin.topk(kk, dim=1).values.gather(1, (m - 1).unsqueeze(1))  # (L, 1)
+    cut = margin.topk(kk, dim=1).values.gather(1, (m - 1).unsqueeze(1))  # (G, 1)
     above = margin > cut
     at = margin == cut
     room = (m - above.sum(dim=1)).unsqueeze(1)
     take = above | (at & (at.cumsum(dim=1) <= room))
     if ties == "cleanlab":
         straddling = torch.nonzero(at.sum(dim=1) > room.squeeze(1)).flatten().tolist()
-        for line in straddling:
-            take[line, : n[line]] = _numpy_pick(
-                margin[line, : n[line]], int(m[line]), descending=True
-            )
+        for g in straddling:
+            n = margin.shape[1] if lengths is None else int(lengths[g])
+            take[g, :n] = _numpy_pick(margin[g, :n], int(m[g]), descending=True)
     return take
 
 
@@ -80,43 +79,89 @@ def eligible_classes(counts: np.ndarray, min_examples_per_class: int) -> np.ndar
     return eligible
 
 
-def _batch_end(lengths: np.ndarray, lo: int, budget: int) -> int:
-    """Largest ``hi > lo`` with ``(hi - lo) * lengths[hi - 1] <= budget`` (at least ``lo + 1``);
-    ``lengths`` is sorted ascending, so the padded batch size grows with ``hi`` (bisection)."""
-    a, b = lo + 1, lengths.size  # answer in [a, b]
-    while a < b:
-        mid = (a + b + 1) // 2
-        if (mid - lo) * int(lengths[mid - 1]) <= budget:
-            a = mid
-        else:
-            b = mid - 1
-    return a
+def _margins(
+    inputs: Inputs, rows: torch.Tensor, cols: torch.Tensor, base: torch.Tensor
+) -> torch.Tensor:
+    """``(G, n)`` margins ``p[rows, cols[g]] - base`` in compute dtype.
+
+    Whole rows are gathered (streaming reads) at most one chunk at a time, then the columns
+    picked from the cached block: ~2x faster on CPU than gathering scattered elements.
+    """
+    step = inputs.chunk_rows
+    if rows.numel() <= step:
+        block = inputs.probs.index_select(0, rows).index_select(1, cols)
+        return block.to(inputs.compute_dtype).t() - base
+    margin = torch.empty(cols.numel(), rows.numel(), dtype=inputs.compute_dtype, device=rows.device)
+    for r0 in range(0, rows.numel(), step):
+        part = inputs.probs.index_select(0, rows[r0 : r0 + step]).index_select(1, cols)
+        margin[:, r0 : r0 + step] = part.t()
+    return margin.sub_(base)
 
 
 def prune_by_noise_rate(
-    inputs: Inputs, s: Scan, pcm: np.ndarray, min_examples_per_class: int, ties: str = "index"
+    inputs: Inputs,
+    s: Scan,
+    pcm: np.ndarray,
+    min_examples_per_class: int,
+    ties: str = "index",
+    batched: bool | None = None,
 ) -> torch.Tensor:
     """cleanlab ``_prune_by_count``: for each given class ``k`` and each ``j != k``, flag the
     ``pcm[j, k]`` examples *given* ``k`` with the largest margin ``p[j] - p[k]`` (ranked among
     all examples given ``k``, not only those confidently counted in cell ``(k, j)``).
 
-    All (class, column) lines with something to prune are processed together in padded
-    ``(n_max, lines)`` batches of at most one chunk of elements, so the cost does not grow
-    with the number of classes.
+    Args:
+        batched: process all (class, column) lines in padded batches (few large kernels: the
+            default on accelerators) instead of class by class (streaming row reads: the
+            default on CPU, where the batched gathers are ~5x slower at ImageNet scale).
 
     Returns:
         ``(N,)`` bool mask on the input device.
     """
-    counts, dev = s.label_counts, inputs.device
+    counts = s.label_counts
     todo = pcm.T.astype(np.int64)  # todo[k, j]: how many of given k to flag towards j
     np.fill_diagonal(todo, 0)
     todo[todo < 0] = 0
     todo[~eligible_classes(counts, min_examples_per_class)] = 0
     todo = np.minimum(todo, counts[:, None])
+    if batched is None:
+        batched = inputs.device.type != "cpu"
+    return (_noise_rate_batched if batched else _noise_rate_per_class)(inputs, s, todo, ties)
+
+
+def _noise_rate_per_class(inputs: Inputs, s: Scan, todo: np.ndarray, ties: str) -> torch.Tensor:
+    dev = inputs.device
+    mask = torch.zeros(inputs.n, dtype=torch.bool, device=dev)
+    classes = np.flatnonzero(todo.any(axis=1))
+    if classes.size == 0:
+        return mask
+    cols_np = [np.flatnonzero(todo[k]) for k in classes]
+    m_np = [todo[k, c] for k, c in zip(classes, cols_np, strict=True)]
+    cols_all = torch.from_numpy(np.concatenate(cols_np)).to(dev)  # one host->device copy each
+    m_all = torch.from_numpy(np.concatenate(m_np)).to(dev)
+    budget = inputs.chunk_rows * inputs.k
+    offset = 0
+    for k, cols_k, m_k in zip(classes, cols_np, m_np, strict=True):
+        rows = s.perm[s.starts[k] : s.starts[k + 1]]  # ascending row index
+        base = s.self_conf.index_select(0, rows)  # p[:, k] on the class's rows
+        group = max(1, budget // rows.numel())
+        hit = None
+        for g0 in range(0, cols_k.size, group):
+            g1 = min(g0 + group, cols_k.size)
+            margin = _margins(inputs, rows, cols_all[offset + g0 : offset + g1], base)
+            kk = int(m_k[g0:g1].max())
+            take = _take_top_m(margin, m_all[offset + g0 : offset + g1], kk, ties).any(dim=0)
+            hit = take if hit is None else hit | take
+        mask.index_copy_(0, rows, hit)
+        offset += cols_k.size
+    return mask
+
+
+def _noise_rate_batched(inputs: Inputs, s: Scan, todo: np.ndarray, ties: str) -> torch.Tensor:
+    """All lines at once, in padded ``(lines, n_max)`` batches of similar-length lines."""
+    dev, counts = inputs.device, s.label_counts
     line_k, line_j = np.nonzero(todo)  # lines grouped by class
     hits = torch.zeros(inputs.n, dtype=torch.int32, device=dev)
-    if line_k.size == 0:
-        return hits.bool()
     order = np.argsort(counts[line_k], kind="stable")  # similar lengths together: less padding
     line_k, line_j = line_k[order], line_j[order]
     line_n, line_m = counts[line_k], todo[line_k, line_j]
@@ -130,18 +175,29 @@ def prune_by_noise_rate(
     lo = 0
     while lo < line_k.size:  # batch [lo, hi): lines sorted by length, so n_max = line_n[hi-1]
         hi = _batch_end(line_n, lo, budget)
-        n_max = int(line_n[hi - 1])
-        step = torch.arange(n_max, device=dev).unsqueeze(1)  # (n_max, 1)
-        pad = step >= n_all[lo:hi]  # (n_max, L)
-        pos = (starts_all[lo:hi] + step).masked_fill_(pad, 0)
-        rows = s.perm[pos]  # (n_max, L): row-major order keeps a class's lines adjacent
-        margin = inputs.probs[rows, cols_all[lo:hi]].to(inputs.compute_dtype)
+        step = torch.arange(int(line_n[hi - 1]), device=dev)
+        pad = step >= n_all[lo:hi].unsqueeze(1)  # (L, n_max)
+        rows = s.perm[(starts_all[lo:hi].unsqueeze(1) + step).masked_fill_(pad, 0)]
+        margin = inputs.probs[rows, cols_all[lo:hi].unsqueeze(1)].to(inputs.compute_dtype)
         margin.sub_(s.self_conf[rows]).masked_fill_(pad, -torch.inf)
         kk = int(line_m[lo:hi].max())
-        take = _top_m(margin.t(), m_all[lo:hi], kk, line_n[lo:hi], ties).t()
+        take = _take_top_m(margin, m_all[lo:hi], kk, ties, line_n[lo:hi])
         hits.index_add_(0, rows.flatten(), take.flatten().to(torch.int32))
         lo = hi
     return hits > 0
+
+
+def _batch_end(lengths: np.ndarray, lo: int, budget: int) -> int:
+    """Largest ``hi > lo`` with ``(hi - lo) * lengths[hi - 1] <= budget`` (at least ``lo + 1``);
+    ``lengths`` is sorted ascending, so the padded batch size grows with ``hi`` (bisection)."""
+    a, b = lo + 1, lengths.size  # answer in [a, b]
+    while a < b:
+        mid = (a + b + 1) // 2
+        if (mid - lo) * int(lengths[mid - 1]) <= budget:
+            a = mid
+        else:
+            b = mid - 1
+    return a
 
 
 def prune_by_class(

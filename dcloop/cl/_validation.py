@@ -34,15 +34,16 @@ DEVICE_CHUNK_ELEMENTS = 1 << 24
 #: The engine issues thousands of short memory-bound ops; with several OpenMP threads each op
 #: is a parallel region whose barrier waits for a descheduled thread whenever the cores are
 #: shared (data-loader workers, other jobs). On the 2-core benchmark host, with other processes
-#: running, 2 threads were 3-20x slower than 1; on an idle host 1 thread costs little.
+#: running, 2 threads were 3-20x slower than 1 (scripts/results/bench_cl_engine.md: 1 thread).
 CPU_THREADS = 1
 
 _F = TypeVar("_F", bound=Callable[..., Any])
 
 
-def limit_cpu_threads(fn: _F) -> _F:
-    """Run ``fn(labels, pred_probs, ...)`` with at most :data:`CPU_THREADS` intra-op threads
-    unless ``pred_probs`` is a tensor on an accelerator."""
+def public_entry(fn: _F) -> _F:
+    """Decorator of the public functions ``fn(labels, pred_probs, ...)``: no autograd graph,
+    and at most :data:`CPU_THREADS` intra-op threads unless ``pred_probs`` is on an accelerator.
+    """
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -50,13 +51,14 @@ def limit_cpu_threads(fn: _F) -> _F:
         want = int(os.environ.get("DCLOOP_CL_THREADS", CPU_THREADS))
         have = torch.get_num_threads()
         on_device = isinstance(probs, torch.Tensor) and probs.device.type != "cpu"
-        if on_device or want <= 0 or want >= have:
-            return fn(*args, **kwargs)
-        torch.set_num_threads(want)
-        try:
-            return fn(*args, **kwargs)
-        finally:
-            torch.set_num_threads(have)
+        with torch.no_grad():
+            if on_device or want <= 0 or want >= have:
+                return fn(*args, **kwargs)
+            torch.set_num_threads(want)
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                torch.set_num_threads(have)
 
     return wrapper  # type: ignore[return-value]
 

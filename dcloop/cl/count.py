@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from dcloop.cl import _kxk
-from dcloop.cl._validation import Inputs, limit_cpu_threads, prepare_inputs
+from dcloop.cl._validation import Inputs, prepare_inputs, public_entry
 
 
 @dataclass(frozen=True)
@@ -160,7 +160,7 @@ def confident_joint_from_scan(inputs: Inputs, s: Scan, *, calibrate: bool = True
     return _kxk.calibrate_confident_joint(cj, s.label_counts) if calibrate else cj
 
 
-@limit_cpu_threads
+@public_entry
 def compute_confident_joint(
     labels: Any, pred_probs: Any, *, calibrate: bool = True, chunk_size: int | None = None
 ) -> torch.Tensor | np.ndarray:
@@ -184,7 +184,7 @@ def compute_confident_joint(
     return inputs.out_matrix(confident_joint_from_scan(inputs, scan(inputs), calibrate=calibrate))
 
 
-@limit_cpu_threads
+@public_entry
 def estimate_joint(
     labels: Any, pred_probs: Any, *, chunk_size: int | None = None
 ) -> torch.Tensor | np.ndarray:
@@ -204,7 +204,7 @@ def estimate_joint(
     return inputs.out_matrix(joint)
 
 
-@limit_cpu_threads
+@public_entry
 def estimate_noise_matrices(
     labels: Any, pred_probs: Any, *, chunk_size: int | None = None
 ) -> tuple[torch.Tensor | np.ndarray, torch.Tensor | np.ndarray]:

@@ -9,11 +9,14 @@ Pipeline (cleanlab ``filter.find_label_issues`` for single-label data):
 4. cleanlab's final reduction: drop flags where the model's prediction is (within ``1e-6``) the
    given label.
 
-Ties. cleanlab selects the lowest-scoring examples with ``np.argsort``, which is not stable, so
-when several examples share the score at the cut-off, which of them cleanlab flags is an
-artefact of numpy's sort kernel. Here ties are broken by ascending row index, deterministically.
-Masks only differ from cleanlab's where such a boundary tie exists, and then by at most the number
-of tied examples at that boundary (see ``tests/test_cl_parity.py``).
+Ties. cleanlab picks the lowest-scoring examples with ``np.argsort``, which is not stable: when
+several examples share the score at a pruning cut-off, which of them cleanlab flags depends on
+numpy's sort kernel (e.g. AVX-512 or not). By default (``ties="index"``) the lowest row indices
+are flagged first, deterministically on every platform and device; masks then differ from
+cleanlab's only on examples tied across a cut-off (bounded in ``tests/test_cl_parity.py``).
+``ties="cleanlab"`` replays cleanlab's own ``np.argsort`` on just those tied lines and gives
+bit-identical masks on the same numpy build. Everything else (thresholds, confident joint,
+calibration, prune counts, the final reduction) is computed with cleanlab's exact arithmetic.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ import torch
 
 from dcloop.cl import _kxk
 from dcloop.cl._prune import TIES, prune_by_class, prune_by_noise_rate
-from dcloop.cl._validation import Inputs, check_choice, limit_cpu_threads, prepare_inputs
+from dcloop.cl._validation import Inputs, check_choice, prepare_inputs, public_entry
 from dcloop.cl.count import confident_joint_from_scan, scan
 from dcloop.cl.rank import SCORE_METHODS, order_issues
 
@@ -120,7 +123,7 @@ def _remove_per_class(value: Any, filter_by: str, k: int) -> np.ndarray | None:
     return arr.astype(np.int64)
 
 
-@limit_cpu_threads
+@public_entry
 def find_label_issues(
     labels: Any,
     pred_probs: Any,
@@ -151,7 +154,8 @@ def find_label_issues(
         frac_noise: fraction of the estimated noise to flag (prune filters only).
         num_to_remove_per_class: ``(K,)`` ints, how many to flag per class (prune filters only).
         min_examples_per_class: classes with at most this many examples are not pruned.
-        backend: ``"torch"`` (this engine) or ``"cleanlab"`` (cleanlab on host numpy).
+        backend: ``"torch"`` (this engine) or ``"cleanlab"`` (cleanlab itself, on host numpy
+            copies; ``chunk_size`` and ``ties`` do not apply).
         chunk_size: rows per ``[chunk, K]`` block (``None``: automatic).
         ties: ``"index"`` (default) flags the lowest row indices first when examples tie at a
             pruning cut-off; ``"cleanlab"`` replays cleanlab's own (unstable) ``np.argsort`` on

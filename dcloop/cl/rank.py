@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from dcloop.cl import _kxk
-from dcloop.cl._validation import Inputs, check_choice, limit_cpu_threads, prepare_inputs
+from dcloop.cl._validation import Inputs, check_choice, prepare_inputs, public_entry
 from dcloop.cl.count import class_layout, self_confidence, thresholds_from
 
 SCORE_METHODS = ("self_confidence", "normalized_margin", "confidence_weighted_entropy")
@@ -64,7 +64,7 @@ def quality_scores(inputs: Inputs, method: str, *, adjust_pred_probs: bool = Fal
     return scores
 
 
-@limit_cpu_threads
+@public_entry
 def get_label_quality_scores(
     labels: Any,
     pred_probs: Any,
