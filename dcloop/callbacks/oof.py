@@ -143,7 +143,7 @@ class OOFCollector(L.Callback):
                         parts_p.append(probs)
                     else:
                         self.probs.index_copy_(0, index, probs.to(self.dtype))
-                        self.seen[index] = True
+                        self.seen.index_fill_(0, index, True)
         finally:
             pl_module.train(was_training)
         if distributed:
@@ -225,7 +225,7 @@ class OOFCollector(L.Callback):
         probs = pl_module.all_gather(probs).reshape(-1, self.num_classes)
         index, probs = dedup_last(index, probs)
         self.probs.index_copy_(0, index, probs.to(self.dtype))
-        self.seen[index] = True
+        self.seen.index_fill_(0, index, True)
 
     def _check_coverage(self) -> None:
         missing = (~self.seen).nonzero().flatten()
