@@ -24,11 +24,15 @@ the in-loop run (``assign_folds(given_labels, K, seed=S)``).
 
 Examples::
 
-    # what scripts/results/bench_noise.md was made with
-    python scripts/bench_noise.py
-    # the perfect-flag ceilings quoted in its Findings
+    # the main table of scripts/results/bench_noise.md (made when cnn.yaml's default
+    # label_smoothing was 0.0; pass it explicitly to reproduce it under another default)
+    python scripts/bench_noise.py --overrides model.optim.label_smoothing=0.0
+    # its supplementary tables: perfect-flag ceilings, and every row with label smoothing 0.1
     python scripts/bench_noise.py --settings sym40 asym40 --methods ceiling_retrain \\
-        ceiling_prune --out /tmp/bench_noise_ceiling
+        ceiling_prune --overrides model.optim.label_smoothing=0.0 --out /tmp/bench_noise_ceiling_ls0
+    python scripts/bench_noise.py --settings sym40 asym40 --methods oracle baseline ensemble \\
+        two_stage inloop_prune inloop_downweight ceiling_retrain ceiling_prune \\
+        --overrides model.optim.label_smoothing=0.1 --out /tmp/bench_noise_ls01
     # smoke run
     python scripts/bench_noise.py --seeds 0 --settings sym20 --epochs 3 --out /tmp/bench_smoke
 """
