@@ -89,7 +89,11 @@ def build(cfg: DictConfig, run_dir: Path) -> Run:
         )
     logger = instantiate(cfg.logger) if cfg.get("logger") else False
     trainer = instantiate(
-        cfg.trainer, callbacks=callbacks, logger=logger, default_root_dir=str(run_dir)
+        cfg.trainer,
+        callbacks=callbacks,
+        logger=logger,
+        enable_checkpointing=bool(cfg.checkpoint),
+        default_root_dir=str(run_dir),
     )
     return Run(dm, model, oof, clcb, trainer, sources)
 
