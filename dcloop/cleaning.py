@@ -12,16 +12,10 @@ import torch
 
 from dcloop import cl
 
-FILTER_BY = (
-    "prune_by_noise_rate",
-    "prune_by_class",
-    "both",
-    "confident_learning",
-    "predicted_neq_given",
-)
-QUALITY_METHODS = ("self_confidence", "normalized_margin", "confidence_weighted_entropy")
+FILTER_BY = cl.FILTER_BY
+QUALITY_METHODS = cl.SCORE_METHODS
 ACTIONS = ("prune", "downweight", "detect")
-BACKENDS = ("torch", "cleanlab")
+BACKENDS = cl.filter.BACKENDS
 
 
 @dataclass

@@ -9,6 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dcloop.models.optim import adamw_cosine
+
 
 class Classifier(L.LightningModule):
     """Train one network on ``(x, y, index)`` batches, optionally weighted per sample.
@@ -80,11 +82,11 @@ class Classifier(L.LightningModule):
         return self(x).float().softmax(-1)
 
     def configure_optimizers(self):
-        opt = torch.optim.AdamW(
-            self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay
+        h = self.hparams
+        return adamw_cosine(
+            self.parameters(),
+            lr=h.lr,
+            weight_decay=h.weight_decay,
+            scheduler=h.scheduler,
+            max_epochs=self.trainer.max_epochs,
         )
-        if self.hparams.scheduler == "none":
-            return opt
-        epochs = max(1, int(self.trainer.max_epochs or 1))
-        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs)
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}

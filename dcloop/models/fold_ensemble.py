@@ -14,6 +14,7 @@ from torch.func import functional_call, stack_module_state
 
 from dcloop.folds import assign_folds
 from dcloop.models.losses import fold_masked_loss
+from dcloop.models.optim import adamw_cosine
 from dcloop.state import SampleTable
 from dcloop.validation import check_all_classes_present, check_labels
 
@@ -209,13 +210,11 @@ class FoldEnsemble(L.LightningModule):
         return probs[self.samples.folds[index], rows]
 
     def configure_optimizers(self):
-        opt = torch.optim.AdamW(
+        h = self.hparams
+        return adamw_cosine(
             self.replica_params.parameters(),
-            lr=self.hparams.lr,
-            weight_decay=self.hparams.weight_decay,
+            lr=h.lr,
+            weight_decay=h.weight_decay,
+            scheduler=h.scheduler,
+            max_epochs=self.trainer.max_epochs,
         )
-        if self.hparams.scheduler == "none":
-            return opt
-        epochs = max(1, int(self.trainer.max_epochs or 1))
-        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs)
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}
