@@ -122,8 +122,15 @@ def quiet() -> None:
         pass
 
 
-def compose_cfg(setting: str, seed: int, epochs: int, folds: int, run_dir: Path,
-                action: str = "detect", extra: list[str] | None = None) -> DictConfig:
+def compose_cfg(
+    setting: str,
+    seed: int,
+    epochs: int,
+    folds: int,
+    run_dir: Path,
+    action: str = "detect",
+    extra: list[str] | None = None,
+) -> DictConfig:
     """The dcloop config of one (setting, seed), as the CLI would compose it."""
     kind, rate = SETTINGS[setting]
     overrides = [
@@ -173,22 +180,27 @@ def optim(cfg: DictConfig) -> dict[str, Any]:
 
 def train_loader(dataset, batch_size: int, seed: int) -> DataLoader:
     """Like ``LabelNoiseDataModule.train_dataloader`` (epoch-seeded shuffle), on any dataset."""
-    return DataLoader(dataset, batch_size=batch_size,
-                      sampler=EpochShuffleSampler(len(dataset), seed=seed))
+    return DataLoader(
+        dataset, batch_size=batch_size, sampler=EpochShuffleSampler(len(dataset), seed=seed)
+    )
 
 
 def eval_loader(dataset, batch_size: int) -> DataLoader:
     return DataLoader(dataset, batch_size=batch_size, shuffle=False)
 
 
-def fit_classifier(cfg, dm, factory, train_ds, run_dir: Path, seed: int,
-                   callbacks=()) -> tuple[Classifier, float]:
+def fit_classifier(
+    cfg, dm, factory, train_ds, run_dir: Path, seed: int, callbacks=()
+) -> tuple[Classifier, float]:
     """One Classifier fit on ``train_ds``; returns the model and its test accuracy."""
     L.seed_everything(seed, workers=True, verbose=False)
     model = Classifier(factory, dm.num_classes, seed=seed, **optim(cfg))
     tr = trainer(cfg, run_dir, callbacks)
-    tr.fit(model, train_dataloaders=train_loader(train_ds, dm.batch_size, dm.seed),
-           val_dataloaders=dm.val_dataloader())
+    tr.fit(
+        model,
+        train_dataloaders=train_loader(train_ds, dm.batch_size, dm.seed),
+        val_dataloaders=dm.val_dataloader(),
+    )
     test = tr.test(model, dataloaders=dm.test_dataloader(), verbose=False)
     return model, float(test[0]["test/acc"])
 
@@ -213,8 +225,8 @@ def run_baseline(cfg, run_dir):
     return {"acc": acc}
 
 
-def run_ensemble(cfg, run_dir):
-    dm = datamodule(cfg)
+def fit_fold_ensemble(cfg, dm, run_dir, *, weights=None, mask_folds=True) -> float:
+    """Fit dcloop's K fold replicas with fixed per-sample weights; their test accuracy."""
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     model = FoldEnsemble(
         net_factory(cfg.model.net, dm.input_shape, dm.num_classes),
@@ -222,13 +234,20 @@ def run_ensemble(cfg, run_dir):
         num_folds=cfg.folds,
         num_classes=dm.num_classes,
         seed=cfg.seed,
-        mask_folds=False,
+        mask_folds=mask_folds,
         **OmegaConf.to_container(cfg.model.optim),
     )
+    if weights is not None:
+        model.samples.weights.copy_(torch.as_tensor(weights, dtype=torch.float32))
     tr = trainer(cfg, run_dir)
     tr.fit(model, datamodule=dm)
     test = tr.test(model, datamodule=dm, verbose=False)
-    return {"acc": float(test[0]["test/acc"])}
+    return float(test[0]["test/acc"])
+
+
+def run_ensemble(cfg, run_dir):
+    dm = datamodule(cfg)
+    return {"acc": fit_fold_ensemble(cfg, dm, run_dir, mask_folds=False)}
 
 
 def run_two_stage(cfg, run_dir):
@@ -243,12 +262,22 @@ def run_two_stage(cfg, run_dir):
     shards, fold_acc = [], []
     for k in range(k_folds):
         train_ds, held_out = fold_subsets(dm.train_dataset, labels, k_folds, k, seed=cfg.seed)
-        oof = OOFCollector(num_samples=n, num_classes=c,
-                           dataloader=eval_loader(held_out, dm.eval_batch_size),
-                           every_n_epochs=int(cfg.trainer.max_epochs),  # last epoch only
-                           require_full_coverage=False)
-        _, acc = fit_classifier(cfg, dm, factory, train_ds, run_dir / f"fold{k}",
-                                cfg.seed * 1000 + k + 1, callbacks=[oof])
+        oof = OOFCollector(
+            num_samples=n,
+            num_classes=c,
+            dataloader=eval_loader(held_out, dm.eval_batch_size),
+            every_n_epochs=int(cfg.trainer.max_epochs),  # last epoch only
+            require_full_coverage=False,
+        )
+        _, acc = fit_classifier(
+            cfg,
+            dm,
+            factory,
+            train_ds,
+            run_dir / f"fold{k}",
+            cfg.seed * 1000 + k + 1,
+            callbacks=[oof],
+        )
         shards.append(oof.shard())
         fold_acc.append(acc)
     probs = merge_shards(shards, n)
@@ -259,11 +288,13 @@ def run_two_stage(cfg, run_dir):
     quality = get_label_quality_scores(labels, probs)
     t2 = time.perf_counter()
     keep = np.flatnonzero(~flags)
-    _, acc = fit_classifier(cfg, dm, factory, Subset(dm.train_dataset, keep.tolist()),
-                            run_dir / "retrain", cfg.seed)
+    _, acc = fit_classifier(
+        cfg, dm, factory, Subset(dm.train_dataset, keep.tolist()), run_dir / "retrain", cfg.seed
+    )
     t3 = time.perf_counter()
-    det = detection_metrics(torch.as_tensor(flags), torch.as_tensor(dm.is_noisy),
-                            torch.as_tensor(quality))
+    det = detection_metrics(
+        torch.as_tensor(flags), torch.as_tensor(dm.is_noisy), torch.as_tensor(quality)
+    )
     return {
         "acc": acc,
         "detection": det,
@@ -296,8 +327,9 @@ def run_ceiling_retrain(cfg, run_dir):
     dm = datamodule(cfg)
     factory = net_factory(cfg.model.net, dm.input_shape, dm.num_classes)
     clean = np.flatnonzero(~dm.is_noisy)
-    _, acc = fit_classifier(cfg, dm, factory, Subset(dm.train_dataset, clean.tolist()),
-                            run_dir, cfg.seed)
+    _, acc = fit_classifier(
+        cfg, dm, factory, Subset(dm.train_dataset, clean.tolist()), run_dir, cfg.seed
+    )
     return {"acc": acc, "num_train_used": int(clean.size)}
 
 
@@ -305,20 +337,7 @@ def run_ceiling_prune(cfg, run_dir):
     """In-loop prune with perfect detection from the first step: the K fold replicas with
     every noisy sample's weight 0 (replica k then sees the clean samples outside fold k)."""
     dm = datamodule(cfg)
-    L.seed_everything(cfg.seed, workers=True, verbose=False)
-    model = FoldEnsemble(
-        net_factory(cfg.model.net, dm.input_shape, dm.num_classes),
-        dm.given_labels,
-        num_folds=cfg.folds,
-        num_classes=dm.num_classes,
-        seed=cfg.seed,
-        **OmegaConf.to_container(cfg.model.optim),
-    )
-    model.samples.weights.copy_(torch.as_tensor(~dm.is_noisy, dtype=torch.float32))
-    tr = trainer(cfg, run_dir)
-    tr.fit(model, datamodule=dm)
-    test = tr.test(model, datamodule=dm, verbose=False)
-    return {"acc": float(test[0]["test/acc"])}
+    return {"acc": fit_fold_ensemble(cfg, dm, run_dir, weights=~dm.is_noisy)}
 
 
 RUNNERS = {
@@ -419,13 +438,17 @@ def target_lines(rows: list[dict[str, Any]], epochs: int) -> list[str]:
         if r is None:
             continue
         ok = r["acc_mean"] >= target
-        text = (f"- {SETTING_NAMES[s]}: in-loop prune {100 * r['acc_mean']:.2f} % "
-                f"(target ≥ {100 * target:.1f} %: {'met' if ok else 'MISSED'})")
+        text = (
+            f"- {SETTING_NAMES[s]}: in-loop prune {100 * r['acc_mean']:.2f} % "
+            f"(target ≥ {100 * target:.1f} %: {'met' if ok else 'MISSED'})"
+        )
         two = by.get((s, "two_stage"))
         if two is not None:
             d = r["acc_mean"] - two["acc_mean"]
-            text += (f"; two-stage {100 * two['acc_mean']:.2f} % "
-                     f"({'above' if d > 0 else 'NOT above'}, {100 * d:+.2f} points)")
+            text += (
+                f"; two-stage {100 * two['acc_mean']:.2f} % "
+                f"({'above' if d > 0 else 'NOT above'}, {100 * d:+.2f} points)"
+            )
         lines.append(text)
     if lines and epochs != 30:
         lines.append(f"- (targets are stated for 30 epochs; this run used {epochs})")
@@ -493,20 +516,46 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--settings", nargs="+", choices=list(SETTINGS), default=list(SETTINGS))
-    p.add_argument("--methods", nargs="+", choices=METHODS + CEILINGS, default=list(METHODS),
-                   help="default: all but the ceiling_* diagnostics")
+    p.add_argument(
+        "--methods",
+        nargs="+",
+        choices=METHODS + CEILINGS,
+        default=list(METHODS),
+        help="default: all but the ceiling_* diagnostics",
+    )
     p.add_argument("--epochs", type=int, default=30)
     p.add_argument("--folds", type=int, default=5)
-    p.add_argument("--out", type=Path, default=Path("scripts/results/bench_noise"),
-                   help="output prefix: writes <out>.md and <out>.json")
-    p.add_argument("--workdir", type=Path, default=None,
-                   help="run outputs (default: a temporary directory, removed at the end)")
-    p.add_argument("--overrides", nargs="*", default=[], metavar="KEY=VALUE",
-                   help="extra Hydra overrides for every row, e.g. model.optim.label_smoothing=0.1")
-    p.add_argument("--threads", type=int, default=1,
-                   help="torch intra-op threads (1: tiny CNN, 2 shared cores; more oversubscribes)")
-    p.add_argument("--findings", type=Path, default=None,
-                   help="a text file whose content becomes the Findings paragraph")
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=Path("scripts/results/bench_noise"),
+        help="output prefix: writes <out>.md and <out>.json",
+    )
+    p.add_argument(
+        "--workdir",
+        type=Path,
+        default=None,
+        help="run outputs (default: a temporary directory, removed at the end)",
+    )
+    p.add_argument(
+        "--overrides",
+        nargs="*",
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra Hydra overrides for every row, e.g. model.optim.label_smoothing=0.1",
+    )
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch intra-op threads (1: tiny CNN, 2 shared cores; more oversubscribes)",
+    )
+    p.add_argument(
+        "--findings",
+        type=Path,
+        default=None,
+        help="a text file whose content becomes the Findings paragraph",
+    )
     return p.parse_args(argv)
 
 
@@ -518,9 +567,15 @@ def main(argv=None) -> int:
         "command": "python scripts/bench_noise.py " + shlex.join(sys.argv[1:]),
         "date": dt.datetime.now().astimezone().isoformat(timespec="seconds"),
         "machine": machine(),
-        "config": {"epochs": args.epochs, "folds": args.folds, "seeds": args.seeds,
-                   "settings": args.settings, "methods": args.methods,
-                   "overrides": args.overrides, "threads": args.threads},
+        "config": {
+            "epochs": args.epochs,
+            "folds": args.folds,
+            "seeds": args.seeds,
+            "settings": args.settings,
+            "methods": args.methods,
+            "overrides": args.overrides,
+            "threads": args.threads,
+        },
         "targets": {k: TARGETS[k] for k in args.settings if k in TARGETS},
     }
     if args.findings is not None:
@@ -534,8 +589,9 @@ def main(argv=None) -> int:
         workdir.mkdir(parents=True, exist_ok=True)
     runs: list[dict[str, Any]] = []
     # Untimed warm-up (imports, first kernels) so the first timed run is not penalised.
-    warm = compose_cfg(args.settings[0], args.seeds[0], 1, args.folds, workdir / "warmup",
-                       extra=args.overrides)
+    warm = compose_cfg(
+        args.settings[0], args.seeds[0], 1, args.folds, workdir / "warmup", extra=args.overrides
+    )
     run_baseline(warm, workdir / "warmup")
     start = time.perf_counter()
     try:
@@ -544,10 +600,12 @@ def main(argv=None) -> int:
                 for method in args.methods:
                     run_dir = workdir / setting / f"seed{seed}" / method
                     run_dir.mkdir(parents=True, exist_ok=True)
-                    action = {"inloop_prune": "prune",
-                              "inloop_downweight": "downweight"}.get(method, "detect")
-                    cfg = compose_cfg(setting, seed, args.epochs, args.folds, run_dir, action,
-                                      args.overrides)
+                    action = {"inloop_prune": "prune", "inloop_downweight": "downweight"}.get(
+                        method, "detect"
+                    )
+                    cfg = compose_cfg(
+                        setting, seed, args.epochs, args.folds, run_dir, action, args.overrides
+                    )
                     if "num_train" not in meta:
                         meta["resolved"] = {
                             "model": OmegaConf.to_container(cfg.model),
@@ -563,8 +621,11 @@ def main(argv=None) -> int:
                     runs.append({"setting": setting, "method": method, "seed": seed, **result})
                     det = result.get("detection")
                     extra = f"  F1 {det['f1']:.3f}" if det else ""
-                    print(f"{setting:7s} {method:18s} seed {seed}  acc {100 * result['acc']:6.2f} %"
-                          f"{extra}  {result['wall_time_s']:6.1f} s", flush=True)
+                    print(
+                        f"{setting:7s} {method:18s} seed {seed}  acc {100 * result['acc']:6.2f} %"
+                        f"{extra}  {result['wall_time_s']:6.1f} s",
+                        flush=True,
+                    )
                     meta["total_time_s"] = time.perf_counter() - start
                     write_report(args.out, args, runs, meta)  # partial results survive a crash
     finally:
@@ -572,8 +633,10 @@ def main(argv=None) -> int:
             tmp.cleanup()
     meta["total_time_s"] = time.perf_counter() - start
     write_report(args.out, args, runs, meta)
-    print(f"total {meta['total_time_s'] / 60:.1f} min; wrote {args.out}.md and {args.out}.json",
-          flush=True)
+    print(
+        f"total {meta['total_time_s'] / 60:.1f} min; wrote {args.out}.md and {args.out}.json",
+        flush=True,
+    )
     return 0
 
 

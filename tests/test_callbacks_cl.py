@@ -32,8 +32,9 @@ def fit(tmp_path, dm, epochs=4, **cl_kw):
     return model, oof, clcb
 
 
-def test_callback_equals_direct_cleanlab_call(tmp_path, blobs):
-    model, oof, clcb = fit(tmp_path, blobs)
+@pytest.mark.parametrize("backend", ["torch", "cleanlab"])
+def test_callback_equals_direct_cleanlab_call(tmp_path, blobs, backend):
+    model, oof, clcb = fit(tmp_path, blobs, backend=backend)
     probs = oof.probs.numpy()
     ref = cleanlab.filter.find_label_issues(blobs.labels, probs)
     np.testing.assert_array_equal(model.samples.flagged.numpy(), ref)

@@ -215,5 +215,7 @@ def _with_cleanlab(inputs: Inputs, **options: Any) -> torch.Tensor | np.ndarray:
 
     probs = inputs.probs.to("cpu", inputs.compute_dtype).numpy()
     labels = inputs.labels.cpu().numpy()
-    result = cleanlab_find_label_issues(labels, probs, **options)
+    # n_jobs=1: cleanlab's default forks a multiprocessing pool, which can deadlock inside a
+    # process that already runs torch threads (seen in a Lightning run).
+    result = cleanlab_find_label_issues(labels, probs, n_jobs=1, **options)
     return inputs.out(torch.from_numpy(np.asarray(result)).to(inputs.device))
