@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed-stamp
 TORCH  := torch==2.14.1 torchvision==0.29.1 torchaudio==2.11.0
 ARGS   ?=
 
-.PHONY: install run test test-fast lint format bench clean
+.PHONY: install system-deps run test test-fast lint format bench clean
 
 install: $(STAMP)
 
@@ -17,10 +17,16 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
+system-deps:  ## Debian's chromium: the report test renders report.html headless
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+	  $$SUDO apt-get install -y -q chromium >/dev/null 2>&1 || \
+	  { $$SUDO apt-get update -q >/dev/null && $$SUDO apt-get install -y -q chromium >/dev/null; }; }
+
 run: install  ## the default experiment: digits, injected noise, K=5, CPU
 	$(BIN)/dcloop $(ARGS)
 
-test: install  ## the whole test suite (what CI runs)
+test: install system-deps  ## the whole test suite (what CI runs)
 	$(BIN)/python -m pytest -q
 
 test-fast: install
