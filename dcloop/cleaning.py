@@ -55,6 +55,7 @@ def confident_learning(
     quality_method: str = "self_confidence",
     frac_noise: float = 1.0,
     backend: str = "torch",
+    confirmed: torch.Tensor | None = None,
 ) -> CLResult:
     """Flags, quality scores and noise estimates from OOF probabilities.
 
@@ -65,6 +66,7 @@ def confident_learning(
         quality_method: cleanlab's label-quality score.
         frac_noise: fraction of the estimated number of issues to flag (cleanlab).
         backend: ``"torch"`` (dcloop's engine, stays on the device) or ``"cleanlab"``.
+        confirmed: ``(N,)`` bool, rows a person confirmed; they are never flagged.
 
     Returns:
         :class:`CLResult` with tensors on ``probs.device``.
@@ -84,7 +86,7 @@ def confident_learning(
     noise_matrix, _ = cl.estimate_noise_matrices(labels, probs)
     row = joint.sum(1).clamp_min(1e-12)
     return CLResult(
-        flags=torch.as_tensor(flags, device=device).bool(),
+        flags=_unconfirmed(torch.as_tensor(flags, device=device).bool(), confirmed),
         quality=torch.as_tensor(quality, device=device).float(),
         suggested=probs.argmax(1),
         joint=joint,
@@ -92,6 +94,13 @@ def confident_learning(
         class_noise_rate=1 - joint.diagonal() / row,
         noise_rate=float(1 - joint.trace()),
     )
+
+
+def _unconfirmed(flags: torch.Tensor, confirmed: torch.Tensor | None) -> torch.Tensor:
+    """``flags`` with the rows people confirmed cleared."""
+    if confirmed is None:
+        return flags
+    return flags & ~torch.as_tensor(confirmed, device=flags.device).bool()
 
 
 def action_weights(

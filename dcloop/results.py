@@ -83,8 +83,13 @@ def class_report(
     probs: torch.Tensor,
     class_noise_rate: torch.Tensor,
     class_names: Sequence[str] | None = None,
+    weak_epochs=None,
 ) -> pd.DataFrame:
-    """Per class: count, estimated noise rate, OOF accuracy, flagged count (+ truth)."""
+    """Per class: count, estimated noise rate, OOF accuracy, flagged count (+ truth).
+
+    With ``weak_epochs`` ((C,), from :class:`~dcloop.callbacks.WeakClasses`) a ``weak``
+    column holds the epoch each class first became weak (-1: never).
+    """
     labels = table.labels.cpu().numpy()
     pred = probs.argmax(1).cpu().numpy()
     flagged = table.flagged.cpu().numpy()
@@ -103,6 +108,8 @@ def class_report(
         if table.has_ground_truth:
             true = table.true_labels.cpu().numpy()
             row["noise_rate_true"] = float((true[m] != k).mean()) if m.any() else float("nan")
+        if weak_epochs is not None:
+            row["weak"] = int(weak_epochs[k])
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -123,12 +130,13 @@ def write_run_files(
     result,
     sources=None,
     class_names: Sequence[str] | None = None,
+    weak_epochs=None,
 ) -> None:
     """Write a run's result files (see README, "Results") into ``run_dir``."""
     run_dir = Path(run_dir)
     write_csv(issue_table(table, sources), run_dir / "label_issues.csv")
     write_csv(
-        class_report(table, probs, result.class_noise_rate, class_names),
+        class_report(table, probs, result.class_noise_rate, class_names, weak_epochs),
         run_dir / "class_report.csv",
     )
     write_csv(noise_matrix_frame(result.noise_matrix, class_names), run_dir / "noise_matrix.csv")

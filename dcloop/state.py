@@ -23,6 +23,8 @@ class SampleTable(nn.Module):
         suggested: the label the OOF model prefers (argmax), int64 (-1 before CL).
         first_flagged / last_flagged: epochs, int64 (-1 when never flagged).
         true_labels: ground truth when known (noise experiments), else -1.
+        confirmed: a person checked the label (label file); never flagged. Not saved.
+        prior_weights: weights from a label file, multiplied into the action's. Not saved.
     """
 
     def __init__(self, labels, folds, true_labels=None) -> None:
@@ -47,6 +49,11 @@ class SampleTable(nn.Module):
         self.register_buffer("suggested", torch.full((n,), -1, dtype=torch.long))
         self.register_buffer("first_flagged", torch.full((n,), -1, dtype=torch.long))
         self.register_buffer("last_flagged", torch.full((n,), -1, dtype=torch.long))
+        # From a label file (dcloop.people): rows a person checked are never flagged; prior
+        # weights (e.g. consensus quality) multiply the action's weights. Rebuilt from the
+        # config on resume, so not saved in checkpoints.
+        self.register_buffer("confirmed", torch.zeros(n, dtype=torch.bool), persistent=False)
+        self.register_buffer("prior_weights", torch.ones(n), persistent=False)
 
     def __len__(self) -> int:
         return self.labels.numel()

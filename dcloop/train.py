@@ -14,12 +14,16 @@ import lightning as L
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from dcloop.augment.pipeline import add_run_metrics, augment_callbacks, augment_kwargs, weak_epochs
+from dcloop.beyond.hooks import after_run
 from dcloop.callbacks import ConfidentLearning, OOFCollector
 from dcloop.cleaning import CLResult
 from dcloop.console import emit, run_summary
 from dcloop.data import check_item
 from dcloop.metrics import detection_metrics
 from dcloop.models import Classifier, FoldEnsemble
+from dcloop.people.labelfile import attach_label_file
+from dcloop.people.report import write_report
 from dcloop.results import issue_table, write_json, write_run_files
 
 log = logging.getLogger(__name__)
@@ -62,7 +66,9 @@ def build(cfg: DictConfig, run_dir: Path) -> Run:
     All input checks (data path, labels, empty classes, K, dataset items) happen here,
     before any training starts.
     """
-    dm = instantiate(cfg.data, noise=OmegaConf.to_container(cfg.noise), seed=cfg.seed)
+    dm = instantiate(
+        cfg.data, noise=OmegaConf.to_container(cfg.noise), seed=cfg.seed, **augment_kwargs(cfg)
+    )
     dm.setup("fit")
     check_item(dm.train_dataset[0])
     sources = [dm.source_of(i) for i in range(dm.num_train)]
@@ -75,9 +81,10 @@ def build(cfg: DictConfig, run_dir: Path) -> Run:
         true_labels=dm.true_labels if dm.has_ground_truth else None,
         **OmegaConf.to_container(cfg.model.optim),
     )
+    attach_label_file(model.samples, getattr(dm, "label_override", None))  # dcloop.people
     oof = OOFCollector()
     clcb = ConfidentLearning(**OmegaConf.to_container(cfg.cl), output_dir=run_dir, sources=sources)
-    callbacks: list[L.Callback] = [oof, clcb]
+    callbacks: list[L.Callback] = [oof, clcb, *augment_callbacks(dm)]  # + WeakClasses
     if cfg.checkpoint:
         callbacks.append(
             L.pytorch.callbacks.ModelCheckpoint(
@@ -107,6 +114,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     Returns:
         The metrics written to ``metrics.json``.
     """
+    if cfg.get("mode", "parallel") != "parallel":  # one fold per run: dcloop.scale
+        from dcloop.scale.fold_run import run_fold
+
+        return run_fold(cfg)
     start = time.perf_counter()
     run_dir = Path(cfg.output_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -119,7 +130,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     table = run.model.samples
     result = run.cl.last_result
     if result is None:  # confident learning never ran in the loop (warm-up > max_epochs)
-        result = run.cl.run(table.labels, run.oof.probs)
+        result = run.cl.run(table.labels, run.oof.probs, confirmed=table.confirmed)
         table.record_flags(result.flags, result.quality, result.suggested, -1)
     metrics = run_metrics(run, result, test[0] if test else {})
     if cfg.get("refit"):
@@ -127,9 +138,13 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     metrics["wall_time_s"] = time.perf_counter() - start
     if run.trainer.is_global_zero:
         names = list(run.dm.class_names) if getattr(run.dm, "class_names", None) else None
-        write_run_files(run_dir, table, run.oof.probs, result, run.sources, names)
+        weak = weak_epochs(run.trainer)  # class_report.csv `weak` column (dcloop.augment)
+        write_run_files(run_dir, table, run.oof.probs, result, run.sources, names, weak)
+        after_run(cfg, run, run_dir)  # dcloop.beyond: COCO write-back, train/test discrepancy
         OmegaConf.save(cfg, run_dir / "config.yaml")
         write_json(metrics, run_dir / "metrics.json")
+        if cfg.get("report", True):
+            write_report(run_dir, dataset=getattr(run.dm, "train_dataset", None))  # dcloop.people
         top = issue_table(table, run.sources).head(5).to_dict("records")
         emit(run_summary(metrics, run_dir, [r for r in top if r["flagged"]]))
     return metrics
@@ -177,4 +192,4 @@ def run_metrics(run: Run, result: CLResult, test: dict) -> dict[str, Any]:
             "num_noisy": int(dm.is_noisy.sum()),
             "rate_actual": float(dm.is_noisy.mean()),
         }
-    return metrics
+    return add_run_metrics(metrics, dm, run.trainer)  # dcloop.augment: weak classes, skipped

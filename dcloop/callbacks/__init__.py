@@ -2,5 +2,6 @@
 
 from dcloop.callbacks.confident_learning import ConfidentLearning
 from dcloop.callbacks.oof import OOFCollector
+from dcloop.callbacks.weak_classes import WeakClasses
 
-__all__ = ["ConfidentLearning", "OOFCollector"]
+__all__ = ["ConfidentLearning", "OOFCollector", "WeakClasses"]

@@ -121,9 +121,15 @@ class ConfidentLearning(L.Callback):
         if not self.due(epoch) or self._oof.last_epoch != epoch:
             return
         table = pl_module.samples
-        result = self.run(table.labels, self._oof.probs)
-        if trainer.world_size > 1:  # decide once, on rank 0
-            result = trainer.strategy.broadcast(result, src=0)
+        if trainer.world_size > 1:  # decide once, on rank 0; broadcast tensors, not pickles
+            from dcloop.scale.distributed import broadcast_result
+
+            mine = None
+            if trainer.is_global_zero:
+                mine = self.run(table.labels, self._oof.probs, confirmed=table.confirmed)
+            result = broadcast_result(mine, len(table), self._oof.num_classes, table.labels.device)
+        else:
+            result = self.run(table.labels, self._oof.probs, confirmed=table.confirmed)
         table.record_flags(result.flags, result.quality, result.suggested, epoch)
         table.weights.copy_(
             action_weights(
@@ -133,6 +139,7 @@ class ConfidentLearning(L.Callback):
                 floor=self.downweight_floor,
                 power=self.downweight_power,
             )
+            * table.prior_weights  # label-file weights (dcloop.people), 1 by default
         )
         self.last_result = result
         row = self._summarise(epoch, result, table)
@@ -152,8 +159,9 @@ class ConfidentLearning(L.Callback):
             write_issue_table(self.output_dir / "label_issues.csv", table, self.sources)
         trainer.strategy.barrier("dcloop_cl")
 
-    def run(self, labels, probs) -> CLResult:
-        """Confident learning on ``(labels, probs)`` with this callback's settings."""
+    def run(self, labels, probs, confirmed=None) -> CLResult:
+        """Confident learning on ``(labels, probs)`` with this callback's settings; rows in
+        ``confirmed`` (people checked them) are never flagged."""
         return confident_learning(
             labels,
             probs,
@@ -161,6 +169,7 @@ class ConfidentLearning(L.Callback):
             quality_method=self.quality_method,
             frac_noise=self.frac_noise,
             backend=self.backend,
+            confirmed=confirmed,
         )
 
     @staticmethod
@@ -170,6 +179,7 @@ class ConfidentLearning(L.Callback):
             "num_flagged": int(result.flags.sum()),
             "noise_rate_est": result.noise_rate,
             "weight_mean": float(table.weights.mean()),
+            "quality_mean": float(result.quality.mean()),
         }
         if table.has_ground_truth:
             det = detection_metrics(result.flags, table.is_noisy, result.quality)

@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
+from dcloop.data.audio import AUDIO_SOURCES, audio_options, load_audio_splits
+from dcloop.data.badfiles import check_files, check_on_bad_file, write_skipped
 from dcloop.data.datasets import (
     ImageFileDataset,
     IndexedTensorDataset,
@@ -25,13 +27,16 @@ from dcloop.data.datasets import (
 )
 from dcloop.data.digits import DIGITS_CLASS_NAMES, load_digits_splits
 from dcloop.data.noise import NOISE_KINDS, NoiseResult, inject_noise, save_noise
-from dcloop.data.sampling import EpochShuffleSampler
 from dcloop.data.splits import _check_fracs, stratified_split_indices
+from dcloop.people.labelfile import apply_label_file
 
 logger = logging.getLogger(__name__)
 
 #: Data sources :class:`LabelNoiseDataModule` can load.
-SOURCES: tuple[str, ...] = ("digits", "folder", "csv", "cifar10", "mnist")
+SOURCES: tuple[str, ...] = (
+    *("digits", "folder", "csv", "cifar10", "mnist", "coco"),
+    *AUDIO_SOURCES,  # dcloop.data.audio: "audio_synth" (embedded), "audio_folder"
+)
 
 _NOISE_KEYS = ("kind", "rate", "sparsity")
 
@@ -110,6 +115,9 @@ class LabelNoiseDataModule(L.LightningDataModule):
         source: One of :data:`SOURCES`.
         root: Data folder (required for every source except ``"digits"``).
         manifest: CSV file for ``source="csv"`` (relative paths are also looked up in ``root``).
+        annotations: COCO JSON for ``source="coco"``: one crop per annotation, see
+            :func:`dcloop.beyond.detection.coco_crops` (crops of one image split independently).
+        context: ``source="coco"``: margin around each box, as a fraction of its size.
         image_size: ``None``, an int (square side) or ``(height, width)``.
         mode: ``"RGB"`` or ``"L"``/``"grayscale"`` for file sources.
         num_classes: Number of classes C; by default the number of class names found. A larger
@@ -124,6 +132,17 @@ class LabelNoiseDataModule(L.LightningDataModule):
         test_frac: Test fraction, in [0, 1).
         train_transform: Optional callable on a float32 tensor (C, H, W), applied only by
             :meth:`train_dataloader` (augmentation).
+        labels: Optional label file (CSV ``index,label[,source,weight,status]``, see
+            :mod:`dcloop.people.labelfile`) that replaces the training split's given labels
+            after noise injection; with injected noise the dataset's labels stay the ground
+            truth. Rows with status ``confirmed``/``corrected`` are never flagged.
+        audio: ``source="audio_synth"``/``"audio_folder"``: ``sample_rate``, ``clip_seconds``,
+            ``num_per_class``, ``synth_seed`` (see :func:`dcloop.data.audio.audio_options`).
+        on_bad_file: file sources: every file is decoded once at setup; ``"error"`` names the
+            unreadable ones, ``"skip"`` leaves them out and lists them (``skipped_files``).
+        augment: an ``augment`` config (``kind: none|uniform|targeted``, see
+            :class:`dcloop.augment.Augmenter`); the training loader then carries
+            ``(index, level)`` keys from the policy sampler to the workers.
     """
 
     def __init__(
@@ -132,6 +151,8 @@ class LabelNoiseDataModule(L.LightningDataModule):
         *,
         root: str | os.PathLike | None = None,
         manifest: str | os.PathLike | None = None,
+        annotations: str | os.PathLike | None = None,
+        context: float = 0.1,
         image_size: int | tuple[int, int] | None = None,
         mode: str = "RGB",
         num_classes: int | None = None,
@@ -143,18 +164,26 @@ class LabelNoiseDataModule(L.LightningDataModule):
         val_frac: float = 0.15,
         test_frac: float = 0.2,
         train_transform: Transform | None = None,
+        labels: str | os.PathLike | None = None,
+        audio: Mapping[str, Any] | None = None,
+        on_bad_file: str = "error",
+        augment: Any = None,
     ) -> None:
         super().__init__()
         if source not in SOURCES:
             raise ValueError(f"source must be one of {list(SOURCES)}, got {source!r}")
-        if source != "digits" and root is None:
+        if source not in ("digits", "audio_synth") and root is None:
             what = {
+                "audio_folder": "a folder with one sub-folder of sound files per class",
                 "folder": "a folder with one sub-folder of images per class",
                 "csv": "the folder that the manifest's paths are relative to",
                 "cifar10": "the folder holding 'cifar-10-batches-py/'",
                 "mnist": "the folder holding 'MNIST/raw/'",
+                "coco": "the folder the COCO images' file_name are relative to",
             }[source]
             raise ValueError(f"source={source!r} needs root=<{what}>, got root=None")
+        if source == "coco" and annotations is None:
+            raise ValueError("source='coco' needs annotations=<COCO JSON file>, got None")
         if source == "csv" and manifest is None:
             raise ValueError(
                 "source='csv' needs manifest=<CSV file with columns path,label>, got None"
@@ -169,6 +198,8 @@ class LabelNoiseDataModule(L.LightningDataModule):
         self.source = source
         self.root = root
         self.manifest = manifest
+        self.annotations = annotations  # COCO JSON (source="coco"): one crop per box
+        self.context = float(context)
         self.image_size = _normalize_image_size(image_size)
         self.mode = _normalize_mode(mode)
         self.noise_spec = _parse_noise(noise)
@@ -180,6 +211,14 @@ class LabelNoiseDataModule(L.LightningDataModule):
         self.test_frac = float(test_frac)
         self.train_transform = train_transform
         self._num_classes_arg = num_classes
+        self.labels_file = labels
+        self.label_override = None  # dcloop.people.LabelOverride once setup() read the file
+        self.audio_options = audio
+        self.on_bad_file = check_on_bad_file(on_bad_file)
+        self.skipped_files: list[tuple[str, str]] = []  # (path, reason) with on_bad_file=skip
+        from dcloop.augment.pipeline import Augmenter  # (lazy: albumentations, torchaudio)
+
+        self.augmenter = Augmenter.from_config(augment)  # None: train loader as before
 
         self._is_setup = False
         self.noise: NoiseResult | None = None
@@ -196,15 +235,28 @@ class LabelNoiseDataModule(L.LightningDataModule):
         if self.source == "digits":
             splits: dict[str, SplitDataset] = dict(load_digits_splits(**fracs))
             names = list(DIGITS_CLASS_NAMES)
-        elif self.source in ("folder", "csv"):
-            if self.source == "folder":
+        elif self.source in ("folder", "csv", "coco"):
+            if self.source == "coco":
+                from dcloop.beyond.detection import coco_crops
+
+                full, names = coco_crops(
+                    self.root, self.annotations, image_size=self.image_size or 32,
+                    context=self.context, mode=self.mode,
+                )
+            elif self.source == "folder":
                 full, names = image_folder(self.root, image_size=self.image_size, mode=self.mode)
             else:
                 full, names = csv_manifest(
                     self.root, self.manifest, image_size=self.image_size, mode=self.mode
                 )
+            if self.source != "coco":  # decode every file once (dcloop.data.badfiles)
+                full, self.skipped_files = check_files(full, self.on_bad_file)
             tr, va, te = stratified_split_indices(full.labels, **fracs)
             splits = {"train": full.subset(tr), "val": full.subset(va), "test": full.subset(te)}
+        elif self.source in AUDIO_SOURCES:
+            splits, names, self.skipped_files = load_audio_splits(
+                self.source, self.root, self.audio_options, on_bad_file=self.on_bad_file, **fracs
+            )
         else:
             full = torchvision_dataset(self.source, self.root, train=True)
             test = torchvision_dataset(self.source, self.root, train=False)
@@ -283,9 +335,18 @@ class LabelNoiseDataModule(L.LightningDataModule):
             seed=self.seed,
             sparsity=spec["sparsity"],
         )
+        if self.labels_file is not None:  # people's labels (dcloop.people) replace the given
+            self.noise, self.label_override = apply_label_file(
+                self.noise, self.labels_file, train.sources, names
+            )
         self._class_names = names
         self.train_dataset = train.with_labels(self.noise.given_labels)
         self._train_augmented = self.train_dataset.with_transform(self.train_transform)
+        if self.augmenter is not None:  # dcloop.augment: per-class levels, policy sampler
+            rate = audio_options(self.audio_options)["sample_rate"]
+            self.augmenter.bind(
+                self._train_augmented, self.noise.given_labels, len(names), sample_rate=rate
+            )
         self.val_dataset = splits["val"]
         self.test_dataset = splits["test"]
         self._input_shape = tuple(int(s) for s in self.train_dataset[0][0].shape)
@@ -374,12 +435,18 @@ class LabelNoiseDataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         """Training batches ``(x, y, index)`` with ``train_transform``, epoch-seeded shuffle."""
+        from dcloop.scale.distributed import train_sampler  # (import cycle: scale uses data)
+
         self._ensure_setup()
         ds = self._train_augmented
+        if self.augmenter is not None:  # (index, level) keys from the policy sampler
+            return self.augmenter.train_loader(
+                ds, batch_size=self.batch_size, num_workers=self.num_workers, seed=self.seed
+            )
         return DataLoader(
             ds,
             batch_size=self.batch_size,
-            sampler=EpochShuffleSampler(len(ds), seed=self.seed),
+            sampler=train_sampler(len(ds), self.seed, self.trainer),  # sharded under DDP
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
             drop_last=False,
@@ -418,3 +485,11 @@ class LabelNoiseDataModule(L.LightningDataModule):
         """
         self._require_setup()
         save_noise(self.noise, directory, sources=self.train_dataset.sources)
+        write_skipped(self.skipped_files, directory)  # skipped_files.csv (on_bad_file=skip)
+
+    def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        """Training batches only: the augmenter's device-side batch augmentation (audio)."""
+        trainer = getattr(self, "trainer", None)
+        if self.augmenter is not None and trainer is not None and trainer.training:
+            return self.augmenter.on_batch(batch)
+        return batch

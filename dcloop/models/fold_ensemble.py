@@ -174,6 +174,7 @@ class FoldEnsemble(L.LightningModule):
             s.folds[index] if self.hparams.mask_folds else torch.full_like(index, -1),
             s.weights[index],
             label_smoothing=self.hparams.label_smoothing,
+            normalizer=self._global_weight_sum if self._distributed else None,
         )
         self.log(
             "train/loss",
@@ -185,11 +186,27 @@ class FoldEnsemble(L.LightningModule):
         )
         return loss
 
+    @property
+    def _distributed(self) -> bool:
+        return self._trainer is not None and self.trainer.world_size > 1
+
+    def _global_weight_sum(self, local: torch.Tensor) -> torch.Tensor:
+        """``(K,)`` weight sums of the global batch / world size (DDP, on the device)."""
+        total = self.trainer.strategy.reduce(local.detach().clone(), reduce_op="sum")
+        return total / self.trainer.world_size
+
     def _ensemble_step(self, batch, stage: str) -> torch.Tensor:
         x, y, _ = batch
         probs = self(x).float().softmax(-1).mean(0)
         acc = (probs.argmax(-1) == y).float().mean()
-        self.log(f"{stage}/acc", acc, prog_bar=True, on_epoch=True, batch_size=x.shape[0])
+        self.log(
+            f"{stage}/acc",
+            acc,
+            prog_bar=True,
+            on_epoch=True,
+            batch_size=x.shape[0],
+            sync_dist=self._distributed,
+        )
         return probs
 
     def validation_step(self, batch, batch_idx):

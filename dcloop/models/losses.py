@@ -12,6 +12,7 @@ def fold_masked_loss(
     folds: torch.Tensor,
     weights: torch.Tensor | None = None,
     label_smoothing: float = 0.0,
+    normalizer=None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Cross-entropy of K replicas where replica k ignores the samples of fold k.
 
@@ -21,6 +22,9 @@ def fold_masked_loss(
         folds: ``(B,)`` fold of each sample in ``[0, K)``.
         weights: ``(B,)`` per-sample weights (1 keep, 0 pruned); ``None`` = all ones.
         label_smoothing: passed to ``F.cross_entropy``.
+        normalizer: maps the ``(K,)`` weight sums of this batch to the denominators
+            (under DDP: the global batch's sums / world size, so that DDP's gradient
+            average equals the one-process gradient); ``None`` = the local sums.
 
     Returns:
         ``(total, per_replica)``: ``per_replica`` is ``(K,)``, each the weighted mean
@@ -38,5 +42,6 @@ def fold_masked_loss(
     w = (folds.unsqueeze(0) != replica).to(ce.dtype)
     if weights is not None:
         w = w * weights.to(ce.dtype).unsqueeze(0)
-    per_replica = (w * ce).sum(1) / w.sum(1).clamp_min(1e-8)
+    den = w.sum(1) if normalizer is None else normalizer(w.sum(1))
+    per_replica = (w * ce).sum(1) / den.clamp_min(1e-8)
     return per_replica.sum(), per_replica

@@ -35,6 +35,12 @@ class MLP(nn.Sequential):
         layers.append(nn.Linear(width, num_classes))
         super().__init__(*layers)
 
+    def embed(self, x):
+        """Penultimate features (the input of the last linear layer): ``(B, ...) -> (B, D)``."""
+        for layer in list(self)[:-1]:
+            x = layer(x)
+        return x
+
 
 class SmallCNN(nn.Module):
     """Three 3x3 conv blocks with pooling, then a two-layer head.
@@ -84,3 +90,10 @@ class SmallCNN(nn.Module):
 
     def forward(self, x):
         return self.head(self.features(x))
+
+    def embed(self, x):
+        """Penultimate features (the input of the last linear layer): ``(B, ...) -> (B, 128)``."""
+        h = self.features(x)
+        for layer in list(self.head)[:-1]:
+            h = layer(h)
+        return h

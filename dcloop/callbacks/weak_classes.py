@@ -1,0 +1,156 @@
+"""Weak classes between epochs: stronger augmentation and oversampling where the model is weak."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import lightning as L
+import numpy as np
+
+from dcloop.augment.weak import RULES, WeakClassResult, weak_classes
+from dcloop.callbacks.confident_learning import ConfidentLearning
+from dcloop.callbacks.oof import OOFCollector
+
+log = logging.getLogger(__name__)
+
+
+class WeakClasses(L.Callback):
+    """After each confident-learning step, pick the weak classes and update the policy.
+
+    Runs the weak-class rule (:func:`~dcloop.augment.weak.weak_classes`) on the OOF buffer with
+    the step's flags and estimated class noise rates, then gives the weak classes ``level``
+    and oversampling ``oversample`` in the :class:`~dcloop.augment.AugmentPolicy` (every other
+    class goes back to the base level). The policy is read by the sampler in the main process
+    when the next epoch starts, so persistent workers see the change through the keys.
+
+    Place it after :class:`ConfidentLearning` (which must come after :class:`OOFCollector`).
+
+    Args:
+        policy: the policy to update (default: ``trainer.datamodule.augmenter.policy``).
+        rule, k, threshold: see :func:`~dcloop.augment.weak.weak_classes`.
+        level: augmentation level of weak classes.
+        oversample: sampling factor of weak classes.
+        every_n_epochs: run on every n-th confident-learning step.
+
+    Attributes:
+        first_weak: ``(C,)`` int64, the epoch each class first became weak (-1: never).
+        weak: ``(C,)`` bool, the current weak classes.
+        history: one row per step (epoch, weak classes, scores).
+    """
+
+    def __init__(
+        self,
+        policy=None,
+        *,
+        rule: str = "bottom_k",
+        k: int = 3,
+        threshold: float = 0.8,
+        level: int = 3,
+        oversample: float = 1.0,
+        every_n_epochs: int = 1,
+    ) -> None:
+        if rule not in RULES:
+            raise ValueError(f"rule must be one of {list(RULES)}; got {rule!r}")
+        if every_n_epochs < 1:
+            raise ValueError(f"every_n_epochs must be >= 1; got {every_n_epochs}")
+        if not oversample > 0:
+            raise ValueError(f"oversample must be > 0; got {oversample}")
+        self.policy = policy
+        self.rule, self.k, self.threshold = rule, k, threshold
+        self.level, self.oversample = level, oversample
+        self.every_n_epochs = every_n_epochs
+        self.first_weak: np.ndarray | None = None
+        self.weak: np.ndarray | None = None
+        self.history: list[dict[str, Any]] = []
+        self.last_result: WeakClassResult | None = None
+        self._steps = 0
+        self._cl: ConfidentLearning | None = None
+        self._oof: OOFCollector | None = None
+
+    @property
+    def state_key(self) -> str:
+        return self._generate_state_key(rule=self.rule, k=self.k, threshold=self.threshold)
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        mine = trainer.callbacks.index(self)
+        cls = [c for c in trainer.callbacks[:mine] if isinstance(c, ConfidentLearning)]
+        oofs = [c for c in trainer.callbacks[:mine] if isinstance(c, OOFCollector)]
+        if not cls or not oofs:
+            raise ValueError(
+                "WeakClasses needs OOFCollector and ConfidentLearning placed before it in "
+                "Trainer(callbacks=[OOFCollector(), ConfidentLearning(), WeakClasses(), ...])"
+            )
+        self._cl, self._oof = cls[-1], oofs[-1]
+        if self.policy is None:
+            aug = getattr(trainer.datamodule, "augmenter", None)
+            self.policy = getattr(aug, "policy", None)
+        if self.policy is None:
+            raise ValueError(
+                "WeakClasses needs an AugmentPolicy: pass policy=, or use a data module with "
+                "an `augmenter` (LabelNoiseDataModule(augment={'kind': 'targeted', ...}))"
+            )
+        c = self.policy.num_classes
+        if self.first_weak is None:
+            self.first_weak = np.full(c, -1, dtype=np.int64)
+            self.weak = np.zeros(c, dtype=bool)
+        self._apply()
+
+    def _apply(self) -> None:
+        if self.policy is not None and self.weak is not None:
+            self.policy.set_classes(self.weak, level=self.level, weight=self.oversample)
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        epoch = trainer.current_epoch
+        cl = self._cl
+        if not cl.history or cl.history[-1]["epoch"] != epoch or cl.last_result is None:
+            return
+        self._steps += 1
+        if (self._steps - 1) % self.every_n_epochs:
+            return
+        res = cl.last_result
+        result = weak_classes(
+            pl_module.samples.labels,
+            self._oof.probs,
+            flags=res.flags,
+            class_noise_rate=res.class_noise_rate,
+            rule=self.rule,
+            k=self.k,
+            threshold=self.threshold,
+        )
+        weak = result.weak.cpu().numpy()
+        self.first_weak = np.where(weak & (self.first_weak < 0), epoch, self.first_weak)
+        self.weak = weak
+        self.last_result = result
+        self._apply()
+        classes = np.flatnonzero(weak).tolist()
+        score = result.score.cpu().numpy()
+        self.history.append(
+            {"epoch": epoch, "weak": classes, "score": [round(float(s), 4) for s in score]}
+        )
+        pl_module.log_dict(
+            {
+                "weak/num_weak": float(weak.sum()),
+                "weak/score_min": float(score.min()),
+                "weak/score_weak_mean": float(score[weak].mean()) if weak.any() else 1.0,
+            },
+            on_epoch=True,
+            on_step=False,
+        )
+        log.info("epoch %d: weak classes %s (scores %s)", epoch, classes, np.round(score, 3))
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "history": list(self.history),
+            "first_weak": None if self.first_weak is None else self.first_weak.tolist(),
+            "weak": None if self.weak is None else self.weak.tolist(),
+            "steps": self._steps,
+        }
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.history = list(state_dict.get("history", []))
+        self._steps = int(state_dict.get("steps", 0))
+        if state_dict.get("first_weak") is not None:
+            self.first_weak = np.asarray(state_dict["first_weak"], dtype=np.int64)
+            self.weak = np.asarray(state_dict["weak"], dtype=bool)
+            self._apply()

@@ -1,0 +1,32 @@
+"""People in the loop: relabel queue, corrections back in, several annotators, report.
+
+Modules: :mod:`~dcloop.people.export` (relabel queue CSV + Label Studio JSON),
+:mod:`~dcloop.people.corrections` (import → new label file with provenance),
+:mod:`~dcloop.people.labelfile` (the ``data.labels`` file format),
+:mod:`~dcloop.people.multiannotator` (consensus via ``cleanlab.multiannotator`` and
+majority vote), :mod:`~dcloop.people.report` (``report.html``), :mod:`~dcloop.people.cli`.
+"""
+
+from dcloop.people.corrections import base_labels, import_corrections
+from dcloop.people.export import export_queue, relabel_queue
+from dcloop.people.labelfile import (
+    LABEL_FILE_COLUMNS,
+    STATUSES,
+    LabelOverride,
+    apply_label_file,
+    attach_label_file,
+    read_label_file,
+)
+
+__all__ = [
+    "LABEL_FILE_COLUMNS",
+    "STATUSES",
+    "LabelOverride",
+    "apply_label_file",
+    "attach_label_file",
+    "base_labels",
+    "export_queue",
+    "import_corrections",
+    "read_label_file",
+    "relabel_queue",
+]

@@ -1,0 +1,185 @@
+"""The relabel queue: a run's flagged samples, worst first, for people to review.
+
+Written as a CSV (fill in the ``label`` column) and as Label Studio import JSON (one
+task per sample, the file reference in ``data``, the suggested label as a prediction),
+with a matching Label Studio labelling config.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from html import escape
+from pathlib import Path
+
+import pandas as pd
+
+from dcloop.people.corrections import run_class_names
+from dcloop.results import _atomic_write, write_csv, write_json
+
+log = logging.getLogger(__name__)
+
+AUDIO_SUFFIXES = (".wav", ".flac", ".mp3", ".ogg", ".m4a")
+
+#: Columns of ``relabel_queue.csv``; people fill in ``label`` (and ``annotator``).
+QUEUE_COLUMNS = (
+    "rank",
+    "index",
+    "source",
+    "given_label",
+    "given_name",
+    "suggested_label",
+    "suggested_name",
+    "quality",
+    "label",
+    "annotator",
+)
+
+
+def relabel_queue(run_dir: str | os.PathLike, *, top: int | None = None, everything=False):
+    """The flagged samples of a run, worst label quality first.
+
+    Args:
+        run_dir: a dcloop run directory (reads ``label_issues.csv``).
+        top: keep only the first ``top`` rows.
+        everything: every sample, not only the flagged ones (still worst first).
+
+    Returns:
+        A frame with :data:`QUEUE_COLUMNS` (``label`` and ``annotator`` empty).
+    """
+    run_dir = Path(run_dir)
+    path = run_dir / "label_issues.csv"
+    if not path.is_file():
+        raise FileNotFoundError(f"{run_dir} is not a dcloop run directory (no label_issues.csv)")
+    if top is not None and top < 1:
+        raise ValueError(f"top must be >= 1 or None; got {top}")
+    issues = pd.read_csv(path, dtype={"source": str})
+    issues = issues.sort_values(
+        ["flagged", "quality", "index"], ascending=[False, True, True], kind="stable"
+    )
+    if not everything:
+        issues = issues[issues["flagged"].astype(bool)]
+    if top is not None:
+        issues = issues.head(top)
+    names = run_class_names(run_dir)
+    q = pd.DataFrame(
+        {
+            "rank": range(1, len(issues) + 1),
+            "index": issues["index"].to_numpy(),
+            "source": issues["source"].to_numpy(),
+            "given_label": issues["given_label"].to_numpy(),
+            "given_name": [names[k] for k in issues["given_label"]],
+            "suggested_label": issues["suggested_label"].to_numpy(),
+            "suggested_name": [names[k] for k in issues["suggested_label"]],
+            "quality": issues["quality"].to_numpy(),
+            "label": "",
+            "annotator": "",
+        }
+    )
+    return q
+
+
+def _data_key(source: str) -> str:
+    return "audio" if str(source).lower().endswith(AUDIO_SUFFIXES) else "image"
+
+
+def labelstudio_tasks(
+    queue: pd.DataFrame, *, url_prefix: str = "", images=None, model_version="dcloop"
+):
+    """Label Studio import tasks, one per queue row, in queue order.
+
+    ``data`` holds the file reference (``image`` or ``audio``: ``url_prefix + source``,
+    or ``images[index]``, e.g. an embedded ``data:`` URI for in-memory data such as
+    digits) and ``index``, ``source``, ``given_label``, ``quality``; the suggested label is a
+    prediction (``from_name="label"``, ``to_name`` the data key, type ``choices``) so
+    the annotator sees it preselected.
+    """
+    tasks = []
+    for r in queue.itertuples(index=False):
+        key = _data_key(r.source)
+        tasks.append(
+            {
+                "data": {
+                    key: images[int(r.index)] if images else f"{url_prefix}{r.source}",
+                    "index": int(r.index),
+                    "source": str(r.source),
+                    "given_label": str(r.given_name),
+                    "quality": float(r.quality),
+                    "rank": int(r.rank),
+                },
+                "predictions": [
+                    {
+                        "model_version": model_version,
+                        "score": float(1.0 - r.quality),
+                        "result": [
+                            {
+                                "from_name": "label",
+                                "to_name": key,
+                                "type": "choices",
+                                "value": {"choices": [str(r.suggested_name)]},
+                            }
+                        ],
+                    }
+                ],
+            }
+        )
+    return tasks
+
+
+def labelstudio_config(class_names, data_key: str = "image") -> str:
+    """A Label Studio labelling config (XML) matching :func:`labelstudio_tasks`."""
+    tag = "Audio" if data_key == "audio" else "Image"
+    choices = "\n".join(f'    <Choice value="{escape(str(n), quote=True)}"/>' for n in class_names)
+    return (
+        "<View>\n"
+        f'  <{tag} name="{data_key}" value="${data_key}"/>\n'
+        '  <Header value="Given label: $given_label (quality $quality)"/>\n'
+        f'  <Choices name="label" toName="{data_key}" choice="single" showInline="true">\n'
+        f"{choices}\n"
+        "  </Choices>\n"
+        "</View>\n"
+    )
+
+
+def export_queue(
+    run_dir: str | os.PathLike,
+    out_dir: str | os.PathLike | None = None,
+    *,
+    top: int | None = None,
+    everything: bool = False,
+    url_prefix: str = "",
+    dataset=None,
+) -> dict[str, Path]:
+    """Write ``relabel_queue.csv``, ``relabel_queue_labelstudio.json`` and
+    ``labelstudio_config.xml`` into ``out_dir`` (default ``<run_dir>/relabel``).
+
+    With ``dataset`` (the run's training set), each task embeds the sample's thumbnail
+    (or spectrogram) as a PNG ``data:`` URI instead of a file reference.
+
+    Returns:
+        ``{"csv": ..., "labelstudio": ..., "config": ...}`` paths.
+    """
+    run_dir = Path(run_dir)
+    out = Path(out_dir) if out_dir is not None else run_dir / "relabel"
+    queue = relabel_queue(run_dir, top=top, everything=everything)
+    names = run_class_names(run_dir)
+    key = _data_key(queue["source"].iloc[0]) if len(queue) else "image"
+    images = None
+    if dataset is not None:
+        from dcloop.people.report import png_uri, thumbnail_png
+
+        images = {int(i): png_uri(thumbnail_png(dataset[int(i)][0])) for i in queue["index"]}
+        key = "image"
+    paths = {
+        "csv": write_csv(queue, out / "relabel_queue.csv"),
+        "labelstudio": write_json(
+            labelstudio_tasks(queue, url_prefix=url_prefix, images=images),
+            out / "relabel_queue_labelstudio.json",
+        ),
+    }
+    cfg = labelstudio_config(names, key)
+    paths["config"] = _atomic_write(
+        out / "labelstudio_config.xml", lambda tmp: Path(tmp).write_text(cfg)
+    )
+    log.info("relabel queue: %d samples -> %s", len(queue), out)
+    return paths

@@ -1,0 +1,257 @@
+"""Label files: people's labels for the training split, read by ``data.labels=<file>``.
+
+A label file is a CSV with one row per training sample it changes, keyed by ``index``
+(the row of the sample in the run's label table). Columns:
+
+* ``index`` (required): int in ``[0, N)``, each at most once.
+* ``label`` (required): class id in ``[0, C)`` or class name.
+* ``source`` (optional): checked against the dataset's source of that row.
+* ``weight`` (optional): initial loss weight in ``[0, 1]`` (e.g. consensus quality).
+* ``status`` (optional): one of :data:`STATUSES`; ``confirmed`` and ``corrected`` mean
+  a person checked this label, so confident learning never flags the row again.
+* ``original_label, changed_by, changed_at, from_file``: provenance, carried along.
+
+Rows that the file does not list keep the dataset's label.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+log = logging.getLogger(__name__)
+
+#: Columns of a label file written by dcloop (``dcloop-import``, ``dcloop-annotators``).
+LABEL_FILE_COLUMNS: tuple[str, ...] = (
+    "index",
+    "source",
+    "label",
+    "original_label",
+    "status",
+    "changed_by",
+    "changed_at",
+    "from_file",
+)
+#: Allowed values of the ``status`` column.
+STATUSES: tuple[str, ...] = ("unchanged", "confirmed", "corrected", "consensus")
+#: Statuses that mean "a person checked this label": never flagged again.
+VERIFIED: tuple[str, ...] = ("confirmed", "corrected")
+
+
+def _shown(values: Sequence[Any], limit: int = 5) -> str:
+    vals = list(values)
+    more = f" ... ({len(vals)} in all)" if len(vals) > limit else ""
+    return ", ".join(repr(v) for v in vals[:limit]) + more
+
+
+def parse_labels(values: Sequence[Any], class_names: Sequence[str], *, what: str) -> np.ndarray:
+    """Class ids ``(M,)`` int64 from ids or names; error naming the unknown ones.
+
+    A value is a class name when it equals one of ``class_names`` (names win over ids),
+    else it must be an integer id in ``[0, C)``.
+
+    Raises:
+        ValueError: a value is neither a class name nor an id in range.
+    """
+    names = [str(n) for n in class_names]
+    by_name = {n: k for k, n in enumerate(names)}
+    out = np.empty(len(values), dtype=np.int64)
+    bad: list[Any] = []
+    for i, v in enumerate(values):
+        s = str(v).strip()
+        if s.endswith(".0") and s[:-2].lstrip("-").isdigit():
+            s = s[:-2]  # pandas reads an int column with blanks as floats
+        if s in by_name:
+            out[i] = by_name[s]
+        elif s.lstrip("-").isdigit() and 0 <= int(s) < len(names):
+            out[i] = int(s)
+        else:
+            bad.append(v)
+    if bad:
+        raise ValueError(
+            f"{what}: unknown label(s) {_shown(dict.fromkeys(bad))}; expected a class name "
+            f"({_shown(names, 10)}) or a class id in [0, {len(names)})"
+        )
+    return out
+
+
+def check_columns(df: pd.DataFrame, required: Sequence[str], *, what: str) -> None:
+    """Raise ``ValueError`` naming the missing columns and the ones found."""
+    missing = [c for c in required if c not in df.columns]
+    if missing:
+        raise ValueError(
+            f"{what}: missing column(s) {missing}; expected at least {list(required)}, "
+            f"found {list(map(str, df.columns))}"
+        )
+
+
+def parse_index(values: pd.Series, n: int, *, what: str) -> np.ndarray:
+    """Row ids ``(M,)`` int64 in ``[0, n)``, each once; errors name bad and duplicate ids."""
+    num = pd.to_numeric(values, errors="coerce")
+    bad = values[num.isna() | (num % 1 != 0)].tolist()
+    if bad:
+        raise ValueError(f"{what}: index value(s) {_shown(bad)} are not integers")
+    idx = num.to_numpy().astype(np.int64)
+    unknown = idx[(idx < 0) | (idx >= n)]
+    if unknown.size:
+        raise ValueError(
+            f"{what}: unknown id(s) {_shown(unknown.tolist())}; the training split has "
+            f"indices 0..{n - 1}"
+        )
+    uniq, counts = np.unique(idx, return_counts=True)
+    dup = uniq[counts > 1]
+    if dup.size:
+        raise ValueError(f"{what}: duplicate id(s) {_shown(dup.tolist())}; each index at most once")
+    return idx
+
+
+def check_sources(idx: np.ndarray, given: Sequence[Any], sources: Sequence[str], *, what: str):
+    """Raise ``ValueError`` when the file's ``source`` of a row differs from the dataset's."""
+    wrong = [
+        (int(i), str(s), str(sources[i]))
+        for i, s in zip(idx, given, strict=True)
+        if not (isinstance(s, float) and np.isnan(s)) and str(s) != str(sources[i])
+    ]
+    if wrong:
+        i, s, t = wrong[0]
+        raise ValueError(
+            f"{what}: source mismatch for {len(wrong)} row(s), e.g. index {i} has source "
+            f"{s!r} in the file but {t!r} in the data; the file belongs to other data "
+            "or another split (seed, val_frac, test_frac)"
+        )
+
+
+@dataclass
+class LabelOverride:
+    """A label file applied to the training split.
+
+    Attributes:
+        path: the file.
+        labels: ``(N,)`` int64, the given labels after the file.
+        weights: ``(N,)`` float32 initial loss weights (1 for rows without a weight).
+        confirmed: ``(N,)`` bool, rows a person checked (never flagged again).
+        rows: ``(M,)`` int64, the indices the file lists.
+        num_changed: how many labels differ from the dataset's.
+    """
+
+    path: Path
+    labels: np.ndarray
+    weights: np.ndarray
+    confirmed: np.ndarray
+    rows: np.ndarray
+    num_changed: int
+
+
+def read_label_file(
+    path: str | os.PathLike,
+    labels: np.ndarray,
+    class_names: Sequence[str],
+    sources: Sequence[str] | None = None,
+) -> LabelOverride:
+    """Read and check a label file against the training split.
+
+    Args:
+        path: the CSV (see the module docstring).
+        labels: ``(N,)`` the split's current given labels.
+        class_names: the C class names.
+        sources: ``(N,)`` the split's sources, to check the file's ``source`` column.
+
+    Returns:
+        A :class:`LabelOverride`.
+
+    Raises:
+        FileNotFoundError: the file does not exist.
+        ValueError: wrong columns, unknown or duplicate ids, unknown labels, bad weights
+            or statuses, or sources that do not match.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"label file not found: {path}")
+    what = f"label file {path}"
+    df = pd.read_csv(path, dtype={"label": str, "source": str, "status": str})
+    check_columns(df, ["index", "label"], what=what)
+    labels = np.asarray(labels, dtype=np.int64)
+    n = labels.shape[0]
+    idx = parse_index(df["index"], n, what=what)
+    blank = df["label"].isna()
+    if blank.any():
+        raise ValueError(f"{what}: empty label for index {_shown(idx[blank.to_numpy()].tolist())}")
+    new = parse_labels(df["label"].tolist(), class_names, what=what)
+    if sources is not None and "source" in df.columns:
+        check_sources(idx, df["source"].tolist(), sources, what=what)
+    out = labels.copy()
+    out[idx] = new
+    weights = np.ones(n, dtype=np.float32)
+    if "weight" in df.columns:
+        w = pd.to_numeric(df["weight"], errors="coerce").fillna(1.0).to_numpy(np.float32)
+        if not np.all((w >= 0) & (w <= 1)):
+            raise ValueError(f"{what}: weight must lie in [0, 1]; got min {w.min()} max {w.max()}")
+        weights[idx] = w
+    confirmed = np.zeros(n, dtype=bool)
+    if "status" in df.columns:
+        status = df["status"].fillna("unchanged").str.strip()
+        unknown = sorted(set(status) - set(STATUSES))
+        if unknown:
+            raise ValueError(f"{what}: unknown status {_shown(unknown)}; allowed: {list(STATUSES)}")
+        confirmed[idx] = status.isin(VERIFIED).to_numpy()
+    changed = int((out != labels).sum())
+    log.info(
+        "label file %s: %d rows, %d labels changed, %d confirmed by people",
+        path,
+        idx.size,
+        changed,
+        int(confirmed.sum()),
+    )
+    return LabelOverride(path, out, weights, confirmed, idx, changed)
+
+
+def apply_label_file(noise, path, sources: Sequence[str], class_names: Sequence[str]):
+    """Replace the given labels of a data module's noise result with a label file's.
+
+    The dataset's own labels stay the reference: with injected noise they remain the
+    ground truth (``true_labels``), so a run on corrected labels still reports precision
+    and recall; ``is_noisy`` and the applied noise matrix are recomputed.
+
+    Args:
+        noise: the :class:`~dcloop.data.noise.NoiseResult` after injection.
+        path: the label file.
+        sources: ``(N,)`` the split's sources.
+        class_names: the C class names.
+
+    Returns:
+        ``(new noise result, LabelOverride)``.
+    """
+    over = read_label_file(path, noise.given_labels, class_names, sources)
+    c = len(class_names)
+    true = noise.true_labels
+    matrix = np.zeros((c, c))
+    np.add.at(matrix, (over.labels, true), 1.0)
+    col = matrix.sum(0, keepdims=True)
+    matrix = np.where(col > 0, matrix / np.maximum(col, 1), np.eye(c))
+    new = dataclasses.replace(
+        noise, given_labels=over.labels, is_noisy=over.labels != true, noise_matrix=matrix
+    )
+    return new, over
+
+
+def attach_label_file(table, override: LabelOverride | None) -> None:
+    """Put a label file's confirmed rows and weights into a :class:`~dcloop.state.SampleTable`.
+
+    No-op when ``override`` is ``None``. The weights become the table's ``prior_weights``
+    (the confident-learning action multiplies into them) and its starting weights.
+    """
+    if override is None:
+        return
+    dev = table.labels.device
+    table.confirmed.copy_(torch.as_tensor(override.confirmed, device=dev))
+    table.prior_weights.copy_(torch.as_tensor(override.weights, device=dev))
+    table.weights.copy_(table.prior_weights)

@@ -1,0 +1,285 @@
+"""Several annotators per item: consensus labels, agreement and annotator quality.
+
+Two consensus methods side by side:
+
+* ``cleanlab.multiannotator.get_label_quality_multiannotator`` (CROWDLAB), which weighs
+  each annotator by their agreement with the others and the model's out-of-fold (OOF)
+  probabilities by its agreement with the people;
+* a plain majority vote (ties broken at random, seeded), for comparison.
+
+Input is a long table, one row per (item, annotator, label).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from dcloop.people.labelfile import check_columns, parse_labels
+
+log = logging.getLogger(__name__)
+
+LONG_COLUMNS = ("item", "annotator", "label")
+
+
+def read_annotations(
+    path_or_frame: str | os.PathLike | pd.DataFrame,
+    class_names: Sequence[str],
+    num_items: int,
+    sources: Sequence[str] | None = None,
+) -> pd.DataFrame:
+    """Check a long annotation table; return it with ``index`` and class-id ``label``.
+
+    Args:
+        path_or_frame: a CSV path or a frame with columns ``item, annotator, label``.
+            ``item`` is a training row index, or a source (file path / dataset id) when
+            ``sources`` is given; ``label`` is a class name or id.
+        class_names: the C class names.
+        num_items: N, the number of training rows.
+        sources: ``(N,)`` sources, to match items given by source.
+
+    Returns:
+        A frame with columns ``index`` (int64), ``annotator`` (str), ``label`` (int64).
+
+    Raises:
+        FileNotFoundError: the file is missing.
+        ValueError: wrong columns, unknown items, unknown labels or duplicate
+            (item, annotator) pairs; the message names them.
+    """
+    if isinstance(path_or_frame, pd.DataFrame):
+        df, what = path_or_frame.astype(str), "annotations"
+    else:
+        path = Path(path_or_frame)
+        if not path.is_file():
+            raise FileNotFoundError(f"annotations file not found: {path}")
+        what = f"annotations file {path}"
+        df = pd.read_csv(path, dtype=str, keep_default_na=False)
+    check_columns(df, LONG_COLUMNS, what=what)
+    if df.empty:
+        raise ValueError(f"{what}: no annotations")
+    items = df["item"].str.strip()
+    pos = {str(s): i for i, s in enumerate(sources)} if sources is not None else {}
+    index = np.full(len(df), -1, dtype=np.int64)
+    for k, item in enumerate(items):
+        if item in pos:  # a source (file path, dataset id) first, then an index
+            index[k] = pos[item]
+        elif item.lstrip("-").isdigit() and 0 <= int(item) < num_items:
+            index[k] = int(item)
+    bad = sorted(set(items[index < 0]))
+    if bad:
+        shown = ", ".join(repr(b) for b in bad[:5])
+        raise ValueError(
+            f"{what}: unknown item(s) {shown}{' ...' if len(bad) > 5 else ''} ({len(bad)} in "
+            f"all); an item is a training index in [0, {num_items}) or a sample's source"
+        )
+    ann = df["annotator"].str.strip()
+    if (ann == "").any():
+        rows = np.flatnonzero((ann == "").to_numpy())[:5].tolist()
+        raise ValueError(f"{what}: empty annotator in data row(s) {rows}")
+    labels = parse_labels(df["label"].tolist(), class_names, what=what)
+    out = pd.DataFrame({"index": index, "annotator": ann.to_numpy(), "label": labels})
+    dup = out.duplicated(["index", "annotator"], keep=False)
+    if dup.any():
+        pairs = out.loc[dup, ["index", "annotator"]].drop_duplicates().head(5)
+        shown = ", ".join(f"(item {i}, {a!r})" for i, a in pairs.itertuples(index=False))
+        raise ValueError(
+            f"{what}: duplicate (item, annotator) pair(s) {shown}; one label per annotator and item"
+        )
+    return out
+
+
+def to_wide(long: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """``(items (M,), labels (M, A) float with NaN where not labelled, annotator ids)``."""
+    wide = long.pivot(index="index", columns="annotator", values="label").sort_index()
+    return wide.index.to_numpy(np.int64), wide.to_numpy(dtype=float), [str(a) for a in wide.columns]
+
+
+def majority_vote(labels: np.ndarray, num_classes: int, *, seed: int = 0):
+    """Plain majority vote over annotators.
+
+    Args:
+        labels: ``(M, A)`` class ids with NaN where an annotator did not label.
+        num_classes: C.
+        seed: ties are broken uniformly at random with this seed.
+
+    Returns:
+        ``(consensus (M,) int64, agreement (M,) float)``: agreement is the fraction of the
+        item's annotators who chose the consensus.
+    """
+    m = labels.shape[0]
+    counts = np.zeros((m, num_classes))
+    for a in range(labels.shape[1]):
+        ok = ~np.isnan(labels[:, a])
+        counts[np.flatnonzero(ok), labels[ok, a].astype(np.int64)] += 1
+    rng = np.random.default_rng(seed)
+    tied = counts == counts.max(1, keepdims=True)
+    noise = rng.random(counts.shape)
+    vote = np.where(tied, noise, -1.0).argmax(1)
+    return vote.astype(np.int64), counts[np.arange(m), vote] / counts.sum(1)
+
+
+@dataclass
+class Consensus:
+    """Consensus of several annotators, by cleanlab and by majority vote.
+
+    Attributes:
+        items: per annotated item (sorted by ``index``): ``index``, ``consensus_label``
+            and ``consensus_quality`` (cleanlab), ``annotator_agreement``,
+            ``num_annotations``, ``majority_label``, ``majority_agreement``,
+            ``model_label`` (OOF argmax), ``model_agrees``.
+        annotators: per annotator: ``annotator``, ``annotator_quality``,
+            ``agreement_with_consensus``, ``agreement_with_model``, ``worst_class``,
+            ``num_examples_labeled``.
+        classes: per consensus class: ``class``, ``name``, ``items``,
+            ``human_agreement`` (mean annotator agreement), ``model_agreement`` (OOF argmax
+            equals consensus), ``mean_quality``, ``majority_differs``.
+        model_weight: CROWDLAB's weight of the model relative to the annotators.
+    """
+
+    items: pd.DataFrame
+    annotators: pd.DataFrame
+    classes: pd.DataFrame
+    model_weight: float
+
+
+def consensus(
+    long: pd.DataFrame,
+    pred_probs: np.ndarray,
+    class_names: Sequence[str],
+    *,
+    seed: int = 0,
+) -> Consensus:
+    """Consensus labels, per-item agreement and annotator quality.
+
+    Args:
+        long: checked annotations (:func:`read_annotations`).
+        pred_probs: ``(N, C)`` OOF probabilities of the training set (rows by index).
+        class_names: the C class names.
+        seed: of the majority vote's tie-break.
+
+    Returns:
+        A :class:`Consensus`.
+    """
+    from cleanlab.multiannotator import get_label_quality_multiannotator
+
+    pred_probs = np.asarray(pred_probs, dtype=float)
+    c = len(class_names)
+    if pred_probs.ndim != 2 or pred_probs.shape[1] != c:
+        raise ValueError(f"pred_probs must be (N, {c}); got shape {pred_probs.shape}")
+    items, wide, ids = to_wide(long)
+    probs = pred_probs[items]
+    frame = pd.DataFrame(wide, columns=ids)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        res = get_label_quality_multiannotator(
+            frame, probs, consensus_method="best_quality", verbose=False, return_weights=True
+        )
+    lq = res["label_quality"]
+    mv, mv_agree = majority_vote(wide, c, seed=seed)
+    model = probs.argmax(1)
+    cons = lq["consensus_label"].to_numpy(np.int64)
+    per_item = pd.DataFrame(
+        {
+            "index": items,
+            "consensus_label": cons,
+            "consensus_quality": lq["consensus_quality_score"].to_numpy(),
+            "annotator_agreement": lq["annotator_agreement"].to_numpy(),
+            "num_annotations": lq["num_annotations"].to_numpy(np.int64),
+            "majority_label": mv,
+            "majority_agreement": mv_agree,
+            "model_label": model,
+            "model_agrees": model == cons,
+        }
+    )
+    stats = res["annotator_stats"].rename_axis("annotator").reset_index()
+    stats["annotator"] = stats["annotator"].astype(str)
+    with_model = {
+        a: float(np.mean(wide[~np.isnan(wide[:, j]), j] == model[~np.isnan(wide[:, j])]))
+        for j, a in enumerate(ids)
+    }
+    stats["agreement_with_model"] = stats["annotator"].map(with_model)
+    stats = stats[
+        [
+            "annotator",
+            "annotator_quality",
+            "agreement_with_consensus",
+            "agreement_with_model",
+            "worst_class",
+            "num_examples_labeled",
+        ]
+    ]
+    rows = []
+    for k in range(c):
+        m = cons == k
+        rows.append(
+            {
+                "class": k,
+                "name": str(class_names[k]),
+                "items": int(m.sum()),
+                "human_agreement": float(per_item["annotator_agreement"][m].mean())
+                if m.any()
+                else float("nan"),
+                "model_agreement": float((model[m] == k).mean()) if m.any() else float("nan"),
+                "mean_quality": float(per_item["consensus_quality"][m].mean())
+                if m.any()
+                else float("nan"),
+                "majority_differs": int((mv[m] != k).sum()),
+            }
+        )
+    log.info(
+        "consensus of %d annotators on %d items; %d differ from the majority vote",
+        len(ids),
+        len(items),
+        int((mv != cons).sum()),
+    )
+    return Consensus(per_item, stats, pd.DataFrame(rows), float(res["model_weight"]))
+
+
+def consensus_label_file(
+    cons: Consensus,
+    sources: Sequence[str],
+    original: np.ndarray,
+    *,
+    method: str = "cleanlab",
+    weighted: bool = False,
+    from_file: str = "",
+) -> pd.DataFrame:
+    """A label file (for ``data.labels=``) holding the consensus of the annotated items.
+
+    Args:
+        cons: a :class:`Consensus`.
+        sources: ``(N,)`` sources of the training rows.
+        original: ``(N,)`` the labels the run trained on.
+        method: ``"cleanlab"`` (CROWDLAB) or ``"majority"`` (plain vote).
+        weighted: add a ``weight`` column, the cleanlab consensus quality (training then
+            weighs each item's loss by how sure the consensus is).
+        from_file: the annotations file, for provenance.
+    """
+    if method not in ("cleanlab", "majority"):
+        raise ValueError(f"method must be 'cleanlab' or 'majority'; got {method!r}")
+    it = cons.items
+    idx = it["index"].to_numpy()
+    label = it["consensus_label" if method == "cleanlab" else "majority_label"].to_numpy()
+    df = pd.DataFrame(
+        {
+            "index": idx,
+            "source": [str(sources[i]) for i in idx],
+            "label": label,
+            "original_label": np.asarray(original)[idx],
+            "status": "consensus",
+            "changed_by": "cleanlab.multiannotator" if method == "cleanlab" else "majority_vote",
+            "changed_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "from_file": from_file,
+        }
+    )
+    if weighted:
+        df["weight"] = it["consensus_quality"].clip(0, 1).to_numpy()
+    return df

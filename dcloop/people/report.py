@@ -1,0 +1,442 @@
+"""``report.html``: one self-contained page per run that a person can open offline.
+
+Every image (charts, thumbnails, spectrograms) is a PNG embedded as a ``data:`` URI, so
+the file can be mailed or archived alone. The page reads the run's result files, so
+``dcloop-report <run_dir>`` re-renders it for any finished run.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import logging
+import os
+from collections.abc import Sequence
+from html import escape
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from dcloop.results import _atomic_write
+
+log = logging.getLogger(__name__)
+
+THUMB_PX = 96
+
+_CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:24px;color:#222;
+max-width:1200px}
+h1{margin-bottom:4px} h2{border-bottom:1px solid #ddd;padding-bottom:4px;margin-top:32px}
+table{border-collapse:collapse;margin:8px 0} td,th{border:1px solid #ddd;padding:3px 8px;
+text-align:right;font-size:13px} th{background:#f4f4f4} td.l,th.l{text-align:left}
+.gallery{display:flex;flex-wrap:wrap;gap:10px}
+.card{border:1px solid #ccc;border-radius:6px;padding:6px;width:150px;font-size:12px}
+.card img{display:block;margin:0 auto 4px;image-rendering:pixelated;max-width:140px}
+.card.noisy{border-color:#c0392b;background:#fff5f4} .card.clean{border-color:#27ae60}
+.muted{color:#777} .charts img{max-width:100%;vertical-align:top;margin-right:8px}
+.kv td:first-child{text-align:left;font-weight:600}
+"""
+
+# Records, once the page has loaded, how many <img> decoded: tests read these attributes.
+_SCRIPT = """
+window.addEventListener('load', function () {
+  var imgs = Array.prototype.slice.call(document.images);
+  var ok = imgs.filter(function (i) { return i.complete && i.naturalWidth > 0; });
+  document.body.setAttribute('data-images-total', String(imgs.length));
+  document.body.setAttribute('data-images-loaded', String(ok.length));
+});
+"""
+
+
+# ----------------------------------------------------------------------- images
+def png_uri(data: bytes) -> str:
+    """A ``data:image/png;base64,...`` URI."""
+    return "data:image/png;base64," + base64.b64encode(data).decode("ascii")
+
+
+def _fig_png(fig) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
+    return buf.getvalue()
+
+
+def _array_png(rgb: np.ndarray, px: int, smooth: bool) -> bytes:
+    from PIL import Image
+
+    img = Image.fromarray(rgb)
+    scale = px / max(img.size)
+    size = (max(1, round(img.size[0] * scale)), max(1, round(img.size[1] * scale)))
+    img = img.resize(size, Image.BILINEAR if smooth else Image.NEAREST)
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _to_unit(a: np.ndarray) -> np.ndarray:
+    lo, hi = float(np.nanmin(a)), float(np.nanmax(a))
+    if lo >= 0.0 and hi <= 1.0:
+        return a
+    return (a - lo) / (hi - lo) if hi > lo else np.zeros_like(a)
+
+
+def is_audio(x: torch.Tensor) -> bool:
+    """A 1-D signal: shape ``(T,)`` or ``(1, T)``."""
+    return x.ndim == 1 or (x.ndim == 2 and x.shape[0] == 1)
+
+
+def spectrogram_png(x: torch.Tensor, px: int = THUMB_PX * 2) -> bytes:
+    """A log-magnitude spectrogram (magma colours, low frequencies at the bottom) of a
+    ``(T,)`` or ``(1, T)`` signal."""
+    from matplotlib import colormaps
+
+    sig = x.detach().float().cpu().reshape(-1)
+    n_fft = int(2 ** np.clip(np.floor(np.log2(max(sig.numel() // 8, 16))), 4, 9))
+    spec = torch.stft(
+        sig, n_fft, hop_length=n_fft // 4, window=torch.hann_window(n_fft), return_complex=True
+    ).abs()
+    db = 20 * torch.log10(spec.clamp_min(1e-6))
+    db = (db - db.max()).clamp_min(-80.0).numpy()[::-1]
+    rgb = (colormaps["magma"](_to_unit(db))[..., :3] * 255).astype(np.uint8)
+    return _array_png(rgb, px, smooth=True)
+
+
+def thumbnail_png(x: torch.Tensor, px: int = THUMB_PX) -> bytes:
+    """A PNG of one input: an image ``(C, H, W)``/``(H, W)``, or a spectrogram for audio."""
+    x = torch.as_tensor(x).detach().float().cpu()
+    if is_audio(x):
+        return spectrogram_png(x)
+    if x.ndim == 3:
+        x = x.permute(1, 2, 0) if x.shape[0] == 3 else x[0]
+    a = _to_unit(x.numpy())
+    rgb = (np.clip(a, 0, 1) * 255).round().astype(np.uint8)
+    small = max(rgb.shape[:2]) < 32
+    return _array_png(rgb, px, smooth=not small)
+
+
+# ----------------------------------------------------------------------- charts
+def _figure(w: float = 6.0, h: float = 3.2):
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=(w, h))
+
+
+def heatmap_png(matrix: np.ndarray, names: Sequence[str], title: str) -> bytes:
+    """The ``P(given=i | true=j)`` matrix as an annotated heatmap."""
+    c = matrix.shape[0]
+    fig = _figure(0.36 * c + 1.8, 0.32 * c + 1.6)
+    ax = fig.add_subplot()
+    im = ax.imshow(matrix, cmap="Blues", vmin=0, vmax=1)
+    ax.set_xticks(range(c), names, rotation=90 if c > 12 else 0)
+    ax.set_yticks(range(c), names)
+    ax.set_xlabel("true label j")
+    ax.set_ylabel("given label i")
+    ax.set_title(title)
+    if c <= 20:
+        for i in range(c):
+            for j in range(c):
+                v = matrix[i, j]
+                ax.text(
+                    j,
+                    i,
+                    f"{v:.2f}",
+                    ha="center",
+                    va="center",
+                    fontsize=7,
+                    color="white" if v > 0.5 else "black",
+                )
+    fig.colorbar(im, ax=ax, fraction=0.046)
+    return _fig_png(fig)
+
+
+def class_charts_png(report: pd.DataFrame) -> bytes:
+    """Per class: estimated (and true) noise rate, flagged count, OOF accuracy."""
+    names = report["name"].astype(str).tolist()
+    x = np.arange(len(names))
+    fig = _figure(max(8.0, 0.5 * len(names) + 4), 3.2)
+    a1, a2, a3 = fig.subplots(1, 3)
+    if "noise_rate_true" in report:
+        a1.bar(x - 0.2, report["noise_rate_est"], 0.4, label="estimated")
+        a1.bar(x + 0.2, report["noise_rate_true"], 0.4, label="true")
+        a1.legend(fontsize=7)
+    else:
+        a1.bar(x, report["noise_rate_est"])
+    a1.set_title("noise rate per given class", fontsize=10)
+    a2.bar(x, report["flagged"], color="#c0392b")
+    a2.set_title("flagged samples", fontsize=10)
+    a3.bar(x, report["oof_accuracy"], color="#27ae60")
+    a3.set_ylim(0, 1)
+    a3.set_title("OOF accuracy vs given label", fontsize=10)
+    for a in (a1, a2, a3):
+        a.set_xticks(x, names, rotation=90 if len(names) > 12 else 0, fontsize=8)
+    fig.tight_layout()
+    return _fig_png(fig)
+
+
+def history_png(history: list[dict[str, Any]]) -> bytes:
+    """Flags, estimated noise, mean label quality (and detection P/R) per epoch."""
+    from matplotlib.ticker import MaxNLocator
+
+    h = pd.DataFrame(history)
+    fig = _figure(9, 3.2)
+    a1, a2 = fig.subplots(1, 2)
+    ep = h["epoch"]  # 0-based, as in metrics.json and label_issues.csv
+    a1.plot(ep, h["num_flagged"], marker="o")
+    a1.set_xlabel("epoch")
+    a1.set_title("flagged samples", fontsize=10)
+    for key, lab in (
+        ("noise_rate_est", "estimated noise rate"),
+        ("quality_mean", "mean label quality"),
+        ("weight_mean", "mean weight"),
+        ("precision", "precision"),
+        ("recall", "recall"),
+    ):
+        if key in h:
+            a2.plot(ep, h[key], marker=".", label=lab)
+    a2.set_ylim(0, 1.02)
+    a2.set_xlabel("epoch")
+    a2.legend(fontsize=7)
+    a2.set_title("quality per epoch", fontsize=10)
+    for a in (a1, a2):
+        a.xaxis.set_major_locator(MaxNLocator(integer=True))
+    fig.tight_layout()
+    return _fig_png(fig)
+
+
+def pr_curve_png(quality: np.ndarray, is_noisy: np.ndarray, flagged: np.ndarray) -> bytes:
+    """Precision-recall of ranking by label quality, with the flagged set as a point."""
+    from sklearn.metrics import precision_recall_curve
+
+    p, r, _ = precision_recall_curve(is_noisy, -quality)
+    fig = _figure(4.2, 3.4)
+    ax = fig.add_subplot()
+    ax.plot(r, p, label="rank by quality")
+    tp = (flagged & is_noisy).sum()
+    if flagged.any():
+        ax.plot(
+            tp / max(is_noisy.sum(), 1),
+            tp / flagged.sum(),
+            "o",
+            color="#c0392b",
+            label="flagged set",
+        )
+    ax.set_xlabel("recall")
+    ax.set_ylabel("precision")
+    ax.set_xlim(0, 1.02)
+    ax.set_ylim(0, 1.02)
+    ax.legend(fontsize=8)
+    ax.set_title("finding the wrong labels", fontsize=10)
+    return _fig_png(fig)
+
+
+# ------------------------------------------------------------------------- html
+def _img(uri: str, alt: str, cls: str = "") -> str:
+    return f'<img src="{uri}" alt="{escape(alt)}"{f" class={cls!r}" if cls else ""}>'
+
+
+def _table(df: pd.DataFrame, left: Sequence[str] = ()) -> str:
+    head = "".join(f'<th class="{"l" if c in left else ""}">{escape(str(c))}</th>' for c in df)
+    rows = []
+    for r in df.itertuples(index=False):
+        cells = []
+        for c, v in zip(df.columns, r, strict=True):
+            if isinstance(v, (float, np.floating)):
+                v = "" if np.isnan(v) else f"{v:.3f}"
+            cells.append(f'<td class="{"l" if c in left else ""}">{escape(str(v))}</td>')
+        rows.append("<tr>" + "".join(cells) + "</tr>")
+    return f"<table><tr>{head}</tr>{''.join(rows)}</table>"
+
+
+def _kv(pairs: list[tuple[str, str]]) -> str:
+    rows = "".join(f"<tr><td>{escape(k)}</td><td>{escape(v)}</td></tr>" for k, v in pairs)
+    return f'<table class="kv">{rows}</table>'
+
+
+def _summary(metrics: dict[str, Any], issues: pd.DataFrame) -> list[tuple[str, str]]:
+    d, c = metrics.get("data", {}), metrics.get("cleaning", {})
+    n = int(d.get("num_train", len(issues)))
+    flagged = int(c.get("num_flagged", issues["flagged"].sum()))
+    pairs = [
+        (
+            "data",
+            f"{d.get('source', '?')}: {n} training samples, {d.get('num_classes', '?')} "
+            f"classes, K={c.get('num_folds', '?')} folds",
+        ),
+    ]
+    inj = metrics.get("noise_injected")
+    if inj and inj.get("kind") != "none":
+        pairs.append(
+            (
+                "injected noise",
+                f"{inj['kind']}: {inj['num_noisy']} labels "
+                f"({inj['rate_actual']:.1%}) made wrong on purpose",
+            )
+        )
+    pairs.append(("found", f"{flagged} likely label errors ({flagged / max(n, 1):.1%})"))
+    if "noise" in metrics:
+        pairs.append(("estimated noise rate", f"{metrics['noise']['rate']:.1%}"))
+    if c.get("action"):
+        pairs.append(("action", f"{c['action']} (filter_by={c.get('filter_by', '?')})"))
+    test = metrics.get("test", {})
+    if "accuracy" in test:
+        pairs.append(("test accuracy", f"{test['accuracy']:.4f} (mean of the fold replicas)"))
+    if "refit_accuracy" in test:
+        pairs.append(("refit test accuracy", f"{test['refit_accuracy']:.4f}"))
+    if "wall_time_s" in metrics:
+        pairs.append(("wall time", f"{metrics['wall_time_s']:.1f} s"))
+    return pairs
+
+
+def _gallery(issues: pd.DataFrame, names: list[str], dataset, worst: int) -> tuple[str, int]:
+    cards = []
+    rows = issues.head(worst)
+    for r in rows.itertuples(index=False):
+        img = '<div class="muted">no preview</div>'
+        if dataset is not None:
+            try:
+                x = dataset[int(r.index)][0]
+                kind = "spectrogram" if is_audio(torch.as_tensor(x)) else "thumbnail"
+                img = _img(png_uri(thumbnail_png(x)), f"{kind} of sample {r.index}")
+            except Exception as err:  # noqa: BLE001 - a missing file must not kill the report
+                log.warning("no preview for sample %s: %s", r.index, err)
+        truth, cls = "", ""
+        if "true_label" in rows.columns:
+            noisy = bool(r.is_noisy)
+            cls = "noisy" if noisy else "clean"
+            truth = (
+                f"<br>true: <b>{escape(names[int(r.true_label)])}</b> "
+                f"({'label was wrong' if noisy else 'label was right'})"
+            )
+        flag = "flagged" if bool(r.flagged) else "not flagged"
+        cards.append(
+            f'<div class="card {cls}">{img}#{int(r.index)} <span class="muted">'
+            f"{escape(str(r.source))}</span><br>given: <b>{escape(names[int(r.given_label)])}"
+            f"</b> &rarr; suggested: <b>{escape(names[int(r.suggested_label)])}</b><br>"
+            f"quality {float(r.quality):.3f} &middot; {flag}{truth}</div>"
+        )
+    return f'<div class="gallery">{"".join(cards)}</div>', len(cards)
+
+
+def render_report(
+    run_dir: str | os.PathLike, *, dataset=None, worst: int = 24, title: str | None = None
+) -> str:
+    """The HTML of a run's report.
+
+    Args:
+        run_dir: a dcloop run directory (``label_issues.csv``, ``class_report.csv``,
+            ``noise_matrix.csv``, ``metrics.json``; optional ``noise_matrix_true.csv`` and
+            ``annotators/``).
+        dataset: the training dataset (items ``(x, y, index)``, un-augmented) for
+            thumbnails; ``None`` leaves them out.
+        worst: how many samples the gallery shows (flagged first, worst quality first).
+        title: page title (default: the run directory's name).
+    """
+    if worst < 0:
+        raise ValueError(f"worst must be >= 0; got {worst}")
+    run_dir = Path(run_dir)
+    need = ["label_issues.csv", "class_report.csv", "noise_matrix.csv"]
+    missing = [f for f in need if not (run_dir / f).is_file()]
+    if missing:
+        raise FileNotFoundError(f"{run_dir} is not a finished dcloop run: missing {missing}")
+    issues = pd.read_csv(run_dir / "label_issues.csv", dtype={"source": str})
+    report = pd.read_csv(run_dir / "class_report.csv", dtype={"name": str})
+    names = report["name"].astype(str).tolist()
+    nm = pd.read_csv(run_dir / "noise_matrix.csv", index_col=0).to_numpy(float)
+    mpath = run_dir / "metrics.json"
+    metrics = json.loads(mpath.read_text()) if mpath.is_file() else {}
+    title = title or f"dcloop run {run_dir.resolve().name}"
+
+    parts = [f"<h1>{escape(title)}</h1>", f'<p class="muted">{escape(str(run_dir))}</p>']
+    parts += ["<h2>Summary</h2>", _kv(_summary(metrics, issues))]
+
+    det = metrics.get("detection")
+    if det and "is_noisy" in issues:
+        parts.append("<h2>Precision and recall (ground truth known)</h2>")
+        dt = pd.DataFrame([{k: det[k] for k in ("precision", "recall", "f1", "auroc") if k in det}])
+        dt.insert(0, "flagged", int(issues["flagged"].sum()))
+        dt.insert(1, "truly wrong", int(issues["is_noisy"].sum()))
+        parts.append(_table(dt))
+        uri = png_uri(
+            pr_curve_png(
+                issues["quality"].to_numpy(float),
+                issues["is_noisy"].to_numpy(bool),
+                issues["flagged"].to_numpy(bool),
+            )
+        )
+        parts.append(_img(uri, "precision-recall curve"))
+
+    gallery, shown = _gallery(issues, names, dataset, worst)
+    parts += [
+        f"<h2>The {shown} worst samples</h2>",
+        '<p class="muted">Flagged first, lowest label quality first. Review them with '
+        "<code>dcloop-export</code>; bring corrections back with <code>dcloop-import</code>."
+        "</p>",
+        gallery,
+    ]
+
+    parts.append("<h2>Noise matrix</h2><div class=charts>")
+    parts.append(_img(png_uri(heatmap_png(nm, names, "estimated P(given | true)")), "noise matrix"))
+    true_path = run_dir / "noise_matrix_true.csv"
+    if true_path.is_file() and "true_label" in issues:
+        true_nm = pd.read_csv(true_path, index_col=0).to_numpy(float)
+        uri = png_uri(heatmap_png(true_nm, names, "true (injected) P(given | true)"))
+        parts.append(_img(uri, "true noise matrix"))
+    parts.append("</div>")
+
+    parts += [
+        "<h2>Per class</h2>",
+        '<div class="charts">',
+        _img(png_uri(class_charts_png(report)), "per-class charts"),
+        "</div>",
+        _table(report, left=("name",)),
+    ]
+
+    history = metrics.get("history") or []
+    if history:
+        parts += [
+            "<h2>Flags and quality per epoch</h2>",
+            '<div class="charts">',
+            _img(png_uri(history_png(history)), "per-epoch chart"),
+            "</div>",
+            _table(pd.DataFrame(history)),
+        ]
+
+    parts += _annotator_sections(run_dir / "annotators")
+    body = "\n".join(parts)
+    return (
+        "<!DOCTYPE html>\n<html lang=en><head><meta charset=utf-8>"
+        f"<title>{escape(title)}</title><style>{_CSS}</style></head>\n"
+        f"<body>\n{body}\n<script>{_SCRIPT}</script>\n</body></html>\n"
+    )
+
+
+def _annotator_sections(folder: Path) -> list[str]:
+    stats, classes = folder / "annotator_stats.csv", folder / "class_agreement.csv"
+    if not stats.is_file():
+        return []
+    parts = ["<h2>Annotators</h2>"]
+    summary = folder / "summary.json"
+    if summary.is_file():
+        s = json.loads(summary.read_text())
+        parts.append(
+            _kv([(k, f"{v:.4f}" if isinstance(v, float) else str(v)) for k, v in s.items()])
+        )
+    parts.append(_table(pd.read_csv(stats, dtype={"annotator": str}), left=("annotator",)))
+    if classes.is_file():
+        parts += [
+            "<h2>Human-model agreement per class</h2>",
+            _table(pd.read_csv(classes, dtype={"name": str}), left=("name",)),
+        ]
+    return parts
+
+
+def write_report(run_dir: str | os.PathLike, *, dataset=None, worst: int = 24, path=None) -> Path:
+    """Render and write ``report.html`` (atomically) into ``run_dir``; returns its path."""
+    html = render_report(run_dir, dataset=dataset, worst=worst)
+    out = Path(path) if path is not None else Path(run_dir) / "report.html"
+    _atomic_write(out, lambda tmp: Path(tmp).write_text(html, encoding="utf-8"))
+    log.info("report: %s", out)
+    return out

@@ -1,0 +1,158 @@
+"""Sequential mode: one fold per run, shards in a shared folder, merge, rounds."""
+
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import torch.nn.functional as F
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from torch import nn
+
+import dcloop
+from dcloop.cleaning import confident_learning
+from dcloop.scale.fold_run import fingerprint, round_dir, run_fold
+from dcloop.scale.merge import find_round_dir, main, merge_round
+from dcloop.train import train
+
+CONF = str(Path(dcloop.__file__).parent / "conf")
+QUIET = ["logger=none", "checkpoint=false", "trainer.enable_progress_bar=false", "report=false"]
+
+
+def cfg_for(tmp_path, *overrides):
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
+        return compose(
+            "config",
+            overrides=[
+                f"output_dir={tmp_path / 'job'}",
+                f"sequential.work_dir={tmp_path / 'work'}",
+                "mode=sequential",
+                "model=mlp",
+                "folds=2",
+                "trainer.max_epochs=3",
+                *QUIET,
+                *overrides,
+            ],
+        )
+
+
+class TinyModule(L.LightningModule):
+    """A user's own module: no dcloop base class, no per-sample weights."""
+
+    def __init__(self, num_classes: int, in_shape):
+        super().__init__()
+        self.net = nn.Sequential(nn.Flatten(), nn.Linear(int(np.prod(in_shape)), num_classes))
+
+    def forward(self, x):
+        return self.net(x)
+
+    def training_step(self, batch, batch_idx):
+        x, y, _ = batch
+        return F.cross_entropy(self(x), y)
+
+    def configure_optimizers(self):
+        return torch.optim.Adam(self.parameters(), lr=0.01)
+
+
+def test_folds_write_shards_and_the_last_one_merges(tmp_path, capsys):
+    out0 = train(cfg_for(tmp_path, "fold=0"))  # train() dispatches on mode
+    assert out0["merged"] is None and Path(out0["shard"]).is_file()
+    out1 = run_fold(cfg_for(tmp_path, "fold=1"))
+    merged = out1["merged"]
+    assert merged is not None and merged["cleaning"]["mode"] == "sequential"
+    d = Path(out1["shard"]).parent
+    assert d == round_dir(cfg_for(tmp_path, "fold=1"))
+    assert d.parent.name.startswith("seq-") and d.name == "round_0"
+    for name in [
+        "label_issues.csv",
+        "class_report.csv",
+        "noise_matrix.csv",
+        "oof_probs.npy",
+        "folds.npy",
+        "metrics.json",
+        "labels.csv",
+        "sample_table.pt",
+    ]:
+        assert (d / name).is_file(), name
+    probs = np.load(d / "oof_probs.npy")
+    assert np.allclose(probs.sum(1), 1, atol=1e-4)
+    # the files are confident learning on the merged shards (recomputed here)
+    issues = pd.read_csv(d / "label_issues.csv").sort_values("index")
+    direct = confident_learning(issues["given_label"].to_numpy(), torch.from_numpy(probs))
+    np.testing.assert_array_equal(issues["flagged"].to_numpy(), direct.flags.numpy())
+    det = merged["detection"]
+    assert det["precision"] > 0.5 and det["recall"] > 0.5, det  # random flags: 0.2
+    assert merged["test"]["accuracy"] > 0.8
+    assert "dcloop: run finished" in capsys.readouterr().out
+    # the explicit command finds the round from the work folder and rewrites the same files
+    main([str(tmp_path / "work")])
+    again = pd.read_csv(d / "label_issues.csv").sort_values("index")
+    np.testing.assert_array_equal(again["flagged"].to_numpy(), issues["flagged"].to_numpy())
+
+    # round 1 prunes round 0's flags: they leave the training folds, not the OOF pass
+    r1 = run_fold(cfg_for(tmp_path, "fold=0", "round=1"))
+    info = pd.read_json(Path(r1["shard"]).parent / "fold0.json", typ="series")
+    folds = np.load(d / "folds.npy")
+    flagged = issues["flagged"].to_numpy().astype(bool)
+    assert info["num_excluded"] == int((flagged & (folds != 0)).sum()) > 0
+    assert info["num_train"] == int(((folds != 0) & ~flagged).sum())
+    assert info["num_held_out"] == int((folds == 0).sum())
+
+
+def test_users_own_module_and_merge_errors(tmp_path):
+    own = [
+        "+sequential.module._target_=test_scale_sequential.TinyModule",
+        "+sequential.module._partial_=true",
+        "trainer.max_epochs=2",
+    ]
+    out = run_fold(cfg_for(tmp_path, "fold=1", *own))
+    d = Path(out["shard"]).parent
+    assert pd.read_json(d / "fold1.json", typ="series")["module"] == "TinyModule"
+    with pytest.raises(FileNotFoundError, match=r"fold\(s\) \[0\]"):
+        merge_round(d)
+    with pytest.raises(SystemExit, match="fold"):
+        main([str(d)])
+    # another config is another group folder; fold/round do not change the group
+    a, b = cfg_for(tmp_path, "fold=0"), cfg_for(tmp_path, "fold=1", "round=2")
+    assert fingerprint(a) == fingerprint(b) != fingerprint(cfg_for(tmp_path, "fold=0", "seed=1"))
+    assert find_round_dir(d.parent) == d
+
+
+def test_bad_fold_round_and_missing_previous_round_fail_early(tmp_path):
+    with pytest.raises(ValueError, match=r"fold must be an integer in \[0, 2\).*got 2"):
+        run_fold(cfg_for(tmp_path, "fold=2"))
+    with pytest.raises(ValueError, match="needs fold="):
+        run_fold(cfg_for(tmp_path))
+    with pytest.raises(ValueError, match="mode must be one of"):
+        train(cfg_for(tmp_path, "fold=0", "mode=sequentail"))
+    with pytest.raises(FileNotFoundError, match="round_0"):
+        run_fold(cfg_for(tmp_path, "fold=0", "round=1"))
+    with pytest.raises(ValueError, match="weights"):
+        run_fold(
+            cfg_for(
+                tmp_path,
+                "fold=0",
+                "round=1",
+                "cl.action=downweight",
+                f"sequential.issues={make_issue_table(tmp_path)}",
+                "+sequential.module._target_=test_scale_sequential.TinyModule",
+                "+sequential.module._partial_=true",
+            )
+        )
+
+
+def make_issue_table(tmp_path):
+    from dcloop.data import LabelNoiseDataModule
+
+    dm = LabelNoiseDataModule("digits", noise={"kind": "symmetric", "rate": 0.2}, seed=0)
+    dm.setup()
+    n = dm.num_train
+    path = tmp_path / "issues.csv"
+    pd.DataFrame(
+        {"index": np.arange(n), "flagged": np.arange(n) % 7 == 0, "quality": np.full(n, 0.3)}
+    ).to_csv(path, index=False)
+    return path
