@@ -78,7 +78,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory() as tmp:
-        run_dir = Path(args.run_dir) if args.run_dir else Path(tmp) / "run"
+        run_dir = Path(args.run_dir) if args.run_dir else Path(tmp) / "default_run"
         if not args.run_dir:
             default_run(run_dir)
         page = write_report(run_dir, dataset=load_train_dataset(run_dir))

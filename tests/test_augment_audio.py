@@ -29,14 +29,16 @@ def test_batch_levels_leave_level_zero_rows_unchanged():
     x = tone(batch=4)
     level = torch.tensor([0, 1, 0, 3])
     g = torch.Generator().manual_seed(0)
-    out = augment_audio(x, level, ops=list(AUDIO_OPS), num_levels=3, sample_rate=SR, p=1.0,
-                        generator=g)
+    out = augment_audio(
+        x, level, ops=list(AUDIO_OPS), num_levels=3, sample_rate=SR, p=1.0, generator=g
+    )
     assert out.shape == x.shape and out.dtype == x.dtype
     assert torch.equal(out[0], x[0]) and torch.equal(out[2], x[2])
     assert not torch.allclose(out[1], x[1]) and not torch.allclose(out[3], x[3])
     g2 = torch.Generator().manual_seed(0)
-    again = augment_audio(x, level, ops=list(AUDIO_OPS), num_levels=3, sample_rate=SR, p=1.0,
-                          generator=g2)
+    again = augment_audio(
+        x, level, ops=list(AUDIO_OPS), num_levels=3, sample_rate=SR, p=1.0, generator=g2
+    )
     assert torch.equal(out, again)
 
 

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from dcloop.augment import AugmentedDataset, AugmentPolicy, Augmenter, PolicySampler, epoch_counts
+from dcloop.augment import AugmentedDataset, Augmenter, AugmentPolicy, PolicySampler, epoch_counts
 from dcloop.data import EpochShuffleSampler, IndexedTensorDataset
 
 

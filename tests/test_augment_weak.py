@@ -41,8 +41,9 @@ def test_noise_rate_and_pruning_enter_the_score():
     noise = torch.tensor([0.0, 0.5, 0.1, 0.0])
     flags = torch.zeros(40, dtype=torch.bool)
     flags[30:38] = True  # class 3: 2 of 10 left; median left is 10
-    r = weak_classes(labels, probs, flags=flags, class_noise_rate=noise, rule="threshold",
-                     threshold=0.6)
+    r = weak_classes(
+        labels, probs, flags=flags, class_noise_rate=noise, rule="threshold", threshold=0.6
+    )
     assert r.remaining.tolist() == [10, 10, 10, 2]
     assert r.score.tolist() == pytest.approx([1.0, 0.5, 0.9, 0.2])
     assert r.weak.tolist() == [False, True, False, True]

@@ -132,3 +132,17 @@ def test_report_renders_in_headless_chromium(run, tmp_path):
     )
     img = np.asarray(Image.open(shot).convert("L"))
     assert img.shape == (3000, 1280) and img.std() > 10  # a page was drawn, not a blank
+
+
+def test_report_names_the_label_file_the_run_used(tmp_path):
+    labels = tmp_path / "labels_v1.csv"
+    rows = {
+        "index": [0, 1, 2],
+        "label": [3, 4, 5],
+        "status": ["corrected", "corrected", "confirmed"],
+    }
+    pd.DataFrame(rows).to_csv(labels, index=False)
+    make_run(tmp_path / "run", labels_file=labels)
+    html = render_report(tmp_path / "run", worst=0)
+    assert f"{labels}: 3 rows; 2 corrected, 1 confirmed" in html
+    assert "The 0 worst samples" in html

@@ -9,6 +9,7 @@ leaves a sample unchanged; levels ``1..L`` go from mild to strong (:data:`AUDIO_
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 
@@ -33,6 +34,12 @@ def level_table(op: str, num_levels: int) -> torch.Tensor:
     mild, strong, _ = AUDIO_OPS[op]
     t = torch.linspace(0, 1, num_levels) if num_levels > 1 else torch.zeros(1)
     return torch.cat([torch.zeros(1), mild + t * (strong - mild)])
+
+
+@functools.lru_cache(maxsize=64)
+def _device_table(op: str, num_levels: int, device: str) -> torch.Tensor:
+    # copied to the device once, not per batch (a pageable host-to-device copy can sync)
+    return level_table(op, num_levels).to(device)
 
 
 def _uniform(shape, generator, device) -> torch.Tensor:
@@ -115,7 +122,7 @@ def augment_audio(
     level = level.to(dev).long()
     out = x
     for op in ops:
-        mag = level_table(op, num_levels).to(dev)[level]  # (B,)
+        mag = _device_table(op, num_levels, str(dev))[level]  # (B,)
         on = (_uniform(b, generator, dev) < p) & (level > 0)
         sign = torch.where(_uniform(b, generator, dev) < 0.5, -1.0, 1.0)
         amount = _uniform(b, generator, dev)

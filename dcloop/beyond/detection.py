@@ -17,6 +17,7 @@ Example:
 
 from __future__ import annotations
 
+import colorsys
 import json
 import logging
 import os
@@ -406,13 +407,17 @@ def make_synthetic_coco(
     image_size: int = 96,
     object_size: tuple[int, int] = (18, 36),
     noise_rate: float = 0.15,
+    hue_jitter: float = 0.1,
     seed: int = 0,
 ) -> dict[str, Any]:
     """Writes a small COCO dataset: coloured shapes on noisy backgrounds, some mislabelled.
 
     Categories are :data:`SYNTHETIC_CATEGORIES` (ids 1..4). Each image gets a random
-    number of non-overlapping shapes in random colours; ``noise_rate`` of the annotations
-    get a wrong (uniformly drawn other) category.
+    number of non-overlapping shapes; a shape's hue is its category's (0, 1/4, 1/2, 3/4 of
+    the hue circle) plus Gaussian jitter of ``hue_jitter`` (0.1 = 36 degrees, so neighbouring
+    categories' colours overlap; ``hue_jitter=1`` makes colour uninformative), with random
+    saturation and value. ``noise_rate`` of the annotations get a wrong (uniformly drawn
+    other) category.
 
     Files: ``<out_dir>/images/img<k>.png``, ``annotations.json`` (the noisy labels) and
     ``truth.json`` (``{"true_category": {ann_id: id}, "corrupted": [ann ids]}``).
@@ -448,7 +453,9 @@ def make_synthetic_coco(
                 continue
             placed.append(box)
             cat = int(rng.integers(len(SYNTHETIC_CATEGORIES)))
-            colour = tuple(int(v) for v in rng.integers(0, 256, 3))
+            hue = (cat / len(SYNTHETIC_CATEGORIES) + hue_jitter * rng.normal()) % 1.0
+            rgb = colorsys.hsv_to_rgb(hue, rng.uniform(0.5, 1.0), rng.uniform(0.5, 1.0))
+            colour = tuple(int(255 * v) for v in rgb)
             _draw_shape(draw, SYNTHETIC_CATEGORIES[cat], box, colour)
             aid += 1
             anns.append(

@@ -246,9 +246,10 @@ def _synth_clip(k: int, rng: np.random.Generator, sr: int, t_total: int) -> np.n
     scale = rng.uniform(0.8, 1.2) * rng.uniform(0.9, 1.1, size=3)  # vocal tract, per formant
     f_start = np.array(_VOWELS[v0]) * scale
     f_end = np.array(_VOWELS[v1]) * scale
-    dur = rng.uniform(0.28, 0.45)
+    clip = t_total / sr
+    dur = rng.uniform(0.37, 0.6) * clip  # 0.28-0.45 s of a 0.75 s clip
     n_v = int(dur * sr)
-    n_on = int(rng.uniform(0.05, 0.09) * sr) if onset != "none" else 0
+    n_on = int(rng.uniform(0.067, 0.12) * clip * sr) if onset != "none" else 0
     start = rng.integers(0, max(1, t_total - n_v - n_on))
     t = np.arange(n_v) / sr
     f0 = rng.uniform(90, 220) * (1 + rng.uniform(-0.25, 0.15) * t / dur)

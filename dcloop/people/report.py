@@ -64,12 +64,12 @@ def _fig_png(fig) -> bytes:
     return buf.getvalue()
 
 
-def _array_png(rgb: np.ndarray, px: int, smooth: bool) -> bytes:
+def _array_png(rgb: np.ndarray, px: int, smooth: bool, size=None) -> bytes:
     from PIL import Image
 
     img = Image.fromarray(rgb)
     scale = px / max(img.size)
-    size = (max(1, round(img.size[0] * scale)), max(1, round(img.size[1] * scale)))
+    size = size or (max(1, round(img.size[0] * scale)), max(1, round(img.size[1] * scale)))
     img = img.resize(size, Image.BILINEAR if smooth else Image.NEAREST)
     buf = io.BytesIO()
     img.save(buf, format="PNG")
@@ -88,20 +88,23 @@ def is_audio(x: torch.Tensor) -> bool:
     return x.ndim == 1 or (x.ndim == 2 and x.shape[0] == 1)
 
 
-def spectrogram_png(x: torch.Tensor, px: int = THUMB_PX * 2) -> bytes:
+def spectrogram_png(x: torch.Tensor, size: tuple[int, int] = (140, THUMB_PX)) -> bytes:
     """A log-magnitude spectrogram (magma colours, low frequencies at the bottom) of a
-    ``(T,)`` or ``(1, T)`` signal."""
+    ``(T,)`` or ``(1, T)`` signal, stretched to ``size`` (width, height) pixels."""
     from matplotlib import colormaps
 
     sig = x.detach().float().cpu().reshape(-1)
-    n_fft = int(2 ** np.clip(np.floor(np.log2(max(sig.numel() // 8, 16))), 4, 9))
+    # about as many frequency bins as frames (hop n_fft/4): n_fft ~ sqrt(8 T)
+    n_fft = int(2 ** np.clip(np.round(np.log2(np.sqrt(8 * max(sig.numel(), 2)))), 4, 10))
+    if sig.numel() < n_fft:
+        sig = torch.nn.functional.pad(sig, (0, n_fft - sig.numel()))
     spec = torch.stft(
         sig, n_fft, hop_length=n_fft // 4, window=torch.hann_window(n_fft), return_complex=True
     ).abs()
     db = 20 * torch.log10(spec.clamp_min(1e-6))
     db = (db - db.max()).clamp_min(-80.0).numpy()[::-1]
     rgb = (colormaps["magma"](_to_unit(db))[..., :3] * 255).astype(np.uint8)
-    return _array_png(rgb, px, smooth=True)
+    return _array_png(rgb, max(size), smooth=True, size=size)
 
 
 def thumbnail_png(x: torch.Tensor, px: int = THUMB_PX) -> bytes:
@@ -290,6 +293,24 @@ def _summary(metrics: dict[str, Any], issues: pd.DataFrame) -> list[tuple[str, s
     return pairs
 
 
+def _label_file(run_dir: Path) -> list[tuple[str, str]]:
+    """A summary line for the label file the run trained on (``data.labels``), if any."""
+    from omegaconf import OmegaConf
+
+    cfg = run_dir / "config.yaml"
+    used = OmegaConf.load(cfg).get("data", {}).get("labels") if cfg.is_file() else None
+    if not used:
+        return []
+    if not Path(used).is_file():
+        return [("label file", f"{used} (no longer there)")]
+    df = pd.read_csv(used, dtype=str)
+    counts = df["status"].value_counts() if "status" in df else pd.Series(dtype=int)
+    said = ", ".join(
+        f"{int(counts[k])} {k}" for k in ("corrected", "confirmed", "consensus") if k in counts
+    )
+    return [("label file", f"{used}: {len(df)} rows{'; ' + said if said else ''}")]
+
+
 def _gallery(issues: pd.DataFrame, names: list[str], dataset, worst: int) -> tuple[str, int]:
     cards = []
     rows = issues.head(worst)
@@ -347,10 +368,10 @@ def render_report(
     nm = pd.read_csv(run_dir / "noise_matrix.csv", index_col=0).to_numpy(float)
     mpath = run_dir / "metrics.json"
     metrics = json.loads(mpath.read_text()) if mpath.is_file() else {}
-    title = title or f"dcloop run {run_dir.resolve().name}"
+    title = title or f"dcloop report: {run_dir.resolve().name}"
 
     parts = [f"<h1>{escape(title)}</h1>", f'<p class="muted">{escape(str(run_dir))}</p>']
-    parts += ["<h2>Summary</h2>", _kv(_summary(metrics, issues))]
+    parts += ["<h2>Summary</h2>", _kv(_summary(metrics, issues) + _label_file(run_dir))]
 
     det = metrics.get("detection")
     if det and "is_noisy" in issues:

@@ -1,0 +1,93 @@
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+
+import dcloop
+from dcloop.augment import PolicySampler
+from dcloop.data import LabelNoiseDataModule
+from dcloop.train import train
+
+CONF = str(Path(dcloop.__file__).parent / "conf")
+QUIET = ["logger=none", "checkpoint=false", "trainer.enable_progress_bar=false", "++report=false"]
+
+
+def cfg_for(tmp_path, *overrides):
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
+        return compose("config", overrides=[f"output_dir={tmp_path}", *QUIET, *overrides])
+
+
+def test_augment_none_keeps_todays_loader_and_targeted_uses_the_policy_sampler():
+    plain = LabelNoiseDataModule("digits", augment={"kind": "none"})
+    plain.setup()
+    assert plain.augmenter is None
+    assert not isinstance(plain.train_dataloader().sampler, PolicySampler)
+    dm = LabelNoiseDataModule("digits", augment={"kind": "targeted", "level": 0})
+    dm.setup()
+    loader = dm.train_dataloader()
+    assert isinstance(loader.sampler, PolicySampler) and dm.augmenter.modality == "image"
+    x, y, index = next(iter(loader))
+    assert torch.equal(x, torch.stack([dm.train_dataset[int(i)][0] for i in index]))  # level 0
+
+
+def test_audio_batch_augmentation_follows_the_levels_by_index():
+    dm = LabelNoiseDataModule(
+        "audio_synth",
+        audio={"num_per_class": 4, "clip_seconds": 0.5},
+        augment={"kind": "targeted", "level": 0, "p": 1.0},
+    )
+    dm.setup()
+    policy = dm.augmenter.policy
+    policy.set_classes(torch.arange(10) == 3, level=3)
+    x, y, index = next(iter(dm.train_dataloader()))
+    out, y2, index2 = dm.augmenter.on_batch((x, y, index))
+    changed = (out - x).abs().flatten(1).amax(1) > 0
+    assert torch.equal(changed, torch.as_tensor(dm.given_labels)[index] == 3)
+    assert out.shape == x.shape and out.abs().max() <= 1 and torch.equal(index2, index)
+
+
+@pytest.mark.slow
+def test_audio_end_to_end_with_targeted_augmentation(tmp_path):
+    cfg = cfg_for(
+        tmp_path,
+        "data=audio_synth",
+        "model=audio_cnn",
+        "augment=targeted",
+        "data.audio.num_per_class=12",
+        "data.audio.clip_seconds=0.5",
+        "folds=3",
+        "trainer.max_epochs=2",
+        "cl.warmup_epochs=1",
+        "augment.weak.k=2",
+    )
+    metrics = train(cfg)
+    assert metrics["augment"]["modality"] == "audio" and metrics["cleaning"]["vectorized"]
+    assert [h["epoch"] for h in metrics["augment"]["weak_history"]] == [0, 1]
+    report = pd.read_csv(tmp_path / "class_report.csv")
+    assert (report["weak"] >= 0).sum() >= 2 and set(report["weak"]) <= {-1, 0, 1}
+    assert metrics["data"]["num_skipped_files"] == 0
+
+
+@pytest.mark.slow
+def test_digits_targeted_with_two_persistent_workers(tmp_path):
+    cfg = cfg_for(
+        tmp_path,
+        "augment=targeted",
+        "model=mlp",
+        "data.num_workers=2",
+        "trainer.max_epochs=3",
+        "cl.warmup_epochs=1",
+        "augment.weak.k=1",
+        "augment.oversample=3",
+    )
+    metrics = train(cfg)
+    hist = metrics["augment"]["weak_history"]
+    assert len(hist) == 3 and all(len(h["weak"]) == 1 for h in hist)
+    report = pd.read_csv(tmp_path / "class_report.csv")
+    first = {int(r["class"]): int(r["weak"]) for _, r in report.iterrows() if r["weak"] >= 0}
+    assert first[hist[0]["weak"][0]] == 0
+    assert metrics["test"]["accuracy"] > 0.5
