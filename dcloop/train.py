@@ -147,6 +147,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             write_report(run_dir, dataset=getattr(run.dm, "train_dataset", None))  # dcloop.people
         top = issue_table(table, run.sources).head(5).to_dict("records")
         emit(run_summary(metrics, run_dir, [r for r in top if r["flagged"]]))
+        if cfg.get("report", True):
+            emit(f"  report      {run_dir / 'report.html'} (open it in a browser)")
     return metrics
 
 

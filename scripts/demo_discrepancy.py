@@ -21,6 +21,7 @@ from pathlib import Path
 
 import lightning as L
 import numpy as np
+import pandas as pd
 import torch
 from torch.utils.data import DataLoader
 
@@ -58,10 +59,8 @@ def one_run(held_out: int | None, epochs: int, seed: int, out: Path, maps) -> di
     a = replica_features(model, DataLoader(train, batch_size=512))
     b = replica_features(model, DataLoader(test, batch_size=512))
     name = f"held_out_{held_out}" if held_out is not None else "control"
-    res = discrepancy_report(
-        a, b, out / name, seed=seed, test_sources=[test.source(i) for i in range(len(test))]
-    )
-    import pandas as pd
+    sources = [test.source(i) for i in range(len(test))]
+    res = discrepancy_report(a, b, out / name, maps=maps, seed=seed, test_sources=sources)
 
     table = pd.read_csv(out / name / "test_only_patterns.csv")
     flagged = table["test_index"].to_numpy().astype(int)

@@ -135,6 +135,15 @@ def main() -> None:
             f"| {r.task} | {r.rate:.0%} | {r.n} | {r.method} | {r.precision:.3f} | "
             f"{r.p_std:.3f} | {r.auroc:.3f} |"
         )
+    lines += [
+        "",
+        "Mean precision over the corruption rates, per task (computed from the rows above):",
+        "",
+    ]
+    means = agg.groupby(["task", "method"], sort=False)["precision"].mean()
+    for task in agg["task"].unique():
+        per = means[task].sort_values(ascending=False)
+        lines.append(f"- {task}: " + ", ".join(f"{m} {v:.3f}" for m, v in per.items()))
     (out / "demo_pairs.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

@@ -76,7 +76,7 @@ def test_user_probs_flag_the_disagreeing_token():
 
 
 def test_builtin_token_model_finds_corrupted_tags():
-    s, corrupted = make_synthetic_conll(150, noise_rate=0.1, seed=0)
+    s, corrupted = make_synthetic_conll(120, noise_rate=0.1, seed=0)
     probs = token_oof_probs(s.tokens, s.labels, len(s.tag_names), folds=3, n_features=2**14)
     assert [p.shape for p in probs[:2]] == [(len(s.tokens[0]), 4), (len(s.tokens[1]), 4)]
     issues, ranked = find_token_issues(s, probs)
@@ -100,31 +100,26 @@ def test_builtin_token_model_finds_corrupted_tags():
 
 
 def test_cli_ner(tmp_path, capsys):
-    s, corrupted = make_synthetic_conll(80, noise_rate=0.1, seed=1)
+    s, corrupted = make_synthetic_conll(60, noise_rate=0.1, seed=1)
     write_conll(tmp_path / "a.conll", s)
-    probs = np.concatenate(
-        token_oof_probs(s.tokens, s.labels, len(s.tag_names), folds=3, n_features=2**14)
-    )
-    np.save(tmp_path / "p.npy", probs)
-    assert (
-        beyond_main(
-            [
-                "ner",
-                str(tmp_path / "a.conll"),
-                "--probs",
-                str(tmp_path / "p.npy"),
-                "--folds",
-                "3",
-                "--out",
-                str(tmp_path / "o"),
-            ]
-        )
-        == 0
-    )
+    # user probabilities: confident in the given tag, except at the corrupted tokens
+    probs = []
+    for i, lab in enumerate(s.labels):
+        p = np.full((len(lab), 4), 0.02)
+        p[np.arange(len(lab)), lab] = 0.94
+        for si, ti in corrupted:
+            if si == i:
+                p[ti] = 0.02
+                p[ti, (lab[ti] % 3) + 1] = 0.94  # another entity tag
+        probs.append(p)
+    np.save(tmp_path / "p.npy", np.concatenate(probs))
+    args = ["ner", str(tmp_path / "a.conll"), "--probs", str(tmp_path / "p.npy")]
+    assert beyond_main([*args, "--folds", "3", "--out", str(tmp_path / "o")]) == 0
     assert "token issues" in capsys.readouterr().out
     issues = pd.read_csv(tmp_path / "o" / "token_issues.csv")
-    assert len(set(zip(issues.sentence, issues.token_index, strict=True)) & set(corrupted)) >= 5
+    assert set(zip(issues.sentence, issues.token_index, strict=True)) == set(corrupted)
     assert (tmp_path / "o" / "sentences_ranked.csv").exists()
-    np.save(tmp_path / "short.npy", probs[:-1])
+    assert (tmp_path / "o" / "span_issues.csv").exists()
+    np.save(tmp_path / "short.npy", np.concatenate(probs)[:-1])
     with pytest.raises(ValueError, match="one row per token"):
         beyond_main(["ner", str(tmp_path / "a.conll"), "--probs", str(tmp_path / "short.npy")])

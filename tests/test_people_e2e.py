@@ -39,7 +39,8 @@ def test_people_loop_end_to_end(tmp_path, capsys):
     queue.to_csv(tmp_path / "reviewed.csv", index=False)
     labels = tmp_path / "labels_v1.csv"
     assert import_main([str(run1), str(tmp_path / "reviewed.csv"), "--out", str(labels)]) == 0
-    assert f"data.labels={labels}" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert f"report      {run1 / 'report.html'}" in out and f"data.labels={labels}" in out
 
     run2 = tmp_path / "run2"
     metrics = train(cfg_for(run2, f"data.labels={labels}", "report=false"))

@@ -146,3 +146,11 @@ def test_report_names_the_label_file_the_run_used(tmp_path):
     html = render_report(tmp_path / "run", worst=0)
     assert f"{labels}: 3 rows; 2 corrected, 1 confirmed" in html
     assert "The 0 worst samples" in html
+
+
+def test_gallery_shows_spectrograms_for_audio(run):
+    d, dm = run
+    g = torch.Generator().manual_seed(0)
+    clips = [(torch.randn(1, 2000, generator=g), 0, i) for i in range(dm.num_train)]
+    html = render_report(d, dataset=clips, worst=3)
+    assert html.count("spectrogram of sample") == 3 and "thumbnail of sample" not in html

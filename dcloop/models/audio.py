@@ -31,8 +31,8 @@ class AudioCNN(nn.Module):
         sample_rate: int = 8000,
         n_mels: int = 32,
         n_fft: int = 256,
-        hop_length: int = 128,
-        width: int = 16,
+        hop_length: int = 192,
+        width: int = 8,
         dropout: float = 0.0,
     ) -> None:
         super().__init__()
