@@ -96,6 +96,8 @@ class ImbalancedDigits(LabelNoiseDataModule):
 
 def run_one(method: str, seed: int, args) -> dict:
     spec = AUGMENT[method]
+    if spec is not None:
+        spec = {**spec, "p": args.p, **({"image_ops": args.ops} if args.ops else {})}
     if spec is not None and spec["kind"] == "targeted":
         spec = {**spec, "oversample": args.oversample, "weak": {"rule": "bottom_k", "k": 3}}
     dm = ImbalancedDigits(
@@ -151,13 +153,46 @@ def run_one(method: str, seed: int, args) -> dict:
     }
 
 
-def summarise(rows: list[dict], args, command: str, wall: float) -> str:
+def findings(rows: list[dict]) -> list[str]:
+    """What the numbers say about the target (computed, not written by hand)."""
+
+    def mean(method, key):
+        vals = [np.mean(r[key]) for r in rows if r["method"] == method]
+        return float(np.mean(vals)) if vals else float("nan")
+
+    if not all(any(r["method"] == m for r in rows) for m in AUGMENT):
+        return []
+    t_rec, u_rec, n_rec = (mean(m, "minority_recall") for m in ("targeted", "uniform", "none"))
+    t_acc, u_acc, n_acc = (mean(m, "accuracy") for m in ("targeted", "uniform", "none"))
+    met = t_rec > u_rec and t_acc >= u_acc
+    wins = sum(
+        np.mean(t["minority_recall"]) > np.mean(u["minority_recall"])
+        for t in rows
+        if t["method"] == "targeted"
+        for u in rows
+        if u["method"] == "uniform" and u["seed"] == t["seed"]
+    )
+    chosen = [r["weak_history"][-1]["weak"] for r in rows if r["weak_history"]]
+    return [
+        "Findings:",
+        "",
+        f"- Target (targeted beats uniform on the weak classes' recall without losing overall "
+        f"accuracy): {'met' if met else 'missed'}. Weak-class recall {t_rec:.3f} vs "
+        f"{u_rec:.3f} (targeted higher in {wins} of {len(chosen)} seeds); test accuracy "
+        f"{t_acc:.4f} vs {u_acc:.4f}.",
+        f"- Against no augmentation: weak-class recall {t_rec:.3f} vs {n_rec:.3f}, accuracy "
+        f"{t_acc:.4f} vs {n_acc:.4f}; uniform augmentation costs {n_acc - u_acc:+.4f} accuracy.",
+        f"- The rule's final weak classes: {chosen}.",
+    ]
+
+
+def summarise(rows: list[dict], args, command: str, wall: float, date: str) -> str:
     lines = [
         "# bench_augment: targeted vs uniform vs no augmentation (digits, weak classes)",
         "",
         f"Command: `{command}`",
         "",
-        f"Date: {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M UTC}; machine: "
+        f"Date: {date}; machine: "
         f"{platform.machine()} CPU, torch {torch.__version__}, torch.set_num_threads(1); "
         f"total wall time {wall / 60:.1f} min.",
         "",
@@ -167,7 +202,8 @@ def summarise(rows: list[dict], args, command: str, wall: float) -> str:
         f"random majority class); fold-parallel "
         f"SmallCNN, K=5, label smoothing 0.1, prune from epoch {args.warmup}, "
         f"{args.epochs} epochs; "
-        f"seeds {list(args.seeds)}. Targeted: bottom-3 weak classes at level 3, oversampled "
+        f"seeds {list(args.seeds)}. Image ops: {', '.join(args.ops or ['all seven'])}, each "
+        f"with p={args.p}. Targeted: bottom-3 weak classes at level 3, oversampled "
         f"x{args.oversample}; the rest at level 1 (= uniform). The 3 weakest classes are the "
         "subsampled ones, fixed by design.",
         "",
@@ -187,7 +223,9 @@ def summarise(rows: list[dict], args, command: str, wall: float) -> str:
             f"| {method} | {acc.mean():.4f} ± {acc.std():.4f} | "
             f"{mr.mean():.3f} ± {mr.mean(1).std():.3f} | {per} |"
         )
-    lines += ["", "Mean ± standard deviation over seeds. Per run:", ""]
+    lines += (
+        ["", "Mean ± standard deviation over seeds.", ""] + findings(rows) + ["", "Per run:", ""]
+    )
     lines += ["| method | seed | accuracy | weak-class recall | classes the rule chose (last) |"]
     lines += ["| --- | --- | --- | --- | --- |"]
     for r in rows:
@@ -208,6 +246,9 @@ def main(argv=None) -> None:
     p.add_argument("--minority-noise", type=float, default=0.3)
     p.add_argument("--majority-noise", type=float, default=0.15)
     p.add_argument("--oversample", type=float, default=3.0)
+    p.add_argument("--ops", nargs="+", default=None, help="image ops (default: all seven)")
+    p.add_argument("--p", type=float, default=0.5, help="probability of each op")
+    p.add_argument("--render", default=None, help="re-render the .md from this .json only")
     p.add_argument("--out", default=str(Path(__file__).parent / "results" / "bench_augment"))
     args = p.parse_args(argv)
     torch.set_num_threads(1)
@@ -215,7 +256,14 @@ def main(argv=None) -> None:
     logging.getLogger("lightning").setLevel(logging.ERROR)
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
     command = "python " + " ".join(shlex.quote(a) for a in [sys.argv[0], *(argv or sys.argv[1:])])
+    if args.render:  # the table and findings again from saved runs, without training
+        saved = json.loads(Path(args.render).read_text())
+        args = argparse.Namespace(**saved["args"])
+        text = summarise(saved["rows"], args, saved["command"], saved["wall_s"], saved["date"])
+        Path(args.out).with_suffix(".md").write_text(text)
+        return
     start = time.perf_counter()
+    date = f"{dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M UTC}"
     rows = []
     for seed in args.seeds:
         for method in args.methods:
@@ -229,9 +277,13 @@ def main(argv=None) -> None:
     wall = time.perf_counter() - start
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".md").write_text(summarise(rows, args, command, wall))
+    out.with_suffix(".md").write_text(summarise(rows, args, command, wall, date))
     out.with_suffix(".json").write_text(
-        json.dumps({"args": vars(args), "command": command, "rows": rows}, indent=2) + "\n"
+        json.dumps(
+            {"args": vars(args), "command": command, "wall_s": wall, "date": date, "rows": rows},
+            indent=2,
+        )
+        + "\n"
     )
     sys.stderr.write(f"wrote {out.with_suffix('.md')} ({wall / 60:.1f} min)\n")
 

@@ -111,6 +111,12 @@ def test_report_files_and_tsne_map(tmp_path):
     assert csv["flagged"].all() and len(csv) == res["test_only"]["num_flagged"]
     paths = embedding_maps(train, test, tmp_path / "m", methods=["tsne"], max_points=100)
     assert paths["tsne"].exists()
+    # fewer samples than the 50 PCA dimensions used before the map (a tiny run)
+    rng = np.random.default_rng(0)
+    tiny = embedding_maps(
+        rng.random((30, 128)), rng.random((10, 128)), tmp_path / "t", methods=["tsne"]
+    )
+    assert tiny["tsne"].exists()
 
 
 def test_cli_discrepancy_on_npy(tmp_path, capsys):

@@ -302,10 +302,11 @@ def domain_auc(
 
 
 def _map_2d(x: np.ndarray, method: str, seed: int) -> np.ndarray:
-    if x.shape[1] > 50:
+    dims = min(50, x.shape[0] - 1)
+    if x.shape[1] > dims:
         from sklearn.decomposition import PCA
 
-        x = PCA(50, random_state=seed).fit_transform(x)
+        x = PCA(dims, random_state=seed).fit_transform(x)
     if method == "umap":
         import umap
 

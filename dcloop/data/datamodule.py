@@ -240,8 +240,11 @@ class LabelNoiseDataModule(L.LightningDataModule):
                 from dcloop.beyond.detection import coco_crops
 
                 full, names = coco_crops(
-                    self.root, self.annotations, image_size=self.image_size or 32,
-                    context=self.context, mode=self.mode,
+                    self.root,
+                    self.annotations,
+                    image_size=self.image_size or 32,
+                    context=self.context,
+                    mode=self.mode,
                 )
             elif self.source == "folder":
                 full, names = image_folder(self.root, image_size=self.image_size, mode=self.mode)
