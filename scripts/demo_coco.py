@@ -46,9 +46,17 @@ def md_table(df: pd.DataFrame) -> str:
 
 
 def one_run(
-    images: int, noise_rate: float, epochs: int, image_size: int, seed: int, work: Path
+    images: int,
+    noise_rate: float,
+    epochs: int,
+    image_size: int,
+    seed: int,
+    work: Path,
+    hue_jitter: float = 0.1,
 ) -> dict:
-    info = make_synthetic_coco(work / "data", num_images=images, noise_rate=noise_rate, seed=seed)
+    info = make_synthetic_coco(
+        work / "data", num_images=images, noise_rate=noise_rate, seed=seed, hue_jitter=hue_jitter
+    )
     run_dir = work / "run"
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=CONF, version_base="1.3"):
@@ -106,6 +114,7 @@ def main() -> None:
     p.add_argument("--noise-rate", type=float, default=0.15)
     p.add_argument("--epochs", type=int, default=15)
     p.add_argument("--image-size", type=int, default=24)
+    p.add_argument("--hue-jitter", type=float, default=0.1)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--out", default="scripts/results")
     args = p.parse_args()
@@ -114,7 +123,15 @@ def main() -> None:
     for seed in args.seeds:
         with tempfile.TemporaryDirectory() as tmp:
             rows.append(
-                one_run(args.images, args.noise_rate, args.epochs, args.image_size, seed, Path(tmp))
+                one_run(
+                    args.images,
+                    args.noise_rate,
+                    args.epochs,
+                    args.image_size,
+                    seed,
+                    Path(tmp),
+                    args.hue_jitter,
+                )
             )
         print(rows[-1], flush=True)
     df = pd.DataFrame(rows)
@@ -127,8 +144,8 @@ def main() -> None:
         f"Command: `{command}`",
         "",
         f"Synthetic COCO, {args.images} images of 96x96 px with 1-4 shapes each (4 categories: "
-        "circle, square, triangle, cross; hue = the category's plus jitter 0.1 of the hue "
-        "circle, so colour is a partial cue; noisy backgrounds); "
+        "circle, square, triangle, cross; hue = the category's plus Gaussian jitter "
+        f"{args.hue_jitter} of the hue circle, so colour is a partial cue; noisy backgrounds); "
         f"{args.noise_rate:.0%} of the annotations get a wrong category in annotations.json. "
         f"`dcloop data=coco noise=none` (crops of {args.image_size} px with 10 % context, "
         "SmallCNN, K=5, "

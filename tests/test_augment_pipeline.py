@@ -1,5 +1,6 @@
 from pathlib import Path
 
+import lightning as L
 import pandas as pd
 import pytest
 import torch
@@ -48,6 +49,49 @@ def test_audio_batch_augmentation_follows_the_levels_by_index():
     changed = (out - x).abs().flatten(1).amax(1) > 0
     assert torch.equal(changed, torch.as_tensor(dm.given_labels)[index] == 3)
     assert out.shape == x.shape and out.abs().max() <= 1 and torch.equal(index2, index)
+
+
+class Spy(L.LightningModule):
+    """Records the training batches as the training step receives them."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin = torch.nn.Linear(1, 1)
+        self.seen = []
+
+    def training_step(self, batch, batch_idx):
+        x, _, index = batch
+        self.seen.append((x.clone(), index.clone()))
+        return self.lin(x.mean(-1)).sum()
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.0)
+
+
+def test_lightning_calls_the_device_batch_augmentation_in_training_only(tmp_path):
+    dm = LabelNoiseDataModule(
+        "audio_synth",
+        audio={"num_per_class": 4, "clip_seconds": 0.25},
+        augment={"kind": "uniform", "level": 2, "p": 1.0, "audio_ops": ["noise"]},
+        batch_size=8,
+    )
+    spy = Spy()
+    trainer = L.Trainer(
+        max_epochs=1,
+        limit_train_batches=2,
+        limit_val_batches=0,
+        logger=False,
+        enable_progress_bar=False,
+        enable_checkpointing=False,
+        default_root_dir=tmp_path,
+    )
+    trainer.fit(spy, datamodule=dm)
+    assert len(spy.seen) == 2
+    for x, index in spy.seen:
+        raw = torch.stack([dm.train_dataset[int(i)][0] for i in index])
+        assert x.shape == raw.shape and not torch.allclose(x, raw)  # noise added on the batch
+    batch = next(iter(dm.oof_dataloader()))
+    assert dm.on_after_batch_transfer(batch, 0)[0] is batch[0]  # not training: untouched
 
 
 @pytest.mark.slow
