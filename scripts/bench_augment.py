@@ -181,7 +181,7 @@ def findings(rows: list[dict]) -> list[str]:
         f"{u_rec:.3f} (targeted higher in {wins} of {len(chosen)} seeds); test accuracy "
         f"{t_acc:.4f} vs {u_acc:.4f}.",
         f"- Against no augmentation: weak-class recall {t_rec:.3f} vs {n_rec:.3f}, accuracy "
-        f"{t_acc:.4f} vs {n_acc:.4f}; uniform augmentation costs {n_acc - u_acc:+.4f} accuracy.",
+        f"{t_acc:.4f} vs {n_acc:.4f}; uniform minus none: {u_acc - n_acc:+.4f} accuracy.",
         f"- The rule's final weak classes: {chosen}.",
     ]
 
@@ -260,6 +260,7 @@ def main(argv=None) -> None:
         saved = json.loads(Path(args.render).read_text())
         args = argparse.Namespace(**saved["args"])
         text = summarise(saved["rows"], args, saved["command"], saved["wall_s"], saved["date"])
+        text += f"\nRe-rendered from the saved runs, without training: `{command}`\n"
         Path(args.out).with_suffix(".md").write_text(text)
         return
     start = time.perf_counter()
