@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from dcloop import cl
@@ -47,6 +48,13 @@ def check_choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
         raise ValueError(f"{name} must be one of {list(allowed)}; got {value!r}")
 
 
+def _tensor(x) -> torch.Tensor:
+    """``torch.as_tensor``, copying read-only numpy arrays (e.g. memory-mapped shards)."""
+    if isinstance(x, np.ndarray) and not x.flags.writeable:
+        x = x.copy()
+    return torch.as_tensor(x)
+
+
 def confident_learning(
     labels: torch.Tensor,
     probs: torch.Tensor,
@@ -74,10 +82,10 @@ def confident_learning(
     check_choice("filter_by", filter_by, FILTER_BY)
     check_choice("quality_method", quality_method, QUALITY_METHODS)
     check_choice("backend", backend, BACKENDS)
-    probs = torch.as_tensor(probs)
+    probs = _tensor(probs)
     device = probs.device
     probs = probs.float()
-    labels = torch.as_tensor(labels).long().to(device)
+    labels = _tensor(labels).long().to(device)
     flags = cl.find_label_issues(
         labels, probs, filter_by=filter_by, frac_noise=frac_noise, backend=backend
     )

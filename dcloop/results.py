@@ -22,7 +22,7 @@ def _umask() -> int:
     return mask
 
 
-def _atomic_write(path: Path, write) -> Path:
+def atomic_write(path: Path, write) -> Path:
     """Write through a temporary file in the same folder, then rename over ``path``.
 
     The file gets the permissions a plain ``open(path, "w")`` would give (``0o666`` less
@@ -43,7 +43,7 @@ def _atomic_write(path: Path, write) -> Path:
 
 
 def write_csv(df: pd.DataFrame, path: Path) -> Path:
-    return _atomic_write(path, lambda tmp: df.to_csv(tmp, index=False))
+    return atomic_write(path, lambda tmp: df.to_csv(tmp, index=False))
 
 
 def write_json(obj: Any, path: Path) -> Path:
@@ -52,7 +52,7 @@ def write_json(obj: Any, path: Path) -> Path:
             json.dump(obj, f, indent=2, default=float)
             f.write("\n")
 
-    return _atomic_write(path, dump)
+    return atomic_write(path, dump)
 
 
 def issue_table(table: SampleTable, sources: Sequence[str] | None = None) -> pd.DataFrame:

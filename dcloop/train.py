@@ -140,9 +140,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         names = list(run.dm.class_names) if getattr(run.dm, "class_names", None) else None
         weak = weak_epochs(run.trainer)  # class_report.csv `weak` column (dcloop.augment)
         write_run_files(run_dir, table, run.oof.probs, result, run.sources, names, weak)
-        after_run(cfg, run, run_dir)  # dcloop.beyond: COCO write-back, train/test discrepancy
         OmegaConf.save(cfg, run_dir / "config.yaml")
         write_json(metrics, run_dir / "metrics.json")
+        after_run(cfg, run, run_dir)  # dcloop.beyond: COCO write-back, train/test discrepancy
         if cfg.get("report", True):
             write_report(run_dir, dataset=getattr(run.dm, "train_dataset", None))  # dcloop.people
         top = issue_table(table, run.sources).head(5).to_dict("records")

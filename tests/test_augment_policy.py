@@ -47,6 +47,24 @@ def test_policy_change_sets_levels_and_oversamples_the_weak_class():
         policy.set_classes(np.ones(3, bool), level=2)
 
 
+def test_ddp_ranks_split_the_one_process_keys():
+    labels = np.repeat(np.arange(3), 7)  # N = 21: not a multiple of 2, so rank 1 is padded
+    policy = AugmentPolicy(labels, 3, num_levels=3, base_level=1)
+    policy.set_classes(np.array([False, True, False]), level=3, weight=2.0)
+    one = PolicySampler(policy, seed=3)
+    ranks = [PolicySampler(policy, seed=3, num_replicas=2, rank=r) for r in (0, 1)]
+    for epoch in (0, 4):
+        for s in (one, *ranks):
+            s.set_epoch(epoch)
+        full = list(one)
+        shards = [list(r) for r in ranks]
+        assert [len(x) for x in shards] == [11, 11] == [len(r) for r in ranks]
+        assert shards[0] == full[0::2]
+        assert shards[1] == (full + full[:1])[1::2]
+    with pytest.raises(ValueError, match="rank must be an int in"):
+        PolicySampler(policy, num_replicas=2, rank=2)
+
+
 class Tagged(torch.utils.data.Dataset):
     """x is the index; the transform of level L adds 1000 * L (detects the level)."""
 

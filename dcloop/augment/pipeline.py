@@ -167,14 +167,27 @@ class Augmenter:
 
     # ------------------------------------------------------------------ loading
     def train_loader(
-        self, dataset: Dataset, *, batch_size: int, num_workers: int, seed: int
+        self, dataset: Dataset, *, batch_size: int, num_workers: int, seed: int, trainer=None
     ) -> DataLoader:
-        """Training loader: the policy sampler's keys into an :class:`AugmentedDataset`."""
+        """Training loader: the policy sampler's keys into an :class:`AugmentedDataset`.
+
+        Under DDP (``trainer.world_size > 1``) each rank gets its share of the one-process
+        keys, in a ``DistributedSampler`` subclass so that Lightning does not re-shuffle it.
+        """
+        from dcloop.scale.distributed import DistributedEpochSampler
+
         policy = self._require_bound()
+        world = int(getattr(trainer, "world_size", 1) or 1) if trainer is not None else 1
+        rank = int(trainer.global_rank) if world > 1 else 0
+        sampler = PolicySampler(policy, seed=seed, num_replicas=world, rank=rank)
+        if world > 1:
+            sampler = DistributedEpochSampler(
+                len(dataset), seed=seed, num_replicas=world, rank=rank, inner=sampler
+            )
         return DataLoader(
             AugmentedDataset(dataset, self._transforms),
             batch_size=batch_size,
-            sampler=PolicySampler(policy, seed=seed),
+            sampler=sampler,
             num_workers=num_workers,
             persistent_workers=num_workers > 0,
             drop_last=False,

@@ -141,16 +141,30 @@ class PolicySampler(Sampler[AugKey]):
     :func:`epoch_counts`), shuffled. Everything depends only on ``(seed, epoch, policy)``,
     so a resumed run sees the same keys.
 
+    Under DDP (``num_replicas > 1``) every rank computes the same epoch keys, pads them like
+    ``DistributedSampler`` to a multiple of ``num_replicas`` and takes positions
+    ``rank::num_replicas``, so the ranks' batches together are the one-process batch.
+
     Args:
         policy: the :class:`AugmentPolicy` (read when each epoch's iteration starts).
         seed: base seed.
+        num_replicas: number of processes sharing the epoch.
+        rank: this process, in ``[0, num_replicas)``.
     """
 
-    def __init__(self, policy: AugmentPolicy, *, seed: int = 0) -> None:
+    def __init__(
+        self, policy: AugmentPolicy, *, seed: int = 0, num_replicas: int = 1, rank: int = 0
+    ) -> None:
         if isinstance(seed, bool) or not isinstance(seed, int):
             raise ValueError(f"seed must be an int; got {seed!r}")
+        if isinstance(num_replicas, bool) or not isinstance(num_replicas, int) or num_replicas < 1:
+            raise ValueError(f"num_replicas must be an int >= 1; got {num_replicas!r}")
+        if isinstance(rank, bool) or not isinstance(rank, int) or not 0 <= rank < num_replicas:
+            raise ValueError(f"rank must be an int in [0, {num_replicas}); got {rank!r}")
         self.policy = policy
         self.seed = seed
+        self.num_replicas = num_replicas
+        self.rank = rank
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -158,7 +172,16 @@ class PolicySampler(Sampler[AugKey]):
         self.epoch = int(epoch)
 
     def keys(self) -> list[AugKey]:
-        """This epoch's keys, in order."""
+        """This rank's keys of this epoch, in order."""
+        keys = self._epoch_keys()
+        if self.num_replicas == 1:
+            return keys
+        total = len(self) * self.num_replicas
+        keys += (keys * math.ceil(total / len(keys)))[: total - len(keys)]
+        return keys[self.rank : total : self.num_replicas]
+
+    def _epoch_keys(self) -> list[AugKey]:
+        """The one-process epoch's keys, in order."""
         n = len(self.policy.labels)
         g = torch.Generator()
         g.manual_seed(self.seed + self.epoch)
@@ -179,7 +202,7 @@ class PolicySampler(Sampler[AugKey]):
         return iter(self.keys())
 
     def __len__(self) -> int:
-        return len(self.policy.labels)
+        return math.ceil(len(self.policy.labels) / self.num_replicas)
 
 
 Transform = Callable[[torch.Tensor, "int | None"], torch.Tensor]

@@ -34,7 +34,7 @@ from PIL import Image, ImageDraw
 
 from dcloop.data._validation import preview
 from dcloop.data.datasets import IndexedTensorDataset, _normalize_image_size
-from dcloop.results import _atomic_write, write_json
+from dcloop.results import atomic_write, write_json
 
 log = logging.getLogger(__name__)
 
@@ -356,7 +356,7 @@ def draw_flagged(
         draw.rectangle([tx, ty, tx + 7 * len(text), ty + 11], fill=(0, 0, 0))
         draw.text((tx + 1, ty), text, fill=(255, 255, 0))
         path = out / f"ann{int(ann['id'])}.png"
-        _atomic_write(path, lambda tmp, im=im: im.save(tmp, format="PNG"))
+        atomic_write(path, lambda tmp, im=im: im.save(tmp, format="PNG"))
         paths.append(path)
     return paths
 

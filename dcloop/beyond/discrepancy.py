@@ -33,7 +33,7 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from dcloop.results import _atomic_write, write_csv, write_json
+from dcloop.results import atomic_write, write_csv, write_json
 
 log = logging.getLogger(__name__)
 
@@ -387,7 +387,7 @@ def embedding_maps(
         ax.legend(loc="best", fontsize=8)
         path = out / f"{method}.png"
         out.mkdir(parents=True, exist_ok=True)
-        _atomic_write(path, lambda tmp, fig=fig: fig.savefig(tmp, format="png"))
+        atomic_write(path, lambda tmp, fig=fig: fig.savefig(tmp, format="png"))
         plt.close(fig)
         paths[method] = path
     return paths
@@ -474,7 +474,7 @@ def run_discrepancy(model: Any, dm: Any, out_dir: str | os.PathLike, **kwargs: A
     test = replica_features(model, dm.test_dataloader())
     out.mkdir(parents=True, exist_ok=True)
     for name, arr in (("train", train), ("test", test)):
-        _atomic_write(out / f"{name}_embeddings.npy", lambda tmp, a=arr: _save_npy(tmp, a))
+        atomic_write(out / f"{name}_embeddings.npy", lambda tmp, a=arr: _save_npy(tmp, a))
     sources = None
     ds = getattr(dm, "test_dataset", None)
     if ds is not None and hasattr(ds, "source"):

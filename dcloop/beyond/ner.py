@@ -137,7 +137,7 @@ def read_conll(path: str | os.PathLike, *, tag_names: Sequence[str] | None = Non
 
 def write_conll(path: str | os.PathLike, sentences: Sentences) -> Path:
     """Writes sentences as ``token tag`` lines (atomically)."""
-    from dcloop.results import _atomic_write
+    from dcloop.results import atomic_write
 
     def dump(tmp: str) -> None:
         with open(tmp, "w", encoding="utf-8") as f:
@@ -146,7 +146,7 @@ def write_conll(path: str | os.PathLike, sentences: Sentences) -> Path:
                     f.write(f"{a} {b}\n")
                 f.write("\n")
 
-    return _atomic_write(Path(path), dump)
+    return atomic_write(Path(path), dump)
 
 
 # --------------------------------------------------------------- probabilities

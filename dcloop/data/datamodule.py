@@ -444,7 +444,11 @@ class LabelNoiseDataModule(L.LightningDataModule):
         ds = self._train_augmented
         if self.augmenter is not None:  # (index, level) keys from the policy sampler
             return self.augmenter.train_loader(
-                ds, batch_size=self.batch_size, num_workers=self.num_workers, seed=self.seed
+                ds,
+                batch_size=self.batch_size,
+                num_workers=self.num_workers,
+                seed=self.seed,
+                trainer=self.trainer,
             )
         return DataLoader(
             ds,

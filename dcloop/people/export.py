@@ -15,7 +15,7 @@ from pathlib import Path
 import pandas as pd
 
 from dcloop.people.corrections import run_class_names
-from dcloop.results import _atomic_write, write_csv, write_json
+from dcloop.results import atomic_write, write_csv, write_json
 
 log = logging.getLogger(__name__)
 
@@ -178,7 +178,7 @@ def export_queue(
         ),
     }
     cfg = labelstudio_config(names, key)
-    paths["config"] = _atomic_write(
+    paths["config"] = atomic_write(
         out / "labelstudio_config.xml", lambda tmp: Path(tmp).write_text(cfg)
     )
     log.info("relabel queue: %d samples -> %s", len(queue), out)

@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from dcloop.results import _atomic_write
+from dcloop.results import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -458,6 +458,6 @@ def write_report(run_dir: str | os.PathLike, *, dataset=None, worst: int = 24, p
     """Render and write ``report.html`` (atomically) into ``run_dir``; returns its path."""
     html = render_report(run_dir, dataset=dataset, worst=worst)
     out = Path(path) if path is not None else Path(run_dir) / "report.html"
-    _atomic_write(out, lambda tmp: Path(tmp).write_text(html, encoding="utf-8"))
+    atomic_write(out, lambda tmp: Path(tmp).write_text(html, encoding="utf-8"))
     log.info("report: %s", out)
     return out

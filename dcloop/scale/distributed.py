@@ -32,8 +32,18 @@ class DistributedEpochSampler(DistributedSampler):
     ``DistributedSampler`` when ``N`` is not a multiple of ``num_replicas``.
     """
 
-    def __init__(self, num_samples: int, *, seed: int, num_replicas: int, rank: int) -> None:
-        self._inner = EpochShuffleSampler(
+    def __init__(
+        self,
+        num_samples: int,
+        *,
+        seed: int,
+        num_replicas: int,
+        rank: int,
+        inner: Sampler | None = None,
+    ) -> None:
+        # `inner`: another sampler already sharded for (num_replicas, rank), e.g. the
+        # augmentation policy's; by default the plain epoch-seeded shuffle.
+        self._inner = inner or EpochShuffleSampler(
             num_samples, seed=seed, num_replicas=num_replicas, rank=rank
         )
         super().__init__(
