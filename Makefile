@@ -45,7 +45,7 @@ bench: install
 	$(BIN)/python scripts/bench_cl_engine.py
 	$(BIN)/python scripts/bench_augment.py
 	$(BIN)/python scripts/bench_augment.py --ops rotate scale elastic --out scripts/results/bench_augment_geometric
-	$(BIN)/python scripts/bench_parallel_vs_sequential.py --epochs 5 --repeats 3
+	$(BIN)/python scripts/bench_parallel_vs_sequential.py --epochs 15 --repeats 3
 	$(BIN)/python scripts/bench_annotators.py
 
 clean:
