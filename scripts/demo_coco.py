@@ -151,7 +151,8 @@ def main() -> None:
         "SmallCNN, K=5, "
         f"{args.epochs} epochs, prune, defaults otherwise), "
         f"{torch.get_num_threads()} torch thread(s) on CPU. Precision and recall are over the "
-        "training split's annotations (crops are split 65/15/20 into train/val/test, and only "
+        "training split's annotations (images, with all their crops, are split about 65/15/20 "
+        "into train/val/test (`data.split_by=image`), and only "
         "train is scored); `suggested right` is the share of correctly flagged annotations whose "
         "suggested category is the true one. `test_accuracy` is against the test split's given "
         f"categories, which hold the same {args.noise_rate:.0%} of wrong ones.",

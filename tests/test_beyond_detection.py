@@ -83,6 +83,30 @@ def test_datamodule_coco_splits_keep_annotation_identity(tmp_path):
     assert all(cat_of[a] != truth["true_category"][str(a)] for a in truth["corrupted"])
 
 
+def test_split_by_image_keeps_each_images_crops_in_one_split(tmp_path):
+    info = make_synthetic_coco(tmp_path / "s", num_images=40, noise_rate=0.0, seed=2)
+    kw = dict(root=info["root"], annotations=info["annotations"], image_size=8, noise=None)
+    parts = {}
+    for split_by in ("sample", "image"):
+        dm = LabelNoiseDataModule("coco", split_by=split_by, seed=0, **kw)
+        dm.setup()
+        images = [
+            {s.rsplit("#ann=", 1)[0] for s in ds.sources}
+            for ds in (dm.train_dataset, dm.val_dataset, dm.test_dataset)
+        ]
+        parts[split_by] = images
+        n = dm.num_train + len(dm.val_dataset) + len(dm.test_dataset)
+        assert n == info["num_annotations"]
+    tr, va, te = parts["image"]
+    assert not (tr & va) and not (tr & te) and not (va & te) and va and te
+    tr, va, te = parts["sample"]
+    assert tr & te  # independent crops share images across splits: what "image" prevents
+    with pytest.raises(ValueError, match="split_by must be one of"):
+        LabelNoiseDataModule("coco", split_by="box", **kw)
+    with pytest.raises(ValueError, match="needs source='coco'"):
+        LabelNoiseDataModule("digits", split_by="image")
+
+
 @pytest.mark.parametrize(
     "change, error, words",
     [

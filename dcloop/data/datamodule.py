@@ -27,7 +27,7 @@ from dcloop.data.datasets import (
 )
 from dcloop.data.digits import DIGITS_CLASS_NAMES, load_digits_splits
 from dcloop.data.noise import NOISE_KINDS, NoiseResult, inject_noise, save_noise
-from dcloop.data.splits import _check_fracs, stratified_split_indices
+from dcloop.data.splits import _check_fracs, grouped_split_indices, stratified_split_indices
 from dcloop.people.labelfile import apply_label_file
 
 logger = logging.getLogger(__name__)
@@ -37,6 +37,9 @@ SOURCES: tuple[str, ...] = (
     *("digits", "folder", "csv", "cifar10", "mnist", "coco"),
     *AUDIO_SOURCES,  # dcloop.data.audio: "audio_synth" (embedded), "audio_folder"
 )
+
+#: How rows go to train/val/test: ``"sample"`` (stratified) or ``"image"`` (COCO crops).
+SPLIT_BY: tuple[str, ...] = ("sample", "image")
 
 _NOISE_KEYS = ("kind", "rate", "sparsity")
 
@@ -118,6 +121,9 @@ class LabelNoiseDataModule(L.LightningDataModule):
         annotations: COCO JSON for ``source="coco"``: one crop per annotation, see
             :func:`dcloop.beyond.detection.coco_crops` (crops of one image split independently).
         context: ``source="coco"``: margin around each box, as a fraction of its size.
+        split_by: ``"sample"`` (stratified split of rows) or, with ``source="coco"``,
+            ``"image"``: crops of one image stay in one split (see
+            :func:`~dcloop.data.splits.grouped_split_indices`).
         image_size: ``None``, an int (square side) or ``(height, width)``.
         mode: ``"RGB"`` or ``"L"``/``"grayscale"`` for file sources.
         num_classes: Number of classes C; by default the number of class names found. A larger
@@ -153,6 +159,7 @@ class LabelNoiseDataModule(L.LightningDataModule):
         manifest: str | os.PathLike | None = None,
         annotations: str | os.PathLike | None = None,
         context: float = 0.1,
+        split_by: str = "sample",
         image_size: int | tuple[int, int] | None = None,
         mode: str = "RGB",
         num_classes: int | None = None,
@@ -200,6 +207,14 @@ class LabelNoiseDataModule(L.LightningDataModule):
         self.manifest = manifest
         self.annotations = annotations  # COCO JSON (source="coco"): one crop per box
         self.context = float(context)
+        if split_by not in SPLIT_BY:
+            raise ValueError(f"split_by must be one of {list(SPLIT_BY)}, got {split_by!r}")
+        if split_by == "image" and source != "coco":
+            raise ValueError(
+                f"split_by='image' groups the crops of one image and needs source='coco', "
+                f"got source={source!r}"
+            )
+        self.split_by = split_by
         self.image_size = _normalize_image_size(image_size)
         self.mode = _normalize_mode(mode)
         self.noise_spec = _parse_noise(noise)
@@ -254,7 +269,11 @@ class LabelNoiseDataModule(L.LightningDataModule):
                 )
             if self.source != "coco":  # decode every file once (dcloop.data.badfiles)
                 full, self.skipped_files = check_files(full, self.on_bad_file)
-            tr, va, te = stratified_split_indices(full.labels, **fracs)
+            if self.split_by == "image":  # crops of one image in one split
+                images = [s.rsplit("#ann=", 1)[0] for s in full.sources]
+                tr, va, te = grouped_split_indices(full.labels, images, **fracs)
+            else:
+                tr, va, te = stratified_split_indices(full.labels, **fracs)
             splits = {"train": full.subset(tr), "val": full.subset(va), "test": full.subset(te)}
         elif self.source in AUDIO_SOURCES:
             splits, names, self.skipped_files = load_audio_splits(

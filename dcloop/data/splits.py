@@ -6,7 +6,7 @@ import logging
 from typing import Any
 
 import numpy as np
-from sklearn.model_selection import train_test_split
+from sklearn.model_selection import StratifiedGroupKFold, train_test_split
 
 from dcloop.data._validation import as_label_array
 
@@ -92,3 +92,62 @@ def stratified_split_indices(
         )
         return _per_class_split(y, val_frac, test_frac, seed)
     return train.astype(np.int64), val.astype(np.int64), test.astype(np.int64)
+
+
+def _group_split_off(
+    idx: np.ndarray, labels: np.ndarray, groups: np.ndarray, frac: float, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Holds out about ``frac`` of ``idx`` as whole groups, stratified by label."""
+    if frac <= 0.0 or idx.size == 0:
+        return idx, np.zeros(0, dtype=np.int64)
+    n_groups = np.unique(groups[idx]).size
+    n_splits = min(max(2, int(round(1.0 / frac))), n_groups)
+    if n_splits < 2:
+        raise ValueError(
+            f"cannot hold out {frac:.0%} of the rows by group: only {n_groups} group(s) left"
+        )
+    cv = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
+    rest, held = next(cv.split(idx, labels[idx], groups[idx]))
+    return np.sort(idx[rest]), np.sort(idx[held])
+
+
+def grouped_split_indices(
+    labels: Any,
+    groups: Any,
+    *,
+    seed: int = 0,
+    val_frac: float = 0.15,
+    test_frac: float = 0.2,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Like :func:`stratified_split_indices`, but rows of one group stay in one split.
+
+    For crops of detection boxes the group is the image: crops of one image (its
+    background, its neighbouring objects) never end up on both sides of a split. Held-out
+    parts are whole groups picked by scikit-learn's ``StratifiedGroupKFold`` (one fold of
+    ``round(1 / frac)``), so their sizes are close to, not exactly, the fractions.
+
+    Args:
+        labels: Integer labels, shape (N,).
+        groups: Group of each row (any hashable values), shape (N,).
+        seed: Random seed; the same seed gives the same split.
+        val_frac: About this fraction of all rows for validation, in [0, 1).
+        test_frac: About this fraction of all rows for test, in [0, 1).
+
+    Returns:
+        ``(train_idx, val_idx, test_idx)``: sorted int64 arrays of row ids, disjoint, covering
+        ``0..N-1``, no group in two of them.
+
+    Raises:
+        ValueError: If the fractions are out of range, the lengths differ, or there are too
+            few groups to hold any out.
+    """
+    _check_fracs(val_frac, test_frac)
+    y = as_label_array(labels)
+    _, g = np.unique(np.asarray(groups, dtype=object).astype(str), return_inverse=True)
+    if g.size != y.size:
+        raise ValueError(f"groups must have one entry per row ({y.size}), got {g.size}")
+    idx = np.arange(y.size, dtype=np.int64)
+    rest, test = _group_split_off(idx, y, g, test_frac, seed)
+    val_rel = val_frac / (1.0 - test_frac)
+    train, val = _group_split_off(rest, y, g, val_rel, seed)
+    return train, val, test
