@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import warnings
 from pathlib import Path
 
@@ -23,4 +24,8 @@ def main() -> None:
     """Entry point of the ``dcloop`` console script and ``python -m dcloop``."""
     # Lightning 2.6 on torch 2.14 warns about its own pytree use on every batch.
     warnings.filterwarnings("ignore", message=".*LeafSpec.*")
+    # ... and advertises a cloud logger at every Trainer start: not what the console is for.
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(
+        lambda record: "litlogger" not in record.getMessage()
+    )
     _app()
