@@ -149,6 +149,10 @@ def main(argv: list[str] | None = None) -> int:
     except FileNotFoundError as err:
         sys.stderr.write(f"summarize_sweep: {err}\n")
         return 2
+    if args.x is not None and args.x not in swept_keys(df):
+        swept = ", ".join(swept_keys(df)) or "none"
+        sys.stderr.write(f"summarize_sweep: --x {args.x} is not swept here (swept: {swept})\n")
+        return 2
     out = Path(args.out or args.sweep)
     out.mkdir(parents=True, exist_ok=True)
     df.to_csv(out / "summary.csv", index=False)

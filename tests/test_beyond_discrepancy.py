@@ -143,8 +143,9 @@ def test_cli_discrepancy_on_npy(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "domain AUC" in out and "pattern" in out
     assert (tmp_path / "o" / "test_only_patterns.csv").exists()
-    with pytest.raises(FileNotFoundError, match="discrepancy=true"):
+    with pytest.raises(SystemExit, match="2"):
         beyond_main(["discrepancy", "--run-dir", str(tmp_path)])
+    assert "discrepancy=true" in capsys.readouterr().err
 
 
 @pytest.mark.slow

@@ -121,5 +121,6 @@ def test_cli_ner(tmp_path, capsys):
     assert (tmp_path / "o" / "sentences_ranked.csv").exists()
     assert (tmp_path / "o" / "span_issues.csv").exists()
     np.save(tmp_path / "short.npy", np.concatenate(probs)[:-1])
-    with pytest.raises(ValueError, match="one row per token"):
+    with pytest.raises(SystemExit, match="2"):
         beyond_main(["ner", str(tmp_path / "a.conll"), "--probs", str(tmp_path / "short.npy")])
+    assert "one row per token" in capsys.readouterr().err

@@ -95,5 +95,9 @@ def test_cli_pairs(tmp_path, capsys):
     assert len(table) == 200
     metrics = json.loads((tmp_path / "o" / "pair_metrics.json").read_text())
     assert metrics["knn"]["recall"] >= 0.6
-    with pytest.raises(FileNotFoundError, match="nope.npy"):
+    with pytest.raises(SystemExit) as exit_info:  # bad input: exit 2, one line, no traceback
         beyond_main(["pairs", "--x", str(tmp_path / "nope.npy"), "--y", str(tmp_path / "y.npy")])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("dcloop-beyond pairs: error:") and "nope.npy" in err
+    assert "Traceback" not in err

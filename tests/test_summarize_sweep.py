@@ -57,3 +57,14 @@ def test_missing_or_empty_sweep_is_a_clear_error(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     assert summarize.main([str(tmp_path / "empty")]) == 2
     assert "no metrics.json" in capsys.readouterr().err
+
+
+def test_x_that_is_not_swept_is_a_clear_error(tmp_path, capsys):
+    sweep = tmp_path / "multirun"
+    for i, fold in enumerate("01"):
+        fake_job(sweep, i, [f"fold={fold}", "noise.rate=0.2"], acc=0.9, f1=0.5)
+    assert summarize.main([str(sweep), "--x", "noise.rate"]) == 2
+    err = capsys.readouterr().err
+    assert "--x noise.rate is not swept" in err and "fold" in err
+    assert not (sweep / "summary.csv").exists()
+    assert summarize.main([str(sweep), "--x", "fold"]) == 0

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -198,7 +199,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``dcloop-beyond`` console script."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
-    args.func(args)
+    try:
+        args.func(args)
+    except (ValueError, FileNotFoundError) as err:  # bad input: one line, not a traceback
+        sys.stderr.write(f"dcloop-beyond {args.command}: error: {err}\n")
+        raise SystemExit(2) from None
     return 0
 
 

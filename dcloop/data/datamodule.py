@@ -119,7 +119,7 @@ class LabelNoiseDataModule(L.LightningDataModule):
         root: Data folder (required for every source except ``"digits"``).
         manifest: CSV file for ``source="csv"`` (relative paths are also looked up in ``root``).
         annotations: COCO JSON for ``source="coco"``: one crop per annotation, see
-            :func:`dcloop.beyond.detection.coco_crops` (crops of one image split independently).
+            :func:`dcloop.beyond.detection.coco_crops` (``split_by`` decides how crops split).
         context: ``source="coco"``: margin around each box, as a fraction of its size.
         split_by: ``"sample"`` (stratified split of rows) or, with ``source="coco"``,
             ``"image"``: crops of one image stay in one split (see
