@@ -148,13 +148,15 @@ class ConfidentLearning(L.Callback):
             {f"cl/{k}": float(v) for k, v in row.items() if k != "epoch"},
             on_epoch=True,
             on_step=False,
+            sync_dist=trainer.world_size > 1,  # the same on every rank (broadcast verdict)
         )
-        log.info(
-            "epoch %d: %d flagged, estimated noise %.3f",
-            epoch,
-            row["num_flagged"],
-            row["noise_rate_est"],
-        )
+        if trainer.is_global_zero:
+            log.info(
+                "epoch %d: %d flagged, estimated noise %.3f",
+                epoch,
+                row["num_flagged"],
+                row["noise_rate_est"],
+            )
         if self.output_dir is not None and trainer.is_global_zero:
             write_issue_table(self.output_dir / "label_issues.csv", table, self.sources)
         trainer.strategy.barrier("dcloop_cl")

@@ -136,8 +136,10 @@ class WeakClasses(L.Callback):
             },
             on_epoch=True,
             on_step=False,
+            sync_dist=trainer.world_size > 1,  # the same on every rank (broadcast verdict)
         )
-        log.info("epoch %d: weak classes %s (scores %s)", epoch, classes, np.round(score, 3))
+        if trainer.is_global_zero:
+            log.info("epoch %d: weak classes %s (scores %s)", epoch, classes, np.round(score, 3))
 
     def state_dict(self) -> dict[str, Any]:
         return {

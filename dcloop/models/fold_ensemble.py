@@ -183,6 +183,7 @@ class FoldEnsemble(L.LightningModule):
             on_step=False,
             on_epoch=True,
             batch_size=x.shape[0],
+            sync_dist=self._distributed,  # reduced once, at epoch end
         )
         return loss
 
