@@ -56,11 +56,16 @@ def run_cli(out: Path, *overrides: str) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.slow
-def test_two_gloo_processes_give_the_one_process_oof_matrix_and_flags(tmp_path):
-    one = run_cli(tmp_path / "one", "data.batch_size=64")
+@pytest.mark.parametrize("augment", ["augment=none", "augment=targeted"])
+def test_two_gloo_processes_give_the_one_process_oof_matrix_and_flags(tmp_path, augment):
+    # augment=targeted: the policy sampler's (index, level, seed) keys are sharded like the
+    # plain shuffle, so the ranks together still see the one-process batches
+    one = run_cli(tmp_path / "one", "data.batch_size=64", augment)
     assert one.returncode == 0, one.stderr[-2000:]
     # same global batch: 2 processes x 32
-    ddp = run_cli(tmp_path / "ddp", "trainer=ddp_cpu", "trainer.devices=2", "data.batch_size=32")
+    ddp = run_cli(
+        tmp_path / "ddp", "trainer=ddp_cpu", "trainer.devices=2", "data.batch_size=32", augment
+    )
     assert ddp.returncode == 0, ddp.stderr[-2000:]
     assert "Starting with 2 processes" in ddp.stdout + ddp.stderr
 
