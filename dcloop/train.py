@@ -143,12 +143,13 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         OmegaConf.save(cfg, run_dir / "config.yaml")
         write_json(metrics, run_dir / "metrics.json")
         after_run(cfg, run, run_dir)  # dcloop.beyond: COCO write-back, train/test discrepancy
-        if cfg.get("report", True):
-            write_report(run_dir, dataset=getattr(run.dm, "train_dataset", None))  # dcloop.people
+        report = None
+        if cfg.get("report", True):  # dcloop.people: report.html
+            report = write_report(run_dir, dataset=getattr(run.dm, "train_dataset", None))
         top = issue_table(table, run.sources).head(5).to_dict("records")
         emit(run_summary(metrics, run_dir, [r for r in top if r["flagged"]]))
-        if cfg.get("report", True):
-            emit(f"  report      {run_dir / 'report.html'} (open it in a browser)")
+        if report is not None:
+            emit(f"  report      {report} (open it in a browser)")
     return metrics
 
 

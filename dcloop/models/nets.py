@@ -37,7 +37,7 @@ class MLP(nn.Sequential):
 
     def embed(self, x):
         """Penultimate features (the input of the last linear layer): ``(B, ...) -> (B, D)``."""
-        for layer in list(self)[:-1]:
+        for layer in list(self)[:-1]:  # (self[:-1] would rebuild an MLP)
             x = layer(x)
         return x
 
@@ -93,7 +93,4 @@ class SmallCNN(nn.Module):
 
     def embed(self, x):
         """Penultimate features (the input of the last linear layer): ``(B, ...) -> (B, 128)``."""
-        h = self.features(x)
-        for layer in list(self.head)[:-1]:
-            h = layer(h)
-        return h
+        return self.head[:-1](self.features(x))
