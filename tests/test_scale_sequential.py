@@ -88,6 +88,9 @@ def test_folds_write_shards_and_the_last_one_merges(tmp_path, capsys):
     assert det["precision"] > 0.5 and det["recall"] > 0.5, det  # random flags: 0.2
     assert merged["test"]["accuracy"] > 0.8
     assert "dcloop: run finished" in capsys.readouterr().out
+    # the merge released its lock: rerunning the last fold merges again
+    assert not (d / ".merge.lock").exists()
+    assert run_fold(cfg_for(tmp_path, "fold=1"))["merged"] is not None
     # the explicit command finds the round from the work folder and rewrites the same files
     main([str(tmp_path / "work")])
     again = pd.read_csv(d / "label_issues.csv").sort_values("index")
@@ -120,6 +123,35 @@ def test_users_own_module_and_merge_errors(tmp_path):
     a, b = cfg_for(tmp_path, "fold=0"), cfg_for(tmp_path, "fold=1", "round=2")
     assert fingerprint(a) == fingerprint(b) != fingerprint(cfg_for(tmp_path, "fold=0", "seed=1"))
     assert find_round_dir(d.parent) == d
+
+
+def test_bad_cl_setting_fails_before_training(tmp_path):
+    with pytest.raises(ValueError, match="filter_by must be one of"):
+        run_fold(cfg_for(tmp_path, "fold=0", "cl.filter_by=typo"))
+    assert not list((tmp_path / "work").rglob("oof_fold*.npz"))
+
+
+def test_label_file_rows_people_confirmed_are_not_flagged_in_sequential_mode(tmp_path):
+    out = run_fold(cfg_for(tmp_path, "fold=0"))
+    d = Path(out["shard"]).parent
+    run_fold(cfg_for(tmp_path, "fold=1"))
+    issues = pd.read_csv(d / "label_issues.csv")
+    flagged = issues[issues["flagged"]]["index"].to_numpy()[:5]
+    assert flagged.size == 5
+    given = pd.read_csv(d / "labels.csv")
+    rows = given[given["index"].isin(flagged)]
+    label_file = tmp_path / "labels_v1.csv"
+    pd.DataFrame(
+        {"index": rows["index"], "label": rows["given_label"], "status": "confirmed"}
+    ).to_csv(label_file, index=False)
+    second = tmp_path / "with_labels"  # its own work folder
+    run_fold(cfg_for(second, "fold=0", f"data.labels={label_file}"))
+    out = run_fold(cfg_for(second, "fold=1", f"data.labels={label_file}"))
+    assert out["merged"] is not None
+    d2 = Path(out["shard"]).parent
+    again = pd.read_csv(d2 / "label_issues.csv").set_index("index")
+    assert not again.loc[flagged, "flagged"].any()
+    assert again["flagged"].sum() > 0  # the others are still judged
 
 
 def test_bad_fold_round_and_missing_previous_round_fail_early(tmp_path):

@@ -28,7 +28,6 @@ import hashlib
 import inspect
 import json
 import logging
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -42,12 +41,12 @@ from lightning.pytorch.utilities.model_helpers import is_overridden
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader, Subset
 
-from dcloop.callbacks import OOFCollector
+from dcloop.callbacks import ConfidentLearning, OOFCollector
 from dcloop.cleaning import action_weights
 from dcloop.data import EpochShuffleSampler, check_item
 from dcloop.folds import assign_folds
 from dcloop.models import Classifier
-from dcloop.results import write_json
+from dcloop.results import atomic_write, write_json
 
 log = logging.getLogger(__name__)
 
@@ -132,12 +131,9 @@ def previous_weights(cfg: DictConfig, rnd: int, num_samples: int) -> np.ndarray:
         )
     flags = torch.as_tensor(df["flagged"].to_numpy().astype(bool))
     quality = torch.as_tensor(df["quality"].to_numpy(), dtype=torch.float32).nan_to_num(1.0)
+    cl = ConfidentLearning(**OmegaConf.to_container(cfg.cl, resolve=True))
     return action_weights(
-        flags,
-        quality,
-        action=cfg.cl.action,
-        floor=cfg.cl.get("downweight_floor", 0.1),
-        power=cfg.cl.get("downweight_power", 1.0),
+        flags, quality, action=cl.action, floor=cl.downweight_floor, power=cl.downweight_power
     ).numpy()
 
 
@@ -185,18 +181,20 @@ def build_module(cfg: DictConfig, dm, weights: np.ndarray | None, fold: int) -> 
 
 
 def _save_npz(path: Path, **arrays) -> Path:
-    """``np.savez`` through a temporary file and a rename (readers never see half a file)."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
-        np.savez(f, **arrays)
-    os.replace(tmp, path)
-    return path
+    """``np.savez`` through :func:`~dcloop.results.atomic_write` (no half-written shard)."""
+
+    def save(tmp):
+        with open(tmp, "wb") as f:  # a file object: np.savez would append ".npz" to a path
+            np.savez(f, **arrays)
+
+    return atomic_write(path, save)
 
 
 def _write_meta(out: Path, cfg: DictConfig, dm, folds: np.ndarray) -> None:
     """What the merge needs besides the shards; every fold writes the same content."""
     test_labels = np.asarray(dm.test_dataset.labels, dtype=np.int64)
     truth = dm.true_labels if dm.has_ground_truth else np.full(dm.num_train, -1)
+    over = getattr(dm, "label_override", None)  # a label file (dcloop.people), or None
     _save_npz(
         out / "meta.npz",
         labels=np.asarray(dm.given_labels, dtype=np.int64),
@@ -204,6 +202,8 @@ def _write_meta(out: Path, cfg: DictConfig, dm, folds: np.ndarray) -> None:
         folds=folds,
         test_labels=test_labels,
         sources=np.asarray([dm.source_of(i) for i in range(dm.num_train)], dtype=str),
+        confirmed=np.zeros(dm.num_train, bool) if over is None else over.confirmed,
+        prior_weights=np.ones(dm.num_train, np.float32) if over is None else over.weights,
     )
     noise = dm.noise
     write_json(
@@ -236,8 +236,8 @@ def _probs(module: L.LightningModule, loader: DataLoader, device) -> np.ndarray:
     out = []
     with torch.inference_mode():
         for x, _, _ in loader:
-            out.append(module(x.to(device)).float().softmax(-1).cpu())
-    return torch.cat(out).numpy()
+            out.append(module(x.to(device)).float().softmax(-1))
+    return torch.cat(out).cpu().numpy()  # one transfer, not one per batch
 
 
 def run_fold(cfg: DictConfig) -> dict[str, Any]:
@@ -252,6 +252,8 @@ def run_fold(cfg: DictConfig) -> dict[str, Any]:
     """
     start = time.perf_counter()
     fold, k, rnd = check_fold_cfg(cfg)
+    # checks the cl settings now, not after K trainings at merge time
+    ConfidentLearning(**OmegaConf.to_container(cfg.cl, resolve=True))
     augment = (cfg.get("augment") or {}).get("kind", "none")
     if augment != "none":
         log.warning(
@@ -266,6 +268,9 @@ def run_fold(cfg: DictConfig) -> dict[str, Any]:
     n = dm.num_train
     folds = assign_folds(dm.given_labels, k, seed=cfg.seed)  # the FoldEnsemble's folds
     weights = previous_weights(cfg, rnd, n) if rnd > 0 else None
+    if getattr(dm, "label_override", None) is not None:  # label-file weights (dcloop.people)
+        prior = dm.label_override.weights
+        weights = prior if weights is None else weights * prior
     keep = folds != fold if weights is None else (folds != fold) & (weights > 0)
     train_idx, held_idx = np.flatnonzero(keep), np.flatnonzero(folds == fold)
 

@@ -21,7 +21,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from dcloop.cleaning import CLResult, action_weights, confident_learning
+from dcloop.callbacks import ConfidentLearning
+from dcloop.cleaning import CLResult, action_weights
 from dcloop.console import emit, run_summary
 from dcloop.metrics import detection_metrics
 from dcloop.results import issue_table, write_json, write_run_files
@@ -43,18 +44,6 @@ def shard_paths(round_dir: Path, num_folds: int) -> list[Path]:
             f"(dcloop -m mode=sequential fold={','.join(map(str, missing))} ...)"
         )
     return paths
-
-
-def clean(labels, probs, cl: dict[str, Any], device: str | torch.device = "cpu") -> CLResult:
-    """Confident learning on ``(labels (N,), probs (N, C))`` on ``device`` with ``cl`` settings."""
-    return confident_learning(
-        torch.as_tensor(labels).to(device),
-        torch.as_tensor(probs).to(device),
-        filter_by=cl.get("filter_by", "prune_by_noise_rate"),
-        quality_method=cl.get("quality_method", "self_confidence"),
-        frac_noise=cl.get("frac_noise", 1.0),
-        backend=cl.get("backend", "torch"),
-    )
 
 
 def _device(device: str) -> torch.device:
@@ -84,31 +73,37 @@ def merge_round(round_dir: str | Path, *, device: str = "auto") -> dict[str, Any
     with np.load(d / "meta.npz") as z:
         arrays = {k: z[k] for k in z.files}
     n, k = meta["num_samples"], meta["num_folds"]
-    paths = shard_paths(d, k)
     folds = arrays["folds"]
-    for fold, path in enumerate(paths):
+    shards = []  # each shard read once
+    for fold, path in enumerate(shard_paths(d, k)):
         with np.load(path) as z:
-            stray = z["index"][folds[z["index"]] != fold]
+            index, p = z["index"], z["probs"]
+        stray = index[folds[index] != fold]
         if stray.size:
             raise ValueError(
                 f"{path}: {stray.size} indices belong to other folds (e.g. {stray[:5].tolist()}): "
                 "the shards come from runs with different folds or seeds"
             )
-    probs = torch.from_numpy(merge_shards(paths, n))
+        shards.append((index, p))
+    probs = torch.from_numpy(merge_shards(shards, n))
     dev = _device(device)
-    result = clean(arrays["labels"], probs, meta["cl"], dev)
+    cl = ConfidentLearning(**meta["cl"])  # the run's cl settings, checked
     truth = arrays["true_labels"]
     table = SampleTable(arrays["labels"], folds, truth if (truth >= 0).all() else None).to(dev)
+    if "confirmed" in arrays:  # a label file's checked rows and weights (dcloop.people)
+        table.confirmed.copy_(torch.as_tensor(arrays["confirmed"]))
+        table.prior_weights.copy_(torch.as_tensor(arrays["prior_weights"]))
+    result = cl.run(table.labels, probs.to(dev), confirmed=table.confirmed)
     table.record_flags(result.flags, result.quality, result.suggested, int(meta["round"]))
-    cl = meta["cl"]
     table.weights.copy_(
         action_weights(
             result.flags,
             result.quality,
-            action=cl.get("action", "prune"),
-            floor=cl.get("downweight_floor", 0.1),
-            power=cl.get("downweight_power", 1.0),
+            action=cl.action,
+            floor=cl.downweight_floor,
+            power=cl.downweight_power,
         )
+        * table.prior_weights
     )
     sources = arrays["sources"].tolist()
     write_run_files(d, table, probs, result, sources, meta.get("class_names"))
@@ -168,7 +163,10 @@ def merge_if_complete(round_dir: str | Path, *, device: str = "auto") -> dict[st
         return None
     os.close(fd)
     log.info("%s: all %d shards present; merging", d, meta["num_folds"])
-    return merge_round(d, device=device)
+    try:
+        return merge_round(d, device=device)
+    finally:  # a failed merge or a rerun of the round can merge again
+        os.unlink(d / LOCK)
 
 
 def find_round_dir(path: str | Path) -> Path:
