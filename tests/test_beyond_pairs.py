@@ -100,4 +100,18 @@ def test_cli_pairs(tmp_path, capsys):
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert err.startswith("dcloop-beyond pairs: error:") and "nope.npy" in err
-    assert "Traceback" not in err
+
+
+def test_residual_excludes_the_pair_itself_when_x_repeats():
+    from dcloop.beyond.pairs import residual_scores
+
+    rng = np.random.default_rng(0)
+    x = np.repeat(rng.normal(size=(30, 4)), 3, axis=0)  # each X three times (3 captions)
+    y = x[:, :2] + 0.01 * rng.normal(size=(90, 2))
+    y[7] += 5.0  # one wrong target
+    scores = residual_scores(x, y, k=3)
+    # with self excluded, row 7's residual is its full offset; the wrong Y also raises the
+    # residuals of its two siblings, but less
+    assert int(np.argmax(scores)) == 7 and scores[7] > 6.5  # |(5, 5)| = 7.07; with self: 4.7
+    with pytest.raises(ValueError, match=r"k \(neighbours\) must be an int >= 1, got 0"):
+        score_pairs(x, y, k=0)

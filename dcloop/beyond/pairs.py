@@ -110,8 +110,11 @@ def residual_scores(x_features: np.ndarray, y_features: np.ndarray, *, k: int = 
 
     k = int(min(k, len(x_features) - 1))
     _, idx = NearestNeighbors(n_neighbors=k + 1).fit(x_features).kneighbors(x_features)
+    # drop the pair itself wherever it sits (ties: repeated X put it anywhere in the list)
     rows = np.arange(len(x_features))[:, None]
-    others = np.where(idx[:, :1] == rows, idx[:, 1:], idx[:, :-1])  # drop self (or the last)
+    not_self = idx != rows
+    not_self[not_self.all(1), -1] = False  # self not among the k+1: drop the farthest
+    others = idx[not_self].reshape(len(idx), k)
     return np.linalg.norm(y_features - y_features[others].mean(1), axis=1)
 
 
@@ -144,6 +147,8 @@ def score_pairs(
         Columns ``index`` (the row), ``knn``, ``iforest``, ``residual`` (anomaly scores,
         higher = worse) and ``<method>_rank`` (0 = most anomalous); rows ordered by ``knn``.
     """
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+        raise ValueError(f"k (neighbours) must be an int >= 1, got {k!r}")
     xs, ys = _sides(x, y, embed_x, embed_y, y_weight)
     feats = np.concatenate([xs, ys], axis=1)
     df = pd.DataFrame(
