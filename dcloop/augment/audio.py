@@ -9,7 +9,6 @@ leaves a sample unchanged; levels ``1..L`` go from mild to strong (:data:`AUDIO_
 
 from __future__ import annotations
 
-import functools
 import math
 from collections.abc import Sequence
 
@@ -27,19 +26,17 @@ AUDIO_OPS: dict[str, tuple[float, float, str]] = {
 }
 
 
-def level_table(op: str, num_levels: int) -> torch.Tensor:
-    """``(num_levels + 1,)`` magnitudes of ``op``; entry 0 (level 0) is unused."""
+def level_table(op: str, num_levels: int, device: torch.device | str = "cpu") -> torch.Tensor:
+    """``(num_levels + 1,)`` magnitudes of ``op`` on ``device``; entry 0 (level 0) is unused.
+
+    Built on the device itself: no host-to-device copy, so no synchronisation.
+    """
     if op not in AUDIO_OPS:
         raise ValueError(f"audio op must be one of {list(AUDIO_OPS)}; got {op!r}")
     mild, strong, _ = AUDIO_OPS[op]
-    t = torch.linspace(0, 1, num_levels) if num_levels > 1 else torch.zeros(1)
-    return torch.cat([torch.zeros(1), mild + t * (strong - mild)])
-
-
-@functools.lru_cache(maxsize=64)
-def _device_table(op: str, num_levels: int, device: str) -> torch.Tensor:
-    # copied to the device once, not per batch (a pageable host-to-device copy can sync)
-    return level_table(op, num_levels).to(device)
+    zero = torch.zeros(1, device=device)
+    t = torch.linspace(0, 1, num_levels, device=device) if num_levels > 1 else zero
+    return torch.cat([zero, mild + t * (strong - mild)])
 
 
 def _uniform(shape, generator, device) -> torch.Tensor:
@@ -122,7 +119,7 @@ def augment_audio(
     level = level.to(dev).long()
     out = x
     for op in ops:
-        mag = _device_table(op, num_levels, str(dev))[level]  # (B,)
+        mag = level_table(op, num_levels, dev)[level]  # (B,)
         on = (_uniform(b, generator, dev) < p) & (level > 0)
         sign = torch.where(_uniform(b, generator, dev) < 0.5, -1.0, 1.0)
         amount = _uniform(b, generator, dev)

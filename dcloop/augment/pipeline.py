@@ -83,8 +83,8 @@ class Augmenter:
             raise ValueError(f"augment oversample must be > 0; got {oversample!r}")
         if not 0.0 <= p <= 1.0:
             raise ValueError(f"augment p must be in [0, 1]; got {p!r}")
-        check_ops(list(image_ops), IMAGE_OPS, "image")
-        check_ops(list(audio_ops), AUDIO_OPS, "audio")
+        check_ops(image_ops, IMAGE_OPS, "image")  # (a string is an error, not letters)
+        check_ops(audio_ops, AUDIO_OPS, "audio")
         if audio_on not in AUDIO_ON:
             raise ValueError(f"augment audio_on must be one of {list(AUDIO_ON)}; got {audio_on!r}")
         weak = dict(weak or {})

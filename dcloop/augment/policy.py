@@ -92,7 +92,10 @@ class AugmentPolicy:
         key = str(device)
         cached = self._device_levels.get(key)
         if cached is None or cached[0] != self.version:
-            t = torch.as_tensor(self.sample_levels()).to(device, non_blocking=True)
+            t = torch.as_tensor(self.sample_levels())
+            if torch.device(device).type == "cuda":  # pinned: the copy does not sync the host
+                t = t.pin_memory()
+            t = t.to(device, non_blocking=True)
             self._device_levels[key] = (self.version, t)
         return self._device_levels[key][1]
 

@@ -8,9 +8,10 @@ from typing import Any
 import lightning as L
 import numpy as np
 
-from dcloop.augment.weak import RULES, WeakClassResult, weak_classes
+from dcloop.augment.weak import RULES, weak_classes
 from dcloop.callbacks.confident_learning import ConfidentLearning
 from dcloop.callbacks.oof import OOFCollector
+from dcloop.cleaning import check_choice
 
 log = logging.getLogger(__name__)
 
@@ -50,10 +51,16 @@ class WeakClasses(L.Callback):
         oversample: float = 1.0,
         every_n_epochs: int = 1,
     ) -> None:
-        if rule not in RULES:
-            raise ValueError(f"rule must be one of {list(RULES)}; got {rule!r}")
-        if every_n_epochs < 1:
-            raise ValueError(f"every_n_epochs must be >= 1; got {every_n_epochs}")
+        check_choice("rule", rule, RULES)
+        for name, value, low in (
+            ("k", k, 0),
+            ("level", level, 0),
+            ("every_n_epochs", every_n_epochs, 1),
+        ):
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
+                raise ValueError(f"{name} must be an int >= {low}; got {value!r}")
+        if isinstance(threshold, bool) or not 0.0 <= float(threshold) <= 1.0:
+            raise ValueError(f"threshold must be a number in [0, 1]; got {threshold!r}")
         if not oversample > 0:
             raise ValueError(f"oversample must be > 0; got {oversample}")
         self.policy = policy
@@ -63,7 +70,6 @@ class WeakClasses(L.Callback):
         self.first_weak: np.ndarray | None = None
         self.weak: np.ndarray | None = None
         self.history: list[dict[str, Any]] = []
-        self.last_result: WeakClassResult | None = None
         self._steps = 0
         self._cl: ConfidentLearning | None = None
         self._oof: OOFCollector | None = None
@@ -91,6 +97,8 @@ class WeakClasses(L.Callback):
                 "an `augmenter` (LabelNoiseDataModule(augment={'kind': 'targeted', ...}))"
             )
         c = self.policy.num_classes
+        if self.rule == "bottom_k" and self.k > c:
+            raise ValueError(f"k={self.k} weak classes asked for, but there are only {c} classes")
         if self.first_weak is None:
             self.first_weak = np.full(c, -1, dtype=np.int64)
             self.weak = np.zeros(c, dtype=bool)
@@ -121,7 +129,6 @@ class WeakClasses(L.Callback):
         weak = result.weak.cpu().numpy()
         self.first_weak = np.where(weak & (self.first_weak < 0), epoch, self.first_weak)
         self.weak = weak
-        self.last_result = result
         self._apply()
         classes = np.flatnonzero(weak).tolist()
         score = result.score.cpu().numpy()
@@ -154,5 +161,7 @@ class WeakClasses(L.Callback):
         self._steps = int(state_dict.get("steps", 0))
         if state_dict.get("first_weak") is not None:
             self.first_weak = np.asarray(state_dict["first_weak"], dtype=np.int64)
-            self.weak = np.asarray(state_dict["weak"], dtype=bool)
+            self.weak = np.asarray(
+                state_dict.get("weak") or [False] * len(self.first_weak), dtype=bool
+            )
             self._apply()
