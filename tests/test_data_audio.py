@@ -128,3 +128,20 @@ def test_synthetic_source_through_the_datamodule_with_noise():
     assert x.shape[1:] == (1, 4000) and torch.equal(y, torch.as_tensor(dm.given_labels)[index])
     with pytest.raises(ValueError, match="unknown key"):
         LabelNoiseDataModule("audio_synth", audio={"rate": 8000}).setup()
+
+
+@pytest.mark.parametrize(
+    "options, words",
+    [
+        ({"num_per_class": 3.0}, "num_per_class must be an int >= 1; got 3.0"),
+        ({"sample_rate": None}, "sample_rate must be an int >= 1; got None"),
+        ({"synth_seed": "a"}, "synth_seed must be an int >= 0"),
+        ({"clip_seconds": float("inf")}, r"clip_seconds must be a number in \(0, 3600\)"),
+        ({"clip_seconds": 0.0002}, "need at least 1600 samples"),
+    ],
+)
+def test_bad_audio_options_are_named(options, words):
+    from dcloop.data.audio import audio_options
+
+    with pytest.raises(ValueError, match=words):
+        audio_options(options)

@@ -43,6 +43,9 @@ SYNTH_CLASS_NAMES: list[str] = [
     "zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"
 ]  # fmt: skip
 
+#: Shortest clip, in samples (0.2 s at 8 kHz).
+MIN_SAMPLES = 1600
+
 _DEFAULTS = {"sample_rate": 8000, "clip_seconds": 0.75, "num_per_class": 150, "synth_seed": 0}
 
 # vowel -> (F1, F2, F3) Hz, adult-male averages
@@ -68,13 +71,21 @@ def audio_options(options: Mapping[str, Any] | None) -> dict[str, Any]:
         if unknown:
             raise ValueError(f"audio has unknown key(s) {unknown}; allowed: {list(_DEFAULTS)}")
         opts.update(options)
-    for key in ("sample_rate", "num_per_class"):
+    for key, low in (("sample_rate", 1), ("num_per_class", 1), ("synth_seed", 0)):
         v = opts[key]
-        if isinstance(v, bool) or int(v) != v or v < 1:
-            raise ValueError(f"audio {key} must be an int >= 1; got {v!r}")
-    if not float(opts["clip_seconds"]) > 0:
-        raise ValueError(f"audio clip_seconds must be > 0; got {opts['clip_seconds']!r}")
-    opts["num_samples"] = max(1, round(float(opts["clip_seconds"]) * int(opts["sample_rate"])))
+        if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < low:
+            raise ValueError(f"audio {key} must be an int >= {low}; got {v!r}")
+        opts[key] = int(v)
+    secs = opts["clip_seconds"]
+    if isinstance(secs, bool) or not isinstance(secs, (int, float)) or not 0 < secs < 3600:
+        raise ValueError(f"audio clip_seconds must be a number in (0, 3600); got {secs!r}")
+    opts["num_samples"] = round(float(secs) * opts["sample_rate"])
+    if opts["num_samples"] < MIN_SAMPLES:
+        raise ValueError(
+            f"audio clips need at least {MIN_SAMPLES} samples (the synthesiser and AudioCNN's "
+            f"spectrogram need that much); clip_seconds={secs!r} at sample_rate="
+            f"{opts['sample_rate']} gives {opts['num_samples']}"
+        )
     return opts
 
 
