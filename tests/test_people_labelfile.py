@@ -63,6 +63,7 @@ def test_class_names_are_accepted_and_bad_files_are_named(tmp_path):
         "index,label\n1,1\n1,2\n": "duplicate id.*1",
         "row,label\n1,1\n": "missing column.*'index'",
         "index,label,weight\n1,1,2.0\n": r"weight must lie in \[0, 1\]",
+        "index,label,weight\n1,1,abc\n": "weight must be a number.*index 1 has 'abc'",
         "index,label,status\n1,1,maybe\n": "unknown status 'maybe'",
         "index,label,source\n1,1,b.png\n": "source mismatch.*'b.png'.*'x1'",
         "index,label\n1,\n": "empty label for index 1",

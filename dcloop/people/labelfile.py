@@ -192,7 +192,14 @@ def read_label_file(
     out[idx] = new
     weights = np.ones(n, dtype=np.float32)
     if "weight" in df.columns:
-        w = pd.to_numeric(df["weight"], errors="coerce").fillna(1.0).to_numpy(np.float32)
+        raw = pd.to_numeric(df["weight"], errors="coerce")
+        bad = raw.isna() & df["weight"].notna()
+        if bad.any():
+            raise ValueError(
+                f"{what}: weight must be a number (blank means 1); index "
+                f"{_shown(idx[bad.to_numpy()].tolist())} has {df['weight'][bad].iloc[0]!r}"
+            )
+        w = raw.fillna(1.0).to_numpy(np.float32)
         if not np.all((w >= 0) & (w <= 1)):
             raise ValueError(f"{what}: weight must lie in [0, 1]; got min {w.min()} max {w.max()}")
         weights[idx] = w
@@ -231,12 +238,10 @@ def apply_label_file(noise, path, sources: Sequence[str], class_names: Sequence[
         ``(new noise result, LabelOverride)``.
     """
     over = read_label_file(path, noise.given_labels, class_names, sources)
-    c = len(class_names)
+    from dcloop.data.noise import empirical_noise_matrix  # (dcloop.data imports this module)
+
     true = noise.true_labels
-    matrix = np.zeros((c, c))
-    np.add.at(matrix, (over.labels, true), 1.0)
-    col = matrix.sum(0, keepdims=True)
-    matrix = np.where(col > 0, matrix / np.maximum(col, 1), np.eye(c))
+    matrix = empirical_noise_matrix(over.labels, true, len(class_names))
     new = dataclasses.replace(
         noise, given_labels=over.labels, is_noisy=over.labels != true, noise_matrix=matrix
     )
