@@ -96,6 +96,10 @@ def collect(sweep: str | Path) -> pd.DataFrame:
     swept = [
         c for c in df.columns if c not in METRICS and c != "run" and df[c].nunique(dropna=False) > 1
     ]
+    for c in swept:  # override values are strings: "5", "10", "20" must sort as numbers
+        numbers = pd.to_numeric(df[c], errors="coerce")
+        if numbers.notna().all():
+            df[c] = numbers
     keep = ["run", *swept, *[c for c in METRICS if df[c].notna().any()]]
     return df[keep].sort_values(swept or ["run"], kind="stable").reset_index(drop=True)
 

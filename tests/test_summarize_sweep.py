@@ -68,3 +68,11 @@ def test_x_that_is_not_swept_is_a_clear_error(tmp_path, capsys):
     assert "--x noise.rate is not swept" in err and "fold" in err
     assert not (sweep / "summary.csv").exists()
     assert summarize.main([str(sweep), "--x", "fold"]) == 0
+
+
+def test_numeric_overrides_sort_as_numbers(tmp_path):
+    sweep = tmp_path / "multirun"
+    for i, epochs in enumerate(("5", "20", "10")):
+        fake_job(sweep, i, [f"trainer.max_epochs={epochs}"], acc=0.9, f1=0.5)
+    df = summarize.collect(sweep)
+    assert df["trainer.max_epochs"].tolist() == [5, 10, 20]  # not "10", "20", "5"
