@@ -15,7 +15,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from dcloop.augment.pipeline import add_run_metrics, augment_callbacks, augment_kwargs, weak_epochs
-from dcloop.beyond.hooks import after_run
+from dcloop.beyond.hooks import after_run, check_before_run
 from dcloop.callbacks import ConfidentLearning, OOFCollector
 from dcloop.cleaning import CLResult
 from dcloop.console import emit, run_summary
@@ -71,6 +71,7 @@ def build(cfg: DictConfig, run_dir: Path) -> Run:
     )
     dm.setup("fit")
     check_item(dm.train_dataset[0])
+    check_before_run(cfg, dm)  # dcloop.beyond: discrepancy=true needs a test split
     sources = [dm.source_of(i) for i in range(dm.num_train)]
     model = FoldEnsemble(
         net_factory(cfg.model.net, dm.input_shape, dm.num_classes),

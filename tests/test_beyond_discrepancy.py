@@ -189,3 +189,28 @@ def test_discrepancy_in_the_loop(tmp_path):
     assert emb.shape[0] == res["num_train"]
     assert res["num_test"] == len(np.load(d / "test_embeddings.npy"))
     assert 0.3 <= res["domain_auc"]["logistic"] <= 0.8  # digits train/test are one distribution
+
+
+def test_discrepancy_without_a_test_split_fails_before_training(tmp_path):
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    import dcloop
+    from dcloop.train import build
+
+    GlobalHydra.instance().clear()
+    conf = str(Path(dcloop.__file__).parent / "conf")
+    with initialize_config_dir(config_dir=conf, version_base="1.3"):
+        cfg = compose(
+            "config",
+            overrides=[f"output_dir={tmp_path}", "discrepancy=true", "data.test_frac=0.0"],
+        )
+    with pytest.raises(ValueError, match="test split has 0 sample"):
+        build(cfg, tmp_path)
+
+
+def test_domain_auc_subsample_keeps_both_domains():
+    rng = np.random.default_rng(0)
+    train, test = rng.normal(size=(2000, 3)), rng.normal(size=(3, 3)) + 5.0
+    auc = domain_auc(train, test, max_samples=500, folds=3)  # uniform subsampling drops test
+    assert auc["logistic"] > 0.9  # the 3 test points are far away: clearly separable

@@ -283,8 +283,13 @@ def domain_auc(
     x = np.concatenate([a, t])
     y = np.r_[np.zeros(len(a), int), np.ones(len(t), int)]
     rng = np.random.default_rng(seed)
-    if len(x) > max_samples:
-        keep = np.sort(rng.choice(len(x), size=max_samples, replace=False))
+    if len(x) > max_samples:  # subsample each domain in proportion, keeping enough of each
+        keep = []
+        for domain in (0, 1):
+            rows = np.flatnonzero(y == domain)
+            share = max(round(max_samples * len(rows) / len(x)), 2 * folds)
+            keep.append(rng.choice(rows, size=min(share, len(rows)), replace=False))
+        keep = np.sort(np.concatenate(keep))
         x, y = x[keep], y[keep]
     folds = int(min(folds, np.bincount(y).min()))
     if folds < 2:

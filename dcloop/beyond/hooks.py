@@ -35,3 +35,22 @@ def after_run(cfg: Any, run: Any, run_dir: str | Path) -> None:
         from dcloop.beyond.discrepancy import run_discrepancy
 
         run_discrepancy(run.model, run.dm, run_dir / "discrepancy")
+
+
+#: Fewest test samples the train/test discrepancy analysis works with.
+MIN_TEST = 10
+
+
+def check_before_run(cfg: Any, dm: Any) -> None:
+    """Fail before training, not after it, when ``discrepancy=true`` cannot run.
+
+    Raises:
+        ValueError: the test split has fewer than :data:`MIN_TEST` samples.
+    """
+    if cfg.get("discrepancy"):
+        n = len(getattr(dm, "test_dataset", None) or [])
+        if n < MIN_TEST:
+            raise ValueError(
+                f"discrepancy=true compares train with test, but the test split has {n} "
+                f"sample(s) (need >= {MIN_TEST}): raise data.test_frac or set discrepancy=false"
+            )
