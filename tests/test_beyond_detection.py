@@ -131,6 +131,14 @@ def test_split_by_image_keeps_each_images_crops_in_one_split(tmp_path):
             FileNotFoundError,
             ["missing.png"],
         ),
+        (
+            lambda d: d["annotations"][0].update(bbox=[float("nan"), 1, 4, 4]),
+            ValueError,
+            ["id=101", "non-finite bbox"],
+        ),
+        (lambda d: d["annotations"][0].update(image_id="x"), ValueError, ["integers", "'x'"]),
+        (lambda d: d["categories"][0].pop("id"), ValueError, ["category", "None"]),
+        (lambda d: d["annotations"].append("box"), ValueError, ["must be objects", "'box'"]),
     ],
 )
 def test_bad_coco_input_names_the_offender(tmp_path, change, error, words):
@@ -141,8 +149,17 @@ def test_bad_coco_input_names_the_offender(tmp_path, change, error, words):
         coco_crops(tmp_path, path)
     for w in words:
         assert w in str(info.value)
+
+
+def test_coco_source_needs_annotations_and_a_known_mode(tmp_path):
     with pytest.raises(ValueError, match="needs annotations"):
         LabelNoiseDataModule("coco", root=tmp_path)
+    data, path = _two_box_coco(tmp_path)
+    with pytest.raises(ValueError, match="mode must be 'RGB'"):
+        coco_crops(tmp_path, path, mode="rbg")
+    with pytest.raises(ValueError, match="must be a JSON object"):
+        path.write_text("[]")
+        coco_crops(tmp_path, path)
 
 
 def test_flagged_annotations_json_and_drawing(tmp_path):

@@ -33,7 +33,7 @@ import torch
 from PIL import Image, ImageDraw
 
 from dcloop.data._validation import preview
-from dcloop.data.datasets import IndexedTensorDataset, _normalize_image_size
+from dcloop.data.datasets import IndexedTensorDataset, _normalize_image_size, _normalize_mode
 from dcloop.results import atomic_write, write_json
 
 log = logging.getLogger(__name__)
@@ -86,6 +86,16 @@ def _read_json(path: str | os.PathLike) -> tuple[dict[str, Any], Path]:
     return data, p
 
 
+def _int_id(value: Any, what: str) -> int:
+    """An integer id, or a ``ValueError`` naming the record it came from."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer, str)):
+        raise ValueError(f"{what}: ids must be integers; got {value!r}")
+    try:
+        return int(value)
+    except ValueError:
+        raise ValueError(f"{what}: ids must be integers; got {value!r}") from None
+
+
 def parse_coco(
     data: Mapping[str, Any] | str | os.PathLike,
     root: str | os.PathLike | None = None,
@@ -113,25 +123,37 @@ def parse_coco(
     if not isinstance(data, Mapping):
         data, path = _read_json(data)
     where = f" in {str(path)!r}" if path else ""
+    if not isinstance(data, Mapping):
+        raise ValueError(f"COCO data{where} must be a JSON object; got {type(data).__name__}")
     for key in ("images", "annotations", "categories"):
         if not isinstance(data.get(key), list):
             raise ValueError(f"COCO data{where} needs a list under {key!r}; got {data.get(key)!r}")
-    cats = sorted(data["categories"], key=lambda c: int(c["id"]))
-    cat_ids = [int(c["id"]) for c in cats]
+        bad = [r for r in data[key] if not isinstance(r, Mapping)]
+        if bad:
+            raise ValueError(f"COCO {key}{where} must be objects; got {bad[0]!r}")
+    cats = [  # copies with integer ids: the caller's data stays as it was
+        {**c, "id": _int_id(c.get("id"), f"COCO category {c!r}{where}")}
+        for c in data["categories"]
+    ]
+    cats.sort(key=lambda c: c["id"])
+    cat_ids = [c["id"] for c in cats]
     if len(set(cat_ids)) != len(cat_ids) or not cats:
         raise ValueError(f"COCO categories{where} need unique ids and at least one entry")
     images: dict[int, dict[str, Any]] = {}
     for img in data["images"]:
         if "id" not in img or "file_name" not in img:
             raise ValueError(f"COCO image record{where} needs 'id' and 'file_name'; got {img!r}")
-        iid = int(img["id"])
+        iid = _int_id(img["id"], f"COCO image {img.get('file_name')!r}{where}")
         if iid in images:
             raise ValueError(f"duplicate image id {iid}{where}")
         images[iid] = dict(img)
     base = Path(root).expanduser() if root is not None else None
-    used = {int(a.get("image_id", -1)) for a in data["annotations"]}
+    used = {
+        _int_id(a.get("image_id", -1), f"COCO annotation entry {k}{where}")
+        for k, a in enumerate(data["annotations"])
+    } & images.keys()
     missing = []
-    for iid in sorted(used & images.keys()):
+    for iid in sorted(used):
         img = images[iid]
         fpath = base / img["file_name"] if base is not None else None
         if fpath is not None and not fpath.is_file():
@@ -155,22 +177,27 @@ def parse_coco(
         label = f"annotation id={aid!r} (entry {k}){where}"
         if aid is None:
             raise ValueError(f"{label} has no 'id'")
-        aid = int(aid)
+        aid = _int_id(aid, label)
         if aid in seen:
             raise ValueError(f"duplicate annotation id {aid}{where}")
         seen.add(aid)
-        iid = int(ann.get("image_id", -1))
+        iid = _int_id(ann.get("image_id", -1), label)
         if iid not in images:
             raise ValueError(
                 f"{label} has unknown image_id {iid}; known image ids: {preview(sorted(images))}"
             )
         cid = ann.get("category_id")
-        if cid is None or int(cid) not in known_cats:
+        if cid is None or _int_id(cid, label) not in known_cats:
             raise ValueError(f"{label} has unknown category_id {cid!r}; expected one of {cat_ids}")
         box = ann.get("bbox")
         if not isinstance(box, (list, tuple)) or len(box) != 4:
             raise ValueError(f"{label} needs bbox [x, y, width, height]; got {box!r}")
-        x, y, w, h = (float(v) for v in box)
+        try:
+            x, y, w, h = (float(v) for v in box)
+        except (TypeError, ValueError):
+            raise ValueError(f"{label} needs numbers in bbox; got {box!r}") from None
+        if not np.isfinite([x, y, w, h]).all():
+            raise ValueError(f"{label} has a non-finite bbox {list(box)}")
         if not (w > 0 and h > 0):
             raise ValueError(f"{label} has a box of non-positive size: bbox={list(box)}")
         W, H = images[iid].get("width"), images[iid].get("height")
@@ -224,7 +251,7 @@ def coco_crops(
     if float(context) < 0:
         raise ValueError(f"context must be >= 0 (fraction of the box size), got {context!r}")
     size = _normalize_image_size(image_size) or (32, 32)
-    pil_mode = "L" if str(mode).upper() in ("L", "GRAY", "GREY", "GRAYSCALE") else "RGB"
+    pil_mode = _normalize_mode(mode)  # "RGB" or "L"; anything else is an error
     coco = parse_coco(annotations, root)
     if not coco.annotations:
         raise ValueError("COCO annotations hold no annotation; expected at least one box")
