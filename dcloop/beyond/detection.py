@@ -132,8 +132,7 @@ def parse_coco(
         if bad:
             raise ValueError(f"COCO {key}{where} must be objects; got {bad[0]!r}")
     cats = [  # copies with integer ids: the caller's data stays as it was
-        {**c, "id": _int_id(c.get("id"), f"COCO category {c!r}{where}")}
-        for c in data["categories"]
+        {**c, "id": _int_id(c.get("id"), f"COCO category {c!r}{where}")} for c in data["categories"]
     ]
     cats.sort(key=lambda c: c["id"])
     cat_ids = [c["id"] for c in cats]
