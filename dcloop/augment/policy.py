@@ -99,19 +99,6 @@ class AugmentPolicy:
             self._device_levels[key] = (self.version, t)
         return self._device_levels[key][1]
 
-    def state_dict(self) -> dict[str, Any]:
-        return {
-            "class_level": self.class_level.tolist(),
-            "class_weight": self.class_weight.tolist(),
-            "base_level": self.base_level,
-        }
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.class_level = np.asarray(state.get("class_level", self.class_level), dtype=np.int64)
-        self.class_weight = np.asarray(state.get("class_weight", self.class_weight), np.float64)
-        self.base_level = int(state.get("base_level", self.base_level))
-        self.version += 1
-
 
 def epoch_counts(weights: np.ndarray, total: int, rng: np.random.Generator) -> np.ndarray:
     """How often each sample is drawn in an epoch of ``total`` draws, proportional to weights.
