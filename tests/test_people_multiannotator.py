@@ -84,9 +84,10 @@ def test_cleanlab_consensus_beats_majority_and_ranks_annotators():
     right = it["consensus_label"] == true
     assert it.loc[right, "consensus_quality"].mean() > it.loc[~right, "consensus_quality"].mean()
     np.testing.assert_array_equal(it["model_agrees"], it["model_label"] == it["consensus_label"])
-    assert cons.classes.set_index("class")["items"].tolist() == np.bincount(
-        it["consensus_label"], minlength=3
-    ).tolist()  # items per consensus class, not just a total of N
+    assert (
+        cons.classes.set_index("class")["items"].tolist()
+        == np.bincount(it["consensus_label"], minlength=3).tolist()
+    )  # items per consensus class, not just a total of N
     cls = cons.classes.set_index("class")
     for k in range(3):
         m = it["consensus_label"] == k
