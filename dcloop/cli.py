@@ -1,22 +1,59 @@
-"""The Hydra command line: a thin wrapper over :func:`dcloop.train.train`."""
+"""The Hydra command line: a thin wrapper over :func:`dcloop.train.train`.
+
+Bad input (a config value, a data or label file; see :func:`dcloop.errors.user_error_message`)
+ends the run with one line on stderr, ``dcloop: error: <message>``, and exit status 2.
+``HYDRA_FULL_ERROR=1`` shows the full traceback instead. Other exceptions keep Hydra's
+traceback (exit status 1). In a multirun the first job with bad input ends the sweep the
+same way.
+"""
 
 from __future__ import annotations
 
 import logging
+import os
+import sys
 import warnings
 from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig
 
+from dcloop.errors import EXIT_USAGE, PREFIX, user_error_message
+
 CONFIG_DIR = str(Path(__file__).resolve().parent / "conf")
+
+log = logging.getLogger(__name__)
+
+
+def _full_error() -> bool:
+    """Whether the user asked for full tracebacks (Hydra's own switch)."""
+    return os.environ.get("HYDRA_FULL_ERROR", "") not in ("", "0")
+
+
+def exit_on_user_error(exc: BaseException) -> None:
+    """Print ``dcloop: error: <message>`` and exit 2 if ``exc`` is bad input; else return.
+
+    Returns without doing anything when ``HYDRA_FULL_ERROR`` is set, so the caller's
+    ``raise`` shows the traceback.
+    """
+    message = user_error_message(exc)
+    if message is None or _full_error():
+        return
+    log.debug("bad input", exc_info=exc)
+    sys.stderr.write(f"{PREFIX}{message}\n")
+    sys.stderr.flush()
+    raise SystemExit(EXIT_USAGE) from None
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")
 def _app(cfg: DictConfig) -> float:
     from dcloop.train import train
 
-    metrics = train(cfg)
+    try:
+        metrics = train(cfg)
+    except Exception as exc:  # noqa: BLE001 - bad input becomes one line, the rest re-raises
+        exit_on_user_error(exc)
+        raise
     return float(metrics["test"]["accuracy"])  # the value Hydra sweepers optimise
 
 

@@ -2,30 +2,51 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 from sklearn.model_selection import StratifiedKFold
 
+from dcloop.errors import UserInputError
 from dcloop.validation import check_labels
 
 
-def check_num_folds(labels: np.ndarray, num_folds: int) -> None:
+def check_num_folds(
+    labels: np.ndarray, num_folds: int, *, class_names: Sequence[str] | None = None
+) -> None:
     """Raise ``ValueError`` unless ``2 <= num_folds <= smallest class count``.
 
     Every fold must hold at least one sample of every class, otherwise the
     out-of-fold replica of that fold never sees the class.
+
+    Args:
+        labels: ``(N,)`` int64 given labels.
+        num_folds: K.
+        class_names: optional names of the classes, for the message.
     """
     if not isinstance(num_folds, (int, np.integer)) or isinstance(num_folds, bool):
-        raise ValueError(f"num_folds must be an integer >= 2; got {num_folds!r}")
+        raise UserInputError(f"num_folds must be an integer >= 2; got {num_folds!r}")
     if num_folds < 2:
-        raise ValueError(f"num_folds must be >= 2 for out-of-fold predictions; got {num_folds}")
+        raise UserInputError(f"num_folds must be >= 2 for out-of-fold predictions; got {num_folds}")
     counts = np.bincount(labels)
     present = counts[counts > 0]
     smallest = int(present.min())
     if num_folds > smallest:
-        cls = int(np.flatnonzero(counts == smallest)[0])
-        raise ValueError(
-            f"num_folds={num_folds} is larger than the smallest class (class {cls} has "
-            f"{smallest} samples): every fold needs every class. Use num_folds <= {smallest}."
+        small = np.flatnonzero((counts > 0) & (counts < num_folds))
+        cls = int(small[np.argmin(counts[small])])
+        name = f"class {cls}"
+        if class_names is not None and cls < len(class_names):
+            name = f"class {str(class_names[cls])!r} (id {cls})"
+        others = f", and {small.size - 1} more class(es) have fewer than {num_folds}"
+        advice = (
+            f"use at most {smallest} folds or add samples of it"
+            if smallest >= 2
+            else "add samples of it or leave the class out (K-fold training needs K >= 2)"
+        )
+        raise UserInputError(
+            f"{num_folds} folds need at least {num_folds} samples of every class in the "
+            f"training split (one per fold); {name} has {smallest}"
+            f"{others if small.size > 1 else ''}: {advice}"
         )
 
 

@@ -16,15 +16,19 @@ from omegaconf import DictConfig, OmegaConf
 
 from dcloop.augment.pipeline import add_run_metrics, augment_callbacks, augment_kwargs, weak_epochs
 from dcloop.beyond.hooks import after_run, check_before_run
-from dcloop.callbacks import ConfidentLearning, OOFCollector
+from dcloop.callbacks import ConfidentLearning, EpochCheckpoint, OOFCollector
 from dcloop.cleaning import CLResult
 from dcloop.console import emit, run_summary
 from dcloop.data import check_item
+from dcloop.folds import check_num_folds
 from dcloop.metrics import detection_metrics
 from dcloop.models import Classifier, FoldEnsemble
 from dcloop.people.labelfile import attach_label_file
 from dcloop.people.report import write_report
 from dcloop.results import issue_table, write_json, write_run_files
+from dcloop.signals import exit_on_signal
+from dcloop.state import digest
+from dcloop.validation import check_run_config
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +75,7 @@ def build(cfg: DictConfig, run_dir: Path) -> Run:
     )
     dm.setup("fit")
     check_item(dm.train_dataset[0])
+    check_num_folds(dm.given_labels, cfg.folds, class_names=getattr(dm, "class_names", None))
     check_before_run(cfg, dm)  # dcloop.beyond: discrepancy=true needs a test split
     sources = [dm.source_of(i) for i in range(dm.num_train)]
     model = FoldEnsemble(
@@ -83,18 +88,12 @@ def build(cfg: DictConfig, run_dir: Path) -> Run:
         **OmegaConf.to_container(cfg.model.optim),
     )
     attach_label_file(model.samples, getattr(dm, "label_override", None))  # dcloop.people
+    model.run_info["sources"] = digest(sources)  # checked against the checkpoint on resume
     oof = OOFCollector()
     clcb = ConfidentLearning(**OmegaConf.to_container(cfg.cl), output_dir=run_dir, sources=sources)
     callbacks: list[L.Callback] = [oof, clcb, *augment_callbacks(dm)]  # + WeakClasses
-    if cfg.checkpoint:
-        callbacks.append(
-            L.pytorch.callbacks.ModelCheckpoint(
-                dirpath=run_dir / "checkpoints",
-                save_last=True,
-                save_top_k=0,
-                save_on_train_epoch_end=True,
-            )
-        )
+    if cfg.checkpoint:  # last.ckpt at every epoch end, atomically (after confident learning)
+        callbacks.append(EpochCheckpoint(run_dir / "checkpoints"))
     logger = instantiate(cfg.logger) if cfg.get("logger") else False
     trainer = instantiate(
         cfg.trainer,
@@ -115,6 +114,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     Returns:
         The metrics written to ``metrics.json``.
     """
+    check_run_config(cfg)  # seed, folds, max_epochs, resume: before anything is built
     if cfg.get("mode", "parallel") != "parallel":  # one fold per run: dcloop.scale
         from dcloop.scale.fold_run import run_fold
 
@@ -126,7 +126,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     run = build(cfg, run_dir)
     if run.trainer.is_global_zero:
         run.dm.save(run_dir)  # given/true labels and noise mask, before any training
-    run.trainer.fit(run.model, datamodule=run.dm, ckpt_path=cfg.get("resume"))
+    with exit_on_signal(run.trainer):  # SIGTERM / Ctrl+C: exit 143 / 130, naming the checkpoint
+        run.trainer.fit(run.model, datamodule=run.dm, ckpt_path=cfg.get("resume"))
     test = run.trainer.test(run.model, datamodule=run.dm, verbose=False)
     table = run.model.samples
     result = run.cl.last_result

@@ -2,8 +2,18 @@
 
 from __future__ import annotations
 
+import os
+import zipfile
+from collections.abc import Mapping
+from typing import Any
+
 import numpy as np
 import torch
+
+from dcloop.errors import UserInputError
+
+#: Largest seed numpy and Lightning accept.
+MAX_SEED = 2**32 - 1
 
 
 def to_numpy(x) -> np.ndarray:
@@ -73,3 +83,59 @@ def check_batch(batch) -> None:
             "the third element of each item must be the integer sample index; got "
             f"{type(index).__name__} {getattr(index, 'dtype', '')}"
         )
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
+def check_resume_path(path: Any) -> None:
+    """Raise :class:`~dcloop.errors.UserInputError` unless ``path`` is a readable checkpoint.
+
+    Lightning writes checkpoints as zip archives (``torch.save``); a file cut short (a run
+    killed while saving, a partial copy) has no zip directory at its end. Remote paths
+    (``s3://...``) are left to Lightning.
+    """
+    text = os.fspath(path)
+    if "://" in text:
+        return
+    if not os.path.exists(text):
+        raise UserInputError(f"resume={text!r}: no such checkpoint file")
+    if not os.path.isfile(text):
+        raise UserInputError(f"resume={text!r} is not a file; expected a .ckpt checkpoint")
+    if not zipfile.is_zipfile(text):
+        raise UserInputError(
+            f"resume={text!r} is not a readable checkpoint ({os.path.getsize(text)} bytes, "
+            "truncated or not written by torch.save); expected a .ckpt file such as "
+            "<run dir>/checkpoints/last.ckpt"
+        )
+
+
+def check_run_config(cfg: Mapping[str, Any]) -> None:
+    """Check the top-level run settings of a composed config before anything is built.
+
+    Checks ``seed``, ``folds``, ``trainer.max_epochs`` and ``resume``; the data, model and
+    confident-learning groups are checked by the objects they configure.
+
+    Raises:
+        UserInputError: naming the key, its value and what is expected.
+    """
+    seed = cfg.get("seed", 0)
+    if not _is_int(seed) or not 0 <= seed <= MAX_SEED:
+        raise UserInputError(f"seed must be an integer in [0, {MAX_SEED}]; got seed={seed!r}")
+    folds = cfg.get("folds", 5)
+    if not _is_int(folds) or folds < 2:
+        raise UserInputError(
+            f"folds must be an integer >= 2 (K fold replicas give the out-of-fold "
+            f"predictions); got folds={folds!r}"
+        )
+    trainer = cfg.get("trainer") or {}
+    epochs = trainer.get("max_epochs") if isinstance(trainer, Mapping) else None
+    if epochs is not None and (not _is_int(epochs) or epochs < 1):
+        raise UserInputError(
+            f"trainer.max_epochs must be an integer >= 1 (out-of-fold predictions come from "
+            f"training); got trainer.max_epochs={epochs!r}"
+        )
+    resume = cfg.get("resume")
+    if resume is not None:
+        check_resume_path(resume)

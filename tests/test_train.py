@@ -78,7 +78,7 @@ def test_digits_end_to_end_finds_injected_noise(tmp_path, capsys):
 def test_bad_folds_fail_before_training(tmp_path):
     with pytest.raises(ValueError, match=">= 2"):
         train(cfg_for(tmp_path, "folds=1"))
-    with pytest.raises(ValueError, match="smallest class"):
+    with pytest.raises(ValueError, match="samples of every class"):
         train(cfg_for(tmp_path, "folds=500"))
     assert not (tmp_path / "oof_probs.npy").exists()
 
