@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from dcloop.console import emit
+from dcloop.people.runconfig import load_train_dataset
 
 log = logging.getLogger(__name__)
 
@@ -24,7 +25,7 @@ def _run(prog: str, parser: argparse.ArgumentParser, argv, body: Callable) -> in
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         body(args)
-    except (ValueError, FileNotFoundError) as err:
+    except (ValueError, OSError) as err:  # bad input, unreadable or unwritable files
         sys.stderr.write(f"{prog}: error: {err}\n")
         return 2
     return 0
@@ -34,29 +35,6 @@ def _exit(code: int) -> int:
     if code:
         raise SystemExit(code)
     return code
-
-
-def load_train_dataset(run_dir: str | Path):
-    """The un-augmented training dataset of a finished run, rebuilt from its config.
-
-    Returns ``None`` (and logs why) when the data cannot be loaded any more.
-    """
-    from hydra.utils import instantiate
-    from omegaconf import OmegaConf
-
-    cfg_path = Path(run_dir) / "config.yaml"
-    if not cfg_path.is_file():
-        log.warning("no config.yaml in %s: the report has no thumbnails", run_dir)
-        return None
-    cfg = OmegaConf.load(cfg_path)
-    try:
-        noise = OmegaConf.to_container(cfg.noise) if "noise" in cfg else None
-        dm = instantiate(cfg.data, noise=noise, seed=cfg.get("seed", 0))
-        dm.setup("fit")
-        return dm.train_dataset
-    except Exception as err:  # noqa: BLE001 - thumbnails are optional
-        log.warning("could not load the run's data (%s): the report has no thumbnails", err)
-        return None
 
 
 # ----------------------------------------------------------------------- export
@@ -92,7 +70,7 @@ def export_main(argv: Sequence[str] | None = None) -> int:
             top=a.top,
             everything=a.all,
             url_prefix=a.url_prefix,
-            dataset=load_train_dataset(a.run_dir) if a.embed else None,
+            dataset=load_train_dataset(a.run_dir, required=True) if a.embed else None,
         )
         n = len(relabel_queue(a.run_dir, top=a.top, everything=a.all))
         emit(

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from omegaconf import OmegaConf
 
+from dcloop.csvsafe import read_csv
 from dcloop.people.labelfile import (
     LABEL_FILE_COLUMNS,
     check_columns,
@@ -28,6 +28,7 @@ from dcloop.people.labelfile import (
     parse_labels,
     read_label_file,
 )
+from dcloop.people.runconfig import run_label_file
 from dcloop.results import write_csv
 
 log = logging.getLogger(__name__)
@@ -61,7 +62,7 @@ def run_class_names(run_dir: str | os.PathLike) -> list[str]:
     run_dir = Path(run_dir)
     report = run_dir / "class_report.csv"
     if report.is_file():
-        return pd.read_csv(report, dtype={"name": str})["name"].tolist()
+        return read_csv(report, dtype={"name": str})["name"].tolist()
     probs = run_dir / "oof_probs.npy"
     if probs.is_file():
         return [str(k) for k in range(np.load(probs, mmap_mode="r").shape[1])]
@@ -96,8 +97,7 @@ def base_labels(run_dir: str | os.PathLike, base: str | os.PathLike | None = Non
         }
     )
     if base is None:
-        cfg = run_dir / "config.yaml"
-        used = OmegaConf.load(cfg).get("data", {}).get("labels") if cfg.is_file() else None
+        used = run_label_file(run_dir)
         if used and Path(used).is_file():
             base = used
         elif used:
@@ -105,7 +105,7 @@ def base_labels(run_dir: str | os.PathLike, base: str | os.PathLike | None = Non
     if base is not None:
         names = run_class_names(run_dir)
         over = read_label_file(base, df["label"].to_numpy(), names, df["source"].tolist())
-        prev = pd.read_csv(base, dtype=str).set_index(over.rows)
+        prev = read_csv(base, dtype=str).set_index(over.rows)
         df["label"] = over.labels
         if "original_label" in prev.columns:
             orig = pd.to_numeric(prev["original_label"], errors="coerce")
@@ -141,8 +141,8 @@ def read_corrections_csv(
         raise FileNotFoundError(f"corrections file not found: {path}")
     what = f"corrections file {path}"
     try:
-        df = pd.read_csv(path, dtype=str, keep_default_na=False)
-    except pd.errors.ParserError as err:
+        df = read_csv(path, dtype=str, keep_default_na=False)
+    except (pd.errors.ParserError, UnicodeDecodeError) as err:
         raise ValueError(f"{what}: not a readable CSV ({err})") from err
     check_columns(df, ["index", "label"], what=what)
     idx = parse_index(df["index"], len(base), what=what)
@@ -177,6 +177,35 @@ def _user(annotation: dict) -> str:
     return f"labelstudio:{who}" if who is not None else "labelstudio"
 
 
+def _annotations(task: dict, *, what: str) -> list[dict]:
+    """A task's annotations, each with a ``result`` list of dicts; errors name the task."""
+    anns = task.get("annotations")
+    if anns is None:
+        return []
+    if not isinstance(anns, list) or not all(isinstance(a, dict) for a in anns):
+        raise ValueError(
+            f"{what}: 'annotations' is {_short(anns)}; expected a list of annotation objects "
+            "(Label Studio 'JSON' export)"
+        )
+    out = []
+    for a in anns:
+        result = a.get("result")
+        if result is None:
+            result = []
+        if not isinstance(result, list) or not all(isinstance(r, dict) for r in result):
+            raise ValueError(
+                f"{what}: annotation {a.get('id', '?')!r} has result {_short(result)}; expected "
+                "a list of result objects"
+            )
+        out.append({**a, "result": result})
+    return out
+
+
+def _short(value, limit: int = 60) -> str:
+    s = repr(value)
+    return s if len(s) <= limit else s[: limit - 3] + "..."
+
+
 def read_labelstudio_export(
     path: str | os.PathLike, base: pd.DataFrame, class_names: Sequence[str]
 ) -> Decision:
@@ -193,8 +222,8 @@ def read_labelstudio_export(
         raise FileNotFoundError(f"Label Studio export not found: {path}")
     what = f"Label Studio export {path}"
     try:
-        tasks = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
+        tasks = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise ValueError(f"{what}: not valid JSON ({err})") from err
     if not isinstance(tasks, list) or not all(isinstance(t, dict) for t in tasks):
         raise ValueError(f"{what}: expected a JSON list of tasks (Label Studio 'JSON' export)")
@@ -206,21 +235,26 @@ def read_labelstudio_export(
                 f"{what}: task {task.get('id', k)!r} has no data.index; import tasks "
                 "written by dcloop-export (its 'index' field identifies the sample)"
             )
+        tid = f"task {task.get('id', k)!r} (index {data['index']!r})"
         done = [
             a
-            for a in task.get("annotations") or []
-            if not a.get("was_cancelled")
-            and any(r.get("type") == "choices" for r in a.get("result") or [])
+            for a in _annotations(task, what=f"{what}: {tid}")
+            if not a.get("was_cancelled") and any(r.get("type") == "choices" for r in a["result"])
         ]
         if not done:
             continue
         last = max(done, key=lambda a: str(a.get("updated_at") or a.get("created_at") or ""))
         choice = next(r for r in last["result"] if r.get("type") == "choices")
-        picked = (choice.get("value") or {}).get("choices") or []
+        value = choice.get("value")
+        picked = value.get("choices") if isinstance(value, dict) else None
+        if not isinstance(picked, list):
+            raise ValueError(
+                f"{what}: {tid} has a choices result with value {value!r}; expected "
+                '{"choices": ["<label>"]}'
+            )
         if len(picked) != 1:
             raise ValueError(
-                f"{what}: task {task.get('id', k)!r} (index {data['index']!r}) has "
-                f"{len(picked)} choices {picked}; expected exactly one label"
+                f"{what}: {tid} has {len(picked)} choices {picked}; expected exactly one label"
             )
         rows.append(data["index"])
         labels.append(picked[0])

@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from dcloop.csvsafe import read_csv
 from dcloop.results import atomic_write
 
 log = logging.getLogger(__name__)
@@ -295,15 +296,18 @@ def _summary(metrics: dict[str, Any], issues: pd.DataFrame) -> list[tuple[str, s
 
 def _label_file(run_dir: Path) -> list[tuple[str, str]]:
     """A summary line for the label file the run trained on (``data.labels``), if any."""
-    from omegaconf import OmegaConf
+    from dcloop.people.runconfig import UnsafeRunConfig, run_label_file
 
-    cfg = run_dir / "config.yaml"
-    used = OmegaConf.load(cfg).get("data", {}).get("labels") if cfg.is_file() else None
+    try:
+        used = run_label_file(run_dir)
+    except UnsafeRunConfig as err:
+        log.warning("the label file line is left out: %s", err)
+        return []
     if not used:
         return []
     if not Path(used).is_file():
         return [("label file", f"{used} (no longer there)")]
-    df = pd.read_csv(used, dtype=str)
+    df = read_csv(used, dtype=str)
     counts = df["status"].value_counts() if "status" in df else pd.Series(dtype=int)
     said = ", ".join(
         f"{int(counts[k])} {k}" for k in ("corrected", "confirmed", "consensus") if k in counts
@@ -362,8 +366,8 @@ def render_report(
     missing = [f for f in need if not (run_dir / f).is_file()]
     if missing:
         raise FileNotFoundError(f"{run_dir} is not a finished dcloop run: missing {missing}")
-    issues = pd.read_csv(run_dir / "label_issues.csv", dtype={"source": str})
-    report = pd.read_csv(run_dir / "class_report.csv", dtype={"name": str})
+    issues = read_csv(run_dir / "label_issues.csv", dtype={"source": str})
+    report = read_csv(run_dir / "class_report.csv", dtype={"name": str})
     names = report["name"].astype(str).tolist()
     nm = pd.read_csv(run_dir / "noise_matrix.csv", index_col=0).to_numpy(float)
     mpath = run_dir / "metrics.json"
@@ -445,11 +449,11 @@ def _annotator_sections(folder: Path) -> list[str]:
         parts.append(
             _kv([(k, f"{v:.4f}" if isinstance(v, float) else str(v)) for k, v in s.items()])
         )
-    parts.append(_table(pd.read_csv(stats, dtype={"annotator": str}), left=("annotator",)))
+    parts.append(_table(read_csv(stats, dtype={"annotator": str}), left=("annotator",)))
     if classes.is_file():
         parts += [
             "<h2>Human-model agreement per class</h2>",
-            _table(pd.read_csv(classes, dtype={"name": str}), left=("name",)),
+            _table(read_csv(classes, dtype={"name": str}), left=("name",)),
         ]
     return parts
 
