@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from dcloop.csvsafe import neutralize
 from dcloop.state import SampleTable
 
 
@@ -29,21 +30,44 @@ def atomic_write(path: Path, write) -> Path:
     the umask), not ``mkstemp``'s private ``0o600``.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as err:  # a read-only or missing folder: name the file, not the temp file
+        raise _named(err, path) from err
     os.close(fd)
     try:
         write(tmp)
         os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
+    except OSError as err:  # e.g. disk full: name the file; the old one is left whole
+        raise _named(err, path) from err
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
     return path
 
 
-def write_csv(df: pd.DataFrame, path: Path) -> Path:
-    return atomic_write(path, lambda tmp: df.to_csv(tmp, index=False))
+def _named(err: OSError, path: Path) -> OSError:
+    """``err`` (same type) with a one-line message naming ``path``."""
+    why = err.strerror or str(err)
+    if isinstance(err, PermissionError):
+        why += f" (is {path.parent} read-only? choose another output path)"
+    try:
+        return type(err)(f"cannot write {path}: {why}")
+    except TypeError:  # an OSError subclass with another signature
+        return OSError(f"cannot write {path}: {why}")
+
+
+def write_csv(df: pd.DataFrame, path: Path, *, spreadsheet_safe: bool = True) -> Path:
+    """Write ``df`` (without its index) atomically.
+
+    Every CSV dcloop writes is meant for people to open, so by default text cells that a
+    spreadsheet would run as a formula get a leading ``'`` (see :mod:`dcloop.csvsafe`;
+    read such a file back with :func:`dcloop.csvsafe.read_csv` to get the original text).
+    """
+    out = neutralize(df) if spreadsheet_safe else df
+    return atomic_write(path, lambda tmp: out.to_csv(tmp, index=False))
 
 
 def write_json(obj: Any, path: Path) -> Path:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from dcloop.csvsafe import read_csv
 from dcloop.people.corrections import run_class_names
 from dcloop.results import atomic_write, write_csv, write_json
 
@@ -53,7 +54,7 @@ def relabel_queue(run_dir: str | os.PathLike, *, top: int | None = None, everyth
         raise FileNotFoundError(f"{run_dir} is not a dcloop run directory (no label_issues.csv)")
     if top is not None and top < 1:
         raise ValueError(f"top must be >= 1 or None; got {top}")
-    issues = pd.read_csv(path, dtype={"source": str})
+    issues = read_csv(path, dtype={"source": str})
     issues = issues.sort_values(
         ["flagged", "quality", "index"], ascending=[False, True, True], kind="stable"
     )

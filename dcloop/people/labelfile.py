@@ -28,6 +28,8 @@ import numpy as np
 import pandas as pd
 import torch
 
+from dcloop.csvsafe import read_csv
+
 log = logging.getLogger(__name__)
 
 #: Columns of a label file written by dcloop (``dcloop-import``, ``dcloop-annotators``).
@@ -177,7 +179,10 @@ def read_label_file(
     if not path.is_file():
         raise FileNotFoundError(f"label file not found: {path}")
     what = f"label file {path}"
-    df = pd.read_csv(path, dtype={"label": str, "source": str, "status": str})
+    try:
+        df = read_csv(path, dtype={"label": str, "source": str, "status": str})
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
+        raise ValueError(f"{what}: not a readable CSV ({err})") from err
     check_columns(df, ["index", "label"], what=what)
     labels = np.asarray(labels, dtype=np.int64)
     n = labels.shape[0]

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from dcloop.csvsafe import unescape_cell
 from dcloop.people.labelfile import check_columns, parse_labels
 
 log = logging.getLogger(__name__)
@@ -65,7 +66,7 @@ def read_annotations(
     check_columns(df, LONG_COLUMNS, what=what)
     if df.empty:
         raise ValueError(f"{what}: no annotations")
-    items = df["item"].str.strip()
+    items = df["item"].str.strip().map(unescape_cell)  # a source copied from a dcloop CSV
     pos = {str(s): i for i, s in enumerate(sources)} if sources is not None else {}
     index = np.full(len(df), -1, dtype=np.int64)
     for k, item in enumerate(items):
