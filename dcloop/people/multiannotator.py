@@ -66,12 +66,13 @@ def read_annotations(
     check_columns(df, LONG_COLUMNS, what=what)
     if df.empty:
         raise ValueError(f"{what}: no annotations")
-    items = df["item"].str.strip().map(unescape_cell)  # a source copied from a dcloop CSV
+    raw = df["item"].map(unescape_cell)  # a source copied from a dcloop CSV
+    items = raw.str.strip()
     pos = {str(s): i for i, s in enumerate(sources)} if sources is not None else {}
     index = np.full(len(df), -1, dtype=np.int64)
-    for k, item in enumerate(items):
-        if item in pos:  # a source (file path, dataset id) first, then an index
-            index[k] = pos[item]
+    for k, (exact, item) in enumerate(zip(raw, items, strict=True)):
+        if exact in pos or item in pos:  # a source (file path, dataset id) first, then an index
+            index[k] = pos[exact] if exact in pos else pos[item]
         elif item.lstrip("-").isdigit() and 0 <= int(item) < num_items:
             index[k] = int(item)
     bad = sorted(set(items[index < 0]))
