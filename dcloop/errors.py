@@ -63,8 +63,11 @@ def _instantiation_message(exc: BaseException) -> str | None:
     key = re.search(r"full_key:\s*(\S+)", text)
     where = f" (config key {key.group(1)})" if key else ""
     cause = exc.__cause__
-    if cause is None:  # the target could not be located / is not callable
+    if cause is None:  # the target is not callable, or similar: Hydra's message is for people
         return _one_line(re.sub(r"full_key:\s*\S+", "", text)) + where
+    located = re.match(r"Error locating target '([^']*)'", text)
+    if located:  # no such module or attribute
+        return f"cannot import _target_ {located.group(1)!r}: {_one_line(str(cause))}{where}"
     inner = user_error_message(cause)
     if inner is not None:
         return inner + where

@@ -62,7 +62,7 @@ def test_class_names_are_accepted_and_bad_files_are_named(tmp_path):
         "index,label\n7,1\n": r"unknown id.*7.*indices 0\.\.3",
         "index,label\n1,1\n1,2\n": "duplicate id.*1",
         "row,label\n1,1\n": "missing column.*'index'",
-        "index,label,weight\n1,1,2.0\n": r"weight must lie in \[0, 1\]",
+        "index,label,weight\n1,1,2.0\n": r"weight must be a number in \[0, 1\].*index 1 has '2.0'",
         "index,label,weight\n1,1,abc\n": "weight must be a number.*index 1 has 'abc'",
         "index,label,status\n1,1,maybe\n": "unknown status 'maybe'",
         "index,label,source\n1,1,b.png\n": "source mismatch.*'b.png'.*'x1'",

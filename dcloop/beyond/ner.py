@@ -94,15 +94,32 @@ def make_sentences(
     return Sentences(toks, tgs, names)
 
 
+#: Tag prefixes of the BIO (IOB1, IOB2) and BIOES schemes: ``B-PER``, ``I-PER``, ...
+TAG_PREFIXES: tuple[str, ...] = ("B", "I", "E", "S")
+
+
+def _check_tag(tag: str, path: Path, lineno: int) -> None:
+    """Raise ``ValueError`` naming the line unless ``tag`` is ``O`` or ``<B|I|E|S>-<type>``."""
+    prefix, dash, kind = tag.partition("-")
+    if tag == "O" or (dash and prefix in TAG_PREFIXES and kind):
+        return
+    raise ValueError(
+        f"{str(path)!r} line {lineno}: tag {tag!r} is not in the BIO/BIOES scheme; expected "
+        f"'O' or {'/'.join(TAG_PREFIXES)}-<type> such as 'B-PER' (the tag is the last column)"
+    )
+
+
 def read_conll(path: str | os.PathLike, *, tag_names: Sequence[str] | None = None) -> Sentences:
     """Reads a CoNLL-style file: ``token ... tag`` per line, blank line between sentences.
 
     The first column is the token and the last the tag; columns are split on whitespace.
+    Tags are ``O`` or ``B-``/``I-``/``E-``/``S-`` followed by the entity type.
     ``-DOCSTART-`` lines are skipped. The file is only read.
 
     Raises:
         FileNotFoundError: if the file is missing.
-        ValueError: naming the line of a token without a tag, or an empty file.
+        ValueError: naming the line of a token without a tag or with a tag outside the
+            BIO/BIOES scheme (:data:`TAG_PREFIXES`), or an empty file.
     """
     p = Path(path).expanduser()
     if not p.is_file():
@@ -125,6 +142,7 @@ def read_conll(path: str | os.PathLike, *, tag_names: Sequence[str] | None = Non
                     f"{str(p)!r} line {lineno}: expected 'token ... tag' (at least 2 columns), "
                     f"got {line.rstrip()!r}"
                 )
+            _check_tag(parts[-1], p, lineno)
             cur_t.append(parts[0])
             cur_g.append(parts[-1])
     if cur_t:

@@ -22,6 +22,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from dcloop.data._validation import as_label_array, check_label_range, preview
+from dcloop.errors import UserInputError
 
 logger = logging.getLogger(__name__)
 
@@ -329,6 +330,35 @@ class ImageFileDataset(Dataset):
         """Returns a dataset over the same files and labels with a different transform."""
         return self._replace(self.paths, self.labels, transform=transform)
 
+    def decoded(self) -> IndexedTensorDataset | ImageFileDataset:
+        """Every file decoded once into memory (uint8, ``(N, C, H, W)``), sources kept.
+
+        Epochs then read no file again (today's loaders decode each image twice per epoch:
+        training and OOF pass). Files of different sizes without ``image_size`` cannot be
+        stacked: the dataset is then returned unchanged (still read lazily).
+        """
+        if not len(self):
+            return self
+        first = _load_image(self.paths[0], self.mode, self.image_size)
+        x = torch.empty((len(self), *first.shape), dtype=torch.uint8)
+        for i, path in enumerate(self.paths):
+            img = first if i == 0 else _load_image(path, self.mode, self.image_size)
+            if img.shape != first.shape:
+                logger.info(
+                    "images differ in size (%s: %s, %s: %s); set image_size to decode them "
+                    "once into memory", self.paths[0], tuple(first.shape), path, tuple(img.shape)
+                )
+                return self
+            x[i] = img.mul(255.0).round_().to(torch.uint8)
+        return IndexedTensorDataset(
+            x,
+            self.labels,
+            transform=self.transform,
+            sources=list(self.paths),
+            num_classes=self.num_classes,
+            class_names=self.class_names,
+        )
+
     def subset(self, indices: Any) -> ImageFileDataset:
         """Returns the rows ``indices`` as a new dataset whose index runs ``0..len(indices)-1``."""
         idx = as_label_array(indices, name="indices")
@@ -423,6 +453,35 @@ def _parse_int(text: str) -> int | None:
     return int(value) if value.is_integer() else None
 
 
+def _first_line(err: BaseException) -> str:
+    return str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+
+
+def _check_duplicate_paths(full: Sequence[str], raw: Sequence[str], mpath: Path) -> None:
+    """A file listed twice with two labels is an error; twice with one label, a warning."""
+    first: dict[str, tuple[int, str]] = {}
+    repeated = 0
+    for row, (path, lab) in enumerate(zip(full, raw, strict=True)):
+        key = os.path.normpath(path)
+        if key not in first:
+            first[key] = (row, lab)
+            continue
+        row0, lab0 = first[key]
+        if lab != lab0:
+            raise UserInputError(
+                f"manifest {str(mpath)!r}: {key!r} is listed twice with different labels, "
+                f"{lab0!r} (data row {row0}) and {lab!r} (data row {row}); list each file once"
+            )
+        repeated += 1
+    if repeated:
+        logger.warning(
+            "manifest %s lists %d file(s) more than once (same label); each copy is a sample "
+            "and copies can land in different splits",
+            mpath,
+            repeated,
+        )
+
+
 def csv_manifest(
     root: str | os.PathLike,
     manifest: str | os.PathLike,
@@ -471,6 +530,11 @@ def csv_manifest(
         df = pd.read_csv(mpath, dtype=str, keep_default_na=False, skipinitialspace=True)
     except pd.errors.EmptyDataError as err:
         raise ValueError(f"manifest {str(mpath)!r} is empty; expected columns path,label") from err
+    except (pd.errors.ParserError, UnicodeDecodeError) as err:
+        raise UserInputError(
+            f"manifest {str(mpath)!r} is not a readable CSV ({_first_line(err)}); expected "
+            "UTF-8 text with columns path,label"
+        ) from err
     df.columns = [str(c).strip() for c in df.columns]
     missing_cols = [c for c in ("path", "label") if c not in df.columns]
     if missing_cols:
@@ -516,11 +580,19 @@ def csv_manifest(
             f"class_names are {names}"
         )
     else:
+        as_ids = sorted({lab for lab, v in zip(raw, ints, strict=True) if v is not None})
+        if as_ids:
+            as_names = sorted({lab for lab, v in zip(raw, ints, strict=True) if v is None})
+            raise UserInputError(
+                f"manifest {str(mpath)!r}: the label column mixes class ids ({preview(as_ids)}) "
+                f"and class names ({preview(as_names)}); use one or the other for every row"
+            )
         names = sorted(set(raw))
         lookup = {n: k for k, n in enumerate(names)}
         labels = [lookup[lab] for lab in raw]
 
     full = [p if os.path.isabs(p) else str(base / p) for p in paths]
+    _check_duplicate_paths(full, raw, mpath)
     missing = [p for p in full if not os.path.isfile(p)]
     if missing:
         raise FileNotFoundError(

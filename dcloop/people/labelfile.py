@@ -196,18 +196,22 @@ def read_label_file(
     out = labels.copy()
     out[idx] = new
     weights = np.ones(n, dtype=np.float32)
-    if "weight" in df.columns:
-        raw = pd.to_numeric(df["weight"], errors="coerce")
-        bad = raw.isna() & df["weight"].notna()
+    if "weight" in df.columns:  # the text as written: "nan" is not a blank
+        text = pd.read_csv(path, usecols=["weight"], dtype=str, keep_default_na=False)["weight"]
+        text = text.str.strip()
+        num = pd.to_numeric(text.where(text != ""), errors="coerce").to_numpy(np.float64)
+        bad = (text != "").to_numpy() & ~((num >= 0) & (num <= 1))  # NaN, inf, text, range
         if bad.any():
             raise ValueError(
-                f"{what}: weight must be a number (blank means 1); index "
-                f"{_shown(idx[bad.to_numpy()].tolist())} has {df['weight'][bad].iloc[0]!r}"
+                f"{what}: weight must be a number in [0, 1] (blank means 1); index "
+                f"{_shown(idx[bad].tolist())} has {text[bad].iloc[0]!r}"
             )
-        w = raw.fillna(1.0).to_numpy(np.float32)
-        if not np.all((w >= 0) & (w <= 1)):
-            raise ValueError(f"{what}: weight must lie in [0, 1]; got min {w.min()} max {w.max()}")
-        weights[idx] = w
+        weights[idx] = np.where(np.isnan(num), 1.0, num).astype(np.float32)
+        if not weights.any():
+            raise ValueError(
+                f"{what}: every weight is 0, so no sample would be trained on; weight 0 "
+                "leaves a row out, 1 keeps it"
+            )
     confirmed = np.zeros(n, dtype=bool)
     if "status" in df.columns:
         status = df["status"].fillna("unchanged").str.strip()
