@@ -14,7 +14,11 @@ import argparse
 import json
 import logging
 import os
+import socket
 import sys
+import time
+import zipfile
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +50,45 @@ def shard_paths(round_dir: Path, num_folds: int) -> list[Path]:
     return paths
 
 
+def _load_npz(path: Path, keys: tuple[str, ...], what: str) -> dict[str, np.ndarray]:
+    """The arrays ``keys`` (and any others) of one ``.npz`` written by a fold run.
+
+    Raises:
+        FileNotFoundError: the file is missing.
+        ValueError: a truncated or corrupt file, or one without ``keys``; names the file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist ({what}); rerun that fold")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            arrays = {key: z[key] for key in z.files}
+    except (zipfile.BadZipFile, EOFError, OSError, ValueError) as err:
+        raise ValueError(
+            f"{path}: not a readable .npz ({type(err).__name__}: {err}); expected {what} with "
+            f"arrays {list(keys)}: the file is truncated or corrupt, rerun that fold"
+        ) from err
+    missing = [key for key in keys if key not in arrays]
+    if missing:
+        raise ValueError(
+            f"{path}: no array(s) {missing} (has {sorted(arrays)}); expected {what} with "
+            f"arrays {list(keys)}"
+        )
+    return arrays
+
+
+def _load_json(path: Path, what: str) -> Any:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist ({what})")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(
+            f"{path}: not valid JSON ({err}); expected {what}: the file is truncated or corrupt"
+        ) from err
+
+
 def _device(device: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -69,15 +112,14 @@ def merge_round(round_dir: str | Path, *, device: str = "auto") -> dict[str, Any
     d = Path(round_dir)
     if not (d / "meta.json").is_file():
         raise FileNotFoundError(f"{d / 'meta.json'} does not exist: not a sequential round folder")
-    meta = json.loads((d / "meta.json").read_text())
-    with np.load(d / "meta.npz") as z:
-        arrays = {k: z[k] for k in z.files}
+    meta = _load_json(d / "meta.json", "the round's metadata (written by the first fold run)")
+    arrays = _load_npz(d / "meta.npz", ("labels", "folds", "sources"), "the round's labels")
     n, k = meta["num_samples"], meta["num_folds"]
     folds = arrays["folds"]
     shards = []  # each shard read once
     for fold, path in enumerate(shard_paths(d, k)):
-        with np.load(path) as z:
-            index, p = z["index"], z["probs"]
+        z = _load_npz(path, ("index", "probs"), f"fold {fold}'s OOF shard")
+        index, p = z["index"], z["probs"]
         stray = index[folds[index] != fold]
         if stray.size:
             raise ValueError(
@@ -116,8 +158,14 @@ def merge_round(round_dir: str | Path, *, device: str = "auto") -> dict[str, Any
 
 def _metrics(d: Path, meta, arrays, table: SampleTable, result: CLResult) -> dict[str, Any]:
     k = meta["num_folds"]
-    test = np.mean([np.load(d / f"test_fold{f}.npz")["probs"] for f in range(k)], axis=0)
-    folds = [json.loads((d / f"fold{f}.json").read_text()) for f in range(k)]
+    test = np.mean(
+        [
+            _load_npz(d / f"test_fold{f}.npz", ("probs",), f"fold {f}'s test predictions")["probs"]
+            for f in range(k)
+        ],
+        axis=0,
+    )
+    folds = [_load_json(d / f"fold{f}.json", f"fold {f}'s summary") for f in range(k)]
     metrics: dict[str, Any] = {
         "data": {
             "source": meta["source"],
@@ -146,27 +194,190 @@ def _metrics(d: Path, meta, arrays, table: SampleTable, result: CLResult) -> dic
     return metrics
 
 
-def merge_if_complete(round_dir: str | Path, *, device: str = "auto") -> dict[str, Any] | None:
-    """Merge when all K shards are there and no other fold has started the merge.
+def merge_if_complete(
+    round_dir: str | Path, *, device: str = "auto", stale_after_s: float | None = None
+) -> dict[str, Any] | None:
+    """Merge when all K shards are there and no other fold run is merging.
 
     Called by each fold run after it wrote its shard: the last one to finish sees K
-    shards; an exclusive lock file makes sure only one merges.
+    shards; an exclusive lock file (``.merge.lock``, holding the owner's pid, host and
+    start time) makes sure only one merges. A lock left by a merge that died (its pid is
+    gone on this host, or it is older than ``stale_after_s``) is taken over with a
+    WARNING; a live lock held by another run is a WARNING naming the lock.
+
+    Args:
+        round_dir: the round folder.
+        device: where confident learning runs.
+        stale_after_s: a lock older than this many seconds is stale, whichever host holds
+            it (default: ``$DCLOOP_MERGE_LOCK_STALE_S``, else :data:`STALE_AFTER_S`).
     """
     d = Path(round_dir)
-    meta = json.loads((d / "meta.json").read_text())
+    meta = _load_json(d / "meta.json", "the round's metadata (written by the first fold run)")
     if not all((d / f"oof_fold{k}.npz").is_file() for k in range(meta["num_folds"])):
         return None
-    try:
-        fd = os.open(d / LOCK, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-    except FileExistsError:
-        log.info("%s: another fold run is merging", d)
+    lock = d / LOCK
+    token = _acquire(lock, _stale_after(stale_after_s))
+    if token is None:
         return None
-    os.close(fd)
     log.info("%s: all %d shards present; merging", d, meta["num_folds"])
     try:
         return merge_round(d, device=device)
     finally:  # a failed merge or a rerun of the round can merge again
-        os.unlink(d / LOCK)
+        _release(lock, token)
+
+
+#: Default age (seconds) after which a merge lock counts as stale on any host.
+STALE_AFTER_S = 3600.0
+_STALE_ENV = "DCLOOP_MERGE_LOCK_STALE_S"
+
+
+def _stale_after(value: float | None) -> float:
+    where = "stale_after_s"
+    if value is None and os.environ.get(_STALE_ENV):
+        value, where = os.environ[_STALE_ENV], f"${_STALE_ENV}"
+    if value is None:
+        return STALE_AFTER_S
+    try:
+        out = float(value)
+    except (TypeError, ValueError):
+        out = float("nan")
+    if not out > 0:
+        raise ValueError(f"{where} must be a positive number of seconds; got {value!r}")
+    return out
+
+
+def _lock_record() -> bytes:
+    return json.dumps(
+        {
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "time": time.time(),
+            "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        }
+    ).encode()
+
+
+def _create(lock: Path) -> bytes | None:
+    """Create ``lock`` exclusively with this process's record; ``None`` if it exists."""
+    record = _lock_record()
+    try:
+        fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+    except FileExistsError:
+        return None
+    try:
+        os.write(fd, record)
+    finally:
+        os.close(fd)
+    return record
+
+
+def _read(lock: Path) -> bytes | None:
+    try:
+        return lock.read_bytes()
+    except FileNotFoundError:
+        return None
+
+
+def _owner(raw: bytes, lock: Path) -> dict[str, Any]:
+    """The lock's record; an empty or unreadable one (old dcloop, or killed while writing
+    it) gets the file's modification time and no pid."""
+    try:
+        rec = json.loads(raw.decode())
+        if not isinstance(rec, dict):
+            raise ValueError(rec)
+    except (ValueError, UnicodeDecodeError):
+        rec = {}
+    if not isinstance(rec.get("time"), (int, float)):
+        try:
+            rec["time"] = lock.stat().st_mtime
+        except FileNotFoundError:
+            rec["time"] = time.time()
+    return rec
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    except (OverflowError, ValueError):
+        return False
+    return True
+
+
+def _why_stale(rec: dict[str, Any], max_age: float) -> str | None:
+    age = time.time() - float(rec["time"])
+    pid, host = rec.get("pid"), rec.get("host")
+    if isinstance(pid, int) and host == socket.gethostname() and not _pid_alive(pid):
+        return f"its owner (pid {pid} on {host}) is gone"
+    if age > max_age:
+        return f"it is {age:.0f} s old (stale after {max_age:.0f} s, ${_STALE_ENV})"
+    return None
+
+
+def _describe(rec: dict[str, Any]) -> str:
+    age = time.time() - float(rec["time"])
+    who = f"pid {rec.get('pid', '?')} on {rec.get('host', '?')}"
+    return f"{who}, started {rec.get('started', '?')} ({age:.0f} s ago)"
+
+
+def _acquire(lock: Path, max_age: float) -> bytes | None:
+    """This process's lock record once it holds ``lock``; ``None`` if a live run holds it."""
+    for _ in range(3):  # a lock released or taken over between the calls: look again
+        mine = _create(lock)
+        if mine is not None:
+            return mine
+        raw = _read(lock)
+        if raw is None:
+            continue
+        rec = _owner(raw, lock)
+        why = _why_stale(rec, max_age)
+        if why is None:
+            log.warning(
+                "%s: another fold run is merging (%s); this run does not merge. If no merge "
+                "is running, delete %s and run dcloop-merge %s",
+                lock.parent,
+                _describe(rec),
+                lock,
+                lock.parent,
+            )
+            return None
+        # take the stale lock over: only one run can rename it away
+        aside = lock.with_name(f"{LOCK}.stale.{socket.gethostname()}.{os.getpid()}")
+        try:
+            os.rename(lock, aside)
+        except FileNotFoundError:
+            continue
+        if aside.read_bytes() != raw:  # another run took it over first: give it back
+            try:
+                os.link(aside, lock)
+            except FileExistsError:
+                pass
+            aside.unlink()
+            continue
+        aside.unlink()
+        log.warning(
+            "%s: STALE MERGE LOCK %s taken over: %s (%s). A merge that was killed "
+            "left it; check that no other merge of this round is running",
+            lock.parent,
+            lock,
+            why,
+            _describe(rec),
+        )
+    log.warning(
+        "%s: could not take the merge lock %s; run dcloop-merge %s", lock.parent, lock, lock.parent
+    )
+    return None
+
+
+def _release(lock: Path, token: bytes) -> None:
+    """Remove ``lock`` if it is still this process's (it may have been taken over)."""
+    if _read(lock) == token:
+        lock.unlink(missing_ok=True)
+    else:
+        log.warning("%s: the merge lock was taken over by another run during this merge", lock)
 
 
 def find_round_dir(path: str | Path) -> Path:
@@ -206,5 +417,6 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         merge_round(find_round_dir(args.path), device=args.device)
-    except (FileNotFoundError, ValueError) as err:
-        sys.exit(f"dcloop-merge: {err}")
+    except (ValueError, OSError) as err:
+        sys.stderr.write(f"dcloop-merge: error: {err}\n")
+        sys.exit(2)
