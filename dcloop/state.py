@@ -2,11 +2,31 @@
 
 from __future__ import annotations
 
+import hashlib
+from collections.abc import Iterable
+
 import numpy as np
 import torch
 from torch import nn
 
 from dcloop.validation import check_labels
+
+
+def digest(values: torch.Tensor | np.ndarray | Iterable[str]) -> str:
+    """A short, stable fingerprint (SHA-256, 16 hex digits) of labels or sources.
+
+    Tensors and arrays hash as int64 values, so device and dtype do not matter;
+    anything else hashes as the sequence of its items' strings.
+    """
+    h = hashlib.sha256()
+    if isinstance(values, (torch.Tensor, np.ndarray)):
+        arr = torch.as_tensor(values).detach().cpu().to(torch.int64).numpy()
+        h.update(np.ascontiguousarray(arr).tobytes())
+    else:
+        for item in values:
+            h.update(str(item).encode("utf-8", "surrogatepass"))
+            h.update(b"\0")
+    return h.hexdigest()[:16]
 
 
 class SampleTable(nn.Module):
@@ -67,13 +87,32 @@ class SampleTable(nn.Module):
         """``(N,)`` bool: given label differs from the true label (needs ground truth)."""
         return self.labels != self.true_labels
 
+    def identity(self) -> dict[str, int | str]:
+        """What ties this table to its data: N and fingerprints of the given labels,
+        the folds and the ground truth (checked when a run resumes from a checkpoint)."""
+        return {
+            "num_samples": len(self),
+            "labels": digest(self.labels),
+            "fold_assignment": digest(self.folds),
+            "true_labels": digest(self.true_labels),
+        }
+
     def record_flags(
         self, flags: torch.Tensor, quality: torch.Tensor, suggested: torch.Tensor, epoch: int
     ) -> None:
-        """Store one confident-learning verdict; a sample cleared later is unflagged."""
+        """Store one confident-learning verdict; a sample cleared later is unflagged.
+
+        Args:
+            flags, quality, suggested: ``(N,)`` verdict of confident learning.
+            epoch: the (0-based) epoch it belongs to; ``-1`` for a verdict outside the
+                training loop, which leaves the epochs already recorded (by earlier
+                epochs or a checkpoint) as they are.
+        """
         self.flagged.copy_(flags)
         self.quality.copy_(quality)
         self.suggested.copy_(suggested)
+        if epoch < 0:
+            return
         first = self.first_flagged
         self.first_flagged.copy_(torch.where(flags & (first < 0), epoch, first))
         self.last_flagged.copy_(torch.where(flags, epoch, self.last_flagged))

@@ -1,7 +1,8 @@
 """Lightning callbacks: thin hooks over dcloop's functional core."""
 
+from dcloop.callbacks.checkpoint import EpochCheckpoint
 from dcloop.callbacks.confident_learning import ConfidentLearning
 from dcloop.callbacks.oof import OOFCollector
 from dcloop.callbacks.weak_classes import WeakClasses
 
-__all__ = ["ConfidentLearning", "OOFCollector", "WeakClasses"]
+__all__ = ["ConfidentLearning", "EpochCheckpoint", "OOFCollector", "WeakClasses"]

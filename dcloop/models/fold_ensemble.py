@@ -5,20 +5,24 @@ from __future__ import annotations
 import copy
 import logging
 from collections.abc import Callable
-from typing import Literal
+from typing import Any, Literal
 
 import lightning as L
 import torch
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
 from torch.func import functional_call, stack_module_state
 
 from dcloop.folds import assign_folds
 from dcloop.models.losses import fold_masked_loss
 from dcloop.models.optim import adamw_cosine
-from dcloop.state import SampleTable
+from dcloop.state import SampleTable, digest
 from dcloop.validation import check_all_classes_present, check_labels
 
 log = logging.getLogger(__name__)
+
+RUN_KEY = "dcloop_run"  # checkpoint entry: what defines the run (see FoldEnsemble.run_info)
+_OPTIM_KEYS = ("lr", "weight_decay", "scheduler", "label_smoothing")
 
 Vectorize = Literal["auto", "vmap", "loop"]
 
@@ -108,6 +112,17 @@ class FoldEnsemble(L.LightningModule):
         self._skeleton = [copy.deepcopy(replicas[0]).to("meta")]
         self._mode: str = "loop" if vectorize == "loop" else "vmap"
         self._auto = vectorize == "auto"
+        # What defines the run, saved in checkpoints and checked on resume. Callers add
+        # the data they know (dcloop.train adds a fingerprint of the sample sources).
+        self.run_info: dict[str, Any] = {
+            "seed": int(seed),
+            "folds": self.num_folds,
+            "num_classes": self.num_classes,
+            **self.samples.identity(),
+            "mask_folds": bool(mask_folds),
+            "net": digest([type(replicas[0]).__qualname__, repr(replicas[0])])
+            + digest([f"{n}:{tuple(p.shape[1:])}:{p.dtype}" for n, p in params.items()]),
+        }
 
     # ----------------------------------------------------------------- replicas
     @property
@@ -226,6 +241,54 @@ class FoldEnsemble(L.LightningModule):
         probs = self(x).float().softmax(-1)
         rows = torch.arange(x.shape[0], device=probs.device)
         return probs[self.samples.folds[index], rows]
+
+    # ------------------------------------------------------------- checkpoints
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        optim = {k: self.hparams[k] for k in _OPTIM_KEYS}
+        max_epochs = self.trainer.max_epochs if self._trainer is not None else None
+        checkpoint[RUN_KEY] = {**self.run_info, "optim": optim, "max_epochs": max_epochs}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Refuse a checkpoint of another run (seed, folds, data, model) before any
+        weights load; warn where the resumed run cannot match an uninterrupted one."""
+        saved = checkpoint.get(RUN_KEY)
+        where = self._trainer.ckpt_path if self._trainer is not None else None
+        name = f"checkpoint {where}" if where else "the checkpoint"
+        if saved is None:
+            rank_zero_warn(
+                f"{name} has no {RUN_KEY!r} entry (written by an older dcloop): cannot check "
+                "that it comes from this run's seed, folds, data and model; resuming anyway"
+            )
+            return
+        differ = [k for k in self.run_info if saved.get(k) != self.run_info[k]]
+        if differ:
+            pairs = "; ".join(
+                f"{k}: checkpoint {saved.get(k)!r}, this run {self.run_info[k]!r}" for k in differ
+            )
+            raise ValueError(
+                f"{name} comes from a different run ({pairs}). Resume with the settings "
+                "and data it was made with, or start a new run without `resume`"
+            )
+        optim = {k: self.hparams[k] for k in _OPTIM_KEYS}
+        changed = {k: (v, optim[k]) for k, v in saved.get("optim", {}).items() if optim.get(k) != v}
+        if changed:
+            diff = ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in changed.items())
+            rank_zero_warn(
+                f"resuming with other optimiser settings than {name} ({diff}): the result "
+                "will differ from an uninterrupted run"
+            )
+        before = saved.get("max_epochs")
+        now = self._trainer.max_epochs if self._trainer is not None else None
+        if before is not None and now is not None and before != now:
+            why = (
+                " (its cosine LR schedule was annealed over its own max_epochs)"
+                if self.hparams.scheduler == "cosine"
+                else ""
+            )
+            rank_zero_warn(
+                f"{name} was made with trainer.max_epochs={before}, this run has {now}: the "
+                f"resumed run does not reproduce an uninterrupted {now}-epoch run{why}"
+            )
 
     def configure_optimizers(self):
         h = self.hparams
