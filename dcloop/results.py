@@ -51,7 +51,10 @@ def atomic_write(path: Path, write) -> Path:
 def _named(err: OSError, path: Path) -> OSError:
     """``err`` (same type) with a one-line message naming ``path``."""
     why = err.strerror or str(err)
-    if isinstance(err, PermissionError):
+    not_dir = next((p for p in path.parents if p.exists() and not p.is_dir()), None)
+    if not_dir is not None:
+        why = f"{not_dir} is a file, not a folder"
+    elif isinstance(err, PermissionError):
         why += f" (is {path.parent} read-only? choose another output path)"
     try:
         return type(err)(f"cannot write {path}: {why}")

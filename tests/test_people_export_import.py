@@ -1,6 +1,7 @@
 """Relabel queue out, corrections back in: round trip, provenance, malformed input."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -197,6 +198,25 @@ BAD_LS = {
         * 2,
         "duplicate id.*1",
     ),
+    "annotations not a list": (
+        [{"id": 7, "data": {"index": 1}, "annotations": "oops"}],
+        r"task 7 \(index 1\): 'annotations' is 'oops'; expected a list of annotation objects",
+    ),
+    "result not a list": (
+        [{"id": 7, "data": {"index": 1}, "annotations": [{"id": 2, "result": {"x": 1}}]}],
+        r"task 7 \(index 1\): annotation 2 has result \{'x': 1\}; expected a list",
+    ),
+    "value null": (
+        [
+            {
+                "id": 8,
+                "data": {"index": 2},
+                "annotations": [{"result": [{"type": "choices", "value": None}]}],
+            }
+        ],
+        r"task 8 \(index 2\) has a choices result with value None; expected "
+        r"\{\"choices\": \[\"<label>\"\]\}",
+    ),
 }
 
 
@@ -235,3 +255,53 @@ def test_export_can_embed_thumbnails_for_in_memory_data(run, tmp_path):
     assert len(tasks) == 3
     assert all(t["data"]["image"].startswith("data:image/png;base64,") for t in tasks)
     assert tasks[0]["data"]["source"].startswith("digits:")  # the id is still there
+
+
+def test_import_cli_malformed_labelstudio_is_one_line_exit_2(run, tmp_path, capsys):
+    obj = [{"id": 7, "data": {"index": 1}, "annotations": "oops"}]
+    (tmp_path / "bad.json").write_text(json.dumps(obj))
+    with pytest.raises(SystemExit) as exc:
+        import_main([str(run), str(tmp_path / "bad.json"), "--out", str(tmp_path / "n.csv")])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "task 7" in err[0] and "'annotations' is 'oops'" in err[0]
+
+
+@pytest.mark.parametrize("how", ["read-only folder", "parent is a file"])
+def test_import_cli_unwritable_out_is_one_line_exit_2(run, tmp_path, capsys, monkeypatch, how):
+    import os
+    import tempfile
+
+    (tmp_path / "ok.csv").write_text("index,label\n0,3\n")
+    if how == "read-only folder":
+        folder = tmp_path / "ro"
+        folder.mkdir()
+        folder.chmod(0o555)
+        if os.geteuid() == 0:  # root writes anywhere: refuse as a read-only mount would
+            real = tempfile.mkstemp
+
+            def mkstemp(*a, dir=None, **kw):
+                if Path(dir) == folder:
+                    raise PermissionError(13, "Permission denied", str(folder / ".x.tmp"))
+                return real(*a, dir=dir, **kw)
+
+            monkeypatch.setattr(tempfile, "mkstemp", mkstemp)
+        out = folder / "labels.csv"
+    else:
+        (tmp_path / "afile").write_text("x")
+        out = tmp_path / "afile" / "labels.csv"
+    try:
+        with pytest.raises(SystemExit) as exc:
+            import_main([str(run), str(tmp_path / "ok.csv"), "--out", str(out)])
+    finally:
+        if (tmp_path / "ro").exists():
+            (tmp_path / "ro").chmod(0o755)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    assert err[0].startswith(f"dcloop-import: error: cannot write {out}: ")
+    assert ".tmp" not in err[0]
+    if how == "read-only folder":
+        assert "Permission denied" in err[0] and "read-only" in err[0]
+    else:
+        assert err[0].endswith(f"{tmp_path / 'afile'} is a file, not a folder")
