@@ -13,8 +13,11 @@ What counts as bad input (:func:`user_error_message`):
 * a missing file, a directory where a file was expected, a permission or disk-full error,
   each of which names its path;
 * Hydra's ``InstantiationException`` when a config's ``_target_`` cannot be found or called
-  with the given keys, or when the constructor raised one of the errors above;
-* an OmegaConf interpolation that does not resolve, or a mandatory ``???`` value not given.
+  with the given keys, or when the constructor raised one of these errors or a plain
+  ``ValueError`` (constructors check their arguments: a config value);
+* an OmegaConf interpolation that does not resolve, or a mandatory ``???`` value not given;
+* Lightning's ``MisconfigurationException`` (a Trainer option such as ``accelerator=gpu``
+  on a machine without one).
 """
 
 from __future__ import annotations
@@ -74,6 +77,8 @@ def _instantiation_message(exc: BaseException) -> str | None:
     if isinstance(cause, TypeError) and _raised_by(cause, "hydra"):
         # the call itself failed: an unknown or missing keyword in the config
         return f"{_one_line(str(cause))}{where}"
+    if type(cause) is ValueError:  # a constructor refusing a config value (e.g. Trainer's)
+        return f"{_one_line(str(cause))}{where}"
     return None
 
 
@@ -112,5 +117,11 @@ def user_error_message(exc: BaseException) -> str | None:
     except ImportError:  # pragma: no cover
         return None
     if isinstance(exc, (InterpolationResolutionError, MissingMandatoryValue)):
+        return _one_line(str(exc))
+    try:
+        from lightning.fabric.utilities.exceptions import MisconfigurationException
+    except ImportError:  # pragma: no cover
+        return None
+    if isinstance(exc, MisconfigurationException):  # a Trainer option (accelerator, devices)
         return _one_line(str(exc))
     return None

@@ -146,6 +146,8 @@ def test_hydra_instantiation_errors_are_unwrapped():
     text = message(instantiate, {"_target_": "dcloop.data.LabelNoiseDataModule", "source": "x"})
     assert "source must be one of" in text and "'x'" in text and "Error in call" not in text
     assert "no.such.Thing" in message(instantiate, {"_target_": "no.such.Thing"})
+    trainer = {"_target_": "lightning.Trainer", "accelerator": "no_such_accelerator"}
+    assert "no_such_accelerator" in message(instantiate, trainer)
     crash = {"_target_": "builtins.divmod", "_args_": [1, 0]}  # ZeroDivisionError: a bug
     with pytest.raises(Exception) as info:
         instantiate(crash)
