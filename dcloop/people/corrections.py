@@ -83,7 +83,7 @@ def base_labels(run_dir: str | os.PathLike, base: str | os.PathLike | None = Non
     path = run_dir / "labels.csv"
     if not path.is_file():
         raise FileNotFoundError(f"{run_dir} is not a dcloop run directory (no labels.csv)")
-    runs = pd.read_csv(path, dtype={"source": str}).sort_values("index")
+    runs = read_csv(path, dtype={"source": str}).sort_values("index")
     df = pd.DataFrame(
         {
             "index": runs["index"].to_numpy(np.int64),
