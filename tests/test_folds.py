@@ -18,7 +18,9 @@ def test_folds_stratified_disjoint_seeded():
     assert not np.array_equal(folds, assign_folds(labels, 5, seed=4))
 
 
-@pytest.mark.parametrize("k, msg", [(1, ">= 2"), (11, "class 1 has 10: use at most 10 folds"), (2.5, "integer")])
+@pytest.mark.parametrize(
+    "k, msg", [(1, ">= 2"), (11, "class 1 has 10: use at most 10 folds"), (2.5, "integer")]
+)
 def test_bad_num_folds(k, msg):
     labels = np.repeat(np.arange(3), [20, 10, 15])
     with pytest.raises(ValueError, match=msg):

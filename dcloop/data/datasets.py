@@ -346,7 +346,11 @@ class ImageFileDataset(Dataset):
             if img.shape != first.shape:
                 logger.info(
                     "images differ in size (%s: %s, %s: %s); set image_size to decode them "
-                    "once into memory", self.paths[0], tuple(first.shape), path, tuple(img.shape)
+                    "once into memory",
+                    self.paths[0],
+                    tuple(first.shape),
+                    path,
+                    tuple(img.shape),
                 )
                 return self
             x[i] = img.mul(255.0).round_().to(torch.uint8)
