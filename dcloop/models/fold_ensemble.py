@@ -254,6 +254,7 @@ class FoldEnsemble(L.LightningModule):
         saved = checkpoint.get(RUN_KEY)
         where = self._trainer.ckpt_path if self._trainer is not None else None
         name = f"checkpoint {where}" if where else "the checkpoint"
+        self._fill_new_sample_state(checkpoint.get("state_dict", {}), name)
         if saved is None:
             rank_zero_warn(
                 f"{name} has no {RUN_KEY!r} entry (written by an older dcloop): cannot check "
@@ -289,6 +290,18 @@ class FoldEnsemble(L.LightningModule):
                 f"{name} was made with trainer.max_epochs={before}, this run has {now}: the "
                 f"resumed run does not reproduce an uninterrupted {now}-epoch run{why}"
             )
+
+    def _fill_new_sample_state(self, state: dict[str, Any], name: str) -> None:
+        """Per-sample buffers added by a newer dcloop start from their initial values."""
+        missing = [k for k in self.samples.state_dict() if f"samples.{k}" not in state]
+        if not missing or not state:
+            return
+        for k in missing:
+            state[f"samples.{k}"] = getattr(self.samples, k).detach().clone()
+        rank_zero_warn(
+            f"{name} has no per-sample {', '.join(missing)} (written by an older dcloop): "
+            "starting from initial values, so the run may differ from an uninterrupted one"
+        )
 
     def configure_optimizers(self):
         h = self.hparams
