@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import re
 from collections.abc import Callable
 from typing import Any, Literal
 
@@ -23,6 +24,7 @@ log = logging.getLogger(__name__)
 
 RUN_KEY = "dcloop_run"  # checkpoint entry: what defines the run (see FoldEnsemble.run_info)
 _OPTIM_KEYS = ("lr", "weight_decay", "scheduler", "label_smoothing")
+_ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")  # object addresses in a network's repr
 
 Vectorize = Literal["auto", "vmap", "loop"]
 
@@ -120,7 +122,7 @@ class FoldEnsemble(L.LightningModule):
             "num_classes": self.num_classes,
             **self.samples.identity(),
             "mask_folds": bool(mask_folds),
-            "net": digest([type(replicas[0]).__qualname__, repr(replicas[0])])
+            "net": digest([type(replicas[0]).__qualname__, _ADDRESS.sub("", repr(replicas[0]))])
             + digest([f"{n}:{tuple(p.shape[1:])}:{p.dtype}" for n, p in params.items()]),
         }
 
