@@ -39,14 +39,28 @@ def run_summary(metrics: dict[str, Any], run_dir: Path, top: list[dict[str, Any]
             f"  F1 {det['f1']:.3f}  AUROC {det['auroc']:.3f}"
         )
     lines.append(
-        f"  test        accuracy {metrics['test']['accuracy']:.4f} "
-        f"(mean of the {metrics['cleaning']['num_folds']} fold replicas)"
+        f"  test        accuracy {metrics['test']['accuracy']:.4f} (ensemble: mean softmax of "
+        f"the {metrics['cleaning']['num_folds']} fold replicas)"
     )
     if "refit_accuracy" in metrics["test"]:
         lines.append(
             f"  refit       accuracy {metrics['test']['refit_accuracy']:.4f} "
             "(one network retrained on the cleaned data)"
         )
+    safety = metrics.get("safety")
+    if safety:
+        start = safety.get("start_epoch")
+        lines.append(
+            "  cleaning    "
+            + (
+                f"ready at epoch {safety['ready_epoch']}, acted from epoch {start}"
+                if start is not None
+                else "never acted (predictions never ready, detect-only, or backed off)"
+            )
+            + f"; {safety['backoffs']} back-off(s)"
+        )
+    for warning in metrics.get("warnings") or []:
+        lines.append(f"  WARNING     {warning}")
     if top:
         lines.append(
             "  worst       "

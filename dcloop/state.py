@@ -41,7 +41,8 @@ class SampleTable(nn.Module):
         flagged: current confident-learning flag, bool.
         quality: label-quality score in [0, 1] (NaN before the first CL step).
         suggested: the label the OOF model prefers (argmax), int64 (-1 before CL).
-        first_flagged / last_flagged: epochs, int64 (-1 when never flagged).
+        first_flagged / last_flagged: epochs (1-based), int64 (-1 when never flagged).
+        flag_streak: consecutive confident-learning steps that flagged the sample, int64.
         true_labels: ground truth when known (noise experiments), else -1.
         confirmed: a person checked the label (label file); never flagged. Not saved.
         prior_weights: weights from a label file, multiplied into the action's. Not saved.
@@ -69,6 +70,8 @@ class SampleTable(nn.Module):
         self.register_buffer("suggested", torch.full((n,), -1, dtype=torch.long))
         self.register_buffer("first_flagged", torch.full((n,), -1, dtype=torch.long))
         self.register_buffer("last_flagged", torch.full((n,), -1, dtype=torch.long))
+        # Consecutive confident-learning steps that flagged the sample (dcloop.safety's ramp).
+        self.register_buffer("flag_streak", torch.zeros(n, dtype=torch.long))
         # From a label file (dcloop.people): rows a person checked are never flagged; prior
         # weights (e.g. consensus quality) multiply the action's weights. Rebuilt from the
         # config on resume, so not saved in checkpoints.
@@ -104,7 +107,7 @@ class SampleTable(nn.Module):
 
         Args:
             flags, quality, suggested: ``(N,)`` verdict of confident learning.
-            epoch: the (0-based) epoch it belongs to; ``-1`` for a verdict outside the
+            epoch: the (1-based) epoch it belongs to; ``-1`` for a verdict outside the
                 training loop, which leaves the epochs already recorded (by earlier
                 epochs or a checkpoint) as they are.
         """

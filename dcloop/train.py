@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
@@ -132,7 +133,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     table = run.model.samples
     result = run.cl.last_result
     if result is None:  # confident learning never ran in the loop (warm-up > max_epochs)
-        result = run.cl.run(table.labels, run.oof.probs, confirmed=table.confirmed)
+        result = run.cl.judge(table, run.oof.probs)
         table.record_flags(result.flags, result.quality, result.suggested, -1)
     metrics = run_metrics(run, result, test[0] if test else {})
     if cfg.get("refit"):
@@ -173,6 +174,13 @@ def refit(cfg: DictConfig, run: Run) -> float:
     return float(test[0]["test/acc"])
 
 
+def min_class_kept(table, num_classes: int) -> float:
+    """The smallest fraction of a class's given labels still trained on (weight > 0)."""
+    given = torch.bincount(table.labels, minlength=num_classes).float()
+    kept = torch.bincount(table.labels[table.weights > 0], minlength=num_classes).float()
+    return float((kept / given.clamp_min(1)).min())
+
+
 def run_metrics(run: Run, result: CLResult, test: dict) -> dict[str, Any]:
     """The content of ``metrics.json``."""
     table, dm = run.model.samples, run.dm
@@ -183,11 +191,17 @@ def run_metrics(run: Run, result: CLResult, test: dict) -> dict[str, Any]:
             "action": run.cl.action,
             "filter_by": run.cl.filter_by,
             "num_flagged": int(table.flagged.sum()),
+            "min_class_kept_frac": min_class_kept(table, dm.num_classes),
             "vectorized": run.model.vectorized,
         },
         "noise": {"rate": result.noise_rate},
         "test": {"accuracy": float(test.get("test/acc", float("nan")))},
         "history": run.cl.history,
+        "safety": run.cl.summary(),
+        "warnings": [
+            f"epoch {e['epoch']}: {'; '.join(e['problems'])} ({e['action']})"
+            for e in run.cl.guard_events
+        ],
     }
     if dm.has_ground_truth:
         metrics["detection"] = detection_metrics(table.flagged, table.is_noisy, table.quality)

@@ -1,4 +1,4 @@
-"""Confident learning between epochs: flag, score, and prune or down-weight."""
+"""Confident learning between epochs: flag, score, and prune or down-weight, safely."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+import torch
 
 from dcloop.callbacks.oof import OOFCollector
 from dcloop.cleaning import (
@@ -21,27 +22,44 @@ from dcloop.cleaning import (
 )
 from dcloop.metrics import detection_metrics
 from dcloop.results import write_issue_table
+from dcloop.safety import (
+    SafetyPolicy,
+    bound_flags,
+    ema,
+    harm_checks,
+    oof_accuracy,
+    ramp_weights,
+    readiness,
+    update_streak,
+)
 
 log = logging.getLogger(__name__)
 
 
 class ConfidentLearning(L.Callback):
-    """Runs confident learning on the OOF buffer and updates per-sample weights.
+    """Runs confident learning on the OOF buffer and updates per-sample weights, safely.
 
-    From epoch ``warmup_epochs`` on (1-based), every ``every_n_epochs``, after the
-    :class:`OOFCollector` has written the epoch's OOF softmax: flags, label-quality
-    scores and the noise matrix are computed on ``(given labels, OOF probs)``, the
-    module's :class:`~dcloop.state.SampleTable` is updated, and the action sets each
-    sample's loss weight for the next epoch. Flags are recomputed from scratch each
-    time, so a sample that later looks clean comes back.
+    After every epoch whose OOF softmax the :class:`OOFCollector` wrote, the callback
+    updates the evidence (each sample's held-out softmax, averaged over epochs with decay
+    ``smoothing``) and asks whether the predictions can be trusted yet
+    (:func:`dcloop.safety.readiness`; ``warmup_epochs`` is the floor). Once they can, every
+    ``every_n_epochs``: flags, label-quality scores and the noise matrix are computed on
+    ``(given labels, evidence)``; the flags are bounded per class and in total
+    (:func:`dcloop.safety.bound_flags`); the action's weight is reached step by step
+    (:func:`dcloop.safety.ramp_weights`). A guard checks for harm (a class no sample is
+    predicted as, a replica with constant outputs, a jump of the estimated noise rate,
+    validation accuracy falling after cleaning started); on harm the weights are restored,
+    cleaning pauses, and a warning goes to the console, ``metrics.json`` and report.html.
+    Flags are recomputed from scratch each step, so a sample that later looks clean comes
+    back. Epochs are 1-based everywhere (logs, history, issue table), as ``warmup_epochs``.
 
     Needs a LightningModule with a ``samples`` :class:`~dcloop.state.SampleTable`
     (such as :class:`~dcloop.models.FoldEnsemble`) and an ``OOFCollector`` placed
     before this callback in ``Trainer(callbacks=[...])``.
 
     Args:
-        warmup_epochs: first epoch (1-based) at which confident learning runs.
-        every_n_epochs: run every n-th epoch after the warm-up.
+        warmup_epochs: earliest epoch (1-based) at which confident learning may run.
+        every_n_epochs: run every n-th epoch once ready.
         filter_by: cleanlab's ``filter_by`` method.
         quality_method: label-quality score.
         action: ``"prune"``, ``"downweight"`` or ``"detect"``.
@@ -50,12 +68,14 @@ class ConfidentLearning(L.Callback):
         backend: ``"torch"`` (dcloop's engine on the device) or ``"cleanlab"``.
         output_dir: where ``label_issues.csv`` is rewritten (atomically) each time.
         sources: ``(N,)`` file paths or dataset ids for the issue table.
+        **safety: fields of :class:`dcloop.safety.SafetyPolicy` (``ready``,
+            ``smoothing``, ``max_class_frac``, ``ramp_steps``, ``guard``, ...).
     """
 
     def __init__(
         self,
         *,
-        warmup_epochs: int = 5,
+        warmup_epochs: int = 3,
         every_n_epochs: int = 1,
         filter_by: str = "prune_by_noise_rate",
         quality_method: str = "self_confidence",
@@ -66,6 +86,7 @@ class ConfidentLearning(L.Callback):
         backend: str = "torch",
         output_dir: str | Path | None = None,
         sources=None,
+        **safety: Any,
     ) -> None:
         check_choice("filter_by", filter_by, FILTER_BY)
         check_choice("quality_method", quality_method, QUALITY_METHODS)
@@ -77,6 +98,14 @@ class ConfidentLearning(L.Callback):
             raise ValueError(f"every_n_epochs must be >= 1; got {every_n_epochs}")
         if not 0.0 < frac_noise <= 1.0:
             raise ValueError(f"frac_noise must be in (0, 1]; got {frac_noise}")
+        known = set(SafetyPolicy.__dataclass_fields__)
+        unknown = sorted(set(safety) - known)
+        if unknown:
+            raise ValueError(
+                f"unknown confident-learning option(s) {unknown}; safety options are "
+                f"{sorted(known)}"
+            )
+        self.policy = SafetyPolicy(**safety)
         self.warmup_epochs = warmup_epochs
         self.every_n_epochs = every_n_epochs
         self.filter_by = filter_by
@@ -88,13 +117,26 @@ class ConfidentLearning(L.Callback):
         self.backend = backend
         self.output_dir = Path(output_dir) if output_dir is not None else None
         self.sources = sources
-        self.history: list[dict[str, Any]] = []
+        self.history: list[dict[str, Any]] = []  # one row per confident-learning step
+        self.epochs: list[dict[str, Any]] = []  # one row per epoch: readiness and guard
+        self.guard_events: list[dict[str, Any]] = []
         self.last_result: CLResult | None = None
+        self.ready_epoch: int | None = None
+        self.start_epoch: int | None = None  # first step whose weights took effect
+        self.best_val_before: float | None = None
+        self.paused_until = 0
+        self.backoffs = 0
+        self.evidence: torch.Tensor | None = None  # (N, C) smoothed OOF softmax
         self._oof: OOFCollector | None = None
 
     @property
     def state_key(self) -> str:
         return self._generate_state_key(filter_by=self.filter_by, action=self.action)
+
+    @property
+    def stopped(self) -> bool:
+        """Cleaning was stopped for the rest of the run after repeated harm."""
+        return self.backoffs >= self.policy.guard_max_backoffs
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if not hasattr(pl_module, "samples"):
@@ -110,39 +152,99 @@ class ConfidentLearning(L.Callback):
                 "Trainer(callbacks=[OOFCollector(), ConfidentLearning(), ...])"
             )
         self._oof = found[-1]
+        if self.evidence is not None:
+            self.evidence = self.evidence.to(pl_module.device)
 
     def due(self, epoch: int) -> bool:
-        """Whether confident learning runs at the end of (0-based) ``epoch``."""
+        """Whether a step may run at the end of (0-based) ``epoch`` by the schedule alone."""
         done = epoch + 1
         return done >= self.warmup_epochs and (done - self.warmup_epochs) % self.every_n_epochs == 0
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        epoch = trainer.current_epoch
-        if not self.due(epoch) or self._oof.last_epoch != epoch:
+        epoch0 = trainer.current_epoch
+        if self._oof.last_epoch != epoch0:
             return
+        epoch, table = epoch0 + 1, pl_module.samples
+        probs = self._oof.probs.float()
+        self.evidence = ema(self.evidence, probs, self.policy.smoothing)
+        acc = oof_accuracy(table.labels, probs)
+        val = _metric(trainer, "val/acc")
+        ready, reason = readiness(
+            [r["oof_acc"] for r in self.epochs] + [acc],
+            epoch=epoch,
+            warmup_epochs=self.warmup_epochs,
+            max_epochs=trainer.max_epochs,
+            policy=self.policy,
+        )
+        if ready and self.ready_epoch is None:
+            self.ready_epoch = epoch
+        if self.start_epoch is None and val is not None:
+            self.best_val_before = max(val, self.best_val_before or val)
+        row = {
+            "epoch": epoch,
+            "oof_acc": acc,
+            "val_acc": val,
+            "ready": self.ready_epoch is not None,
+        }
+        row["state"] = self._state(epoch, epoch0, reason)
+        self.epochs.append(row)
+        pl_module.log_dict(
+            {"cl/oof_acc": acc, "cl/ready": float(row["ready"])},
+            on_epoch=True,
+            on_step=False,
+            sync_dist=trainer.world_size > 1,
+        )
+        if trainer.is_global_zero:
+            log.info("epoch %d: OOF accuracy %.3f vs given labels; %s", epoch, acc, row["state"])
+        if row["state"].startswith("step"):
+            self._step(trainer, pl_module, epoch, probs)
+
+    def _state(self, epoch: int, epoch0: int, reason: str) -> str:
+        if self.stopped:
+            return "stopped (repeated harm)"
+        if epoch <= self.paused_until:
+            return f"paused until epoch {self.paused_until} (harm)"
+        if self.ready_epoch is None:
+            return f"not ready: {reason}"
+        if not self.due(epoch0):
+            return "ready, not due (every_n_epochs)"
+        return f"step (ready since epoch {self.ready_epoch}: {reason})"
+
+    def _step(self, trainer, pl_module, epoch: int, probs: torch.Tensor) -> None:
         table = pl_module.samples
         if trainer.world_size > 1:  # decide once, on rank 0; broadcast tensors, not pickles
             from dcloop.scale.distributed import broadcast_result
 
             mine = None
             if trainer.is_global_zero:
-                mine = self.run(table.labels, self._oof.probs, confirmed=table.confirmed)
+                mine = self.run(table.labels, self.evidence, confirmed=table.confirmed)
             result = broadcast_result(mine, len(table), self._oof.num_classes, table.labels.device)
         else:
-            result = self.run(table.labels, self._oof.probs, confirmed=table.confirmed)
+            result = self.run(table.labels, self.evidence, confirmed=table.confirmed)
+        raw_flagged = int(result.flags.sum())
+        result.flags = self.bound(result, table.labels, self.evidence)
+        problems = self._harm(pl_module, probs, result) if self.policy.guard else []
         table.record_flags(result.flags, result.quality, result.suggested, epoch)
-        table.weights.copy_(
-            action_weights(
+        if problems:
+            self._back_off(trainer, table, epoch, problems)
+        else:
+            table.flag_streak.copy_(update_streak(table.flag_streak, result.flags))
+            target = action_weights(
                 result.flags,
                 result.quality,
                 action=self.action,
                 floor=self.downweight_floor,
                 power=self.downweight_power,
             )
-            * table.prior_weights  # label-file weights (dcloop.people), 1 by default
-        )
+            weights = ramp_weights(
+                result.flags, table.flag_streak, target, ramp_steps=self.policy.ramp_steps
+            )
+            table.weights.copy_(weights * table.prior_weights)  # label-file weights (people)
+            if self.start_epoch is None and self.action != "detect":
+                self.start_epoch = epoch
         self.last_result = result
         row = self._summarise(epoch, result, table)
+        row.update(num_flagged_unbounded=raw_flagged, harm=len(problems))
         self.history.append(row)
         pl_module.log_dict(
             {f"cl/{k}": float(v) for k, v in row.items() if k != "epoch"},
@@ -152,14 +254,46 @@ class ConfidentLearning(L.Callback):
         )
         if trainer.is_global_zero:
             log.info(
-                "epoch %d: %d flagged, estimated noise %.3f",
+                "epoch %d: %d flagged (%d before the class/total bounds), estimated noise %.3f",
                 epoch,
                 row["num_flagged"],
+                raw_flagged,
                 row["noise_rate_est"],
             )
         if self.output_dir is not None and trainer.is_global_zero:
             write_issue_table(self.output_dir / "label_issues.csv", table, self.sources)
         trainer.strategy.barrier("dcloop_cl")
+
+    def _harm(self, pl_module, probs: torch.Tensor, result: CLResult) -> list[str]:
+        table = pl_module.samples
+        previous = self.history[-1]["noise_rate_est"] if self.history else None
+        started = self.start_epoch is not None
+        return harm_checks(
+            probs=probs,
+            labels=table.labels,
+            folds=table.folds,
+            num_classes=self._oof.num_classes,
+            num_folds=int(table.folds.max()) + 1,
+            noise_rate=result.noise_rate,
+            previous_noise_rate=previous if started else None,
+            val_acc=self.epochs[-1]["val_acc"] if started else None,
+            best_val_before=self.best_val_before,
+            policy=self.policy,
+        )
+
+    def _back_off(self, trainer, table, epoch: int, problems: list[str]) -> None:
+        table.weights.copy_(table.prior_weights)
+        table.flag_streak.zero_()
+        self.backoffs += 1
+        self.paused_until = epoch + self.policy.guard_pause
+        if self.stopped:
+            what = "weights restored; cleaning stopped for the rest of the run"
+        else:
+            what = f"weights restored; cleaning paused until epoch {self.paused_until}"
+        event = {"epoch": epoch, "problems": problems, "action": what}
+        self.guard_events.append(event)
+        if trainer.is_global_zero:
+            log.warning("dcloop guard, epoch %d: %s; %s", epoch, "; ".join(problems), what)
 
     def run(self, labels, probs, confirmed=None) -> CLResult:
         """Confident learning on ``(labels, probs)`` with this callback's settings; rows in
@@ -173,6 +307,41 @@ class ConfidentLearning(L.Callback):
             backend=self.backend,
             confirmed=confirmed,
         )
+
+    def bound(self, result: CLResult, labels: torch.Tensor, evidence: torch.Tensor) -> torch.Tensor:
+        """``result.flags`` within the policy's confidence, class and total bounds."""
+        return bound_flags(
+            result.flags,
+            result.quality,
+            labels,
+            result.joint.shape[0],
+            max_class_frac=self.policy.max_class_frac,
+            max_flag_frac=self.policy.max_flag_frac,
+            confidence=evidence.max(1).values,
+            min_confidence=self.policy.min_confidence,
+        )
+
+    def judge(self, table, probs: torch.Tensor) -> CLResult:
+        """A verdict outside the loop (e.g. no step ran): on the smoothed evidence when there
+        is some, else on ``probs``; flags bounded as in the loop."""
+        evidence = self.evidence if self.evidence is not None else probs
+        result = self.run(table.labels, evidence, confirmed=table.confirmed)
+        result.flags = self.bound(result, table.labels, evidence)
+        return result
+
+    def summary(self) -> dict[str, Any]:
+        """Readiness, per-epoch states and guard events, for ``metrics.json``."""
+        return {
+            "policy": self.policy.as_dict(),
+            "warmup_epochs": self.warmup_epochs,
+            "ready_epoch": self.ready_epoch,
+            "start_epoch": self.start_epoch,
+            "best_val_acc_before_cleaning": self.best_val_before,
+            "backoffs": self.backoffs,
+            "stopped": self.stopped,
+            "guard_events": list(self.guard_events),
+            "epochs": list(self.epochs),
+        }
 
     @staticmethod
     def _summarise(epoch: int, result: CLResult, table) -> dict[str, Any]:
@@ -188,8 +357,37 @@ class ConfidentLearning(L.Callback):
             row.update({k: det[k] for k in ("precision", "recall", "f1", "auroc")})
         return row
 
+    _STATE = (
+        "history",
+        "epochs",
+        "guard_events",
+        "ready_epoch",
+        "start_epoch",
+        "best_val_before",
+        "paused_until",
+        "backoffs",
+    )
+
     def state_dict(self) -> dict[str, Any]:
-        return {"history": list(self.history)}
+        state = {k: getattr(self, k) for k in self._STATE}
+        if self.evidence is not None:
+            state["evidence"] = self.evidence.cpu()
+        return state
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.history = list(state_dict.get("history", []))
+        self.epochs = list(state_dict.get("epochs", []))
+        self.guard_events = list(state_dict.get("guard_events", []))
+        self.ready_epoch = state_dict.get("ready_epoch")
+        self.start_epoch = state_dict.get("start_epoch")
+        self.best_val_before = state_dict.get("best_val_before")
+        self.paused_until = int(state_dict.get("paused_until", 0))
+        self.backoffs = int(state_dict.get("backoffs", 0))
+        evidence = state_dict.get("evidence")
+        self.evidence = None if evidence is None else evidence.float()
+
+
+def _metric(trainer: L.Trainer, key: str) -> float | None:
+    """A logged epoch metric as a float, ``None`` when not logged."""
+    value = trainer.callback_metrics.get(key)
+    return None if value is None else float(value)

@@ -109,7 +109,7 @@ class WeakClasses(L.Callback):
             self.policy.set_classes(self.weak, level=self.level, weight=self.oversample)
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        epoch = trainer.current_epoch
+        epoch = trainer.current_epoch + 1  # 1-based, as the confident-learning history
         cl = self._cl
         if not cl.history or cl.history[-1]["epoch"] != epoch or cl.last_result is None:
             return

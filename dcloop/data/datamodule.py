@@ -26,7 +26,7 @@ from dcloop.data.datasets import (
     torchvision_dataset,
 )
 from dcloop.data.digits import DIGITS_CLASS_NAMES, load_digits_splits
-from dcloop.data.noise import NOISE_KINDS, NoiseResult, inject_noise, save_noise
+from dcloop.data.noise import NOISE_KINDS, NoiseResult, inject_noise, resolve_mapping, save_noise
 from dcloop.data.splits import _check_fracs, grouped_split_indices, stratified_split_indices
 from dcloop.errors import UserInputError
 from dcloop.people.labelfile import apply_label_file
@@ -42,7 +42,7 @@ SOURCES: tuple[str, ...] = (
 #: How rows go to train/val/test: ``"sample"`` (stratified) or ``"image"`` (COCO crops).
 SPLIT_BY: tuple[str, ...] = ("sample", "image")
 
-_NOISE_KEYS = ("kind", "rate", "sparsity")
+_NOISE_KEYS = ("kind", "rate", "sparsity", "mapping")
 
 SplitDataset = IndexedTensorDataset | ImageFileDataset
 
@@ -50,7 +50,7 @@ SplitDataset = IndexedTensorDataset | ImageFileDataset
 def _parse_noise(noise: Mapping[str, Any] | None) -> dict[str, Any]:
     """Validates a noise spec and fills defaults: ``{"kind", "rate", "sparsity"}``."""
     if noise is None:
-        return {"kind": "none", "rate": 0.0, "sparsity": 0.0}
+        return {"kind": "none", "rate": 0.0, "sparsity": 0.0, "mapping": None}
     if not isinstance(noise, Mapping):
         raise ValueError(
             f"noise must be None or a mapping with keys {list(_NOISE_KEYS)}, got {noise!r}"
@@ -73,7 +73,15 @@ def _parse_noise(noise: Mapping[str, Any] | None) -> dict[str, Any]:
         if not (0.0 <= float(value) <= 1.0 if upper_ok else 0.0 <= float(value) < 1.0):
             bound = "[0, 1]" if upper_ok else "[0, 1)"
             raise ValueError(f"noise {name} must be in {bound}, got {value}")
-    return {"kind": kind, "rate": float(rate), "sparsity": float(sparsity or 0.0)}
+    mapping = spec.get("mapping")
+    if mapping is not None and not isinstance(mapping, Mapping):
+        raise ValueError(f"noise mapping must be a {{source: target}} map, got {mapping!r}")
+    return {
+        "kind": kind,
+        "rate": float(rate),
+        "sparsity": float(sparsity or 0.0),
+        "mapping": None if mapping is None else dict(mapping),
+    }
 
 
 def _check_positive_int(name: str, value: Any, minimum: int) -> int:
@@ -147,6 +155,9 @@ class LabelNoiseDataModule(L.LightningDataModule):
             ``num_per_class``, ``synth_seed`` (see :func:`dcloop.data.audio.audio_options`).
         on_bad_file: file sources: every file is decoded once at setup; ``"error"`` names the
             unreadable ones, ``"skip"`` leaves them out and lists them (``skipped_files``).
+        test_root: ``source="folder"`` / ``"audio_folder"``: a separate test folder with the
+            same class sub-folders (e.g. an official test split). All of ``root`` is then train
+            and val (``test_frac`` is unused).
         cache: file image sources (folder, csv): decode every image once into memory at
             setup (uint8; 32x32 RGB is 3 KB an image) instead of twice per epoch.
         augment: an ``augment`` config (``kind: none|uniform|targeted``, see
@@ -179,6 +190,7 @@ class LabelNoiseDataModule(L.LightningDataModule):
         on_bad_file: str = "error",
         augment: Any = None,
         cache: bool = True,
+        test_root: str | os.PathLike | None = None,
     ) -> None:
         super().__init__()
         if source not in SOURCES:
@@ -237,6 +249,12 @@ class LabelNoiseDataModule(L.LightningDataModule):
         if not isinstance(cache, bool):
             raise ValueError(f"cache must be true or false, got {cache!r}")
         self.cache = cache
+        if test_root is not None and source not in ("folder", "audio_folder"):
+            raise ValueError(
+                f"test_root is for source='folder' or 'audio_folder' (a separate test folder "
+                f"with the same class sub-folders); got source={source!r}"
+            )
+        self.test_root = test_root
         self.skipped_files: list[tuple[str, str]] = []  # (path, reason) with on_bad_file=skip
         from dcloop.augment.pipeline import Augmenter  # (lazy: albumentations, torchaudio)
 
@@ -253,7 +271,8 @@ class LabelNoiseDataModule(L.LightningDataModule):
 
     # ------------------------------------------------------------------ loading
     def _load_splits(self) -> tuple[dict[str, SplitDataset], list[str]]:
-        fracs = {"seed": self.seed, "val_frac": self.val_frac, "test_frac": self.test_frac}
+        test_frac = 0.0 if self.test_root is not None else self.test_frac
+        fracs = {"seed": self.seed, "val_frac": self.val_frac, "test_frac": test_frac}
         if self.source == "digits":
             splits: dict[str, SplitDataset] = dict(load_digits_splits(**fracs))
             names = list(DIGITS_CLASS_NAMES)
@@ -303,7 +322,35 @@ class LabelNoiseDataModule(L.LightningDataModule):
                 else v
                 for k, v in splits.items()
             }
+        if self.test_root is not None:
+            splits["test"] = self._load_test_root(names)
         return splits, names
+
+    def _load_test_root(self, names: list[str]) -> SplitDataset:
+        """The separate test folder, its labels mapped to the training folder's classes."""
+        if self.source == "folder":
+            test, test_names = image_folder(
+                self.test_root, image_size=self.image_size, mode=self.mode
+            )
+            test, _ = check_files(test, "error")
+            if self.cache:
+                test = test.decoded()
+        else:
+            from dcloop.data.audio import audio_folder
+
+            opts = audio_options(self.audio_options)
+            test, test_names = audio_folder(
+                self.test_root, sample_rate=opts["sample_rate"], clip_seconds=opts["clip_seconds"]
+            )
+            test, _ = check_files(test, "error")
+        unknown = [n for n in test_names if n not in names]
+        if unknown:
+            raise ValueError(
+                f"test_root {str(self.test_root)!r} has class folder(s) {unknown[:5]} that the "
+                f"training folder {str(self.root)!r} does not have (classes: {names[:10]})"
+            )
+        mapping = np.asarray([names.index(n) for n in test_names], dtype=np.int64)
+        return test.with_labels(mapping[test.labels])
 
     def _resolve_classes(self, names: list[str]) -> list[str]:
         c = self._num_classes_arg
@@ -375,6 +422,7 @@ class LabelNoiseDataModule(L.LightningDataModule):
             num_classes=len(names),
             seed=self.seed,
             sparsity=spec["sparsity"],
+            mapping=None if spec["mapping"] is None else resolve_mapping(spec["mapping"], names),
         )
         if self.labels_file is not None:  # people's labels (dcloop.people) replace the given
             self.noise, self.label_override = apply_label_file(

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -105,17 +105,28 @@ def empirical_noise_matrix(given_labels: Any, true_labels: Any, num_classes: int
 
 
 def _flip_exact(
-    true: np.ndarray, rate: float, num_classes: int, rng: np.random.Generator, *, pair: bool
+    true: np.ndarray,
+    rate: float,
+    num_classes: int,
+    rng: np.random.Generator,
+    *,
+    pair: bool,
+    mapping: dict[int, int] | None = None,
 ) -> np.ndarray:
-    """Flips exactly ``round(rate * n_c)`` samples of every class ``c``."""
+    """Flips exactly ``round(rate * n_c)`` samples of every class ``c`` (of every class in
+    ``mapping``, to ``mapping[c]``, when given)."""
     given = true.copy()
     for c in range(num_classes):
+        if mapping is not None and c not in mapping:
+            continue
         members = np.flatnonzero(true == c)
         k = int(round(rate * members.size))
         if k == 0:
             continue
         chosen = rng.choice(members, size=k, replace=False)
-        if pair:
+        if mapping is not None:
+            given[chosen] = mapping[c]
+        elif pair:
             given[chosen] = (c + 1) % num_classes
         else:
             other = rng.integers(0, num_classes - 1, size=k)
@@ -169,6 +180,45 @@ def _random_matrix_noise(
     return given, np.asarray(matrix, dtype=np.float64)
 
 
+def check_mapping(mapping: Mapping[Any, Any], num_classes: int) -> dict[int, int]:
+    """``{source: target}`` class ids in ``[0, C)``, source != target; errors name the pair."""
+    if not isinstance(mapping, Mapping) or not mapping:
+        raise ValueError(
+            f"noise mapping must be a non-empty {{source: target}} map, got {mapping!r}"
+        )
+    out = {}
+    for src, dst in mapping.items():
+        ok = all(
+            isinstance(v, (int, np.integer)) and not isinstance(v, bool) and 0 <= v < num_classes
+            for v in (src, dst)
+        )
+        if not ok or src == dst:
+            raise ValueError(
+                f"noise mapping {src!r}: {dst!r} must map a class id in [0, {num_classes}) to "
+                "another one (or a class name to another, through the data module)"
+            )
+        out[int(src)] = int(dst)
+    return out
+
+
+def resolve_mapping(mapping: Mapping[Any, Any], class_names: Sequence[str]) -> dict[int, int]:
+    """A mapping given by class names (or ids, or their strings) as class ids."""
+    names = [str(n) for n in class_names]
+
+    def one(v: Any) -> int:
+        if isinstance(v, (int, np.integer)) and not isinstance(v, bool):
+            return int(v)
+        if str(v) in names:
+            return names.index(str(v))
+        if str(v).isdigit():
+            return int(v)
+        raise ValueError(f"noise mapping names class {v!r}, which is not one of {names[:20]}")
+
+    if not isinstance(mapping, Mapping):
+        raise ValueError(f"noise mapping must be a {{source: target}} map, got {mapping!r}")
+    return check_mapping({one(k): one(v) for k, v in mapping.items()}, len(names))
+
+
 def inject_noise(
     labels: Any,
     *,
@@ -177,6 +227,7 @@ def inject_noise(
     num_classes: int,
     seed: int,
     sparsity: float = 0.0,
+    mapping: Mapping[int, int] | None = None,
 ) -> NoiseResult:
     """Corrupts labels with a known, seeded noise process.
 
@@ -186,7 +237,9 @@ def inject_noise(
           at random) get a label drawn uniformly from the *other* classes.
         * ``"asymmetric"``: pair flipping; in every class ``c``, exactly ``round(rate * n_c)``
           samples are relabelled ``(c + 1) % C``. With ``rate >= 0.5`` the flipped class
-          becomes the majority of those samples (a warning is logged).
+          becomes the majority of those samples (a warning is logged). With ``mapping``
+          (``{source class: target class}``, e.g. CIFAR-10's truck→automobile,
+          bird→airplane, deer→horse, cat↔dog) only the classes in it flip, each to its target.
         * ``"random_matrix"``: the confident-learning paper's setup: a random noise matrix with
           trace ``C * (1 - rate)`` and a fraction ``sparsity`` of zero off-diagonal rates
           (``cleanlab.benchmarking.noise_generation``), then labels drawn from it.
@@ -201,6 +254,7 @@ def inject_noise(
         seed: Random seed; the same seed gives the same noisy labels.
         sparsity: Fraction of zero off-diagonal noise rates in [0, 1]; used by
             ``"random_matrix"`` only.
+        mapping: ``"asymmetric"`` only: ``{source: target}`` class ids (see above).
 
     Returns:
         A :class:`NoiseResult`. The input ``labels`` are not modified.
@@ -229,6 +283,10 @@ def inject_noise(
     check_label_range(true, c)
     if kind != "none" and c < 2:
         raise ValueError(f"kind={kind!r} needs num_classes >= 2, got {c}")
+    if mapping is not None:
+        mapping = check_mapping(mapping, c)
+        if kind != "asymmetric":
+            raise ValueError(f"a noise mapping is for kind='asymmetric', got kind={kind!r}")
     if sparsity and kind != "random_matrix":
         logger.debug("sparsity=%s is ignored for kind=%r", sparsity, kind)
 
@@ -244,7 +302,7 @@ def inject_noise(
                 "majority label of class c, so the noise is not learnable as noise",
                 rate,
             )
-        given = _flip_exact(true, rate, c, np.random.default_rng(seed), pair=True)
+        given = _flip_exact(true, rate, c, np.random.default_rng(seed), pair=True, mapping=mapping)
     else:
         given, target = _random_matrix_noise(true, rate, sparsity, c, seed)
 

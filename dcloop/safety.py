@@ -1,0 +1,337 @@
+"""Safe in-loop cleaning: when to start, what evidence to judge on, how far to act, and harm.
+
+Plain functions on tensors and lists, used by the
+:class:`~dcloop.callbacks.ConfidentLearning` callback and tested without a Trainer.
+
+Why they exist: early in training the out-of-fold (OOF) predictions are weak, and
+confident learning then counts the model's own mistakes as label errors. Pruning those
+removes the hard samples of whole classes, the next epoch's predictions get worse, and the
+loop feeds on itself (measured on CIFAR-10 and spoken digits: see ``scripts/bench_real.md``).
+So cleaning:
+
+* starts when the OOF predictions stopped improving (:func:`readiness`), not at a fixed
+  epoch; ``warmup_epochs`` stays a floor;
+* judges on each sample's held-out softmax averaged over epochs (:func:`ema`);
+* never flags more than a fraction of any class, nor of the whole set (:func:`bound_flags`);
+* acts gradually: a flag lowers the weight step by step, and only a sample flagged at
+  ``ramp_steps`` consecutive steps reaches the action's full weight (:func:`ramp_weights`);
+* watches for harm (:func:`harm_checks`) and backs off when it sees it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+
+import torch
+
+#: Readiness rules: ``plateau`` (OOF accuracy stopped improving, or ``ready_max_frac`` of
+#: the schedule passed) or ``fixed`` (``warmup_epochs`` alone, the old behaviour).
+READY_RULES = ("plateau", "fixed")
+
+
+@dataclass(frozen=True)
+class SafetyPolicy:
+    """Settings of safe cleaning, validated once.
+
+    Attributes:
+        ready: ``"plateau"`` or ``"fixed"`` (see :func:`readiness`).
+        ready_patience: epochs over which the OOF accuracy must have stopped improving.
+        ready_min_delta: improvement (absolute accuracy) below which it "stopped".
+        ready_max_frac: start at the latest after this fraction of ``max_epochs``.
+        smoothing: EMA decay of the OOF softmax across epochs, in [0, 1); 0 uses the last
+            epoch's alone.
+        max_class_frac: at most this fraction of a class's given labels is flagged.
+        max_flag_frac: at most this fraction of all samples is flagged.
+        min_confidence: a sample is flagged only if the evidence gives its suggested label at
+            least this probability (a weak model's flags are its own uncertainty).
+        ramp_steps: consecutive flagged steps until a sample gets the action's full weight.
+        guard: check for harm after every step and back off when found.
+        guard_val_drop: validation accuracy this far (absolute) below its best before
+            cleaning started counts as harm.
+        guard_noise_jump: estimated noise rate rising by more than this between two steps
+            counts as harm.
+        guard_pause: epochs cleaning pauses after a back-off.
+        guard_max_backoffs: after this many back-offs cleaning stops for the rest of the run.
+    """
+
+    ready: str = "plateau"
+    ready_patience: int = 2
+    ready_min_delta: float = 0.01
+    ready_max_frac: float = 0.5
+    smoothing: float = 0.5
+    max_class_frac: float = 0.5
+    max_flag_frac: float = 0.5
+    min_confidence: float = 0.5
+    ramp_steps: int = 2
+    guard: bool = True
+    guard_val_drop: float = 0.03
+    guard_noise_jump: float = 0.1
+    guard_pause: int = 3
+    guard_max_backoffs: int = 2
+
+    def __post_init__(self) -> None:
+        if self.ready not in READY_RULES:
+            raise ValueError(f"ready must be one of {list(READY_RULES)}; got {self.ready!r}")
+        _int_at_least("ready_patience", self.ready_patience, 1)
+        _int_at_least("ramp_steps", self.ramp_steps, 1)
+        _int_at_least("guard_pause", self.guard_pause, 0)
+        _int_at_least("guard_max_backoffs", self.guard_max_backoffs, 1)
+        _in_range("ready_min_delta", self.ready_min_delta, 0.0, 1.0)
+        _in_range("ready_max_frac", self.ready_max_frac, 0.0, 1.0)
+        _in_range("max_class_frac", self.max_class_frac, 0.0, 1.0, low_open=True)
+        _in_range("max_flag_frac", self.max_flag_frac, 0.0, 1.0, low_open=True)
+        _in_range("min_confidence", self.min_confidence, 0.0, 1.0)
+        _in_range("guard_val_drop", self.guard_val_drop, 0.0, 1.0)
+        _in_range("guard_noise_jump", self.guard_noise_jump, 0.0, 1.0)
+        if not isinstance(self.smoothing, (int, float)) or not 0.0 <= self.smoothing < 1.0:
+            raise ValueError(f"smoothing must be in [0, 1); got {self.smoothing!r}")
+        if not isinstance(self.guard, bool):
+            raise ValueError(f"guard must be true or false; got {self.guard!r}")
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def _int_at_least(name: str, value, low: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ValueError(f"{name} must be an int >= {low}; got {value!r}")
+
+
+def _in_range(name: str, value, low: float, high: float, *, low_open: bool = False) -> None:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    ok = ok and (low < value if low_open else low <= value) and value <= high
+    if not ok:
+        bracket = "(" if low_open else "["
+        raise ValueError(f"{name} must be in {bracket}{low}, {high}]; got {value!r}")
+
+
+# ------------------------------------------------------------------------------ readiness
+
+
+def oof_accuracy(labels: torch.Tensor, probs: torch.Tensor) -> float:
+    """Agreement of the OOF argmax with the given labels (one host sync)."""
+    return float((probs.argmax(1) == labels.to(probs.device)).float().mean())
+
+
+def readiness(
+    acc_history: Sequence[float],
+    *,
+    epoch: int,
+    warmup_epochs: int,
+    max_epochs: int | None,
+    policy: SafetyPolicy,
+) -> tuple[bool, str]:
+    """Whether the OOF predictions can be trusted at (1-based) ``epoch``, and why.
+
+    ``plateau``: from ``warmup_epochs`` on, ready when this epoch's OOF accuracy (against
+    the given labels) is less than ``ready_min_delta`` above the best of the
+    ``ready_patience`` epochs before it, or when ``ready_max_frac`` of ``max_epochs`` has
+    passed. While the predictions still improve quickly, their mistakes are the model's,
+    not the labels'. ``fixed``: ready from ``warmup_epochs`` on.
+
+    Args:
+        acc_history: OOF accuracy of every epoch so far, epoch 1 first (``epoch`` entries).
+        epoch: the epoch just finished, 1-based.
+        warmup_epochs: the floor.
+        max_epochs: the schedule's length (``None``: no fraction rule).
+        policy: the settings.
+
+    Returns:
+        ``(ready, reason)``; the reason names the numbers.
+    """
+    if epoch < warmup_epochs:
+        return False, f"epoch {epoch} < warmup_epochs {warmup_epochs}"
+    if policy.ready == "fixed":
+        return True, f"epoch {epoch} >= warmup_epochs {warmup_epochs}"
+    if max_epochs and epoch >= math.ceil(policy.ready_max_frac * max_epochs):
+        return True, f"epoch {epoch} >= {policy.ready_max_frac:g} of max_epochs {max_epochs}"
+    previous = list(acc_history[-1 - policy.ready_patience : -1])
+    if len(previous) < policy.ready_patience:
+        return False, f"{len(previous)} of {policy.ready_patience} epochs to compare"
+    gain = acc_history[-1] - max(previous)
+    if gain < policy.ready_min_delta:
+        return True, (
+            f"OOF accuracy {acc_history[-1]:.3f} gained {gain:+.3f} on the best of the last "
+            f"{policy.ready_patience} epochs (< {policy.ready_min_delta:g})"
+        )
+    return False, f"OOF accuracy {acc_history[-1]:.3f} still rising ({gain:+.3f})"
+
+
+# ------------------------------------------------------------------------------ evidence
+
+
+def ema(previous: torch.Tensor | None, current: torch.Tensor, decay: float) -> torch.Tensor:
+    """Exponential moving average of OOF softmax across epochs, ``(N, C)``, rows sum to 1.
+
+    ``decay=0`` (or no ``previous``) returns ``current``.
+    """
+    if previous is None or decay == 0.0:
+        return current.float().clone()
+    return previous.float().mul(decay).add_(current.float(), alpha=1.0 - decay)
+
+
+# -------------------------------------------------------------------------------- action
+
+
+def bound_flags(
+    flags: torch.Tensor,
+    quality: torch.Tensor,
+    labels: torch.Tensor,
+    num_classes: int,
+    *,
+    max_class_frac: float,
+    max_flag_frac: float,
+    confidence: torch.Tensor | None = None,
+    min_confidence: float = 0.0,
+) -> torch.Tensor:
+    """``flags`` with at most ``max_class_frac`` of each given class and ``max_flag_frac``
+    of all samples left flagged; the lowest-quality flags are the ones kept.
+
+    Why half of a class by default: confident learning assumes each class's given labels are
+    mostly right (the noise matrix is diagonally dominant). A verdict that more than half of
+    a class is mislabelled contradicts its own assumption: those flags are the model's
+    mistakes, and pruning them empties the class.
+
+    Args:
+        flags: ``(N,)`` bool.
+        quality: ``(N,)`` label quality (lower = worse), used to rank.
+        labels: ``(N,)`` given labels.
+        num_classes: C.
+        confidence: ``(N,)`` probability of each sample's suggested label (the evidence's
+            max); with ``min_confidence`` a flag needs at least that much. A weak model gives
+            its best guess little probability: its disagreements are its own uncertainty,
+            not evidence of a wrong label, and they stay unflagged.
+
+    Returns:
+        ``(N,)`` bool on ``flags.device``; a subset of ``flags``. No host sync.
+    """
+    device = flags.device
+    labels = labels.to(device)
+    n = flags.numel()
+    if confidence is not None and min_confidence > 0:
+        flags = flags & (confidence.to(device) >= min_confidence)
+    # Rank flagged rows by quality (worst first); unflagged rows go last.
+    key = torch.where(
+        flags, quality.to(device).float(), torch.full_like(quality, 2.0, device=device)
+    )
+    order = torch.argsort(key, stable=True)
+    sorted_labels = labels[order]
+    sorted_flags = flags[order]
+    # Rank of each row among the flagged rows of its class, in quality order.
+    onehot = torch.nn.functional.one_hot(sorted_labels, num_classes) * sorted_flags[:, None]
+    class_rank = onehot.cumsum(0).gather(1, sorted_labels[:, None]).squeeze(1)  # 1-based
+    counts = torch.bincount(labels, minlength=num_classes)
+    class_cap = torch.floor(counts.float() * max_class_frac).long()
+    keep = sorted_flags & (class_rank <= class_cap[sorted_labels])
+    total_rank = keep.long().cumsum(0)
+    keep &= total_rank <= int(math.floor(max_flag_frac * n))
+    out = torch.zeros_like(flags)
+    out[order] = keep
+    return out
+
+
+def update_streak(streak: torch.Tensor, flags: torch.Tensor) -> torch.Tensor:
+    """Consecutive flagged steps per sample: +1 where flagged, 0 where cleared."""
+    return torch.where(flags, streak + 1, torch.zeros_like(streak))
+
+
+def ramp_weights(
+    flags: torch.Tensor,
+    streak: torch.Tensor,
+    target: torch.Tensor,
+    *,
+    ramp_steps: int,
+) -> torch.Tensor:
+    """Weights that move from 1 to the action's ``target`` over ``ramp_steps`` flagged steps.
+
+    A sample flagged at ``s`` consecutive steps gets ``1 - min(s, R)/R * (1 - target)``: with
+    ``R=2`` and prune, 0.5 at its first flag and 0 from its second on. Unflagged samples get 1
+    (a sample a later verdict clears comes back at once).
+
+    Args:
+        flags: ``(N,)`` bool, this step's (bounded) flags.
+        streak: ``(N,)`` int, consecutive flagged steps including this one.
+        target: ``(N,)`` float, the action's weight for a flagged sample (0 for prune).
+        ramp_steps: R.
+    """
+    frac = streak.clamp(max=ramp_steps).float() / ramp_steps
+    ramped = 1.0 - frac * (1.0 - target.float())
+    return torch.where(flags, ramped, torch.ones_like(ramped))
+
+
+# --------------------------------------------------------------------------------- guard
+
+
+def never_predicted(probs: torch.Tensor, labels: torch.Tensor, num_classes: int) -> list[int]:
+    """Classes that have given labels but are the argmax of no OOF prediction."""
+    pred = torch.bincount(probs.argmax(1), minlength=num_classes)
+    given = torch.bincount(labels.to(probs.device), minlength=num_classes)
+    return [int(c) for c in torch.nonzero((pred == 0) & (given > 0)).flatten().tolist()]
+
+
+def constant_replicas(probs: torch.Tensor, folds: torch.Tensor, num_folds: int) -> list[int]:
+    """Replicas whose held-out outputs no longer depend on the input.
+
+    Replica k is "constant" when, over the samples of fold k, every class's softmax varies by
+    less than 1e-3 (standard deviation) or its argmax is one class for every sample.
+    """
+    out = []
+    folds = folds.to(probs.device)
+    for k in range(num_folds):
+        p = probs[folds == k]
+        if p.shape[0] < 2:
+            continue
+        flat = bool(p.float().std(0).max() < 1e-3)
+        single = bool(torch.unique(p.argmax(1)).numel() == 1)
+        if flat or single:
+            out.append(k)
+    return out
+
+
+def harm_checks(
+    *,
+    probs: torch.Tensor,
+    labels: torch.Tensor,
+    folds: torch.Tensor,
+    num_classes: int,
+    num_folds: int,
+    noise_rate: float,
+    previous_noise_rate: float | None,
+    val_acc: float | None,
+    best_val_before: float | None,
+    policy: SafetyPolicy,
+) -> list[str]:
+    """Signs that cleaning hurts, each as one sentence (empty list: none).
+
+    Args:
+        probs: ``(N, C)`` this epoch's OOF softmax (not smoothed: the model as it is now).
+        labels, folds: ``(N,)`` given labels and folds.
+        noise_rate: this step's estimated noise rate.
+        previous_noise_rate: the previous step's, ``None`` at the first step.
+        val_acc: this epoch's validation accuracy, ``None`` without a validation set.
+        best_val_before: the best validation accuracy before cleaning first acted.
+    """
+    problems = []
+    missing = never_predicted(probs, labels, num_classes)
+    if missing:
+        problems.append(f"class(es) {missing} predicted for no training sample")
+    flat = constant_replicas(probs, folds, num_folds)
+    if flat:
+        problems.append(f"replica(s) {flat} give the same output for every input")
+    if (
+        previous_noise_rate is not None
+        and noise_rate - previous_noise_rate > policy.guard_noise_jump
+    ):
+        problems.append(
+            f"estimated noise rate jumped from {previous_noise_rate:.3f} to {noise_rate:.3f} "
+            f"(> +{policy.guard_noise_jump:g})"
+        )
+    if val_acc is not None and best_val_before is not None:
+        if val_acc < best_val_before - policy.guard_val_drop:
+            problems.append(
+                f"validation accuracy {val_acc:.3f} fell below its best before cleaning, "
+                f"{best_val_before:.3f} (by more than {policy.guard_val_drop:g})"
+            )
+    return problems
