@@ -44,8 +44,8 @@ class SafetyPolicy:
             epoch's alone.
         max_class_frac: at most this fraction of a class's given labels is flagged.
         max_flag_frac: at most this fraction of all samples is flagged.
-        min_confidence: a sample is flagged only if the evidence gives its suggested label at
-            least this probability (a weak model's flags are its own uncertainty).
+        min_confidence: a flag is acted on (its weight lowered) only if the evidence gives
+            the suggested label at least this probability (:func:`confident`).
         ramp_steps: consecutive flagged steps until a sample gets the action's full weight.
         guard: check for harm after every step and back off when found.
         guard_val_drop: validation accuracy this far (absolute) below its best before
@@ -126,8 +126,8 @@ def readiness(
     """Whether the OOF predictions can be trusted at (1-based) ``epoch``, and why.
 
     ``plateau``: from ``warmup_epochs`` on, ready when this epoch's OOF accuracy (against
-    the given labels) is less than ``ready_min_delta`` above the best of the
-    ``ready_patience`` epochs before it, or when ``ready_max_frac`` of ``max_epochs`` has
+    the given labels) is less than ``ready_min_delta`` above its value ``ready_patience``
+    epochs earlier, or when ``ready_max_frac`` of ``max_epochs`` has
     passed. While the predictions still improve quickly, their mistakes are the model's,
     not the labels'. ``fixed``: ready from ``warmup_epochs`` on.
 
@@ -147,16 +147,16 @@ def readiness(
         return True, f"epoch {epoch} >= warmup_epochs {warmup_epochs}"
     if max_epochs and epoch >= math.ceil(policy.ready_max_frac * max_epochs):
         return True, f"epoch {epoch} >= {policy.ready_max_frac:g} of max_epochs {max_epochs}"
-    previous = list(acc_history[-1 - policy.ready_patience : -1])
-    if len(previous) < policy.ready_patience:
-        return False, f"{len(previous)} of {policy.ready_patience} epochs to compare"
-    gain = acc_history[-1] - max(previous)
+    p = policy.ready_patience
+    if len(acc_history) <= p:
+        return False, f"{len(acc_history)} epoch(s) of OOF accuracy, {p + 1} needed to compare"
+    gain = acc_history[-1] - acc_history[-1 - p]
     if gain < policy.ready_min_delta:
         return True, (
-            f"OOF accuracy {acc_history[-1]:.3f} gained {gain:+.3f} on the best of the last "
-            f"{policy.ready_patience} epochs (< {policy.ready_min_delta:g})"
+            f"OOF accuracy {acc_history[-1]:.3f} gained {gain:+.3f} in {p} epochs "
+            f"(< {policy.ready_min_delta:g})"
         )
-    return False, f"OOF accuracy {acc_history[-1]:.3f} still rising ({gain:+.3f})"
+    return False, f"OOF accuracy {acc_history[-1]:.3f} still rising ({gain:+.3f} in {p} epochs)"
 
 
 # ------------------------------------------------------------------------------ evidence
@@ -169,7 +169,9 @@ def ema(previous: torch.Tensor | None, current: torch.Tensor, decay: float) -> t
     """
     if previous is None or decay == 0.0:
         return current.float().clone()
-    return previous.float().mul(decay).add_(current.float(), alpha=1.0 - decay)
+    # ``previous`` may come from a checkpoint on the host: follow the current device.
+    previous = previous.to(device=current.device, dtype=torch.float32)
+    return previous.mul(decay).add_(current.float(), alpha=1.0 - decay)
 
 
 # -------------------------------------------------------------------------------- action
@@ -183,8 +185,6 @@ def bound_flags(
     *,
     max_class_frac: float,
     max_flag_frac: float,
-    confidence: torch.Tensor | None = None,
-    min_confidence: float = 0.0,
 ) -> torch.Tensor:
     """``flags`` with at most ``max_class_frac`` of each given class and ``max_flag_frac``
     of all samples left flagged; the lowest-quality flags are the ones kept.
@@ -199,10 +199,6 @@ def bound_flags(
         quality: ``(N,)`` label quality (lower = worse), used to rank.
         labels: ``(N,)`` given labels.
         num_classes: C.
-        confidence: ``(N,)`` probability of each sample's suggested label (the evidence's
-            max); with ``min_confidence`` a flag needs at least that much. A weak model gives
-            its best guess little probability: its disagreements are its own uncertainty,
-            not evidence of a wrong label, and they stay unflagged.
 
     Returns:
         ``(N,)`` bool on ``flags.device``; a subset of ``flags``. No host sync.
@@ -210,8 +206,6 @@ def bound_flags(
     device = flags.device
     labels = labels.to(device)
     n = flags.numel()
-    if confidence is not None and min_confidence > 0:
-        flags = flags & (confidence.to(device) >= min_confidence)
     # Rank flagged rows by quality (worst first); unflagged rows go last.
     key = torch.where(
         flags, quality.to(device).float(), torch.full_like(quality, 2.0, device=device)
@@ -230,6 +224,18 @@ def bound_flags(
     out = torch.zeros_like(flags)
     out[order] = keep
     return out
+
+
+def confident(flags: torch.Tensor, evidence: torch.Tensor, min_confidence: float) -> torch.Tensor:
+    """The flags whose evidence gives the suggested label at least ``min_confidence``.
+
+    A weak model gives its best guess little probability: its disagreements with the given
+    label are its own uncertainty, not evidence that the label is wrong. These flags stay in
+    the issue table (ranked by quality) but are not acted on. ``(N,)`` bool, no host sync.
+    """
+    if min_confidence <= 0:
+        return flags
+    return flags & (evidence.max(1).values.to(flags.device) >= min_confidence)
 
 
 def update_streak(streak: torch.Tensor, flags: torch.Tensor) -> torch.Tensor:

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 import torch
 
-from dcloop.callbacks import ConfidentLearning, OOFCollector
+from dcloop.callbacks import ConfidentLearning, EpochCheckpoint, OOFCollector
 from dcloop.models import MLP, FoldEnsemble
 
 from conftest import BlobsDataModule, fast_trainer
@@ -24,6 +24,18 @@ def model_for(dm, **kw):
     )
 
 
+#: The engine alone: fixed start, last-epoch evidence, no bounds, the action at once.
+RAW = dict(
+    ready="fixed",
+    smoothing=0.0,
+    max_class_frac=1.0,
+    max_flag_frac=1.0,
+    min_confidence=0.0,
+    ramp_steps=1,
+    guard=False,
+)
+
+
 def fit(tmp_path, dm, epochs=4, **cl_kw):
     model = model_for(dm)
     oof = OOFCollector()
@@ -34,12 +46,12 @@ def fit(tmp_path, dm, epochs=4, **cl_kw):
 
 @pytest.mark.parametrize("backend", ["torch", "cleanlab"])
 def test_callback_equals_direct_cleanlab_call(tmp_path, blobs, backend):
-    model, oof, clcb = fit(tmp_path, blobs, backend=backend)
+    model, oof, clcb = fit(tmp_path, blobs, backend=backend, **RAW)
     probs = oof.probs.numpy()
     ref = cleanlab.filter.find_label_issues(blobs.labels, probs)
     np.testing.assert_array_equal(model.samples.flagged.numpy(), ref)
     assert ref.sum() > 10  # the blobs carry ~15% flipped labels
-    assert [h["epoch"] for h in clcb.history] == [1, 2, 3]  # warm-up 2 -> from epoch index 1
+    assert [h["epoch"] for h in clcb.history] == [2, 3, 4]  # warm-up 2, epochs 1-based
     assert {"precision", "recall", "f1", "auroc", "num_flagged"} <= set(clcb.history[-1])
     table = pd.read_csv(tmp_path / "label_issues.csv")
     assert len(table) == blobs.n and table["flagged"].sum() == ref.sum()
@@ -49,7 +61,7 @@ def test_callback_equals_direct_cleanlab_call(tmp_path, blobs, backend):
 
 @pytest.mark.parametrize("action", ["prune", "downweight", "detect"])
 def test_actions_set_weights(tmp_path, blobs, action):
-    model, _, _ = fit(tmp_path, blobs, action=action, downweight_floor=0.2)
+    model, _, _ = fit(tmp_path, blobs, action=action, downweight_floor=0.2, **RAW)
     s = model.samples
     assert (s.weights[~s.flagged] == 1).all()
     flagged_w = s.weights[s.flagged]
@@ -63,6 +75,19 @@ def test_actions_set_weights(tmp_path, blobs, action):
         assert (flagged_w < 1).all()
 
 
+def test_default_prune_ramps_and_judges_on_smoothed_evidence(tmp_path, blobs):
+    model, oof, clcb = fit(tmp_path, blobs, epochs=6)
+    s = model.samples
+    assert set(s.weights.unique().tolist()) <= {0.0, 0.5, 1.0}  # ramp of 2 steps
+    assert (s.weights[s.flag_streak >= 2] == 0).all() and (
+        s.weights[s.flag_streak == 1] == 0.5
+    ).all()
+    assert (s.weights[~s.flagged] == 1).all()
+    assert not torch.equal(clcb.evidence, oof.probs)  # an EMA over epochs, not the last one
+    assert [r["epoch"] for r in clcb.epochs] == [1, 2, 3, 4, 5, 6]
+    assert all("state" in r and "oof_acc" in r for r in clcb.epochs)
+
+
 def test_pruned_sample_comes_back_when_cleared(tmp_path):
     from dcloop.cleaning import action_weights
 
@@ -71,6 +96,11 @@ def test_pruned_sample_comes_back_when_cleared(tmp_path):
     w1 = action_weights(flags, q, action="prune")
     w2 = action_weights(torch.tensor([False, True]), q, action="prune")
     assert w1.tolist() == [0.0, 0.0] and w2.tolist() == [1.0, 0.0]
+
+
+def test_unknown_safety_option_is_named():
+    with pytest.raises(ValueError, match=r"unknown confident-learning option\(s\) \['smoothin'\]"):
+        ConfidentLearning(smoothin=0.5)
 
 
 def test_needs_an_oof_collector_first(tmp_path, blobs):
@@ -88,19 +118,29 @@ def test_bad_arguments():
         ConfidentLearning(filter_by="nope")
 
 
-def run_with_checkpoints(tmp_path, max_epochs, ckpt_path=None):
+class StopAfter(L.Callback):
+    """Ends fit after ``epochs`` epochs (the checkpoint of the last one is written)."""
+
+    def __init__(self, epochs):
+        self.epochs = epochs
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        if trainer.current_epoch + 1 >= self.epochs:
+            trainer.should_stop = True
+
+
+def run_with_checkpoints(tmp_path, max_epochs, ckpt_path=None, stop_after=None):
     L.seed_everything(0)
     dm = BlobsDataModule()
-    model = model_for(dm, scheduler="none")
+    model = model_for(dm)
     oof, clcb = OOFCollector(), ConfidentLearning(warmup_epochs=2)
-    ckpt = L.pytorch.callbacks.ModelCheckpoint(
-        dirpath=tmp_path / "ckpt", save_last=True, save_top_k=0, save_on_train_epoch_end=True
-    )
+    ckpt = EpochCheckpoint(tmp_path / "ckpt")
+    stop = [StopAfter(stop_after)] if stop_after else []
     trainer = L.Trainer(
         accelerator="cpu",
         max_epochs=max_epochs,
         logger=False,
-        callbacks=[oof, clcb, ckpt],
+        callbacks=[oof, clcb, ckpt, *stop],
         enable_progress_bar=False,
         enable_model_summary=False,
         default_root_dir=tmp_path,
@@ -110,12 +150,15 @@ def run_with_checkpoints(tmp_path, max_epochs, ckpt_path=None):
 
 
 def test_resume_gives_the_same_flags(tmp_path):
-    full, full_oof, full_cl = run_with_checkpoints(tmp_path / "a", 5)
-    run_with_checkpoints(tmp_path / "b", 3)  # "killed" after epoch 3
+    full, full_oof, full_cl = run_with_checkpoints(tmp_path / "a", 6)
+    run_with_checkpoints(tmp_path / "b", 6, stop_after=3)  # stopped after epoch 3 of 6
     resumed, res_oof, res_cl = run_with_checkpoints(
-        tmp_path / "c", 5, tmp_path / "b" / "ckpt" / "last.ckpt"
+        tmp_path / "c", 6, tmp_path / "b" / "ckpt" / "last.ckpt"
     )
     torch.testing.assert_close(res_oof.probs, full_oof.probs)
     assert torch.equal(resumed.samples.flagged, full.samples.flagged)
     assert torch.equal(resumed.samples.first_flagged, full.samples.first_flagged)
+    assert torch.equal(resumed.samples.weights, full.samples.weights)
     assert [h["epoch"] for h in res_cl.history] == [h["epoch"] for h in full_cl.history]
+    assert res_cl.epochs == full_cl.epochs  # readiness and guard state carried over
+    torch.testing.assert_close(res_cl.evidence, full_cl.evidence)

@@ -25,6 +25,7 @@ from dcloop.results import write_issue_table
 from dcloop.safety import (
     SafetyPolicy,
     bound_flags,
+    confident,
     ema,
     harm_checks,
     oof_accuracy,
@@ -222,29 +223,31 @@ class ConfidentLearning(L.Callback):
         else:
             result = self.run(table.labels, self.evidence, confirmed=table.confirmed)
         raw_flagged = int(result.flags.sum())
-        result.flags = self.bound(result, table.labels, self.evidence)
+        result.flags = self.bound(result, table.labels)
         problems = self._harm(pl_module, probs, result) if self.policy.guard else []
         table.record_flags(result.flags, result.quality, result.suggested, epoch)
+        act = torch.zeros_like(result.flags)
         if problems:
             self._back_off(trainer, table, epoch, problems)
         else:
-            table.flag_streak.copy_(update_streak(table.flag_streak, result.flags))
+            act = confident(result.flags, self.evidence, self.policy.min_confidence)
+            table.flag_streak.copy_(update_streak(table.flag_streak, act))
             target = action_weights(
-                result.flags,
+                act,
                 result.quality,
                 action=self.action,
                 floor=self.downweight_floor,
                 power=self.downweight_power,
             )
             weights = ramp_weights(
-                result.flags, table.flag_streak, target, ramp_steps=self.policy.ramp_steps
+                act, table.flag_streak, target, ramp_steps=self.policy.ramp_steps
             )
             table.weights.copy_(weights * table.prior_weights)  # label-file weights (people)
             if self.start_epoch is None and self.action != "detect":
                 self.start_epoch = epoch
         self.last_result = result
         row = self._summarise(epoch, result, table)
-        row.update(num_flagged_unbounded=raw_flagged, harm=len(problems))
+        row.update(num_flagged_unbounded=raw_flagged, num_acted=int(act.sum()), harm=len(problems))
         self.history.append(row)
         pl_module.log_dict(
             {f"cl/{k}": float(v) for k, v in row.items() if k != "epoch"},
@@ -254,10 +257,12 @@ class ConfidentLearning(L.Callback):
         )
         if trainer.is_global_zero:
             log.info(
-                "epoch %d: %d flagged (%d before the class/total bounds), estimated noise %.3f",
+                "epoch %d: %d flagged (%d before the class/total bounds), %d acted on "
+                "(confident), estimated noise %.3f",
                 epoch,
                 row["num_flagged"],
                 raw_flagged,
+                row["num_acted"],
                 row["noise_rate_est"],
             )
         if self.output_dir is not None and trainer.is_global_zero:
@@ -308,8 +313,8 @@ class ConfidentLearning(L.Callback):
             confirmed=confirmed,
         )
 
-    def bound(self, result: CLResult, labels: torch.Tensor, evidence: torch.Tensor) -> torch.Tensor:
-        """``result.flags`` within the policy's confidence, class and total bounds."""
+    def bound(self, result: CLResult, labels: torch.Tensor) -> torch.Tensor:
+        """``result.flags`` within the policy's class and total bounds."""
         return bound_flags(
             result.flags,
             result.quality,
@@ -317,8 +322,6 @@ class ConfidentLearning(L.Callback):
             result.joint.shape[0],
             max_class_frac=self.policy.max_class_frac,
             max_flag_frac=self.policy.max_flag_frac,
-            confidence=evidence.max(1).values,
-            min_confidence=self.policy.min_confidence,
         )
 
     def judge(self, table, probs: torch.Tensor) -> CLResult:
@@ -326,7 +329,7 @@ class ConfidentLearning(L.Callback):
         is some, else on ``probs``; flags bounded as in the loop."""
         evidence = self.evidence if self.evidence is not None else probs
         result = self.run(table.labels, evidence, confirmed=table.confirmed)
-        result.flags = self.bound(result, table.labels, evidence)
+        result.flags = self.bound(result, table.labels)
         return result
 
     def summary(self) -> dict[str, Any]:
@@ -372,6 +375,11 @@ class ConfidentLearning(L.Callback):
         state = {k: getattr(self, k) for k in self._STATE}
         if self.evidence is not None:
             state["evidence"] = self.evidence.cpu()
+        if self.last_result is not None:  # the verdict a resumed run ends with if no step runs
+            state["last_result"] = {
+                k: (v.cpu() if isinstance(v, torch.Tensor) else v)
+                for k, v in vars(self.last_result).items()
+            }
         return state
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -385,6 +393,8 @@ class ConfidentLearning(L.Callback):
         self.backoffs = int(state_dict.get("backoffs", 0))
         evidence = state_dict.get("evidence")
         self.evidence = None if evidence is None else evidence.float()
+        last = state_dict.get("last_result")
+        self.last_result = None if last is None else CLResult(**last)
 
 
 def _metric(trainer: L.Trainer, key: str) -> float | None:

@@ -40,6 +40,7 @@ text-align:right;font-size:13px} th{background:#f4f4f4} td.l,th.l{text-align:lef
 .card.noisy{border-color:#c0392b;background:#fff5f4} .card.clean{border-color:#27ae60}
 .muted{color:#777} .charts img{max-width:100%;vertical-align:top;margin-right:8px}
 .kv td:first-child{text-align:left;font-weight:600}
+.warn{border:2px solid #c0392b;background:#fff5f4;padding:8px 12px;border-radius:6px}
 """
 
 # Records, once the page has loaded, how many <img> decoded: tests read these attributes.
@@ -187,7 +188,7 @@ def history_png(history: list[dict[str, Any]]) -> bytes:
     h = pd.DataFrame(history)
     fig = _figure(9, 3.2)
     a1, a2 = fig.subplots(1, 2)
-    ep = h["epoch"]  # 0-based, as in metrics.json and label_issues.csv
+    ep = h["epoch"]  # 1-based, as in metrics.json and label_issues.csv
     a1.plot(ep, h["num_flagged"], marker="o")
     a1.set_xlabel("epoch")
     a1.set_title("flagged samples", fontsize=10)
@@ -345,6 +346,34 @@ def _gallery(issues: pd.DataFrame, names: list[str], dataset, worst: int) -> tup
     return f'<div class="gallery">{"".join(cards)}</div>', len(cards)
 
 
+def _guard_section(metrics: dict[str, Any]) -> list[str]:
+    """The harm guard's warnings (first thing on the page) and when cleaning started."""
+    parts = []
+    warnings = metrics.get("warnings") or []
+    if warnings:
+        items = "".join(f"<li>{escape(str(w))}</li>" for w in warnings)
+        parts.append(
+            '<div class="warn"><b>Warning: the guard saw signs that cleaning hurt, and backed '
+            f"off</b><ul>{items}</ul></div>"
+        )
+    safety = metrics.get("safety")
+    if safety:
+        start = safety.get("start_epoch")
+        ready = safety.get("ready_epoch")
+        text = (
+            f"predictions ready at epoch {ready}; cleaning acted from epoch {start}"
+            if start is not None
+            else f"cleaning never acted (ready at epoch {ready})"
+            if ready is not None
+            else "cleaning never acted: the predictions never became ready"
+        )
+        parts.append(
+            f'<p class="muted">Cleaning: {escape(text)}; back-offs: '
+            f"{int(safety.get('backoffs', 0))}.</p>"
+        )
+    return parts
+
+
 def render_report(
     run_dir: str | os.PathLike, *, dataset=None, worst: int = 24, title: str | None = None
 ) -> str:
@@ -375,6 +404,7 @@ def render_report(
     title = title or f"dcloop report: {run_dir.resolve().name}"
 
     parts = [f"<h1>{escape(title)}</h1>", f'<p class="muted">{escape(str(run_dir))}</p>']
+    parts += _guard_section(metrics)
     parts += ["<h2>Summary</h2>", _kv(_summary(metrics, issues) + _label_file(run_dir))]
 
     det = metrics.get("detection")
