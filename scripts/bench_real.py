@@ -17,7 +17,8 @@ Rows (same network, optimiser, schedule, batch and epochs within a dataset):
 
 Data: ``cifar10``: ``cifar10-subset/train`` (500 a class; 10 % to validation) with the official
 test images of ``cifar10-subset/test`` (``data.test_root``). ``fsdd``: the Free Spoken Digit
-clips, split by speaker: jackson and nicolas train (15 % to validation), theo is the test set.
+clips of three speakers, recordings 0-9 of each speaker and digit as the test set (FSDD's own
+test split is 0-4), 10-49 train (15 % to validation).
 Noise: symmetric 20 % and 40 %; asymmetric 30 %: CIFAR-10's class pairs
 (``noise=asymmetric_cifar10``: truck->automobile, bird->airplane, deer->horse, cat<->dog; the
 other classes stay clean, so 15 % of all labels) and, for spoken digits, c->c+1.
@@ -61,7 +62,7 @@ import numpy as np  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 SETTINGS = ("sym20", "sym40", "asym30")
-METHODS = ("plain", "detect", "two_stage", "inloop", "inloop_old", "oracle")
+METHODS = ("plain", "detect", "two_stage", "inloop", "inloop_dw", "inloop_old", "oracle")
 DEFAULT_METHODS = ("plain", "detect", "two_stage", "inloop", "oracle")
 NAMES = {
     "plain": "plain (1 network, noisy labels)",
@@ -69,6 +70,7 @@ NAMES = {
     "two_stage": "two-stage (seq. K-fold + cleanlab + retrain)",
     "inloop": "in-loop, defaults (K-replica ensemble)",
     "inloop_refit": "in-loop + refit (1 network on the cleaned labels)",
+    "inloop_dw": "in-loop, cl.action=downweight (K-replica ensemble)",
     "inloop_old": "in-loop, old rule (fixed epoch 5, unbounded prune)",
     "oracle": "oracle (1 network, true labels)",
 }
@@ -115,14 +117,20 @@ def data_overrides(dataset: str, setting: str, workdir: Path, epochs: int) -> li
 
 
 def fsdd_split(workdir: Path) -> Path:
-    """``train/<digit>/`` (jackson, nicolas) and ``test/<digit>/`` (theo) as symlinks."""
-    out = workdir / "fsdd_by_speaker"
+    """``train/<digit>/`` (recordings 10-49) and ``test/<digit>/`` (0-9) as symlinks.
+
+    FSDD's own convention puts recordings 0-4 of every speaker and digit in the test set; 0-9
+    doubles it (300 clips) for a less noisy test figure. Splitting by speaker (one of three
+    unseen) was tried first: the test accuracy was then ~37 % whatever the labels (the
+    speaker shift, not the label noise, decides it), so it could not show cleaning.
+    """
+    out = workdir / "fsdd_by_recording"
     if (out / "done").exists():
         return out
     src = SHARED / "fsdd-3speakers"
     for digit in sorted(p for p in src.iterdir() if p.is_dir()):
         for f in sorted(digit.glob("*.wav")):
-            part = "test" if "_theo_" in f.name else "train"
+            part = "test" if int(f.stem.rsplit("_", 1)[1]) < 10 else "train"
             dst = out / part / digit.name / f.name
             dst.parent.mkdir(parents=True, exist_ok=True)
             if not dst.exists():
@@ -153,10 +161,12 @@ def run_one(task: dict[str, Any]) -> dict[str, Any]:
         extra.append("refit=true")
     if method == "inloop_old":
         extra += OLD_RULE
+    if method == "inloop_dw":
+        extra.append("cl.action=downweight")
     cfg = compose(run_dir, task["seed"], extra)
     usage0 = _cpu()
     t0 = time.perf_counter()
-    if method in ("detect", "inloop", "inloop_old"):
+    if method in ("detect", "inloop", "inloop_dw", "inloop_old"):
         out = run_inloop(cfg, run_dir)
     elif method == "plain":
         out = bn.run_baseline(cfg, run_dir)
@@ -260,7 +270,7 @@ def rows_of(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
             if m not in ("plain", "oracle", "inloop_refit"):
                 for k in ("precision", "recall", "f1"):
                     row[k] = mean_sd([r["detection"].get(k) for r in rs])[0]
-            if m in ("detect", "inloop", "inloop_old"):
+            if m in ("detect", "inloop", "inloop_dw", "inloop_old"):
                 row["est"] = mean_sd([r["noise_rate_est"] for r in rs])[0]
                 row["true"] = mean_sd([r["noise_rate_true"] for r in rs])[0]
                 kept = [r.get("min_class_kept") for r in rs]
@@ -382,8 +392,15 @@ def main(argv=None) -> int:
         default=None,
         help="seeds for cifar10 only (default: --seeds)",
     )
+    p.add_argument(
+        "--methods-cifar",
+        nargs="+",
+        choices=METHODS,
+        default=None,
+        help="methods for cifar10 only (default: --methods)",
+    )
     p.add_argument("--epochs-cifar", type=int, default=10)
-    p.add_argument("--epochs-fsdd", type=int, default=15)
+    p.add_argument("--epochs-fsdd", type=int, default=20)
     p.add_argument("--jobs", type=int, default=2)
     p.add_argument("--overrides", nargs="*", default=[], metavar="KEY=VALUE")
     p.add_argument("--out", type=Path, default=Path("scripts/results/bench_real"))
@@ -399,12 +416,16 @@ def main(argv=None) -> int:
     else:
         workdir = args.workdir
     tasks = []
-    for ds in args.datasets:
+    # Cheap runs first (spoken digits), then CIFAR seed by seed: a run stopped early still has
+    # whole seeds to report.
+    order = sorted(args.datasets, key=lambda d: d != "fsdd")
+    for ds in order:
         epochs = args.epochs_cifar if ds == "cifar10" else args.epochs_fsdd
         seeds = args.seeds_cifar if (ds == "cifar10" and args.seeds_cifar) else args.seeds
-        for st in args.settings:
-            for seed in seeds:
-                for m in args.methods:
+        methods = args.methods_cifar if (ds == "cifar10" and args.methods_cifar) else args.methods
+        for seed in seeds:
+            for st in args.settings:
+                for m in methods:
                     tasks.append(
                         {
                             "dataset": ds,
