@@ -191,3 +191,61 @@ def test_runs_under_lightning_and_epoch_is_set():
     )
     trainer.fit(model, datamodule=dm)
     assert model.epochs_seen == [0, 1]
+
+
+def _loaded(dm, split):
+    ds = getattr(dm, f"{split}_dataset")
+    return torch.stack([ds[i][0] for i in range(len(ds))]), [dm.source_of(i) for i in range(3)]
+
+
+def test_cache_decodes_once_and_gives_the_same_pixels(tmp_path):
+    _tiny_tree(tmp_path, {"a": 10, "b": 10, "c": 10})
+    kw = dict(root=tmp_path, image_size=4, noise=NOISE, seed=3)
+    cached = LabelNoiseDataModule("folder", **kw)
+    lazy = LabelNoiseDataModule("folder", cache=False, **kw)
+    cached.setup()
+    lazy.setup()
+    assert type(cached.train_dataset).__name__ == "IndexedTensorDataset"
+    assert type(lazy.train_dataset).__name__ == "ImageFileDataset"
+    for split in ("train", "val", "test"):
+        (xc, sc), (xl, sl) = _loaded(cached, split), _loaded(lazy, split)
+        assert torch.equal(xc, xl) and sc == sl  # bit-identical, same files
+    assert np.array_equal(cached.given_labels, lazy.given_labels)
+    with pytest.raises(ValueError, match="cache must be true or false"):
+        LabelNoiseDataModule("folder", root=tmp_path, cache="yes")
+
+
+def test_test_root_is_the_test_split_with_classes_mapped_by_name(tmp_path):
+    _tiny_tree(tmp_path / "train", {"a": 10, "b": 10, "c": 10})
+    _tiny_tree(tmp_path / "test", {"b": 4, "c": 2})  # a subset of the classes, in its own order
+    dm = LabelNoiseDataModule(
+        "folder", root=tmp_path / "train", test_root=tmp_path / "test", image_size=4, val_frac=0.2
+    )
+    dm.setup()
+    assert len(dm.train_dataset) + len(dm.val_dataset) == 30  # all of root: train + val
+    assert len(dm.test_dataset) == 6
+    labels = [int(dm.test_dataset[i][1]) for i in range(6)]
+    assert sorted(labels) == [1, 1, 1, 1, 2, 2]  # b -> 1, c -> 2 as in the training folder
+    _tiny_tree(tmp_path / "bad", {"z": 2})
+    bad = LabelNoiseDataModule("folder", root=tmp_path / "train", test_root=tmp_path / "bad")
+    with pytest.raises(ValueError, match=r"class folder\(s\) \['z'\]"):
+        bad.setup()
+    with pytest.raises(ValueError, match="test_root is for source='folder' or 'audio_folder'"):
+        LabelNoiseDataModule("digits", test_root=tmp_path)
+
+
+def test_asymmetric_noise_with_a_class_mapping_by_name(tmp_path):
+    _tiny_tree(tmp_path, {"cat": 10, "dog": 10, "truck": 10})
+    noise = {"kind": "asymmetric", "rate": 0.4, "mapping": {"cat": "dog", "dog": "cat"}}
+    dm = LabelNoiseDataModule("folder", root=tmp_path, noise=noise, val_frac=0.0, test_frac=0.0)
+    dm.setup()
+    true, given = dm.true_labels, dm.given_labels
+    assert (given[true == 2] == 2).all()  # truck is not in the mapping: clean
+    assert set(given[(true == 0) & dm.is_noisy]) == {1} and set(
+        given[(true == 1) & dm.is_noisy]
+    ) == {0}
+    assert dm.is_noisy.sum() == 8  # round(0.4 * 10) in each mapped class
+    bad = {"kind": "asymmetric", "rate": 0.4, "mapping": {"cat": "horse"}}
+    dm = LabelNoiseDataModule("folder", root=tmp_path, noise=bad, val_frac=0.0, test_frac=0.0)
+    with pytest.raises(ValueError, match="noise mapping names class 'horse'"):
+        dm.setup()

@@ -137,3 +137,22 @@ def test_save_noise_writes_files(labels, tmp_path):
     np.testing.assert_allclose(m, r.noise_matrix)
     with pytest.raises(ValueError, match="sources"):
         save_noise(r, tmp_path, sources=["a"])
+
+
+def test_mapping_flips_only_the_mapped_classes_to_their_targets():
+    from dcloop.data.noise import inject_noise
+
+    labels = np.repeat(np.arange(4), 50)
+    res = inject_noise(
+        labels, kind="asymmetric", rate=0.3, num_classes=4, seed=0, mapping={3: 1, 0: 2}
+    )
+    assert res.num_noisy == 30
+    assert set(res.given_labels[res.is_noisy & (labels == 3)]) == {1}
+    assert set(res.given_labels[res.is_noisy & (labels == 0)]) == {2}
+    assert not res.is_noisy[(labels == 1) | (labels == 2)].any()
+    cyclic = inject_noise(labels, kind="asymmetric", rate=0.3, num_classes=4, seed=0)
+    assert set(cyclic.given_labels[cyclic.is_noisy & (labels == 3)]) == {0}  # c -> c+1 kept
+    with pytest.raises(ValueError, match=r"noise mapping 1: 1 must map"):
+        inject_noise(labels, kind="asymmetric", rate=0.3, num_classes=4, seed=0, mapping={1: 1})
+    with pytest.raises(ValueError, match="a noise mapping is for kind='asymmetric'"):
+        inject_noise(labels, kind="symmetric", rate=0.3, num_classes=4, seed=0, mapping={0: 1})

@@ -114,7 +114,8 @@ def test_callback_keeps_confirmed_rows_and_prior_weights(tmp_path, blobs):
         over.confirmed = confirmed if confirmed is not None else np.zeros(n, bool)
         over.weights = weights if weights is not None else np.ones(n, np.float32)
         attach_label_file(model.samples, over)
-        cl = ConfidentLearning(warmup_epochs=2, action="prune")
+        # the action at once on every flag (no ramp, no confidence gate): weights are exact
+        cl = ConfidentLearning(warmup_epochs=2, action="prune", ramp_steps=1, min_confidence=0.0)
         fast_trainer(tmp_path, [OOFCollector(), cl], max_epochs=4).fit(model, datamodule=blobs)
         return model.samples, cl
 

@@ -350,6 +350,7 @@ class LabelNoiseDataModule(L.LightningDataModule):
                 f"training folder {str(self.root)!r} does not have (classes: {names[:10]})"
             )
         mapping = np.asarray([names.index(n) for n in test_names], dtype=np.int64)
+        test.num_classes, test.class_names = len(names), list(names)  # the training classes
         return test.with_labels(mapping[test.labels])
 
     def _resolve_classes(self, names: list[str]) -> list[str]:
