@@ -156,3 +156,13 @@ def test_mapping_flips_only_the_mapped_classes_to_their_targets():
         inject_noise(labels, kind="asymmetric", rate=0.3, num_classes=4, seed=0, mapping={1: 1})
     with pytest.raises(ValueError, match="a noise mapping is for kind='asymmetric'"):
         inject_noise(labels, kind="symmetric", rate=0.3, num_classes=4, seed=0, mapping={0: 1})
+
+
+def test_labels_csv_neutralises_formula_sources(tmp_path):
+    from dcloop.csvsafe import read_csv
+
+    res = inject_noise(np.array([0, 1]), kind="none", rate=0.0, num_classes=2, seed=0)
+    save_noise(res, tmp_path, sources=["=HYPERLINK(1)", "ok.png"])
+    raw = (tmp_path / "labels.csv").read_text()
+    assert "'=HYPERLINK(1)" in raw and "\n0,0,0,False,=" not in raw
+    assert read_csv(tmp_path / "labels.csv")["source"].tolist() == ["=HYPERLINK(1)", "ok.png"]

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from dcloop.csvsafe import neutralize
 from dcloop.data._validation import as_label_array, check_label_range, check_num_classes
 
 logger = logging.getLogger(__name__)
@@ -357,14 +358,16 @@ def save_noise(
             raise ValueError(f"sources must have one entry per sample ({n}), got {len(src)}")
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
-    pd.DataFrame(
-        {
-            "index": np.arange(n, dtype=np.int64),
-            "given_label": result.given_labels.astype(np.int64),
-            "true_label": result.true_labels.astype(np.int64),
-            "is_noisy": result.is_noisy.astype(bool),
-            "source": src,
-        }
+    neutralize(  # sources (file names) are text a spreadsheet could run: dcloop.csvsafe
+        pd.DataFrame(
+            {
+                "index": np.arange(n, dtype=np.int64),
+                "given_label": result.given_labels.astype(np.int64),
+                "true_label": result.true_labels.astype(np.int64),
+                "is_noisy": result.is_noisy.astype(bool),
+                "source": src,
+            }
+        )
     ).to_csv(out / "labels.csv", index=False)
     c = result.noise_matrix.shape[0]
     matrix = pd.DataFrame(result.noise_matrix, columns=[str(j) for j in range(c)])
