@@ -47,6 +47,7 @@ from dcloop.data import EpochShuffleSampler, check_item
 from dcloop.folds import assign_folds
 from dcloop.models import Classifier
 from dcloop.results import atomic_write, write_json
+from dcloop.signals import exit_on_signal
 
 log = logging.getLogger(__name__)
 
@@ -313,7 +314,8 @@ def run_fold(cfg: DictConfig) -> dict[str, Any]:
         default_root_dir=str(cfg.output_dir),
     )
     val = dm.val_dataloader() if is_overridden("validation_step", module) else None
-    trainer.fit(module, train_dataloaders=train_loader, val_dataloaders=val)
+    with exit_on_signal(trainer):  # SIGTERM / Ctrl+C: exit 143 / 130, not 0 (no shard written)
+        trainer.fit(module, train_dataloaders=train_loader, val_dataloaders=val)
     merged = None
     if trainer.is_global_zero:
         index, probs = oof.shard()

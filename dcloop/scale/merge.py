@@ -136,6 +136,7 @@ def merge_round(round_dir: str | Path, *, device: str = "auto") -> dict[str, Any
         table.confirmed.copy_(torch.as_tensor(arrays["confirmed"]))
         table.prior_weights.copy_(torch.as_tensor(arrays["prior_weights"]))
     result = cl.run(table.labels, probs.to(dev), confirmed=table.confirmed)
+    result.flags = cl.bound(result, table.labels)  # at most max_class_frac of a class, ...
     table.record_flags(result.flags, result.quality, result.suggested, int(meta["round"]))
     table.weights.copy_(
         action_weights(
