@@ -406,7 +406,20 @@ def main(argv=None) -> int:
     p.add_argument("--out", type=Path, default=Path("scripts/results/bench_real"))
     p.add_argument("--workdir", type=Path, default=None)
     p.add_argument("--findings", type=Path, default=None)
+    p.add_argument(
+        "--rewrite",
+        action="store_true",
+        help="only rewrite <out>.md from <out>.json (e.g. with --findings); runs nothing",
+    )
     args = p.parse_args(argv)
+    if args.rewrite:
+        payload = json.loads(args.out.with_suffix(".json").read_text())
+        runs = payload.pop("runs")
+        payload.pop("summary", None)
+        if args.findings is not None:
+            payload["findings"] = args.findings.read_text().strip()
+        write(args.out, runs, payload)
+        return 0
     if not SHARED.is_dir():
         p.error(f"real data not found at {SHARED} (the workplace's shared/data)")
     tmp = None
