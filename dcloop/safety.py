@@ -145,7 +145,7 @@ def readiness(
         return False, f"epoch {epoch} < warmup_epochs {warmup_epochs}"
     if policy.ready == "fixed":
         return True, f"epoch {epoch} >= warmup_epochs {warmup_epochs}"
-    if max_epochs and epoch >= math.ceil(policy.ready_max_frac * max_epochs):
+    if max_epochs and max_epochs > 0 and epoch >= math.ceil(policy.ready_max_frac * max_epochs):
         return True, f"epoch {epoch} >= {policy.ready_max_frac:g} of max_epochs {max_epochs}"
     p = policy.ready_patience
     if len(acc_history) <= p:

@@ -3,10 +3,9 @@
 import json
 
 import pytest
+from test_train import cfg_for
 
 from dcloop.train import train
-
-from test_train import cfg_for
 
 
 @pytest.mark.slow
@@ -32,7 +31,7 @@ def test_constant_model_trips_the_guard_and_the_warning_reaches_every_output(tmp
     on_disk = json.loads((tmp_path / "metrics.json").read_text())
     assert on_disk["warnings"] == metrics["warnings"]
     html = (tmp_path / "report.html").read_text()
-    assert "the guard saw signs that cleaning hurt" in html
+    assert "the guard saw signs of harm" in html
     assert "give the same output for every input" in html
     out = capsys.readouterr().out
     assert "WARNING" in out and "give the same output" in out

@@ -289,12 +289,16 @@ class ConfidentLearning(L.Callback):
     def _back_off(self, trainer, table, epoch: int, problems: list[str]) -> None:
         table.weights.copy_(table.prior_weights)
         table.flag_streak.zero_()
-        self.backoffs += 1
-        self.paused_until = epoch + self.policy.guard_pause
-        if self.stopped:
-            what = "weights restored; cleaning stopped for the rest of the run"
+        if self.action == "detect":  # nothing to undo: report only
+            what = "reported only (action=detect changes no weights)"
         else:
-            what = f"weights restored; cleaning paused until epoch {self.paused_until}"
+            self.backoffs += 1
+            self.paused_until = epoch + self.policy.guard_pause
+            restored = "weights restored" if self.start_epoch is not None else "nothing acted yet"
+            if self.stopped:
+                what = f"{restored}; cleaning stopped for the rest of the run"
+            else:
+                what = f"{restored}; cleaning paused until epoch {self.paused_until}"
         event = {"epoch": epoch, "problems": problems, "action": what}
         self.guard_events.append(event)
         if trainer.is_global_zero:

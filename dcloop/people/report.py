@@ -353,8 +353,9 @@ def _guard_section(metrics: dict[str, Any]) -> list[str]:
     if warnings:
         items = "".join(f"<li>{escape(str(w))}</li>" for w in warnings)
         parts.append(
-            '<div class="warn"><b>Warning: the guard saw signs that cleaning hurt, and backed '
-            f"off</b><ul>{items}</ul></div>"
+            '<div class="warn"><b>Warning: the guard saw signs of harm (a class never '
+            "predicted, a constant replica, a jump of the noise estimate or falling validation "
+            f"accuracy) and backed off</b><ul>{items}</ul></div>"
         )
     safety = metrics.get("safety")
     if safety:
