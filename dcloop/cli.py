@@ -18,7 +18,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-from dcloop.errors import EXIT_USAGE, PREFIX, user_error_message
+from dcloop.errors import EXIT_USAGE, PREFIX, UserInputError, user_error_message
 
 CONFIG_DIR = str(Path(__file__).resolve().parent / "conf")
 
@@ -50,11 +50,27 @@ def _app(cfg: DictConfig) -> float:
     from dcloop.train import train
 
     try:
-        metrics = train(cfg)
+        return optimized_value(cfg, train(cfg))
     except Exception as exc:  # noqa: BLE001 - bad input becomes one line, the rest re-raises
         exit_on_user_error(exc)
         raise
-    return float(metrics["test"]["accuracy"])  # the value Hydra sweepers optimise
+
+
+def optimized_value(cfg: DictConfig, metrics: dict) -> float:
+    """The value Hydra sweepers optimise: ``cfg.optimized_metric`` (``group/name`` in
+    ``metrics.json``), validation accuracy by default. Tuning on test accuracy (what dcloop
+    returned before) would select settings on the test set."""
+    key = cfg.get("optimized_metric") or "val/accuracy"
+    group, _, name = str(key).partition("/")
+    value = (metrics.get(group) or {}).get(name)
+    if value is None:
+        if cfg.get("optimized_metric") is None or key == "val/accuracy":
+            return float("nan")  # e.g. no validation split, or a sequential fold run
+        raise UserInputError(
+            f"optimized_metric={key!r} is not in this run's metrics.json; expected "
+            "'group/name' such as 'val/accuracy', 'test/accuracy' or 'detection/f1'"
+        )
+    return float(value)
 
 
 def main() -> None:

@@ -195,6 +195,8 @@ def run_metrics(run: Run, result: CLResult, test: dict) -> dict[str, Any]:
             "vectorized": run.model.vectorized,
         },
         "noise": {"rate": result.noise_rate},
+        # The last epoch's validation accuracy (the ensemble): what sweeps optimise.
+        "val": {"accuracy": run.cl.epochs[-1]["val_acc"] if run.cl.epochs else None},
         "test": {"accuracy": float(test.get("test/acc", float("nan")))},
         "history": run.cl.history,
         "safety": run.cl.summary(),

@@ -302,3 +302,15 @@ def test_coco_errors_are_one_line(tmp_path):
     assert "not valid JSON" in message(coco_crops, tmp_path, ann)
     ann.write_text(json.dumps({"images": "oops", "annotations": [], "categories": []}))
     assert "'images'" in message(coco_crops, tmp_path, ann)
+
+
+def test_sweeps_optimise_validation_accuracy_not_test():
+    from omegaconf import OmegaConf
+
+    from dcloop.cli import optimized_value
+
+    metrics = {"val": {"accuracy": 0.81}, "test": {"accuracy": 0.99}, "detection": {"f1": 0.5}}
+    assert optimized_value(OmegaConf.create({}), metrics) == 0.81
+    assert optimized_value(OmegaConf.create({"optimized_metric": "detection/f1"}), metrics) == 0.5
+    with pytest.raises(ValueError, match=r"optimized_metric='val/f2' is not in this run"):
+        optimized_value(OmegaConf.create({"optimized_metric": "val/f2"}), metrics)
