@@ -11,9 +11,14 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
+from dcloop.data.fold_batches import fold_grouped_loader
+from dcloop.timing import timed
 from dcloop.validation import check_batch
 
 log = logging.getLogger(__name__)
+
+#: ``mode`` of :class:`OOFCollector`: each sample's held-out replica only, or every replica.
+OOF_MODES: tuple[str, ...] = ("held_out", "all")
 
 
 def dedup_last(index: torch.Tensor, probs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -28,14 +33,19 @@ def dedup_last(index: torch.Tensor, probs: torch.Tensor) -> tuple[torch.Tensor, 
 class OOFCollector(L.Callback):
     """After each training epoch, write each sample's out-of-fold softmax by index.
 
-    The pass runs over an un-augmented loader of the training set in eval mode.
-    With dcloop's :class:`~dcloop.models.FoldEnsemble` the probabilities come from
-    ``pl_module.oof_probs(x, index)`` (each sample's held-out replica). With any
-    other LightningModule (sequential mode: fold k is an ordinary Trainer run) they
-    are ``softmax(pl_module(x))`` on a loader of the held-out fold only.
+    The pass runs over an un-augmented loader of the training set in eval mode. With
+    :class:`~dcloop.models.FoldEnsemble` and ``mode="held_out"`` its dataset is re-batched
+    by fold (:class:`~dcloop.data.fold_batches.FoldBatchSampler`) and each batch runs
+    through its held-out replica alone (``held_out_probs(x, k)``): 1/K of the work of
+    ``mode="all"`` (every replica on every batch, one output kept: ``oof_probs``), the
+    same matrix to float tolerance. It needs row ``i`` of the dataset to carry
+    ``index == i`` (dcloop's datasets do); a device-side check read once per epoch falls
+    back to ``mode="all"`` with a warning otherwise. With any other LightningModule
+    (sequential mode) the probabilities are ``softmax(pl_module(x))``.
 
     Per batch nothing leaves the device; under DDP the ``(index, probs)`` pairs are
-    gathered once at epoch end and the duplicates a padded sampler adds are dropped.
+    gathered once at epoch end and the duplicates the padded samplers add (fold batches
+    dealt out to the ranks, or a ``DistributedSampler``) are dropped.
 
     Args:
         num_samples: N, rows of the buffer (default: ``pl_module.num_samples``).
@@ -46,6 +56,8 @@ class OOFCollector(L.Callback):
         require_full_coverage: raise if some row was never written (fold-parallel
             mode); sequential mode covers only its fold, so set it False there.
         dtype: of the buffer (``torch.float16`` halves memory at ImageNet scale).
+        mode: ``"held_out"`` (each sample through its held-out replica only) or ``"all"``
+            (every replica on every sample, one output kept: the slower reference path).
 
     Example:
         >>> oof = OOFCollector(num_samples=N, num_classes=C, dataloader=held_out_loader,
@@ -63,7 +75,10 @@ class OOFCollector(L.Callback):
         every_n_epochs: int = 1,
         require_full_coverage: bool = True,
         dtype: torch.dtype = torch.float32,
+        mode: str = "held_out",
     ) -> None:
+        if mode not in OOF_MODES:
+            raise ValueError(f"mode must be one of {list(OOF_MODES)}; got {mode!r}")
         if every_n_epochs < 1:
             raise ValueError(f"every_n_epochs must be >= 1; got {every_n_epochs}")
         for name, v in (("num_samples", num_samples), ("num_classes", num_classes)):
@@ -75,10 +90,13 @@ class OOFCollector(L.Callback):
         self.every_n_epochs = every_n_epochs
         self.require_full_coverage = require_full_coverage
         self.dtype = dtype
+        self.mode = mode
         self.probs: torch.Tensor | None = None
         self.seen: torch.Tensor | None = None
         self.last_epoch = -1
         self._pending: dict[str, Any] | None = None
+        self._folds: np.ndarray | None = None  # host copy of the folds (fold-grouped batches)
+        self._misrouted: torch.Tensor | None = None  # device flag of the last pass
 
     @property
     def state_key(self) -> str:
@@ -96,15 +114,27 @@ class OOFCollector(L.Callback):
                 "give the LightningModule `num_samples` / `num_classes`)"
             )
         self._allocate(pl_module.device)
+        folds = getattr(getattr(pl_module, "samples", None), "folds", None)
+        if self.mode == "held_out" and hasattr(pl_module, "held_out_probs") and folds is not None:
+            self._folds = folds.detach().cpu().numpy()  # fixed at setup; read once
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         epoch = trainer.current_epoch
         last = trainer.max_epochs is not None and epoch + 1 >= trainer.max_epochs
         if (epoch + 1) % self.every_n_epochs and not last:
             return
-        self.collect(trainer, pl_module)
-        if self.require_full_coverage:
-            self._check_coverage()
+        with timed(trainer, "oof"):
+            self.collect(trainer, pl_module)
+            wrong = self._misrouted is not None and bool(self._misrouted)  # once per epoch
+            if trainer.strategy.reduce_boolean_decision(wrong, all=False):
+                log.warning(
+                    "OOF loader rows do not carry index == row position, so fold-grouped "
+                    "batches cannot pick the held-out replica; using mode='all' from now on"
+                )
+                self._folds = None
+                self.collect(trainer, pl_module)
+            if self.require_full_coverage:
+                self._check_coverage()
         self.last_epoch = epoch
 
     def state_dict(self) -> dict[str, Any]:
@@ -126,18 +156,24 @@ class OOFCollector(L.Callback):
         data-dependent shapes (``tests/test_gpu.py`` checks it with CUDA's sync debug mode).
         """
         self._allocate(pl_module.device)
-        loader = self._loader(trainer)
+        loader, batch_folds = self._loader(trainer)
         distributed = trainer.world_size > 1
         parts_i, parts_p = [], []
         was_training = pl_module.training
         pl_module.eval()
+        self._misrouted = None
         try:
             with torch.inference_mode():
                 for i, batch in enumerate(loader):
                     if i == 0:
                         check_batch(batch)
                     batch = pl_module.transfer_batch_to_device(batch, pl_module.device, 0)
-                    index, probs = batch[2].long(), self._predict(pl_module, batch)
+                    index = batch[2].long()
+                    if batch_folds is None:
+                        probs = self._predict(pl_module, batch)
+                    else:  # a batch of fold k: replica k alone, k read on the host
+                        probs = pl_module.held_out_probs(batch[0], batch_folds[i])
+                        self._note_routing(pl_module, index, batch_folds[i])
                     if distributed:
                         parts_i.append(index)
                         parts_p.append(probs)
@@ -176,7 +212,13 @@ class OOFCollector(L.Callback):
             self.seen.copy_(self._pending["seen"])
         self._pending = None
 
-    def _loader(self, trainer: L.Trainer) -> DataLoader:
+    def _note_routing(self, pl_module, index: torch.Tensor, fold: int) -> None:
+        """Accumulate, on the device, whether some row of the batch is not of ``fold``."""
+        wrong = (pl_module.samples.folds[index] != fold).any()
+        self._misrouted = wrong if self._misrouted is None else self._misrouted | wrong
+
+    def _loader(self, trainer: L.Trainer) -> tuple[DataLoader, list[int] | None]:
+        """The pass's loader, and the fold of each of its batches (``None``: any folds)."""
         loader = self.dataloader
         if loader is None:
             dm = trainer.datamodule
@@ -186,6 +228,13 @@ class OOFCollector(L.Callback):
                     "a datamodule with an `oof_dataloader()` method"
                 )
             loader = dm.oof_dataloader()
+        grouped = None
+        if self._folds is not None:
+            grouped = fold_grouped_loader(
+                loader, self._folds, num_replicas=trainer.world_size, rank=trainer.global_rank
+            )
+        if grouped is not None:
+            return grouped, grouped.batch_sampler.batch_folds
         if trainer.world_size > 1:
             sampler = DistributedSampler(
                 loader.dataset,
@@ -200,7 +249,7 @@ class OOFCollector(L.Callback):
                 num_workers=loader.num_workers,
                 collate_fn=loader.collate_fn,
             )
-        return loader
+        return loader, None
 
     @staticmethod
     def _predict(pl_module: L.LightningModule, batch) -> torch.Tensor:

@@ -244,6 +244,20 @@ class FoldEnsemble(L.LightningModule):
         rows = torch.arange(x.shape[0], device=probs.device)
         return probs[self.samples.folds[index], rows]
 
+    def held_out_probs(self, x: torch.Tensor, fold: int) -> torch.Tensor:
+        """Softmax of replica ``fold`` alone: ``(B, ...) -> (B, C)``.
+
+        For a batch of fold ``fold``'s samples this is :meth:`oof_probs` at 1/K of its cost
+        (the OOF pass batches by fold, see :class:`~dcloop.data.fold_batches.FoldBatchSampler`).
+        ``fold`` is a host int, so choosing the replica's parameters (views of the stacked
+        ones) asks nothing of the device.
+        """
+        params, buffers = self._stacked()
+        skeleton = self._skeleton[0]
+        skeleton.train(self.training)
+        one = ({n: p[fold] for n, p in params.items()}, {n: b[fold] for n, b in buffers.items()})
+        return functional_call(skeleton, one, (x,)).float().softmax(-1)
+
     # ------------------------------------------------------------- checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         optim = {k: self.hparams[k] for k in _OPTIM_KEYS}
