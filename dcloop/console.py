@@ -59,6 +59,8 @@ def run_summary(metrics: dict[str, Any], run_dir: Path, top: list[dict[str, Any]
             )
             + f"; {safety['backoffs']} back-off(s)"
         )
+    if metrics.get("timing"):
+        lines.append(timing_line(metrics["timing"]))
     for warning in metrics.get("warnings") or []:
         lines.append(f"  WARNING     {warning}")
     if top:
@@ -74,3 +76,28 @@ def run_summary(metrics: dict[str, Any], run_dir: Path, top: list[dict[str, Any]
         "noise_matrix.csv, metrics.json)"
     )
     return "\n".join(lines)
+
+
+_PHASE_LABELS = {
+    "train_steps": "train steps",
+    "data_loading": "data",
+    "validation": "val",
+    "oof": "OOF",
+    "confident_learning": "CL",
+    "policy_update": "policy",
+    "test": "test",
+    "refit": "refit",
+    "result_files": "files",
+    "other": "other",
+}
+
+
+def timing_line(timing: dict[str, float]) -> str:
+    """``metrics.json``'s ``timing`` as one line of shares of the total (phases that ran)."""
+    total = timing.get("total") or sum(v for k, v in timing.items() if k != "total")
+    shares = [
+        f"{label} {timing[k] / total:.0%}" if timing[k] >= 0.005 * total else f"{label} <1%"
+        for k, label in _PHASE_LABELS.items()
+        if timing.get(k, 0) > 0 and total > 0
+    ]
+    return f"  time        {total:.1f} s: " + ", ".join(shares)

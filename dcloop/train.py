@@ -29,6 +29,7 @@ from dcloop.people.report import write_report
 from dcloop.results import issue_table, write_json, write_run_files
 from dcloop.signals import exit_on_signal
 from dcloop.state import digest
+from dcloop.timing import LoopTiming, phase_times, timed
 from dcloop.validation import check_run_config
 
 log = logging.getLogger(__name__)
@@ -92,7 +93,7 @@ def build(cfg: DictConfig, run_dir: Path) -> Run:
     model.run_info["sources"] = digest(sources)  # checked against the checkpoint on resume
     oof = OOFCollector()
     clcb = ConfidentLearning(**OmegaConf.to_container(cfg.cl), output_dir=run_dir, sources=sources)
-    callbacks: list[L.Callback] = [oof, clcb, *augment_callbacks(dm)]  # + WeakClasses
+    callbacks: list[L.Callback] = [oof, clcb, *augment_callbacks(dm), LoopTiming()]  # + WeakClasses
     if cfg.checkpoint:  # last.ckpt at every epoch end, atomically (after confident learning)
         callbacks.append(EpochCheckpoint(run_dir / "checkpoints"))
     logger = instantiate(cfg.logger) if cfg.get("logger") else False
@@ -129,7 +130,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         run.dm.save(run_dir)  # given/true labels and noise mask, before any training
     with exit_on_signal(run.trainer):  # SIGTERM / Ctrl+C: exit 143 / 130, naming the checkpoint
         run.trainer.fit(run.model, datamodule=run.dm, ckpt_path=cfg.get("resume"))
-    test = run.trainer.test(run.model, datamodule=run.dm, verbose=False)
+    with timed(run.trainer, "test"):
+        test = run.trainer.test(run.model, datamodule=run.dm, verbose=False)
     table = run.model.samples
     result = run.cl.last_result
     if result is None:  # confident learning never ran in the loop (warm-up > max_epochs)
@@ -137,13 +139,16 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         table.record_flags(result.flags, result.quality, result.suggested, -1)
     metrics = run_metrics(run, result, test[0] if test else {})
     if cfg.get("refit"):
-        metrics["test"]["refit_accuracy"] = refit(cfg, run)
+        with timed(run.trainer, "refit"):
+            metrics["test"]["refit_accuracy"] = refit(cfg, run)
     metrics["wall_time_s"] = time.perf_counter() - start
     if run.trainer.is_global_zero:
         names = list(run.dm.class_names) if getattr(run.dm, "class_names", None) else None
         weak = weak_epochs(run.trainer)  # class_report.csv `weak` column (dcloop.augment)
-        write_run_files(run_dir, table, run.oof.probs, result, run.sources, names, weak)
-        OmegaConf.save(cfg, run_dir / "config.yaml")
+        with timed(run.trainer, "result_files"):
+            write_run_files(run_dir, table, run.oof.probs, result, run.sources, names, weak)
+            OmegaConf.save(cfg, run_dir / "config.yaml")
+        metrics["timing"] = phase_times(run.trainer).as_dict(time.perf_counter() - start)
         write_json(metrics, run_dir / "metrics.json")
         after_run(cfg, run, run_dir)  # dcloop.beyond: COCO write-back, train/test discrepancy
         report = None

@@ -33,6 +33,7 @@ from dcloop.safety import (
     readiness,
     update_streak,
 )
+from dcloop.timing import timed_hook
 
 log = logging.getLogger(__name__)
 
@@ -161,6 +162,7 @@ class ConfidentLearning(L.Callback):
         done = epoch + 1
         return done >= self.warmup_epochs and (done - self.warmup_epochs) % self.every_n_epochs == 0
 
+    @timed_hook("confident_learning")  # seconds into metrics.json timing (dcloop.timing)
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         epoch0 = trainer.current_epoch
         if self._oof.last_epoch != epoch0:

@@ -12,6 +12,7 @@ from dcloop.augment.weak import RULES, weak_classes
 from dcloop.callbacks.confident_learning import ConfidentLearning
 from dcloop.callbacks.oof import OOFCollector
 from dcloop.cleaning import check_choice
+from dcloop.timing import timed_hook
 
 log = logging.getLogger(__name__)
 
@@ -108,6 +109,7 @@ class WeakClasses(L.Callback):
         if self.policy is not None and self.weak is not None:
             self.policy.set_classes(self.weak, level=self.level, weight=self.oversample)
 
+    @timed_hook("policy_update")  # seconds into metrics.json timing (dcloop.timing)
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         epoch = trainer.current_epoch + 1  # 1-based, as the confident-learning history
         cl = self._cl
