@@ -154,3 +154,20 @@ def test_rows_not_carrying_their_position_fall_back_to_every_replica(tmp_path, c
     with torch.no_grad():
         direct = model.oof_probs(x, torch.arange(len(y)))
     torch.testing.assert_close(oof.probs, direct)
+
+
+def test_on_digits_the_default_network_gives_the_same_matrix_both_ways(tmp_path):
+    from dcloop.data import LabelNoiseDataModule
+
+    dm = LabelNoiseDataModule("digits", noise={"kind": "symmetric", "rate": 0.2}, seed=0)
+    dm.setup()
+    model = FoldEnsemble(partial(SmallCNN, 1, 10), dm.given_labels, num_folds=5)
+    new = OOFCollector()
+    trainer = fast_trainer(tmp_path, [new], max_epochs=1, limit_val_batches=0)
+    trainer.fit(model, datamodule=dm)
+    assert model.vectorized and new._misrouted is not None  # vmap training, fast OOF pass
+    old = OOFCollector(mode="all")
+    old.setup(trainer, model, "fit")
+    old.collect(trainer, model)
+    torch.testing.assert_close(new.probs, old.probs)
+    assert old._misrouted is None
