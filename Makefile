@@ -47,6 +47,8 @@ bench: install
 	$(BIN)/python scripts/bench_augment.py --ops rotate scale elastic --out scripts/results/bench_augment_geometric
 	$(BIN)/python scripts/bench_parallel_vs_sequential.py --epochs 15 --repeats 3
 	$(BIN)/python scripts/bench_annotators.py
+	$(BIN)/python scripts/bench_noise.py --seeds 0 1 2 --settings asym40 sym40 sym20 --methods inloop_prune --epochs 30 --out scripts/results/bench_noise_safe
+	$(BIN)/python scripts/bench_real.py --jobs 2  # needs ../shared/data (real CIFAR-10 and spoken digits)
 
 clean:
 	rm -rf $(VENV) outputs multirun .pytest_cache
