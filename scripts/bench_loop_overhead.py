@@ -34,27 +34,69 @@ from pathlib import Path
 TRAIN_BATCH, OOF_BATCH, WIDTH, C = 128, 512, 32, 10
 
 
+def plain(n: int, train_fraction: float, seed: int = 0) -> dict:
+    """One plain SmallCNN's training epoch on the same data (the cost of not cleaning)."""
+    import torch
+
+    torch.set_num_threads(1)
+    import lightning as L
+
+    from dcloop.models import Classifier, SmallCNN
+    from dcloop.timing import LoopTiming, phase_times
+
+    trainer = L.Trainer(
+        accelerator="cpu",
+        max_epochs=1,
+        callbacks=[LoopTiming()],
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+        limit_train_batches=train_fraction,
+        num_sanity_val_steps=0,
+    )
+    trainer.fit(Classifier(partial(SmallCNN, 3, C, width=WIDTH), C, seed=seed), _train(n, seed))
+    s = phase_times(trainer).seconds
+    return {"n": n, "plain_epoch_s": (s["train_steps"] + s["data_loading"]) / train_fraction}
+
+
+def _data(n: int, seed: int):
+    import numpy as np
+    import torch
+
+    from dcloop.data.datasets import IndexedTensorDataset
+
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=g)
+    return IndexedTensorDataset(x, np.arange(n) % C, num_classes=C)
+
+
+def _train(n: int, seed: int):
+    from torch.utils.data import DataLoader
+
+    from dcloop.data.sampling import EpochShuffleSampler
+
+    return DataLoader(
+        _data(n, seed), batch_size=TRAIN_BATCH, sampler=EpochShuffleSampler(n, seed=seed)
+    )
+
+
 def one(n: int, k: int, train_fraction: float, seed: int = 0) -> dict:
     """One (N, K) measurement in this process (1 thread)."""
     import torch
 
     torch.set_num_threads(1)
     import lightning as L
-    import numpy as np
     from torch.utils.data import DataLoader
 
     from dcloop.callbacks import OOFCollector
-    from dcloop.data.datasets import IndexedTensorDataset
     from dcloop.data.fold_batches import FoldBatchSampler
-    from dcloop.data.sampling import EpochShuffleSampler
     from dcloop.models import FoldEnsemble, SmallCNN
     from dcloop.timing import LoopTiming, phase_times
 
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=g)
-    labels = np.arange(n) % C
-    ds = IndexedTensorDataset(x, labels, num_classes=C)
-    train = DataLoader(ds, batch_size=TRAIN_BATCH, sampler=EpochShuffleSampler(n, seed=seed))
+    train = _train(n, seed)
+    ds = train.dataset
+    labels = ds.labels
     oof_loader = DataLoader(ds, batch_size=OOF_BATCH)
     model = FoldEnsemble(partial(SmallCNN, 3, C, width=WIDTH), labels, num_folds=k, seed=seed)
     new = OOFCollector(dataloader=oof_loader)
@@ -151,6 +193,13 @@ def markdown(rows: list[dict], meta: dict) -> str:
         "",
         "OOF after, as timed inside the training loop (`metrics.json` `timing.oof`): "
         + ", ".join(f"N={r['n']} K={r['folds']}: {r['oof_new_in_loop_s']:.1f} s" for r in rows)
+        + ". Epoch time (training + OOF pass) relative to one plain SmallCNN's training epoch "
+        "on the same data (the cost of cleaning vs not cleaning), before -> after: "
+        + ", ".join(
+            f"N={r['n']} K={r['folds']}: {r['cost_vs_plain_old']:.1f}x -> "
+            f"{r['cost_vs_plain_new']:.1f}x (plain {r['plain_epoch_s']:.1f} s)"
+            for r in rows
+        )
         + ". Rows run by the after pass (incl. fold padding): "
         + ", ".join(f"{r['oof_rows_new']} for N={r['n']} K={r['folds']}" for r in rows)
         + ".",
@@ -187,7 +236,14 @@ def main() -> None:
     spawn = multiprocessing.get_context("spawn")  # fresh interpreters, 1 thread each
     with ProcessPoolExecutor(args.jobs, mp_context=spawn) as pool:
         futures = [pool.submit(one, n, k, args.train_fraction) for n, k in configs]
+        sizes = sorted({n for n, _ in configs})
+        plains = [pool.submit(plain, n, args.train_fraction) for n in sizes]
         rows = [f.result() for f in futures]
+        base = {r["n"]: r["plain_epoch_s"] for r in (f.result() for f in plains)}
+    for r in rows:
+        r["plain_epoch_s"] = base[r["n"]]
+        r["cost_vs_plain_old"] = (r["train_epoch_s"] + r["oof_old_s"]) / base[r["n"]]
+        r["cost_vs_plain_new"] = (r["train_epoch_s"] + r["oof_new_s"]) / base[r["n"]]
     meta["wall_s"] = time.perf_counter() - start
     meta["load_after"] = " ".join(f"{v:.2f}" for v in os.getloadavg())
     rows.sort(key=lambda r: (r["n"], r["folds"]))
