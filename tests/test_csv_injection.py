@@ -131,7 +131,7 @@ def test_relabel_queue_and_import_round_trip(hostile_run, tmp_path, capsys):
     changed = [r for r in new_rows if r["status"] in ("corrected", "confirmed")]
     assert changed and all(r["changed_by"] == "'=evil()" for r in changed)
     # dcloop reads its own file back to the original values
-    labels_csv = pd.read_csv(hostile_run / "labels.csv", dtype={"source": str})
+    labels_csv = read_csv(hostile_run / "labels.csv", dtype={"source": str})
     sources = labels_csv.sort_values("index")["source"].tolist()
     over = read_label_file(out, labels_csv["given_label"].to_numpy(), HOSTILE_NAMES, sources)
     rank = q["index"].astype(int).to_numpy()
@@ -145,12 +145,12 @@ def test_relabel_queue_and_import_round_trip(hostile_run, tmp_path, capsys):
 def test_labelstudio_tasks_keep_the_original_text(hostile_run, tmp_path):
     paths = export_queue(hostile_run, tmp_path / "q")
     tasks = json.loads(Path(paths["labelstudio"]).read_text())
-    sources = set(pd.read_csv(hostile_run / "labels.csv", dtype={"source": str})["source"])
+    sources = set(read_csv(hostile_run / "labels.csv", dtype={"source": str})["source"])
     assert all(t["data"]["source"] in sources for t in tasks)  # JSON is not a spreadsheet
 
 
 def test_annotator_tables_are_safe(hostile_run, tmp_path, capsys):
-    labels_csv = pd.read_csv(hostile_run / "labels.csv", dtype={"source": str})
+    labels_csv = read_csv(hostile_run / "labels.csv", dtype={"source": str})
     rows = []
     for i, src in enumerate(labels_csv["source"][:20]):
         for a in ("=alice", "+bob", "@carol"):
