@@ -72,8 +72,12 @@ def test_two_gloo_processes_give_the_one_process_oof_matrix_and_flags(tmp_path, 
     p1 = np.load(tmp_path / "one" / "oof_probs.npy")
     p2 = np.load(tmp_path / "ddp" / "oof_probs.npy")
     assert p1.shape == p2.shape == (1252, 10)
-    # identical training up to float summation order (measured max diff 6e-7)
-    np.testing.assert_allclose(p2, p1, rtol=0, atol=1e-4)
+    # identical training up to float summation order: max diff 5e-7 with the action at once
+    # (cl.ramp_steps=1 cl.min_confidence=0) or without smoothing; with the defaults a sample
+    # whose smoothed confidence sits at the 0.5 gate can be acted on one epoch earlier in one
+    # run (float noise at a threshold), measured max diff 1.4e-4 with augment=targeted. The
+    # final flags and weights below must still be equal.
+    np.testing.assert_allclose(p2, p1, rtol=0, atol=5e-4)
     i1 = pd.read_csv(tmp_path / "one" / "label_issues.csv").sort_values("index")
     i2 = pd.read_csv(tmp_path / "ddp" / "label_issues.csv").sort_values("index")
     assert i1["flagged"].sum() > 100  # 20 % injected noise: a real verdict, not all-False
