@@ -148,8 +148,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         weak = weak_epochs(run.trainer)  # class_report.csv `weak` column (dcloop.augment)
         with timed(run.trainer, "result_files"):
             write_run_files(run_dir, table, run.oof.probs, result, run.sources, names, weak)
-        if run.cl.evidence is not None:  # what the verdict was computed on (EMA over epochs)
-            np.save(run_dir / "oof_probs_smoothed.npy", run.cl.evidence.float().cpu().numpy())
+            if run.cl.evidence is not None:  # what the verdict was computed on (EMA over epochs)
+                np.save(run_dir / "oof_probs_smoothed.npy", run.cl.evidence.float().cpu().numpy())
             OmegaConf.save(cfg, run_dir / "config.yaml")
         metrics["timing"] = phase_times(run.trainer).as_dict(time.perf_counter() - start)
         write_json(metrics, run_dir / "metrics.json")
