@@ -295,7 +295,7 @@ def fmt(x, pct=False) -> str:
 
 def table(rows) -> str:
     out = [
-        "| data | noise | method | test acc. % (mean ± sd) | P | R | F1 | est. / true noise % "
+        "| data | noise | method | test acc. % (mean ± sd, seeds) | P | R | F1 | est. / true noise % "
         "| min class kept % | wall s | CPU s |",
         "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
@@ -303,7 +303,7 @@ def table(rows) -> str:
         noise = f"{fmt(r.get('est'), True)} / {fmt(r.get('true'), True)}" if "est" in r else "—"
         out.append(
             f"| {r['dataset']} | {r['setting']} | {NAMES[r['method']]} | "
-            f"{100 * r['acc']:.1f} ± {100 * r['sd']:.1f} | {fmt(r.get('precision'))} | "
+            f"{100 * r['acc']:.1f} ± {100 * r['sd']:.1f} ({r['n']}) | {fmt(r.get('precision'))} | "
             f"{fmt(r.get('recall'))} | {fmt(r.get('f1'))} | {noise} | "
             f"{fmt(r.get('min_kept'), True)} | {fmt(r.get('wall'))[:-2] if 'wall' in r else '—'} | "
             f"{fmt(r.get('cpu'))[:-2] if 'cpu' in r else '—'} |"
@@ -320,7 +320,7 @@ def targets(rows) -> list[str]:
             continue
         parts = [f"- {ds} {st}: in-loop {100 * inl['acc']:.1f} %"]
         if det:
-            d = inl["acc"] - det["acc"]
+            d = round(inl["acc"] - det["acc"], 6)  # equal runs: exactly 0, not -1e-9
             parts.append(
                 f"vs no cleaning {100 * det['acc']:.1f} % ({100 * d:+.1f}: "
                 f"{'met' if d >= 0 else 'MISSED'})"
