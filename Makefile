@@ -48,7 +48,7 @@ bench: install
 	$(BIN)/python scripts/bench_parallel_vs_sequential.py --epochs 15 --repeats 3
 	$(BIN)/python scripts/bench_annotators.py
 	$(BIN)/python scripts/bench_noise.py --seeds 0 1 2 --settings asym40 sym40 sym20 --methods inloop_prune --epochs 30 --out scripts/results/bench_noise_safe
-	$(BIN)/python scripts/bench_real.py --jobs 2  # needs ../shared/data (real CIFAR-10 and spoken digits)
+	$(BIN)/python scripts/bench_real.py --jobs 2 --seeds 0 1 2 --seeds-cifar 0 1 --methods plain detect two_stage inloop inloop_dw inloop_old oracle --methods-cifar plain detect two_stage inloop inloop_old oracle  # needs ../shared/data; ~2.5 h on 2 cores
 
 clean:
 	rm -rf $(VENV) outputs multirun .pytest_cache
