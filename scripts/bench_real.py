@@ -295,8 +295,8 @@ def fmt(x, pct=False) -> str:
 
 def table(rows) -> str:
     out = [
-        "| data | noise | method | test acc. % (mean ± sd, seeds) | P | R | F1 | est. / true noise % "
-        "| min class kept % | wall s | CPU s |",
+        "| data | noise | method | test acc. % (mean ± sd, seeds) | P | R | F1 "
+        "| est. / true noise % | min class kept % | wall s | CPU s |",
         "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
