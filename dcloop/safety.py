@@ -213,10 +213,14 @@ def bound_flags(
     order = torch.argsort(key, stable=True)
     sorted_labels = labels[order]
     sorted_flags = flags[order]
-    # Rank of each row among the flagged rows of its class, in quality order.
-    onehot = torch.nn.functional.one_hot(sorted_labels, num_classes) * sorted_flags[:, None]
-    class_rank = onehot.cumsum(0).gather(1, sorted_labels[:, None]).squeeze(1)  # 1-based
+    # Rank of each row within its class, in quality order (flagged rows come first): a stable
+    # sort by label keeps the quality order inside each class; O(N) memory, not (N, C).
     counts = torch.bincount(labels, minlength=num_classes)
+    by_class = torch.argsort(sorted_labels, stable=True)
+    starts = counts.cumsum(0) - counts
+    rank_in_class = torch.empty_like(by_class)
+    rank_in_class[by_class] = torch.arange(n, device=device) - starts[sorted_labels[by_class]]
+    class_rank = rank_in_class + 1  # 1-based
     class_cap = torch.floor(counts.float() * max_class_frac).long()
     keep = sorted_flags & (class_rank <= class_cap[sorted_labels])
     total_rank = keep.long().cumsum(0)
