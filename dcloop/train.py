@@ -36,11 +36,12 @@ from dcloop.validation import check_run_config
 log = logging.getLogger(__name__)
 
 
-def net_factory(net_cfg: DictConfig, in_shape, num_classes: int):
+def net_factory(net_cfg: DictConfig, in_shape, num_classes: int, extra=None):
     """The model config's partial, completed with the data's shape and class count.
 
-    ``in_shape``, ``in_channels`` and ``num_classes`` are filled in when the network's
-    signature takes them and the config does not set them.
+    ``in_shape``, ``in_channels``, ``num_classes`` and the data source's ``extra`` keywords
+    (``dm.net_kwargs``, e.g. a text vocabulary's ``vocab_size``) are filled in when the
+    network's signature takes them and the config does not set them.
     """
     factory = instantiate(net_cfg)
     if not isinstance(factory, functools.partial):
@@ -50,6 +51,7 @@ def net_factory(net_cfg: DictConfig, in_shape, num_classes: int):
         "in_shape": tuple(in_shape),
         "in_channels": int(in_shape[0]),
         "num_classes": int(num_classes),
+        **dict(extra or {}),
     }
     extra = {k: v for k, v in known.items() if k in params and k not in factory.keywords}
     return functools.partial(factory, **extra)
@@ -82,7 +84,7 @@ def build(cfg: DictConfig, run_dir: Path) -> Run:
     check_before_run(cfg, dm)  # dcloop.beyond: discrepancy=true needs a test split
     sources = [dm.source_of(i) for i in range(dm.num_train)]
     model = FoldEnsemble(
-        net_factory(cfg.model.net, dm.input_shape, dm.num_classes),
+        net_factory(cfg.model.net, dm.input_shape, dm.num_classes, getattr(dm, "net_kwargs", None)),
         dm.given_labels,
         num_folds=cfg.folds,
         num_classes=dm.num_classes,
@@ -168,7 +170,7 @@ def refit(cfg: DictConfig, run: Run) -> float:
     """Train one network on the cleaned data (the final weights); its test accuracy."""
     dm = run.dm
     model = Classifier(
-        net_factory(cfg.model.net, dm.input_shape, dm.num_classes),
+        net_factory(cfg.model.net, dm.input_shape, dm.num_classes, getattr(dm, "net_kwargs", None)),
         dm.num_classes,
         weights=run.model.samples.weights.cpu(),
         seed=cfg.seed,

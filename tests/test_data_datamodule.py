@@ -249,3 +249,43 @@ def test_asymmetric_noise_with_a_class_mapping_by_name(tmp_path):
     dm = LabelNoiseDataModule("folder", root=tmp_path, noise=bad, val_frac=0.0, test_frac=0.0)
     with pytest.raises(ValueError, match="noise mapping names class 'horse'"):
         dm.setup()
+
+
+class _TokenSource:
+    """A source object: token-id inputs, its own split, net keywords for the model."""
+
+    name = "tokens"
+
+    def __init__(self, n: int = 60) -> None:
+        self.n = n
+        self.net_kwargs: dict = {}
+
+    def load(self, *, seed, val_frac, test_frac):
+        from dcloop.data import IndexedTensorDataset
+
+        g = torch.Generator().manual_seed(seed)
+        x = torch.randint(1, 50, (self.n, 7), generator=g)
+        y = np.arange(self.n) % 3
+        ds = IndexedTensorDataset(x, y, sources=[f"row:{i}" for i in range(self.n)])
+        self.net_kwargs = {"vocab_size": 50, "pad_id": 0}
+        idx = np.arange(self.n)
+        return {
+            "train": ds.subset(idx[:40]),
+            "val": ds.subset(idx[40:50]),
+            "test": ds.subset(idx[50:]),
+        }, ["a", "b", "c"]
+
+
+def test_source_object_loads_its_own_splits_and_gives_net_kwargs():
+    dm = LabelNoiseDataModule(source=_TokenSource(), noise={"kind": "symmetric", "rate": 0.2})
+    dm.setup()
+    assert dm.source == "tokens" and dm.num_train == 40 and dm.num_classes == 3
+    assert dm.net_kwargs == {"vocab_size": 50, "pad_id": 0}
+    x, y, i = next(iter(dm.train_dataloader()))
+    assert x.dtype == torch.int64 and x.shape[1] == 7  # token ids are not turned into floats
+    assert dm.source_of(0).startswith("row:")
+
+
+def test_source_that_is_neither_name_nor_object_is_refused():
+    with pytest.raises(ValueError, match="object with a str .name"):
+        LabelNoiseDataModule(source=object())

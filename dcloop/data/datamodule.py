@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import lightning as L
 import numpy as np
@@ -45,6 +45,36 @@ SPLIT_BY: tuple[str, ...] = ("sample", "image")
 _NOISE_KEYS = ("kind", "rate", "sparsity", "mapping")
 
 SplitDataset = IndexedTensorDataset | ImageFileDataset
+
+
+@runtime_checkable
+class DataSource(Protocol):
+    """A data source as an object: ``data.source: {_target_: ...}`` in a data config.
+
+    ``load`` returns the ``train``/``val``/``test`` datasets of ``(x, y, index)`` items (each
+    with ``labels``, ``sources``, ``source(i)``, ``with_labels``, ``with_transform``, like
+    :class:`~dcloop.data.datasets.IndexedTensorDataset`) and the class names.
+    ``net_kwargs`` (optional, read after ``load``) is passed on to the network's constructor
+    when it takes those keywords, e.g. ``{"vocab_size": ..., "pad_id": 0}`` for text.
+    """
+
+    name: str
+
+    def load(
+        self, *, seed: int, val_frac: float, test_frac: float
+    ) -> tuple[dict[str, Any], list[str]]: ...
+
+
+def check_source(source: Any) -> DataSource:
+    """``source`` if it is a :class:`DataSource`; otherwise a clear error."""
+    if not (
+        isinstance(getattr(source, "name", None), str) and callable(getattr(source, "load", None))
+    ):
+        raise ValueError(
+            f"data.source must be a name in {list(SOURCES)} or an object with a str .name and "
+            f".load(seed=, val_frac=, test_frac=), got {type(source).__name__}"
+        )
+    return source
 
 
 def _parse_noise(noise: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -167,7 +197,7 @@ class LabelNoiseDataModule(L.LightningDataModule):
 
     def __init__(
         self,
-        source: str = "digits",
+        source: str | DataSource = "digits",
         *,
         root: str | os.PathLike | None = None,
         manifest: str | os.PathLike | None = None,
@@ -193,9 +223,16 @@ class LabelNoiseDataModule(L.LightningDataModule):
         test_root: str | os.PathLike | None = None,
     ) -> None:
         super().__init__()
-        if source not in SOURCES:
-            raise ValueError(f"source must be one of {list(SOURCES)}, got {source!r}")
-        if source not in ("digits", "audio_synth") and root is None:
+        self._source_obj: DataSource | None = None
+        if not isinstance(source, str):  # a source object (e.g. dcloop.data.text.TextCSV)
+            self._source_obj = check_source(source)
+            source = str(source.name)
+        elif source not in SOURCES:
+            raise ValueError(
+                f"source must be one of {list(SOURCES)} or an object with .name and "
+                f".load(seed=, val_frac=, test_frac=), got {source!r}"
+            )
+        if self._source_obj is None and source not in ("digits", "audio_synth") and root is None:
             what = {
                 "audio_folder": "a folder with one sub-folder of sound files per class",
                 "folder": "a folder with one sub-folder of images per class",
@@ -273,7 +310,16 @@ class LabelNoiseDataModule(L.LightningDataModule):
     def _load_splits(self) -> tuple[dict[str, SplitDataset], list[str]]:
         test_frac = 0.0 if self.test_root is not None else self.test_frac
         fracs = {"seed": self.seed, "val_frac": self.val_frac, "test_frac": test_frac}
-        if self.source == "digits":
+        if self._source_obj is not None:  # the source splits itself (e.g. text: vocab from train)
+            splits, names = self._source_obj.load(**fracs)
+            missing = {"train", "val", "test"} - set(splits)
+            if missing:
+                raise ValueError(
+                    f"data source {self.source!r}: load() must return splits train, val and "
+                    f"test, missing {sorted(missing)}"
+                )
+            names = [str(n) for n in names]
+        elif self.source == "digits":
             splits: dict[str, SplitDataset] = dict(load_digits_splits(**fracs))
             names = list(DIGITS_CLASS_NAMES)
         elif self.source in ("folder", "csv", "coco"):
@@ -512,6 +558,14 @@ class LabelNoiseDataModule(L.LightningDataModule):
         """True when noise was injected, so ``true_labels``/``is_noisy`` are a known truth."""
         self._require_setup()
         return self.noise.kind != "none"
+
+    @property
+    def net_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments the source gives the network (e.g. text: ``vocab_size``)."""
+        self._require_setup()
+        if self._source_obj is None:
+            return {}
+        return dict(getattr(self._source_obj, "net_kwargs", None) or {})
 
     def source_of(self, i: int) -> str:
         """Where training row ``i`` came from (file path, ``"digits:<row>"``, ...)."""

@@ -84,8 +84,9 @@ def _check_sources(sources: Sequence[str] | None, n: int) -> list[str] | None:
 class IndexedTensorDataset(Dataset):
     """In-memory tensors with labels; items are ``(x, y, index)``.
 
-    ``x`` may be floating point (returned as float32 unchanged) or uint8 (returned as float32
-    divided by 255, so large image sets can stay compact in memory).
+    ``x`` may be floating point (returned as float32 unchanged), uint8 (returned as float32
+    divided by 255, so large image sets can stay compact in memory) or int32/int64 (token
+    ids, returned as int64 unchanged).
 
     Args:
         x: Inputs, shape (N, ...) — normally (N, C, H, W).
@@ -117,8 +118,11 @@ class IndexedTensorDataset(Dataset):
             raise ValueError(f"x must be a torch.Tensor of shape (N, ...), got {type(x).__name__}")
         if x.ndim < 1:
             raise ValueError("x must have a leading sample dimension (N, ...), got a scalar")
-        if not (x.dtype == torch.uint8 or x.dtype.is_floating_point):
-            raise ValueError(f"x must be a floating point or uint8 tensor, got dtype {x.dtype}")
+        if x.dtype not in (torch.uint8, torch.int32, torch.int64) and not x.dtype.is_floating_point:
+            raise ValueError(
+                f"x must be a floating point, uint8 or int32/int64 (token ids) tensor, "
+                f"got dtype {x.dtype}"
+            )
         self.labels = as_label_array(labels)
         if self.labels.shape[0] != x.shape[0]:
             raise ValueError(
@@ -150,6 +154,8 @@ class IndexedTensorDataset(Dataset):
         x = self.x[i]
         if x.dtype == torch.uint8:
             x = x.float().div_(255.0)
+        elif x.dtype in (torch.int32, torch.int64):  # token ids
+            x = x.to(torch.int64)
         else:
             x = x.to(torch.float32)
             if self.transform is not None:

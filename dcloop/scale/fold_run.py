@@ -153,7 +153,9 @@ def build_module(cfg: DictConfig, dm, weights: np.ndarray | None, fold: int) -> 
         optim = {
             k: v for k, v in OmegaConf.to_container(cfg.model.optim).items() if k != "vectorize"
         }
-        net = net_factory(cfg.model.net, dm.input_shape, dm.num_classes)
+        net = net_factory(
+            cfg.model.net, dm.input_shape, dm.num_classes, getattr(dm, "net_kwargs", None)
+        )
         return Classifier(net, dm.num_classes, weights=w, seed=cfg.seed * 1000 + fold, **optim)
     made = instantiate(seq.module)
     if isinstance(made, functools.partial):
