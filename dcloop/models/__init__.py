@@ -4,5 +4,15 @@ from dcloop.models.classifier import Classifier
 from dcloop.models.fold_ensemble import FoldEnsemble
 from dcloop.models.losses import fold_masked_loss
 from dcloop.models.nets import MLP, SmallCNN
+from dcloop.models.text import PretrainedText, TextBoW, TextCNN
 
-__all__ = ["Classifier", "FoldEnsemble", "MLP", "SmallCNN", "fold_masked_loss"]
+__all__ = [
+    "MLP",
+    "Classifier",
+    "FoldEnsemble",
+    "PretrainedText",
+    "SmallCNN",
+    "TextBoW",
+    "TextCNN",
+    "fold_masked_loss",
+]
