@@ -30,7 +30,13 @@ _KEYS = (
     "audio_ops",
     "audio_on",
     "weak",
+    "text_ops",
+    "synonyms",
+    "synonym_table",
+    "backtranslate",
 )
+#: Text ops used when a config does not name any (``backtranslate`` needs its hook).
+DEFAULT_TEXT_OPS: tuple[str, ...] = ("synonym", "insert", "swap", "delete")
 
 
 class Augmenter:
@@ -41,7 +47,9 @@ class Augmenter:
 
     Images ``(C, H, W)`` are augmented in the DataLoader workers with albumentations; audio
     ``(C, T)`` either in the workers (``audio_on="worker"``) or on the device, on the whole
-    batch, in the data module's ``on_after_batch_transfer`` (``audio_on="batch"``).
+    batch, in the data module's ``on_after_batch_transfer`` (``audio_on="batch"``). Texts (a
+    dataset with ``.texts`` and token ids ``(L,)``) are edited as strings in the workers and
+    re-tokenised (:mod:`dcloop.augment.text`: EDA ops, back-translation hook).
 
     Args:
         kind: ``"uniform"`` or ``"targeted"`` (``"none"``: use no Augmenter at all).
@@ -55,6 +63,10 @@ class Augmenter:
         audio_on: ``"worker"`` or ``"batch"``.
         weak: options of the weak-class rule: ``rule``, ``k``, ``threshold``,
             ``every_n_epochs`` (see :func:`~dcloop.augment.weak.weak_classes`).
+        text_ops: names from :data:`~dcloop.augment.text.TEXT_OPS`.
+        synonyms: ``auto``, ``table``, ``wordnet``, ``cooccurrence`` or ``none``.
+        synonym_table: a JSON / CSV synonym table (``synonyms=table``, or ``auto``).
+        backtranslate: a callable ``list[str] -> list[str]`` or a ``_target_`` mapping.
     """
 
     def __init__(
@@ -70,7 +82,13 @@ class Augmenter:
         audio_ops=tuple(AUDIO_OPS),
         audio_on: str = "batch",
         weak: Mapping[str, Any] | None = None,
+        text_ops=DEFAULT_TEXT_OPS,
+        synonyms: str = "auto",
+        synonym_table: str | None = None,
+        backtranslate: Any = None,
     ) -> None:
+        from dcloop.augment.text import SYNONYM_SOURCES, TEXT_OPS, resolve_hook
+
         if kind not in ("uniform", "targeted"):
             raise ValueError(f"augment kind must be one of {list(KINDS)}; got {kind!r}")
         if isinstance(levels, bool) or int(levels) != levels or levels < 1:
@@ -101,6 +119,14 @@ class Augmenter:
         self.image_ops, self.audio_ops = list(image_ops), list(audio_ops)
         self.audio_on = audio_on
         self.weak = weak
+        check_ops(text_ops, TEXT_OPS, "text")
+        if synonyms not in SYNONYM_SOURCES:
+            raise ValueError(
+                f"augment synonyms must be one of {list(SYNONYM_SOURCES)}; got {synonyms!r}"
+            )
+        self.text_ops, self.synonyms, self.synonym_table = list(text_ops), synonyms, synonym_table
+        self.backtranslate = resolve_hook(backtranslate)
+        self.synonym_source: str | None = None
         self.policy: AugmentPolicy | None = None
         self.modality: str | None = None
         self.sample_rate: int | None = None
@@ -134,7 +160,20 @@ class Augmenter:
         ``(C, T)`` a waveform (which needs ``sample_rate``).
         """
         x = dataset[0][0]
-        if x.ndim == 3:
+        if x.ndim == 1 and hasattr(dataset, "texts"):  # token ids of a text dataset
+            from dcloop.augment.text import text_transforms
+
+            self.modality = "text"
+            self._transforms, self.synonym_source = text_transforms(
+                self.text_ops,
+                self.levels,
+                p=self.p,
+                texts=dataset.texts,
+                synonyms=self.synonyms,
+                synonym_table=self.synonym_table,
+                backtranslate=self.backtranslate,
+            )
+        elif x.ndim == 3:
             self.modality = "image"
             size = (int(x.shape[1]), int(x.shape[2]))
             self._transforms = image_transforms(self.image_ops, self.levels, p=self.p, size=size)
@@ -150,7 +189,8 @@ class Augmenter:
                 self._transforms = [None] * (self.levels + 1)
         else:
             raise ValueError(
-                f"augmentation needs inputs (C, H, W) (images) or (C, T) (audio); got an item "
+                f"augmentation needs inputs (C, H, W) (images), (C, T) (audio) or a text "
+                f"dataset (token ids (L,) and .texts); got an item "
                 f"of shape {tuple(x.shape)}"
             )
         self.policy = AugmentPolicy(
@@ -184,8 +224,14 @@ class Augmenter:
             sampler = DistributedEpochSampler(
                 len(dataset), seed=seed, num_replicas=world, rank=rank, inner=sampler
             )
+        if self.modality == "text":
+            from dcloop.augment.text import TextAugmentedDataset
+
+            wrapped = TextAugmentedDataset(dataset, self._transforms)
+        else:
+            wrapped = AugmentedDataset(dataset, self._transforms)
         return DataLoader(
-            AugmentedDataset(dataset, self._transforms),
+            wrapped,
             batch_size=batch_size,
             sampler=sampler,
             num_workers=num_workers,

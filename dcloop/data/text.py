@@ -192,9 +192,7 @@ def read_table(
         try:
             df = pd.read_csv(io.StringIO(content), dtype=str, keep_default_na=False)
         except pd.errors.EmptyDataError:
-            raise UserInputError(
-                f"{str(p)!r} is empty; expected a header with {columns}"
-            ) from None
+            raise UserInputError(f"{str(p)!r} is empty; expected a header with {columns}") from None
         except pd.errors.ParserError as err:
             raise UserInputError(f"{str(p)!r} is not a readable CSV ({err})") from None
         df.columns = [str(c).strip() for c in df.columns]
@@ -228,7 +226,9 @@ def _as_int(s: str) -> int | None:
         return None
 
 
-def map_labels(raw: Sequence[str], names: list[str] | None, where: str) -> tuple[list[int], list[str]]:
+def map_labels(
+    raw: Sequence[str], names: list[str] | None, where: str
+) -> tuple[list[int], list[str]]:
     """Raw labels (all class names, or all integer ids) to ids; the class names.
 
     With ``names`` given, a name must be one of them and an id must be in range; without,
@@ -483,3 +483,69 @@ class TextSynth(TextSource):
             labels, seed=seed, val_frac=val_frac, test_frac=test_frac
         )
         return self._build(texts, labels, sources, names, {"train": tr, "val": va, "test": te})
+
+
+# ------------------------------------------------------------------- texts of a finished run
+#: ``data.source._target_`` values whose texts :func:`run_texts` can read back.
+TEXT_TARGETS = {
+    "dcloop.data.text.TextCSV": "csv",
+    "dcloop.data.text.TextSynth": "synth",
+}
+
+
+def parse_source(source: str) -> tuple[str, int] | None:
+    """``"<file>:row 17"`` -> ``("<file>", 17)``; ``None`` for any other source."""
+    head, sep, tail = str(source).rpartition(":row ")
+    if not sep or not tail.isdigit():
+        return None
+    return head, int(tail)
+
+
+def run_texts(run_dir: str | os.PathLike, sources: Sequence[str]) -> list[str | None] | None:
+    """The texts behind ``sources`` of a finished text run; ``None`` if it is not one.
+
+    The run's ``config.yaml`` is read as data (``yaml.safe_load``; nothing is instantiated):
+    for ``TextSynth`` the synthetic texts are made again from its plain numbers, for
+    ``TextCSV`` the rows are read from the files the sources name, with its text column.
+    A row that cannot be read back (a file moved or changed) is ``None``.
+    """
+    from dcloop.people.runconfig import UnsafeRunConfig, read_run_config
+
+    try:
+        cfg = read_run_config(run_dir)
+    except UnsafeRunConfig as err:
+        log.warning("texts of %s not read back: %s", run_dir, err)
+        return None
+    src = ((cfg or {}).get("data") or {}).get("source")
+    if not isinstance(src, dict) or src.get("_target_") not in TEXT_TARGETS:
+        return None
+    kind = TEXT_TARGETS[src["_target_"]]
+    plain = (int, float, str, bool, type(None))
+    if kind == "synth":
+        import inspect
+
+        allowed = set(inspect.signature(synthetic_texts).parameters)
+        kw = {k: v for k, v in src.items() if k in allowed and isinstance(v, plain)}
+        texts = synthetic_texts(**kw)[0]
+        return [
+            texts[p[1]] if (p := parse_source(s)) and p[1] < len(texts) else None for s in sources
+        ]
+    column = src.get("text_column", "text")
+    if not isinstance(column, str):
+        return None
+    cache: dict[str, list[str] | None] = {}
+    out: list[str | None] = []
+    for s in sources:
+        p = parse_source(s)
+        if p is None:
+            out.append(None)
+            continue
+        if p[0] not in cache:
+            try:
+                cache[p[0]] = read_table(p[0], column, None)[0]
+            except (OSError, ValueError) as err:
+                log.warning("texts of %s not read back: %s", p[0], err)
+                cache[p[0]] = None
+        rows = cache[p[0]]
+        out.append(rows[p[1]] if rows is not None and p[1] < len(rows) else None)
+    return out

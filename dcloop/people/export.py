@@ -2,7 +2,8 @@
 
 Written as a CSV (fill in the ``label`` column) and as Label Studio import JSON (one
 task per sample, the file reference in ``data``, the suggested label as a prediction),
-with a matching Label Studio labelling config.
+with a matching Label Studio labelling config. For text runs the queue carries the text
+itself (a ``text`` column; ``data.text`` in the tasks; a ``<Text>`` config).
 """
 
 from __future__ import annotations
@@ -85,7 +86,7 @@ def _data_key(source: str) -> str:
 
 
 def labelstudio_tasks(
-    queue: pd.DataFrame, *, url_prefix: str = "", images=None, model_version="dcloop"
+    queue: pd.DataFrame, *, url_prefix: str = "", images=None, model_version="dcloop", texts=None
 ):
     """Label Studio import tasks, one per queue row, in queue order.
 
@@ -93,15 +94,20 @@ def labelstudio_tasks(
     or ``images[index]``, e.g. an embedded ``data:`` URI for in-memory data such as
     digits) and ``index``, ``source``, ``given_label``, ``quality``; the suggested label is a
     prediction (``from_name="label"``, ``to_name`` the data key, type ``choices``) so
-    the annotator sees it preselected.
+    the annotator sees it preselected. With ``texts`` (index -> text), ``data.text`` holds
+    the text itself.
     """
     tasks = []
     for r in queue.itertuples(index=False):
-        key = _data_key(r.source)
+        key = "text" if texts is not None else _data_key(r.source)
+        if texts is not None:
+            value = texts.get(int(r.index)) or ""
+        else:
+            value = images[int(r.index)] if images else f"{url_prefix}{r.source}"
         tasks.append(
             {
                 "data": {
-                    key: images[int(r.index)] if images else f"{url_prefix}{r.source}",
+                    key: value,
                     "index": int(r.index),
                     "source": str(r.source),
                     "given_label": str(r.given_name),
@@ -129,7 +135,7 @@ def labelstudio_tasks(
 
 def labelstudio_config(class_names, data_key: str = "image") -> str:
     """A Label Studio labelling config (XML) matching :func:`labelstudio_tasks`."""
-    tag = "Audio" if data_key == "audio" else "Image"
+    tag = {"audio": "Audio", "text": "Text"}.get(data_key, "Image")
     choices = "\n".join(f'    <Choice value="{escape(str(n), quote=True)}"/>' for n in class_names)
     return (
         "<View>\n"
@@ -155,7 +161,10 @@ def export_queue(
     ``labelstudio_config.xml`` into ``out_dir`` (default ``<run_dir>/relabel``).
 
     With ``dataset`` (the run's training set), each task embeds the sample's thumbnail
-    (or spectrogram) as a PNG ``data:`` URI instead of a file reference.
+    (or spectrogram) as a PNG ``data:`` URI instead of a file reference. For a text run
+    (``dataset.texts``, or texts read back from the run, see
+    :func:`dcloop.data.text.run_texts`) the queue CSV gets a ``text`` column and each task
+    holds the text.
 
     Returns:
         ``{"csv": ..., "labelstudio": ..., "config": ...}`` paths.
@@ -165,8 +174,19 @@ def export_queue(
     queue = relabel_queue(run_dir, top=top, everything=everything)
     names = run_class_names(run_dir)
     key = _data_key(queue["source"].iloc[0]) if len(queue) else "image"
-    images = None
-    if dataset is not None:
+    images = texts = None
+    if dataset is not None and hasattr(dataset, "texts"):  # text data: the texts themselves
+        texts = {int(i): dataset.texts[int(i)] for i in queue["index"]}
+    elif dataset is None:
+        from dcloop.data.text import run_texts
+
+        got = run_texts(run_dir, queue["source"].astype(str).tolist())
+        if got is not None:
+            texts = dict(zip(queue["index"].astype(int).tolist(), got, strict=True))
+    if texts is not None:
+        queue.insert(3, "text", [texts.get(int(i)) or "" for i in queue["index"]])
+        key = "text"
+    elif dataset is not None:
         from dcloop.people.report import png_uri, thumbnail_png
 
         images = {int(i): png_uri(thumbnail_png(dataset[int(i)][0])) for i in queue["index"]}
@@ -174,7 +194,7 @@ def export_queue(
     paths = {
         "csv": write_csv(queue, out / "relabel_queue.csv"),
         "labelstudio": write_json(
-            labelstudio_tasks(queue, url_prefix=url_prefix, images=images),
+            labelstudio_tasks(queue, url_prefix=url_prefix, images=images, texts=texts),
             out / "relabel_queue_labelstudio.json",
         ),
     }

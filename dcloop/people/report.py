@@ -316,12 +316,35 @@ def _label_file(run_dir: Path) -> list[tuple[str, str]]:
     return [("label file", f"{used}: {len(df)} rows{'; ' + said if said else ''}")]
 
 
-def _gallery(issues: pd.DataFrame, names: list[str], dataset, worst: int) -> tuple[str, int]:
+#: Characters of a text shown on a gallery card.
+SNIPPET_CHARS = 280
+
+
+def text_snippet(text: str, limit: int = SNIPPET_CHARS) -> str:
+    """``text`` cut to ``limit`` characters (at a word boundary, with an ellipsis), as HTML."""
+    t = " ".join(str(text).split())
+    if len(t) > limit:
+        t = t[:limit].rsplit(" ", 1)[0] + " \u2026"
+    return (
+        '<div class="snippet" style="text-align:left;font-family:Georgia,serif;font-size:12px;'
+        f'background:#fafafa;padding:4px;margin-bottom:4px">{escape(t)}</div>'
+    )
+
+
+def _gallery(
+    issues: pd.DataFrame, names: list[str], dataset, worst: int, texts=None
+) -> tuple[str, int]:
     cards = []
     rows = issues.head(worst)
+    if texts is None and dataset is not None and hasattr(dataset, "texts"):  # text data
+        texts = {int(i): dataset.texts[int(i)] for i in rows["index"]}
     for r in rows.itertuples(index=False):
         img = '<div class="muted">no preview</div>'
-        if dataset is not None:
+        if texts is not None:  # text: a snippet instead of a thumbnail
+            text = texts.get(int(r.index))
+            if text is not None:
+                img = text_snippet(text)
+        elif dataset is not None:
             try:
                 x = dataset[int(r.index)][0]
                 kind = "spectrogram" if is_audio(torch.as_tensor(x)) else "thumbnail"
@@ -424,7 +447,15 @@ def render_report(
         )
         parts.append(_img(uri, "precision-recall curve"))
 
-    gallery, shown = _gallery(issues, names, dataset, worst)
+    texts = None
+    if dataset is None:  # a text run's rows can be read back without its dataset
+        from dcloop.data.text import run_texts
+
+        shown_rows = issues.head(worst)
+        got = run_texts(run_dir, shown_rows["source"].astype(str).tolist())
+        if got is not None:
+            texts = dict(zip(shown_rows["index"].astype(int).tolist(), got, strict=True))
+    gallery, shown = _gallery(issues, names, dataset, worst, texts)
     parts += [
         f"<h2>The {shown} worst samples</h2>",
         '<p class="muted">Flagged first, lowest label quality first. Review them with '
