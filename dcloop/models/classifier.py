@@ -6,10 +6,9 @@ from collections.abc import Callable
 
 import lightning as L
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from dcloop.models.optim import adamw_cosine
+from dcloop.models import optim
 
 
 class Classifier(L.LightningModule):
@@ -24,7 +23,8 @@ class Classifier(L.LightningModule):
         num_classes: C.
         weights: ``(N,)`` per-sample loss weights keyed by index (``None`` = all 1).
         seed: seeds the network's initialisation.
-        lr, weight_decay, scheduler, label_smoothing: as in ``FoldEnsemble``.
+        lr, weight_decay, scheduler, label_smoothing, optimizer, loss: as in ``FoldEnsemble``
+            (any optimiser works here: there is one network).
     """
 
     def __init__(
@@ -38,11 +38,34 @@ class Classifier(L.LightningModule):
         weight_decay: float = 1e-4,
         scheduler: str = "cosine",
         label_smoothing: float = 0.0,
+        optimizer: Callable | None = None,
+        loss: Callable | None = None,
     ) -> None:
         super().__init__()
-        if scheduler not in ("cosine", "none"):
-            raise ValueError(f"scheduler must be 'cosine' or 'none'; got {scheduler!r}")
-        self.save_hyperparameters(ignore=["net", "weights"])
+        optim.check_scheduler(scheduler)
+        if optimizer is not None and not callable(optimizer):
+            raise ValueError(f"optimizer must be a factory optimizer(params); got {optimizer!r}")
+        self._optimizer, self._scheduler = optimizer, scheduler
+        self._loss_fn = optim.per_sample_loss(loss, label_smoothing)
+        self.save_hyperparameters(
+            {
+                "num_classes": num_classes,
+                "seed": seed,
+                "lr": lr,
+                "weight_decay": weight_decay,
+                "scheduler": optim.describe(scheduler),
+                "label_smoothing": label_smoothing,
+                "optimizer": optim.describe(optimizer),
+                "loss": optim.describe(loss),
+            },
+            ignore=[
+                "net",
+                "weights",
+                "optimizer",
+                "scheduler",
+                "loss",
+            ],  # (Lightning compares the dict with each init argument)
+        )
         self.num_classes = int(num_classes)
         with torch.random.fork_rng():
             torch.manual_seed(seed)
@@ -55,9 +78,7 @@ class Classifier(L.LightningModule):
 
     def training_step(self, batch, batch_idx):
         x, y, index = batch
-        ce = F.cross_entropy(
-            self(x), y, reduction="none", label_smoothing=self.hparams.label_smoothing
-        )
+        ce = self._loss_fn(self(x), y)
         if self.weights is None:
             loss = ce.mean()
         else:
@@ -82,11 +103,11 @@ class Classifier(L.LightningModule):
         return self(x).float().softmax(-1)
 
     def configure_optimizers(self):
-        h = self.hparams
-        return adamw_cosine(
+        return optim.configure_optimizers(
             self.parameters(),
-            lr=h.lr,
-            weight_decay=h.weight_decay,
-            scheduler=h.scheduler,
-            max_epochs=self.trainer.max_epochs,
+            optimizer=self._optimizer,
+            scheduler=self._scheduler,
+            lr=self.hparams.lr,
+            weight_decay=self.hparams.weight_decay,
+            trainer=self._trainer,
         )

@@ -15,15 +15,14 @@ from torch import nn
 from torch.func import functional_call, stack_module_state
 
 from dcloop.folds import assign_folds
+from dcloop.models import optim
 from dcloop.models.losses import fold_masked_loss
-from dcloop.models.optim import adamw_cosine
 from dcloop.state import SampleTable, digest
 from dcloop.validation import check_all_classes_present, check_labels
 
 log = logging.getLogger(__name__)
 
 RUN_KEY = "dcloop_run"  # checkpoint entry: what defines the run (see FoldEnsemble.run_info)
-_OPTIM_KEYS = ("lr", "weight_decay", "scheduler", "label_smoothing")
 _ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")  # object addresses in a network's repr
 
 Vectorize = Literal["auto", "vmap", "loop"]
@@ -53,9 +52,17 @@ class FoldEnsemble(L.LightningModule):
         num_classes: C (default: ``max(labels) + 1``).
         seed: seeds the folds, the replicas' initialisation and each epoch's RNG.
         true_labels: ``(N,)`` ground truth when known (noise experiments).
-        lr, weight_decay: AdamW settings (elementwise, so the replicas stay independent).
-        scheduler: ``"cosine"`` (annealed over ``trainer.max_epochs``) or ``"none"``.
-        label_smoothing: of the training loss.
+        lr, weight_decay: of the default optimiser, AdamW.
+        scheduler: ``"cosine"`` (annealed over ``trainer.max_epochs``), ``"none"``, or a
+            factory ``scheduler(optimizer)`` (a Hydra partial; ``T_max`` and ``total_steps``
+            filled in from the trainer when left out).
+        label_smoothing: of the training loss (cross-entropy).
+        optimizer: factory ``optimizer(params)`` in place of ``AdamW(lr, weight_decay)``. It
+            must be elementwise (SGD, Adam, AdamW, ...) for the stacked replicas to stay
+            independent; LAMB, LARS, Adafactor, Shampoo, Muon and L-BFGS raise (see
+            :mod:`dcloop.models.optim`).
+        loss: per-sample loss ``(logits (n, C), targets (n,)) -> (n,)`` in place of
+            cross-entropy (``reduction="none"`` is filled in when it takes one).
         vectorize: ``"auto"``, ``"vmap"`` or ``"loop"``.
         mask_folds: ``False`` trains every replica on all samples (a plain ensemble,
             for baselines: its "OOF" predictions are then in-sample).
@@ -81,15 +88,51 @@ class FoldEnsemble(L.LightningModule):
         label_smoothing: float = 0.0,
         vectorize: Vectorize = "auto",
         mask_folds: bool = True,
+        optimizer: Callable | None = None,
+        loss: Callable | None = None,
     ) -> None:
         super().__init__()
         if vectorize not in ("auto", "vmap", "loop"):
             raise ValueError(f"vectorize must be 'auto', 'vmap' or 'loop'; got {vectorize!r}")
-        if scheduler not in ("cosine", "none"):
-            raise ValueError(f"scheduler must be 'cosine' or 'none'; got {scheduler!r}")
+        optim.check_scheduler(scheduler)
+        if optimizer is not None and not callable(optimizer):
+            raise ValueError(f"optimizer must be a factory optimizer(params); got {optimizer!r}")
         if not callable(net):
             raise ValueError(f"net must be a callable returning an nn.Module; got {net!r}")
-        self.save_hyperparameters(ignore=["net", "labels", "true_labels"])
+        self._optimizer, self._scheduler = optimizer, scheduler
+        self._loss_fn = None if loss is None else optim.per_sample_loss(loss, label_smoothing)
+        # Plain values only (factories as descriptions): checkpoints stay loadable as data.
+        self.save_hyperparameters(
+            {
+                "num_folds": num_folds,
+                "num_classes": num_classes,
+                "seed": seed,
+                "lr": lr,
+                "weight_decay": weight_decay,
+                "scheduler": optim.describe(scheduler),
+                "label_smoothing": label_smoothing,
+                "vectorize": vectorize,
+                "mask_folds": mask_folds,
+                "optimizer": optim.describe(optimizer),
+                "loss": optim.describe(loss),
+            },
+            ignore=[
+                "net",
+                "labels",
+                "true_labels",
+                "optimizer",
+                "scheduler",
+                "loss",
+            ],  # (Lightning compares the dict with each init argument)
+        )
+        self.optim_info = optim.identity(
+            lr=lr,
+            weight_decay=weight_decay,
+            scheduler=scheduler,
+            label_smoothing=label_smoothing,
+            optimizer=optimizer,
+            loss=loss,
+        )
         labels = check_labels(labels, num_classes)
         self.num_classes = int(num_classes) if num_classes is not None else int(labels.max()) + 1
         check_all_classes_present(labels, self.num_classes, "training labels")
@@ -192,6 +235,7 @@ class FoldEnsemble(L.LightningModule):
             s.weights[index],
             label_smoothing=self.hparams.label_smoothing,
             normalizer=self._global_weight_sum if self._distributed else None,
+            loss_fn=self._loss_fn,
         )
         self.log(
             "train/loss",
@@ -260,9 +304,8 @@ class FoldEnsemble(L.LightningModule):
 
     # ------------------------------------------------------------- checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        optim = {k: self.hparams[k] for k in _OPTIM_KEYS}
         max_epochs = self.trainer.max_epochs if self._trainer is not None else None
-        checkpoint[RUN_KEY] = {**self.run_info, "optim": optim, "max_epochs": max_epochs}
+        checkpoint[RUN_KEY] = {**self.run_info, "optim": self.optim_info, "max_epochs": max_epochs}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Refuse a checkpoint of another run (seed, folds, data, model) before any
@@ -286,10 +329,15 @@ class FoldEnsemble(L.LightningModule):
                 f"{name} comes from a different run ({pairs}). Resume with the settings "
                 "and data it was made with, or start a new run without `resume`"
             )
-        optim = {k: self.hparams[k] for k in _OPTIM_KEYS}
-        changed = {k: (v, optim[k]) for k, v in saved.get("optim", {}).items() if optim.get(k) != v}
+        now_optim = self.optim_info
+        saved_optim = saved.get("optim", {})
+        changed = {
+            k: (saved_optim.get(k), now_optim.get(k))
+            for k in {*saved_optim, *now_optim}
+            if saved_optim.get(k) != now_optim.get(k)
+        }
         if changed:
-            diff = ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in changed.items())
+            diff = ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in sorted(changed.items()))
             rank_zero_warn(
                 f"resuming with other optimiser settings than {name} ({diff}): the result "
                 "will differ from an uninterrupted run"
@@ -299,7 +347,7 @@ class FoldEnsemble(L.LightningModule):
         if before is not None and now is not None and before != now:
             why = (
                 " (its cosine LR schedule was annealed over its own max_epochs)"
-                if self.hparams.scheduler == "cosine"
+                if "cosine" in str(self.optim_info.get("scheduler")).lower()
                 else ""
             )
             rank_zero_warn(
@@ -320,11 +368,55 @@ class FoldEnsemble(L.LightningModule):
         )
 
     def configure_optimizers(self):
-        h = self.hparams
-        return adamw_cosine(
+        return optim.configure_optimizers(
             self.replica_params.parameters(),
-            lr=h.lr,
-            weight_decay=h.weight_decay,
-            scheduler=h.scheduler,
-            max_epochs=self.trainer.max_epochs,
+            optimizer=self._optimizer,
+            scheduler=self._scheduler,
+            lr=self.hparams.lr,
+            weight_decay=self.hparams.weight_decay,
+            trainer=self._trainer,
+            stacked=True,
         )
+
+    def configure_gradient_clipping(
+        self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None
+    ) -> None:
+        """Clip by norm per replica: each replica's total gradient norm, as if trained alone.
+
+        Lightning's ``gradient_clip_algorithm="norm"`` scales all parameters by one total
+        norm, which over stacked ``(K, ...)`` parameters would let one replica's large
+        gradient shrink the others' steps. Clipping by value is elementwise and unchanged.
+        """
+        algorithm = gradient_clip_algorithm or (
+            self._trainer.gradient_clip_algorithm if self._trainer is not None else None
+        )
+        if str(getattr(algorithm, "value", algorithm) or "norm").lower() != "norm":
+            self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
+            return
+        if gradient_clip_val is None and self._trainer is not None:
+            gradient_clip_val = self._trainer.gradient_clip_val
+        if not gradient_clip_val:
+            return
+        clip_grad_norm_per_replica(self.replica_params.parameters(), float(gradient_clip_val))
+
+
+@torch.no_grad()
+def clip_grad_norm_per_replica(params, max_norm: float, eps: float = 1e-6) -> torch.Tensor:
+    """``torch.nn.utils.clip_grad_norm_`` applied to each replica's slice ``p[k]`` separately.
+
+    Args:
+        params: stacked ``(K, ...)`` parameters.
+        max_norm: the largest 2-norm of one replica's gradient over all its parameters.
+
+    Returns:
+        ``(K,)`` the replicas' total gradient norms before clipping.
+    """
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return torch.zeros(0)
+    norms = torch.stack([torch.linalg.vector_norm(g.flatten(1).float(), dim=1) for g in grads])
+    total = torch.linalg.vector_norm(norms, dim=0)  # (K,)
+    coef = (max_norm / (total + eps)).clamp(max=1.0)
+    for g in grads:
+        g.mul_(coef.to(g.dtype).view(-1, *([1] * (g.ndim - 1))))
+    return total

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 
@@ -13,6 +15,7 @@ def fold_masked_loss(
     weights: torch.Tensor | None = None,
     label_smoothing: float = 0.0,
     normalizer=None,
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Cross-entropy of K replicas where replica k ignores the samples of fold k.
 
@@ -25,6 +28,8 @@ def fold_masked_loss(
         normalizer: maps the ``(K,)`` weight sums of this batch to the denominators
             (under DDP: the global batch's sums / world size, so that DDP's gradient
             average equals the one-process gradient); ``None`` = the local sums.
+        loss_fn: per-sample loss ``(logits (n, C), targets (n,)) -> (n,)`` in place of
+            cross-entropy (``label_smoothing`` is then not used).
 
     Returns:
         ``(total, per_replica)``: ``per_replica`` is ``(K,)``, each the weighted mean
@@ -32,12 +37,15 @@ def fold_masked_loss(
         ``total`` is their sum, so each replica receives exactly its own gradient.
     """
     k, b, c = logits.shape
-    ce = F.cross_entropy(
-        logits.reshape(k * b, c),
-        targets.repeat(k),
-        reduction="none",
-        label_smoothing=label_smoothing,
-    ).view(k, b)
+    if loss_fn is None:
+        ce = F.cross_entropy(
+            logits.reshape(k * b, c),
+            targets.repeat(k),
+            reduction="none",
+            label_smoothing=label_smoothing,
+        ).view(k, b)
+    else:
+        ce = loss_fn(logits.reshape(k * b, c), targets.repeat(k)).view(k, b)
     replica = torch.arange(k, device=logits.device).unsqueeze(1)
     w = (folds.unsqueeze(0) != replica).to(ce.dtype)
     if weights is not None:
