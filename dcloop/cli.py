@@ -47,10 +47,16 @@ def exit_on_user_error(exc: BaseException) -> None:
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")
 def _app(cfg: DictConfig) -> float:
+    from dcloop.console import emit, summarize
     from dcloop.train import train
 
+    if not sys.stdout.isatty() and "enable_progress_bar" in cfg.trainer:  # nohup, SLURM logs
+        cfg.trainer.enable_progress_bar = False  # one log line per epoch instead of bar redraws
     try:
-        return optimized_value(cfg, train(cfg))
+        metrics = train(cfg)
+        if metrics and cfg.get("mode", "parallel") == "parallel":
+            emit(summarize(cfg.output_dir, metrics))
+        return optimized_value(cfg, metrics)
     except Exception as exc:  # noqa: BLE001 - bad input becomes one line, the rest re-raises
         exit_on_user_error(exc)
         raise

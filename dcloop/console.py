@@ -101,3 +101,21 @@ def timing_line(timing: dict[str, float]) -> str:
         if timing.get(k, 0) > 0 and total > 0
     ]
     return f"  time        {total:.1f} s: " + ", ".join(shares)
+
+
+def summarize(run_dir: str | Path, metrics: dict[str, Any]) -> str:
+    """The end-of-run summary of a run folder: :func:`run_summary` with the worst flagged rows
+    of its ``label_issues.csv`` and the report's path when there is one."""
+    import pandas as pd  # (only when summarising)
+
+    run_dir = Path(run_dir)
+    top: list[dict[str, Any]] = []
+    issues = run_dir / "label_issues.csv"
+    if issues.exists():
+        df = pd.read_csv(issues, nrows=5, keep_default_na=False)
+        top = [r for r in df.to_dict("records") if str(r.get("flagged")) == "True"]
+    text = run_summary(metrics, run_dir, top)
+    report = run_dir / "report.html"
+    if report.exists():
+        text += f"\n  report      {report} (open it in a browser)"
+    return text

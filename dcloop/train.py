@@ -1,36 +1,35 @@
-"""``train(cfg)``: one dcloop run from a composed config. Hydra lives only in ``cli``."""
+"""``train(cfg)``: one dcloop run from a composed config. Hydra lives only in ``cli``.
+
+Every feature of a run (confident learning, weak classes, checkpoints, timing, the result
+files, COCO write-back, discrepancy) is a callback listed in ``conf/callbacks/``; ``train``
+builds the datamodule, the fold ensemble and the trainer, fits, tests and (``refit=true``)
+retrains one network on the cleaned data.
+"""
 
 from __future__ import annotations
 
 import functools
 import inspect
 import logging
-import time
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import lightning as L
-import numpy as np
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from dcloop.augment.pipeline import add_run_metrics, augment_callbacks, augment_kwargs, weak_epochs
-from dcloop.beyond.hooks import after_run, check_before_run
-from dcloop.callbacks import ConfidentLearning, EpochCheckpoint, OOFCollector
-from dcloop.cleaning import CLResult
-from dcloop.console import emit, run_summary
+from dcloop.callbacks import ConfidentLearning, RunResults
+from dcloop.callbacks.results import find_callback
 from dcloop.data import check_item
+from dcloop.errors import UserInputError
 from dcloop.folds import check_num_folds
-from dcloop.metrics import detection_metrics
 from dcloop.models import Classifier, FoldEnsemble
-from dcloop.people.labelfile import attach_label_file
-from dcloop.people.report import write_report
-from dcloop.results import issue_table, write_json, write_run_files
 from dcloop.signals import exit_on_signal
 from dcloop.state import digest
-from dcloop.timing import LoopTiming, phase_times, timed
+from dcloop.timing import timed
 from dcloop.validation import check_run_config
 
 log = logging.getLogger(__name__)
@@ -57,32 +56,90 @@ def net_factory(net_cfg: DictConfig, in_shape, num_classes: int, extra=None):
     return functools.partial(factory, **extra)
 
 
+def instantiate_callbacks(callbacks_cfg: DictConfig | None) -> list[L.Callback]:
+    """Every entry of the ``callbacks`` config with a ``_target_``, in config order (as in
+    lightning-hydra-template). Entries that build to ``None`` (a feature switched off, e.g.
+    ``checkpoint=false``) are left out; anything else that is not a Callback is an error."""
+    out: list[L.Callback] = []
+    for name, spec in (callbacks_cfg or {}).items():
+        if spec is None:  # ~callbacks.<name> or callbacks.<name>=null
+            continue
+        if not (OmegaConf.is_dict(spec) and "_target_" in spec):
+            raise UserInputError(
+                f"callbacks.{name} must be a mapping with a _target_ (a Lightning Callback), "
+                f"got {OmegaConf.to_container(spec) if OmegaConf.is_config(spec) else spec!r}"
+            )
+        cb = instantiate(spec)
+        if cb is None:
+            continue
+        if not isinstance(cb, L.Callback):
+            raise UserInputError(
+                f"callbacks.{name}: {spec._target_} built a {type(cb).__name__}, "
+                "not a lightning Callback"
+            )
+        out.append(cb)
+    return out
+
+
+def lightning_trainer(*, threads: Any = "auto", **kwargs: Any) -> L.Trainer:
+    """``lightning.Trainer(**kwargs)`` after setting torch's threads (``trainer.threads``, see
+    :func:`resolve_threads`): the ``_target_`` of ``conf/trainer/*.yaml``."""
+    n = resolve_threads(threads, kwargs)
+    if n is not None:
+        torch.set_num_threads(n)
+    return L.Trainer(**kwargs)
+
+
+def resolve_threads(threads: Any, trainer_kwargs: dict) -> int | None:
+    """``trainer.threads``: torch's intra-op threads per process. ``auto``: on CPU, the cores
+    shared out over the processes, and at most half of them each (torch's default of one
+    thread per core ran a step 4-6x slower on 2 loaded cores); on GPU, torch's default."""
+    if threads is None or threads == "none":
+        return None
+    if threads == "auto":
+        if str(trainer_kwargs.get("accelerator", "auto")) != "cpu":
+            return None
+        devices = trainer_kwargs.get("devices", 1)
+        procs = devices if isinstance(devices, int) and devices > 0 else 1
+        return max(1, (os.cpu_count() or 1) // (2 * procs))
+    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+        raise UserInputError(
+            f"trainer.threads must be 'auto', null or an int >= 1, got {threads!r}"
+        )
+    return threads
+
+
 @dataclass
 class Run:
     """Everything one run builds from its config."""
 
     dm: Any
     model: FoldEnsemble
-    oof: OOFCollector
-    cl: ConfidentLearning
     trainer: L.Trainer
-    sources: list[str]
+
+    def callback(self, kind: type) -> Any:
+        """The trainer's callback of type ``kind`` (``None`` if it has none)."""
+        return find_callback(self.trainer, kind)
+
+    @property
+    def cl(self) -> ConfidentLearning | None:
+        return self.callback(ConfidentLearning)
+
+    @property
+    def results(self) -> RunResults | None:
+        return self.callback(RunResults)
 
 
 def build(cfg: DictConfig, run_dir: Path) -> Run:
     """Instantiate the datamodule, module, callbacks and trainer of a run.
 
     All input checks (data path, labels, empty classes, K, dataset items) happen here,
-    before any training starts.
+    before any training starts; callbacks check what they need at setup.
     """
-    dm = instantiate(
-        cfg.data, noise=OmegaConf.to_container(cfg.noise), seed=cfg.seed, **augment_kwargs(cfg)
-    )
+    dm = instantiate(cfg.data)  # noise, seed, augment: interpolations in the data config
     dm.setup("fit")
     check_item(dm.train_dataset[0])
     check_num_folds(dm.given_labels, cfg.folds, class_names=getattr(dm, "class_names", None))
-    check_before_run(cfg, dm)  # dcloop.beyond: discrepancy=true needs a test split
-    sources = [dm.source_of(i) for i in range(dm.num_train)]
     model = FoldEnsemble(
         net_factory(cfg.model.net, dm.input_shape, dm.num_classes, getattr(dm, "net_kwargs", None)),
         dm.given_labels,
@@ -92,13 +149,8 @@ def build(cfg: DictConfig, run_dir: Path) -> Run:
         true_labels=dm.true_labels if dm.has_ground_truth else None,
         **OmegaConf.to_container(cfg.model.optim),
     )
-    attach_label_file(model.samples, getattr(dm, "label_override", None))  # dcloop.people
-    model.run_info["sources"] = digest(sources)  # checked against the checkpoint on resume
-    oof = OOFCollector()
-    clcb = ConfidentLearning(**OmegaConf.to_container(cfg.cl), output_dir=run_dir, sources=sources)
-    callbacks: list[L.Callback] = [oof, clcb, *augment_callbacks(dm), LoopTiming()]  # + WeakClasses
-    if cfg.checkpoint:  # last.ckpt at every epoch end, atomically (after confident learning)
-        callbacks.append(EpochCheckpoint(run_dir / "checkpoints"))
+    model.run_info["sources"] = digest([dm.source_of(i) for i in range(dm.num_train)])
+    callbacks = instantiate_callbacks(cfg.get("callbacks"))
     logger = instantiate(cfg.logger) if cfg.get("logger") else False
     trainer = instantiate(
         cfg.trainer,
@@ -107,62 +159,41 @@ def build(cfg: DictConfig, run_dir: Path) -> Run:
         enable_checkpointing=bool(cfg.checkpoint),
         default_root_dir=str(run_dir),
     )
-    return Run(dm, model, oof, clcb, trainer, sources)
+    return Run(dm, model, trainer)
 
 
 def train(cfg: DictConfig) -> dict[str, Any]:
-    """Run k-fold training with in-loop confident learning; write results; summarise.
+    """Run k-fold training with in-loop confident learning; the callbacks write the results.
 
     Args:
         cfg: a composed dcloop config (see ``conf/config.yaml``).
 
     Returns:
-        The metrics written to ``metrics.json``.
+        The metrics written to ``metrics.json`` (the CLI prints a summary of them,
+        :func:`dcloop.console.summarize`).
     """
     check_run_config(cfg)  # seed, folds, max_epochs, resume: before anything is built
     if cfg.get("mode", "parallel") != "parallel":  # one fold per run: dcloop.scale
         from dcloop.scale.fold_run import run_fold
 
         return run_fold(cfg)
-    start = time.perf_counter()
     run_dir = Path(cfg.output_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     run = build(cfg, run_dir)
-    if run.trainer.is_global_zero:
-        run.dm.save(run_dir)  # given/true labels and noise mask, before any training
     with exit_on_signal(run.trainer):  # SIGTERM / Ctrl+C: exit 143 / 130, naming the checkpoint
         run.trainer.fit(run.model, datamodule=run.dm, ckpt_path=cfg.get("resume"))
-    with timed(run.trainer, "test"):
-        test = run.trainer.test(run.model, datamodule=run.dm, verbose=False)
-    table = run.model.samples
-    result = run.cl.last_result
-    if result is None:  # confident learning never ran in the loop (warm-up > max_epochs)
-        result = run.cl.judge(table, run.oof.probs)
-        table.record_flags(result.flags, result.quality, result.suggested, -1)
-    metrics = run_metrics(run, result, test[0] if test else {})
-    if cfg.get("refit"):
+    run.trainer.test(run.model, datamodule=run.dm, verbose=False)  # RunResults times it
+    results = run.results
+    metrics = dict(results.metrics) if results is not None else {}
+    if run.trainer.is_global_zero:
+        OmegaConf.save(cfg, run_dir / "config.yaml")
+    if cfg.get("refit") and metrics:
         with timed(run.trainer, "refit"):
             metrics["test"]["refit_accuracy"] = refit(cfg, run)
-    metrics["wall_time_s"] = time.perf_counter() - start
-    if run.trainer.is_global_zero:
-        names = list(run.dm.class_names) if getattr(run.dm, "class_names", None) else None
-        weak = weak_epochs(run.trainer)  # class_report.csv `weak` column (dcloop.augment)
-        with timed(run.trainer, "result_files"):
-            write_run_files(run_dir, table, run.oof.probs, result, run.sources, names, weak)
-            if run.cl.evidence is not None:  # what the verdict was computed on (EMA over epochs)
-                np.save(run_dir / "oof_probs_smoothed.npy", run.cl.evidence.float().cpu().numpy())
-            OmegaConf.save(cfg, run_dir / "config.yaml")
-        metrics["timing"] = phase_times(run.trainer).as_dict(time.perf_counter() - start)
-        write_json(metrics, run_dir / "metrics.json")
-        after_run(cfg, run, run_dir)  # dcloop.beyond: COCO write-back, train/test discrepancy
-        report = None
-        if cfg.get("report", True):  # dcloop.people: report.html
-            report = write_report(run_dir, dataset=getattr(run.dm, "train_dataset", None))
-        top = issue_table(table, run.sources).head(5).to_dict("records")
-        emit(run_summary(metrics, run_dir, [r for r in top if r["flagged"]]))
-        if report is not None:
-            emit(f"  report      {report} (open it in a browser)")
+        if run.trainer.is_global_zero:
+            results.write_metrics(run.trainer, test=metrics["test"])
+        metrics = dict(results.metrics)
     return metrics
 
 
@@ -177,50 +208,11 @@ def refit(cfg: DictConfig, run: Run) -> float:
         **{k: v for k, v in OmegaConf.to_container(cfg.model.optim).items() if k != "vectorize"},
     )
     trainer = instantiate(
-        cfg.trainer, logger=False, enable_checkpointing=False, default_root_dir=str(cfg.output_dir)
+        cfg.trainer,
+        logger=False,
+        enable_checkpointing=False,
+        default_root_dir=str(cfg.output_dir),
     )
     trainer.fit(model, datamodule=dm)
     test = trainer.test(model, datamodule=dm, verbose=False)
     return float(test[0]["test/acc"])
-
-
-def min_class_kept(table, num_classes: int) -> float:
-    """The smallest fraction of a class's given labels still trained on (weight > 0)."""
-    given = torch.bincount(table.labels, minlength=num_classes).float()
-    kept = torch.bincount(table.labels[table.weights > 0], minlength=num_classes).float()
-    return float((kept / given.clamp_min(1)).min())
-
-
-def run_metrics(run: Run, result: CLResult, test: dict) -> dict[str, Any]:
-    """The content of ``metrics.json``."""
-    table, dm = run.model.samples, run.dm
-    metrics: dict[str, Any] = {
-        "data": {"source": dm.source, "num_train": dm.num_train, "num_classes": dm.num_classes},
-        "cleaning": {
-            "num_folds": run.model.num_folds,
-            "action": run.cl.action,
-            "filter_by": run.cl.filter_by,
-            "num_flagged": int(table.flagged.sum()),
-            "min_class_kept_frac": min_class_kept(table, dm.num_classes),
-            "vectorized": run.model.vectorized,
-        },
-        "noise": {"rate": result.noise_rate},
-        # The last epoch's validation accuracy (the ensemble): what sweeps optimise.
-        "val": {"accuracy": run.cl.epochs[-1]["val_acc"] if run.cl.epochs else None},
-        "test": {"accuracy": float(test.get("test/acc", float("nan")))},
-        "history": run.cl.history,
-        "safety": run.cl.summary(),
-        "warnings": [
-            f"epoch {e['epoch']}: {'; '.join(e['problems'])} ({e['action']})"
-            for e in run.cl.guard_events
-        ],
-    }
-    if dm.has_ground_truth:
-        metrics["detection"] = detection_metrics(table.flagged, table.is_noisy, table.quality)
-        metrics["noise_injected"] = {
-            "kind": dm.noise.kind,
-            "rate": dm.noise.rate,
-            "num_noisy": int(dm.is_noisy.sum()),
-            "rate_actual": float(dm.is_noisy.mean()),
-        }
-    return add_run_metrics(metrics, dm, run.trainer)  # dcloop.augment: weak classes, skipped

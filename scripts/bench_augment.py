@@ -41,7 +41,7 @@ import lightning as L
 import numpy as np
 import torch
 
-from dcloop.callbacks import ConfidentLearning, OOFCollector
+from dcloop.callbacks import ConfidentLearning, OOFCollector, WeakClasses
 from dcloop.data import LabelNoiseDataModule, NoiseResult, empirical_noise_matrix
 from dcloop.models import FoldEnsemble, SmallCNN
 
@@ -120,7 +120,8 @@ def run_one(method: str, seed: int, args) -> dict:
         label_smoothing=0.1,
     )
     callbacks = [OOFCollector(), ConfidentLearning(warmup_epochs=args.warmup, action="prune")]
-    callbacks += dm.augmenter.callbacks() if dm.augmenter is not None else []
+    weak = WeakClasses.from_augment(spec)  # the weak-class rule with kind=targeted
+    callbacks += [weak] if weak is not None else []
     trainer = L.Trainer(
         accelerator="cpu",
         max_epochs=args.epochs,

@@ -196,17 +196,19 @@ def test_discrepancy_without_a_test_split_fails_before_training(tmp_path):
     from hydra.core.global_hydra import GlobalHydra
 
     import dcloop
-    from dcloop.train import build
+    from dcloop.train import train
 
     GlobalHydra.instance().clear()
     conf = str(Path(dcloop.__file__).parent / "conf")
     with initialize_config_dir(config_dir=conf, version_base="1.3"):
         cfg = compose(
             "config",
-            overrides=[f"output_dir={tmp_path}", "discrepancy=true", "data.test_frac=0.0"],
+            overrides=[f"output_dir={tmp_path}", "discrepancy=true", "data.test_frac=0.0"]
+            + ["logger=none", "trainer.enable_progress_bar=false"],
         )
     with pytest.raises(ValueError, match="test split has 0 sample"):
-        build(cfg, tmp_path)
+        train(cfg)  # the Discrepancy callback's setup, before the first epoch
+    assert not (tmp_path / "checkpoints").exists() and not (tmp_path / "oof_probs.npy").exists()
 
 
 def test_domain_auc_subsample_keeps_both_domains():

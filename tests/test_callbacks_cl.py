@@ -88,14 +88,24 @@ def test_default_prune_ramps_and_judges_on_smoothed_evidence(tmp_path, blobs):
     assert all("state" in r and "oof_acc" in r for r in clcb.epochs)
 
 
-def test_pruned_sample_comes_back_when_cleared(tmp_path):
-    from dcloop.cleaning import action_weights
+def test_pruned_sample_comes_back_when_cleared(tmp_path, blobs):
+    """A sample pruned by one step and not flagged by the next trains again (weight 1)."""
+    model = model_for(blobs)
+    clcb = ConfidentLearning(warmup_epochs=2, **RAW)
+    real, weights_before = clcb.run, []
 
-    flags = torch.tensor([True, True])
-    q = torch.tensor([0.1, 0.2])
-    w1 = action_weights(flags, q, action="prune")
-    w2 = action_weights(torch.tensor([False, True]), q, action="prune")
-    assert w1.tolist() == [0.0, 0.0] and w2.tolist() == [1.0, 0.0]
+    def scripted(labels, probs, confirmed=None):  # step 1 flags sample 0 only, then nothing
+        result = real(labels, probs, confirmed=confirmed)
+        result.flags = torch.zeros_like(result.flags)
+        result.flags[0] = not weights_before
+        weights_before.append(model.samples.weights.clone())
+        return result
+
+    clcb.run = scripted
+    fast_trainer(tmp_path, [clcb], max_epochs=4).fit(model, datamodule=blobs)
+    assert len(weights_before) == 3  # steps at epochs 2, 3, 4
+    assert weights_before[1][0] == 0.0  # pruned after the first step
+    assert model.samples.weights[0] == 1.0 and not model.samples.flagged[0]  # back
 
 
 def test_unknown_safety_option_is_named():
@@ -103,10 +113,43 @@ def test_unknown_safety_option_is_named():
         ConfidentLearning(smoothin=0.5)
 
 
-def test_needs_an_oof_collector_first(tmp_path, blobs):
+def _run_in_order(tmp_path, dm, order: str):
+    """A 4-epoch run whose callback list is ``order``: o = a listed OOFCollector, c = CL."""
+    torch.manual_seed(0)
+    model = model_for(dm)
+    clcb = ConfidentLearning(warmup_epochs=2, **RAW)
+    made = {"o": OOFCollector(), "c": clcb}
+    fast_trainer(tmp_path / order, [made[k] for k in order], max_epochs=4).fit(model, datamodule=dm)
+    return model, clcb
+
+
+@pytest.mark.parametrize("order", ["co", "c"])
+def test_callback_order_does_not_matter(tmp_path, blobs, order):
+    """After or before a listed collector, or with its own: the same verdicts and weights."""
+    ref_model, ref = _run_in_order(tmp_path, blobs, "oc")
+    model, clcb = _run_in_order(tmp_path, blobs, order)
+    assert [h["epoch"] for h in clcb.history] == [h["epoch"] for h in ref.history] == [2, 3, 4]
+    assert [h["num_flagged"] for h in clcb.history] == [h["num_flagged"] for h in ref.history]
+    torch.testing.assert_close(clcb.collector.probs, ref.collector.probs)
+    torch.testing.assert_close(model.samples.weights, ref_model.samples.weights)
+    assert clcb.owns_oof == (order == "c")
+
+
+def test_own_collector_skips_passes_nobody_reads(tmp_path, blobs):
+    """ready=fixed and no smoothing: the pass runs only on the epochs a step is due."""
     model = model_for(blobs)
-    with pytest.raises(ValueError, match="OOFCollector placed before it"):
-        fast_trainer(tmp_path, [ConfidentLearning(), OOFCollector()]).fit(model, datamodule=blobs)
+    clcb = ConfidentLearning(warmup_epochs=3, every_n_epochs=2, **RAW)
+    passes = []
+    real = clcb.oof.collect
+    clcb.oof.collect = lambda trainer, pl: (
+        passes.append(trainer.current_epoch + 1),
+        real(trainer, pl),
+    )
+    fast_trainer(tmp_path, [clcb], max_epochs=6).fit(model, datamodule=blobs)
+    assert passes == [3, 5, 6]  # due at 3 and 5; 6 is the last epoch (the run's OOF matrix)
+    assert [h["epoch"] for h in clcb.history] == [3, 5]
+    smoothing = ConfidentLearning(warmup_epochs=3, **{**RAW, "smoothing": 0.5})
+    assert smoothing.policy.smoothing > 0  # the EMA reads every epoch, so every pass runs
 
 
 def test_bad_arguments():

@@ -2,6 +2,7 @@ from functools import partial
 
 import numpy as np
 import pytest
+import torch
 
 from dcloop.augment import AugmentPolicy, weak_classes
 from dcloop.callbacks import ConfidentLearning, OOFCollector, WeakClasses
@@ -61,11 +62,25 @@ def test_state_dict_resumes_the_weak_classes(blobs, tmp_path):
     assert old.history == [] and old.first_weak is None
 
 
-def test_needs_confident_learning_before_it_and_a_policy(blobs, tmp_path):
+def test_order_does_not_matter(blobs, tmp_path):
+    """Before or after ConfidentLearning, the rule sees the same verdicts."""
+    runs = []
+    for first in (True, False):
+        torch.manual_seed(0)
+        model = FoldEnsemble(partial(MLP, (8,), 3, hidden=(16,)), blobs.labels, num_folds=3)
+        policy = AugmentPolicy(blobs.labels, 3, num_levels=3, base_level=1)
+        cb, cl = WeakClasses(policy, k=1), ConfidentLearning(warmup_epochs=2)
+        order = [cb, cl] if first else [cl, cb]
+        fast_trainer(tmp_path / str(first), order, max_epochs=3).fit(model, datamodule=blobs)
+        runs.append(cb.history)
+    assert runs[0] == runs[1] and [h["epoch"] for h in runs[0]] == [2, 3]
+
+
+def test_needs_confident_learning_and_a_policy(blobs, tmp_path):
     model = FoldEnsemble(partial(MLP, (8,), 3), blobs.labels, num_folds=3)
     policy = AugmentPolicy(blobs.labels, 3, num_levels=3)
-    trainer = fast_trainer(tmp_path, [WeakClasses(policy), OOFCollector(), ConfidentLearning()])
-    with pytest.raises(ValueError, match="before it"):
+    trainer = fast_trainer(tmp_path, [WeakClasses(policy), OOFCollector()])
+    with pytest.raises(ValueError, match="needs a ConfidentLearning"):
         trainer.fit(model, datamodule=blobs)
     trainer = fast_trainer(tmp_path, [OOFCollector(), ConfidentLearning(), WeakClasses()])
     with pytest.raises(ValueError, match="AugmentPolicy"):

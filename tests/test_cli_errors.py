@@ -24,9 +24,9 @@ from dcloop.callbacks import ConfidentLearning
 from dcloop.cli import exit_on_user_error
 from dcloop.data import LabelNoiseDataModule, csv_manifest, image_folder
 from dcloop.data.badfiles import check_files
+from dcloop.data.labelfile import read_label_file
 from dcloop.errors import PREFIX, UserInputError, user_error_message
 from dcloop.folds import check_num_folds
-from dcloop.people.labelfile import read_label_file
 from dcloop.train import train
 from dcloop.validation import check_resume_path, check_run_config
 

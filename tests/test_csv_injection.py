@@ -12,12 +12,12 @@ import torch
 
 from dcloop.cleaning import confident_learning
 from dcloop.csvsafe import TRIGGERS, escape_cell, neutralize, read_csv, restore, unescape_cell
+from dcloop.data.labelfile import read_label_file
 from dcloop.data.noise import NoiseResult, save_noise
 from dcloop.folds import assign_folds
 from dcloop.people.cli import annotators_main, import_main
 from dcloop.people.corrections import base_labels
 from dcloop.people.export import export_queue
-from dcloop.people.labelfile import read_label_file
 from dcloop.results import write_csv, write_json, write_run_files
 from dcloop.state import SampleTable
 

@@ -1,4 +1,4 @@
-"""Tests for EpochShuffleSampler."""
+"""Tests for EpochShuffleSampler (torch's DistributedSampler over range(N))."""
 
 import pytest
 import torch
@@ -23,7 +23,7 @@ def test_epochs_differ_and_resume_matches():
     for epoch in range(3):
         s.set_epoch(epoch)
         orders.append(list(s))
-    assert orders[0] != orders[1] != orders[2]
+    assert orders[0] != orders[1] and orders[1] != orders[2] and orders[0] != orders[2]
     resumed = EpochShuffleSampler(100, seed=0)
     resumed.set_epoch(2)
     assert list(resumed) == orders[2]
@@ -46,7 +46,8 @@ def test_ddp_shards_are_padded_and_cover_everything(n, replicas):
     assert all(len(sh) == per_rank for sh in shards)
     flat = [i for sh in shards for i in sh]
     assert set(flat) == set(range(n))
-    assert len(flat) - n == per_rank * replicas - n  # only the padding repeats
+    pad = per_rank * replicas - n
+    assert [flat.count(i) for i in range(n)].count(2) == pad  # only the padding repeats
     if n % replicas == 0:
         assert len(set(flat)) == len(flat)  # disjoint when no padding is needed
     # padding repeats the first indices of the epoch's permutation
@@ -64,3 +65,16 @@ def test_bad_arguments():
         EpochShuffleSampler(10, num_replicas=2, rank=2)
     with pytest.raises(ValueError, match="epoch"):
         EpochShuffleSampler(10).set_epoch(-1)
+
+
+@pytest.mark.parametrize("n, replicas, shuffle", [(10, 3, True), (12, 4, True), (7, 1, False)])
+def test_is_torchs_distributed_sampler_over_range_n(n, replicas, shuffle):
+    from torch.utils.data import DistributedSampler
+
+    for rank in range(replicas):
+        ours = EpochShuffleSampler(n, seed=5, shuffle=shuffle, num_replicas=replicas, rank=rank)
+        ref = DistributedSampler(range(n), replicas, rank, shuffle=shuffle, seed=5)
+        for epoch in (0, 3):
+            ours.set_epoch(epoch)
+            ref.set_epoch(epoch)
+            assert list(ours) == list(ref) and len(ours) == len(ref)

@@ -10,8 +10,8 @@ import torch
 from dcloop.callbacks import ConfidentLearning, OOFCollector
 from dcloop.cleaning import confident_learning
 from dcloop.data import LabelNoiseDataModule
+from dcloop.data.labelfile import attach_label_file, read_label_file
 from dcloop.models import MLP, FoldEnsemble
-from dcloop.people.labelfile import attach_label_file, read_label_file
 
 from conftest import fast_trainer
 

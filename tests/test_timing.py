@@ -12,7 +12,7 @@ from hydra.core.global_hydra import GlobalHydra
 
 import dcloop
 from dcloop.callbacks import ConfidentLearning, OOFCollector
-from dcloop.console import timing_line
+from dcloop.console import summarize, timing_line
 from dcloop.models import MLP, FoldEnsemble
 from dcloop.timing import PHASES, LoopTiming, PhaseTimes, phase_times, timed, timed_hook
 from dcloop.train import train
@@ -90,4 +90,4 @@ def test_metrics_json_has_timing_and_the_summary_prints_it(tmp_path, capsys):
     assert sum(v for k, v in timing.items() if k != "total") == pytest.approx(
         timing["total"], abs=0.01
     )
-    assert "  time        " in capsys.readouterr().out
+    assert "  time        " in summarize(tmp_path, metrics)  # the CLI's summary

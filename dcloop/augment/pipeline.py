@@ -12,6 +12,7 @@ from dcloop.augment.audio import AUDIO_OPS, audio_transforms, augment_audio
 from dcloop.augment.image import IMAGE_OPS, check_ops, image_transforms
 from dcloop.augment.policy import AugmentedDataset, AugmentPolicy, PolicySampler
 from dcloop.augment.weak import RULES
+from dcloop.data.sampling import DistributedEpochSampler
 
 log = logging.getLogger(__name__)
 
@@ -214,8 +215,6 @@ class Augmenter:
         Under DDP (``trainer.world_size > 1``) each rank gets its share of the one-process
         keys, in a ``DistributedSampler`` subclass so that Lightning does not re-shuffle it.
         """
-        from dcloop.scale.distributed import DistributedEpochSampler
-
         policy = self._require_bound()
         world = int(getattr(trainer, "world_size", 1) or 1) if trainer is not None else 1
         rank = int(trainer.global_rank) if world > 1 else 0
@@ -257,60 +256,3 @@ class Augmenter:
             p=self.p,
         )
         return x, y, index
-
-    def callbacks(self) -> list:
-        """The callbacks this setup needs: :class:`~dcloop.callbacks.WeakClasses` if targeted."""
-        if self.kind != "targeted":
-            return []
-        from dcloop.callbacks.weak_classes import WeakClasses
-
-        return [WeakClasses(level=self.weak_level, oversample=self.oversample, **self.weak)]
-
-
-# ------------------------------------------------------------- glue for dcloop.train
-def augment_kwargs(cfg) -> dict[str, Any]:
-    """``{"augment": <plain dict>}`` for the data module when ``cfg.augment.kind`` is not none."""
-    spec = cfg.get("augment") if hasattr(cfg, "get") else None
-    if spec is None or spec.get("kind", "none") == "none":
-        return {}
-    from omegaconf import OmegaConf
-
-    return {"augment": OmegaConf.to_container(spec) if OmegaConf.is_config(spec) else dict(spec)}
-
-
-def augment_callbacks(dm) -> list:
-    """The callbacks the data module's augmenter needs (``[]`` without one)."""
-    aug = getattr(dm, "augmenter", None)
-    return aug.callbacks() if aug is not None else []
-
-
-def _weak_callback(trainer):
-    from dcloop.callbacks.weak_classes import WeakClasses
-
-    found = [c for c in getattr(trainer, "callbacks", []) if isinstance(c, WeakClasses)]
-    return found[-1] if found else None
-
-
-def weak_epochs(trainer):
-    """``(C,)`` epoch each class first became weak (-1: never), or ``None`` without the rule."""
-    cb = _weak_callback(trainer)
-    return None if cb is None or cb.first_weak is None else cb.first_weak
-
-
-def add_run_metrics(metrics: dict[str, Any], dm, trainer) -> dict[str, Any]:
-    """Add ``augment`` (kind, weak-class history) and skipped files to a run's metrics."""
-    skipped = getattr(dm, "skipped_files", None) or []
-    if "data" in metrics:
-        metrics["data"]["num_skipped_files"] = len(skipped)
-    aug = getattr(dm, "augmenter", None)
-    if aug is not None:
-        cb = _weak_callback(trainer)
-        metrics["augment"] = {
-            "kind": aug.kind,
-            "modality": aug.modality,
-            "level": aug.level,
-            "weak_level": aug.weak_level,
-            "oversample": aug.oversample,
-            "weak_history": cb.history if cb is not None else [],
-        }
-    return metrics

@@ -56,6 +56,11 @@ class EpochCheckpoint(ModelCheckpoint):
         )
         self.saved_epoch = -1  # last (0-based) epoch whose end this process wrote
 
+    @classmethod
+    def when(cls, enabled: bool, dirpath: str | Path) -> EpochCheckpoint | None:
+        """The callback if ``enabled`` (the top-level ``checkpoint`` switch), else ``None``."""
+        return cls(dirpath) if enabled else None
+
     @property
     def path(self) -> Path:
         """``<dirpath>/last.ckpt``."""

@@ -8,6 +8,7 @@ from typing import Any
 
 import lightning as L
 import torch
+from omegaconf import OmegaConf
 
 from dcloop.callbacks.oof import OOFCollector
 from dcloop.cleaning import (
@@ -17,9 +18,11 @@ from dcloop.cleaning import (
     QUALITY_METHODS,
     CLResult,
     action_weights,
+    broadcast_result,
     check_choice,
     confident_learning,
 )
+from dcloop.data.labelfile import attach_label_file
 from dcloop.metrics import detection_metrics
 from dcloop.results import write_issue_table
 from dcloop.safety import (
@@ -56,8 +59,15 @@ class ConfidentLearning(L.Callback):
     back. Epochs are 1-based everywhere (logs, history, issue table), as ``warmup_epochs``.
 
     Needs a LightningModule with a ``samples`` :class:`~dcloop.state.SampleTable`
-    (such as :class:`~dcloop.models.FoldEnsemble`) and an ``OOFCollector`` placed
-    before this callback in ``Trainer(callbacks=[...])``.
+    (such as :class:`~dcloop.models.FoldEnsemble`). The out-of-fold softmax comes from its
+    own :class:`OOFCollector` (``oof=``), or from one in ``Trainer(callbacks=[...])`` if
+    there is one, in any position: the callback asks it for the epoch's pass when it needs
+    it, so the order of the callbacks does not matter. With its own collector it runs the
+    pass only on epochs whose result is read: every epoch while smoothing (the EMA) or
+    plateau readiness need it, otherwise only on the epochs a step is due.
+
+    Listeners (e.g. :class:`~dcloop.callbacks.WeakClasses`) register with
+    :meth:`add_listener` and get ``on_verdict(trainer, pl_module, cl)`` after every step.
 
     Args:
         warmup_epochs: earliest epoch (1-based) at which confident learning may run.
@@ -69,7 +79,9 @@ class ConfidentLearning(L.Callback):
         downweight_floor, downweight_power: see :func:`dcloop.cleaning.action_weights`.
         backend: ``"torch"`` (dcloop's engine on the device) or ``"cleanlab"``.
         output_dir: where ``label_issues.csv`` is rewritten (atomically) each time.
-        sources: ``(N,)`` file paths or dataset ids for the issue table.
+        sources: ``(N,)`` file paths or dataset ids for the issue table (default: the
+            datamodule's ``source_of(i)`` when it has one).
+        oof: the collector to own (default: ``OOFCollector()``), unless the trainer lists one.
         **safety: fields of :class:`dcloop.safety.SafetyPolicy` (``ready``,
             ``smoothing``, ``max_class_frac``, ``ramp_steps``, ``guard``, ...).
     """
@@ -88,6 +100,7 @@ class ConfidentLearning(L.Callback):
         backend: str = "torch",
         output_dir: str | Path | None = None,
         sources=None,
+        oof: OOFCollector | None = None,
         **safety: Any,
     ) -> None:
         check_choice("filter_by", filter_by, FILTER_BY)
@@ -129,7 +142,17 @@ class ConfidentLearning(L.Callback):
         self.paused_until = 0
         self.backoffs = 0
         self.evidence: torch.Tensor | None = None  # (N, C) smoothed OOF softmax
-        self._oof: OOFCollector | None = None
+        self.oof = oof if oof is not None else OOFCollector()
+        self._oof: OOFCollector = self.oof  # the one in use (the trainer's, if it lists one)
+        self.listeners: list[Any] = []
+
+    @classmethod
+    def from_config(cls, config: Any = None, **kwargs: Any) -> ConfidentLearning:
+        """From the ``cl`` config group (a mapping of this class's arguments) plus ``kwargs``:
+        how ``conf/callbacks/default.yaml`` lists it, so ``cl.*`` overrides keep working."""
+        if OmegaConf.is_config(config):
+            config = OmegaConf.to_container(config, resolve=True)
+        return cls(**{**dict(config or {}), **kwargs})
 
     @property
     def state_key(self) -> str:
@@ -146,14 +169,15 @@ class ConfidentLearning(L.Callback):
                 "ConfidentLearning needs a LightningModule with a `samples` "
                 "SampleTable, e.g. dcloop.models.FoldEnsemble"
             )
-        mine = trainer.callbacks.index(self)
-        found = [c for c in trainer.callbacks[:mine] if isinstance(c, OOFCollector)]
-        if not found:
-            raise ValueError(
-                "ConfidentLearning needs an OOFCollector placed before it in "
-                "Trainer(callbacks=[OOFCollector(), ConfidentLearning(), ...])"
-            )
-        self._oof = found[-1]
+        dm = trainer.datamodule
+        if stage == "fit":  # people's label file: confirmed rows, prior weights (dcloop.people)
+            attach_label_file(pl_module.samples, getattr(dm, "label_override", None))
+        listed = [c for c in trainer.callbacks if isinstance(c, OOFCollector)]
+        self._oof = listed[-1] if listed else self.oof
+        if not listed:  # ours: Lightning does not call its hooks, we do
+            self.oof.setup(trainer, pl_module, stage)
+        if self.sources is None and hasattr(dm, "source_of"):
+            self.sources = [dm.source_of(i) for i in range(len(pl_module.samples))]
         if self.evidence is not None:
             self.evidence = self.evidence.to(pl_module.device)
 
@@ -162,11 +186,45 @@ class ConfidentLearning(L.Callback):
         done = epoch + 1
         return done >= self.warmup_epochs and (done - self.warmup_epochs) % self.every_n_epochs == 0
 
-    @timed_hook("confident_learning")  # seconds into metrics.json timing (dcloop.timing)
-    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+    @property
+    def collector(self) -> OOFCollector:
+        """The OOF collector in use: the trainer's if it lists one, else this callback's own."""
+        return self._oof
+
+    @property
+    def owns_oof(self) -> bool:
+        """The collector in use is this callback's own (the trainer lists none)."""
+        return self._oof is self.oof
+
+    def wants_oof(self, trainer: L.Trainer) -> bool:
+        """Whether this epoch's OOF pass is read: by the EMA (``smoothing > 0``), by plateau
+        readiness (OOF accuracy every epoch), by a step that is due, or at the last epoch."""
         epoch0 = trainer.current_epoch
-        if self._oof.last_epoch != epoch0:
+        last = trainer.max_epochs is not None and epoch0 + 1 >= trainer.max_epochs
+        every_epoch = self.policy.smoothing > 0 or self.policy.ready == "plateau"
+        return every_epoch or last or self.due(epoch0)
+
+    def add_listener(self, listener: Any) -> None:
+        """``listener.on_verdict(trainer, pl_module, cl)`` is called after every step."""
+        if all(x is not listener for x in self.listeners):
+            self.listeners.append(listener)
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.owns_oof:
+            if self.wants_oof(trainer) and self.oof.due(trainer):
+                self.oof.ensure_collected(trainer, pl_module)
+        elif self._oof.due(trainer):  # the trainer's collector: its pass, whatever the order
+            self._oof.ensure_collected(trainer, pl_module)
+        if self._oof.last_epoch != trainer.current_epoch:
             return
+        stepped = self._after_oof(trainer, pl_module)
+        if stepped:
+            for listener in self.listeners:
+                listener.on_verdict(trainer, pl_module, self)
+
+    @timed_hook("confident_learning")  # seconds into metrics.json timing (dcloop.timing)
+    def _after_oof(self, trainer: L.Trainer, pl_module: L.LightningModule) -> bool:
+        epoch0 = trainer.current_epoch
         epoch, table = epoch0 + 1, pl_module.samples
         probs = self._oof.probs.float()
         self.evidence = ema(self.evidence, probs, self.policy.smoothing)
@@ -201,6 +259,8 @@ class ConfidentLearning(L.Callback):
             log.info("epoch %d: OOF accuracy %.3f vs given labels; %s", epoch, acc, row["state"])
         if row["state"].startswith("step"):
             self._step(trainer, pl_module, epoch, probs)
+            return True
+        return False
 
     def _state(self, epoch: int, epoch0: int, reason: str) -> str:
         if self.stopped:
@@ -216,8 +276,6 @@ class ConfidentLearning(L.Callback):
     def _step(self, trainer, pl_module, epoch: int, probs: torch.Tensor) -> None:
         table = pl_module.samples
         if trainer.world_size > 1:  # decide once, on rank 0; broadcast tensors, not pickles
-            from dcloop.scale.distributed import broadcast_result
-
             mine = None
             if trainer.is_global_zero:
                 mine = self.run(table.labels, self.evidence, confirmed=table.confirmed)
@@ -379,6 +437,8 @@ class ConfidentLearning(L.Callback):
 
     def state_dict(self) -> dict[str, Any]:
         state = {k: getattr(self, k) for k in self._STATE}
+        if self.owns_oof:  # Lightning saves a listed collector itself
+            state["oof"] = self.oof.state_dict()
         if self.evidence is not None:
             state["evidence"] = self.evidence.cpu()
         if self.last_result is not None:  # the verdict a resumed run ends with if no step runs
@@ -401,6 +461,8 @@ class ConfidentLearning(L.Callback):
         self.evidence = None if evidence is None else evidence.float()
         last = state_dict.get("last_result")
         self.last_result = None if last is None else CLResult(**last)
+        if state_dict.get("oof") is not None:
+            self.oof.load_state_dict(state_dict["oof"])
 
 
 def _metric(trainer: L.Trainer, key: str) -> float | None:

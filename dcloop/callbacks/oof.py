@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,31 @@ log = logging.getLogger(__name__)
 
 #: ``mode`` of :class:`OOFCollector`: each sample's held-out replica only, or every replica.
 OOF_MODES: tuple[str, ...] = ("held_out", "all")
+
+
+def _predict_context(trainer: L.Trainer):
+    """The precision plugin's predict context (autocast under ``precision=16-mixed`` etc.)."""
+    try:
+        return trainer.precision_plugin.predict_step_context()
+    except AttributeError:  # a bare trainer stand-in (tests): full precision
+        return contextlib.nullcontext()
+
+
+def _to_device(trainer: L.Trainer, pl_module: L.LightningModule, batch):
+    """To the module's device through ``transfer_batch_to_device`` and ``on_after_batch_transfer``
+    (the module's and the datamodule's), as Lightning's own loops move batches."""
+    strategy = getattr(trainer, "strategy", None)
+    if strategy is not None and getattr(strategy, "lightning_module", None) is pl_module:
+        return strategy.batch_to_device(batch, pl_module.device, dataloader_idx=0)
+    return pl_module.transfer_batch_to_device(batch, pl_module.device, 0)
+
+
+def _batch_limit(trainer: L.Trainer) -> float:
+    """Batches of the pass: all of them, or ``fast_dev_run``'s count."""
+    fast = getattr(trainer, "fast_dev_run", False)
+    if fast:
+        return 1 if fast is True else int(fast)
+    return float("inf")
 
 
 def dedup_last(index: torch.Tensor, probs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -118,10 +144,21 @@ class OOFCollector(L.Callback):
         if self.mode == "held_out" and hasattr(pl_module, "held_out_probs") and folds is not None:
             self._folds = folds.detach().cpu().numpy()  # fixed at setup; read once
 
-    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+    def due(self, trainer: L.Trainer) -> bool:
+        """Whether this epoch's pass is due by ``every_n_epochs`` (the last epoch always is)."""
         epoch = trainer.current_epoch
         last = trainer.max_epochs is not None and epoch + 1 >= trainer.max_epochs
-        if (epoch + 1) % self.every_n_epochs and not last:
+        return not (epoch + 1) % self.every_n_epochs or last
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.due(trainer):
+            self.ensure_collected(trainer, pl_module)
+
+    def ensure_collected(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Run this epoch's pass unless it already ran: callers may come in any order (this
+        callback's own hook, or a :class:`ConfidentLearning` that needs the buffer now)."""
+        epoch = trainer.current_epoch
+        if self.last_epoch == epoch:
             return
         with timed(trainer, "oof"):
             self.collect(trainer, pl_module)
@@ -133,7 +170,7 @@ class OOFCollector(L.Callback):
                 )
                 self._folds = None
                 self.collect(trainer, pl_module)
-            if self.require_full_coverage:
+            if self.require_full_coverage and not trainer.fast_dev_run:
                 self._check_coverage()
         self.last_epoch = epoch
 
@@ -162,12 +199,15 @@ class OOFCollector(L.Callback):
         was_training = pl_module.training
         pl_module.eval()
         self._misrouted = None
-        try:
-            with torch.inference_mode():
+        limit = _batch_limit(trainer)
+        try:  # as Lightning predicts: the precision plugin's context, the batch-transfer hooks
+            with torch.inference_mode(), _predict_context(trainer):
                 for i, batch in enumerate(loader):
+                    if i >= limit:
+                        break
                     if i == 0:
                         check_batch(batch)
-                    batch = pl_module.transfer_batch_to_device(batch, pl_module.device, 0)
+                    batch = _to_device(trainer, pl_module, batch)
                     index = batch[2].long()
                     if batch_folds is None:
                         probs = self._predict(pl_module, batch)

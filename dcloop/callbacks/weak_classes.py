@@ -7,10 +7,10 @@ from typing import Any
 
 import lightning as L
 import numpy as np
+from omegaconf import OmegaConf
 
 from dcloop.augment.weak import RULES, weak_classes
 from dcloop.callbacks.confident_learning import ConfidentLearning
-from dcloop.callbacks.oof import OOFCollector
 from dcloop.cleaning import check_choice
 from dcloop.timing import timed_hook
 
@@ -26,7 +26,8 @@ class WeakClasses(L.Callback):
     class goes back to the base level). The policy is read by the sampler in the main process
     when the next epoch starts, so persistent workers see the change through the keys.
 
-    Place it after :class:`ConfidentLearning` (which must come after :class:`OOFCollector`).
+    A listener of the trainer's :class:`ConfidentLearning` (anywhere in the callback list): it
+    registers itself at setup and runs on each verdict, so the list order does not matter.
 
     Args:
         policy: the policy to update (default: ``trainer.datamodule.augmenter.policy``).
@@ -73,22 +74,21 @@ class WeakClasses(L.Callback):
         self.history: list[dict[str, Any]] = []
         self._steps = 0
         self._cl: ConfidentLearning | None = None
-        self._oof: OOFCollector | None = None
 
     @property
     def state_key(self) -> str:
         return self._generate_state_key(rule=self.rule, k=self.k, threshold=self.threshold)
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        mine = trainer.callbacks.index(self)
-        cls = [c for c in trainer.callbacks[:mine] if isinstance(c, ConfidentLearning)]
-        oofs = [c for c in trainer.callbacks[:mine] if isinstance(c, OOFCollector)]
-        if not cls or not oofs:
+        cls = [c for c in trainer.callbacks if isinstance(c, ConfidentLearning)]
+        if not cls:
             raise ValueError(
-                "WeakClasses needs OOFCollector and ConfidentLearning placed before it in "
-                "Trainer(callbacks=[OOFCollector(), ConfidentLearning(), WeakClasses(), ...])"
+                "WeakClasses acts on confident learning's verdicts and needs a "
+                "ConfidentLearning callback: Trainer(callbacks=[ConfidentLearning(), "
+                "WeakClasses(), ...])"
             )
-        self._cl, self._oof = cls[-1], oofs[-1]
+        self._cl = cls[-1]
+        self._cl.add_listener(self)
         if self.policy is None:
             aug = getattr(trainer.datamodule, "augmenter", None)
             self.policy = getattr(aug, "policy", None)
@@ -110,10 +110,10 @@ class WeakClasses(L.Callback):
             self.policy.set_classes(self.weak, level=self.level, weight=self.oversample)
 
     @timed_hook("policy_update")  # seconds into metrics.json timing (dcloop.timing)
-    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+    def on_verdict(self, trainer: L.Trainer, pl_module: L.LightningModule, cl) -> None:
+        """After confident learning's step (called by it): update the weak classes."""
         epoch = trainer.current_epoch + 1  # 1-based, as the confident-learning history
-        cl = self._cl
-        if not cl.history or cl.history[-1]["epoch"] != epoch or cl.last_result is None:
+        if cl.last_result is None:
             return
         self._steps += 1
         if (self._steps - 1) % self.every_n_epochs:
@@ -121,7 +121,7 @@ class WeakClasses(L.Callback):
         res = cl.last_result
         result = weak_classes(
             pl_module.samples.labels,
-            self._oof.probs,
+            cl.collector.probs,
             flags=res.flags,
             class_noise_rate=res.class_noise_rate,
             rule=self.rule,
@@ -149,6 +149,35 @@ class WeakClasses(L.Callback):
         )
         if trainer.is_global_zero:
             log.info("epoch %d: weak classes %s (scores %s)", epoch, classes, np.round(score, 3))
+
+    @classmethod
+    def from_augment(cls, augment: Any) -> WeakClasses | None:
+        """The rule an ``augment`` config asks for: one with ``kind: targeted``, else ``None``
+        (``conf/callbacks/default.yaml`` lists it this way, so it follows ``augment=``)."""
+        spec = OmegaConf.to_container(augment) if OmegaConf.is_config(augment) else augment
+        if not spec or spec.get("kind", "none") != "targeted":
+            return None
+        return cls(
+            level=spec.get("weak_level", 3),
+            oversample=spec.get("oversample", 2.0),
+            **dict(spec.get("weak") or {}),
+        )
+
+    def run_metrics(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, Any]:
+        """``metrics.json``'s ``augment`` section: the augmenter's settings, weak-class history."""
+        aug = getattr(trainer.datamodule, "augmenter", None)
+        if aug is None:
+            return {"augment": {"weak_history": self.history}}
+        return {
+            "augment": {
+                "kind": aug.kind,
+                "modality": aug.modality,
+                "level": aug.level,
+                "weak_level": aug.weak_level,
+                "oversample": aug.oversample,
+                "weak_history": self.history,
+            }
+        }
 
     def state_dict(self) -> dict[str, Any]:
         return {

@@ -26,10 +26,11 @@ from dcloop.data.datasets import (
     torchvision_dataset,
 )
 from dcloop.data.digits import DIGITS_CLASS_NAMES, load_digits_splits
+from dcloop.data.labelfile import apply_label_file
 from dcloop.data.noise import NOISE_KINDS, NoiseResult, inject_noise, resolve_mapping, save_noise
+from dcloop.data.sampling import train_sampler
 from dcloop.data.splits import _check_fracs, grouped_split_indices, stratified_split_indices
 from dcloop.errors import UserInputError
-from dcloop.people.labelfile import apply_label_file
 
 logger = logging.getLogger(__name__)
 
@@ -178,7 +179,7 @@ class LabelNoiseDataModule(L.LightningDataModule):
         train_transform: Optional callable on a float32 tensor (C, H, W), applied only by
             :meth:`train_dataloader` (augmentation).
         labels: Optional label file (CSV ``index,label[,source,weight,status]``, see
-            :mod:`dcloop.people.labelfile`) that replaces the training split's given labels
+            :mod:`dcloop.data.labelfile`) that replaces the training split's given labels
             after noise injection; with injected noise the dataset's labels stay the ground
             truth. Rows with status ``confirmed``/``corrected`` are never flagged.
         audio: ``source="audio_synth"``/``"audio_folder"``: ``sample_rate``, ``clip_seconds``,
@@ -579,8 +580,6 @@ class LabelNoiseDataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         """Training batches ``(x, y, index)`` with ``train_transform``, epoch-seeded shuffle."""
-        from dcloop.scale.distributed import train_sampler  # (import cycle: scale uses data)
-
         self._ensure_setup()
         ds = self._train_augmented
         if self.augmenter is not None:  # (index, level) keys from the policy sampler
@@ -636,8 +635,13 @@ class LabelNoiseDataModule(L.LightningDataModule):
         write_skipped(self.skipped_files, directory)  # skipped_files.csv (on_bad_file=skip)
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
-        """Training batches only: the augmenter's device-side batch augmentation (audio)."""
+        """Training batches only: the augmenter's device-side batch augmentation (audio).
+
+        Not the OOF pass, which runs at the training epoch's end with the module in eval mode.
+        """
         trainer = getattr(self, "trainer", None)
-        if self.augmenter is not None and trainer is not None and trainer.training:
+        module = getattr(trainer, "lightning_module", None) if trainer is not None else None
+        training = trainer is not None and trainer.training and getattr(module, "training", True)
+        if self.augmenter is not None and training:
             return self.augmenter.on_batch(batch)
         return batch

@@ -29,6 +29,7 @@ import pandas as pd
 import torch
 
 from dcloop.csvsafe import read_csv
+from dcloop.data.noise import empirical_noise_matrix
 
 log = logging.getLogger(__name__)
 
@@ -247,8 +248,6 @@ def apply_label_file(noise, path, sources: Sequence[str], class_names: Sequence[
         ``(new noise result, LabelOverride)``.
     """
     over = read_label_file(path, noise.given_labels, class_names, sources)
-    from dcloop.data.noise import empirical_noise_matrix  # (dcloop.data imports this module)
-
     true = noise.true_labels
     matrix = empirical_noise_matrix(over.labels, true, len(class_names))
     new = dataclasses.replace(

@@ -1,26 +1,23 @@
-"""A resumable, epoch-seeded shuffle sampler."""
+"""Training samplers: torch's ``DistributedSampler`` over ``range(N)``, epoch-seeded.
+
+The order of an epoch depends only on ``(seed, epoch)`` (``torch.randperm`` seeded by
+``seed + epoch``), so a run resumed at epoch ``e`` sees the same order as an uninterrupted one,
+and under DDP rank ``r`` takes positions ``r::world`` of it, padded as torch pads.
+"""
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator
 
-import torch
-from torch.utils.data import Sampler
+from torch.utils.data import DistributedSampler, Sampler
 
 
-class EpochShuffleSampler(Sampler[int]):
-    """Shuffles with ``torch.randperm`` seeded by ``seed + epoch``.
+class EpochShuffleSampler(DistributedSampler):
+    """``torch.utils.data.DistributedSampler(range(num_samples), shuffle, seed)`` with dcloop's
+    argument checks; without a process group (``num_replicas``/``rank`` are given).
 
-    The order of an epoch depends only on ``(seed, epoch)``, so a run resumed at epoch ``e``
-    sees the same order as an uninterrupted one. Lightning calls :meth:`set_epoch` at the start
-    of each training epoch (also through its ``DistributedSamplerWrapper`` in DDP, which then
-    shards this sampler's order; keep ``num_replicas=1`` in that case).
-
-    For manual sharding (``num_replicas > 1``), the permutation is padded like
-    ``torch.utils.data.DistributedSampler``: its first indices are repeated until the length is a
-    multiple of ``num_replicas``, and rank ``r`` takes ``perm[r::num_replicas]``, so every rank
-    gets ``ceil(num_samples / num_replicas)`` indices.
+    Lightning calls :meth:`set_epoch` at the start of each training epoch and, as this is a
+    ``DistributedSampler``, uses it under DDP as it is (no re-wrapping, no re-shuffling).
 
     Args:
         num_samples: Dataset length N (> 0).
@@ -46,34 +43,54 @@ class EpochShuffleSampler(Sampler[int]):
             raise ValueError(f"rank must be an int in [0, {num_replicas}), got {rank!r}")
         if isinstance(seed, bool) or not isinstance(seed, int):
             raise ValueError(f"seed must be an int, got {seed!r}")
-        self.num_samples = num_samples
-        self.seed = seed
-        self.shuffle = bool(shuffle)
-        self.num_replicas = num_replicas
-        self.rank = rank
-        self.epoch = 0
+        super().__init__(
+            range(num_samples),
+            num_replicas=num_replicas,
+            rank=rank,
+            shuffle=bool(shuffle),
+            seed=seed,
+            drop_last=False,
+        )
 
     def set_epoch(self, epoch: int) -> None:
         """Selects the epoch whose order the next iteration yields."""
         if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
             raise ValueError(f"epoch must be a non-negative int, got {epoch!r}")
-        self.epoch = epoch
+        super().set_epoch(epoch)
 
-    def _order(self) -> list[int]:
-        if self.shuffle:
-            g = torch.Generator()
-            g.manual_seed(self.seed + self.epoch)
-            order = torch.randperm(self.num_samples, generator=g).tolist()
-        else:
-            order = list(range(self.num_samples))
-        total = len(self) * self.num_replicas
-        pad = total - len(order)
-        if pad > 0:
-            order += (order * math.ceil(pad / len(order)))[:pad]
-        return order[self.rank : total : self.num_replicas]
+
+class DistributedEpochSampler(DistributedSampler):
+    """A sampler already sharded for ``(num_replicas, rank)`` (e.g. the augmentation policy's
+    :class:`~dcloop.augment.policy.PolicySampler`) dressed as a ``DistributedSampler``, so
+    Lightning uses it under DDP as it is; :meth:`set_epoch` reaches the inner sampler."""
+
+    def __init__(
+        self, num_samples: int, *, seed: int, num_replicas: int, rank: int, inner: Sampler
+    ) -> None:
+        self._inner = inner
+        super().__init__(
+            range(num_samples), num_replicas=num_replicas, rank=rank, shuffle=False, seed=seed
+        )
+
+    def set_epoch(self, epoch: int) -> None:
+        super().set_epoch(epoch)
+        self._inner.set_epoch(epoch)
 
     def __iter__(self) -> Iterator[int]:
-        return iter(self._order())
+        return iter(self._inner)
 
     def __len__(self) -> int:
-        return math.ceil(self.num_samples / self.num_replicas)
+        return len(self._inner)
+
+
+def train_sampler(num_samples: int, seed: int, trainer=None) -> EpochShuffleSampler:
+    """The training sampler: this process's share of the epoch order (all of it without DDP).
+
+    Args:
+        num_samples: N.
+        seed: base seed of the epoch order.
+        trainer: the attached ``lightning.Trainer`` (or ``None``).
+    """
+    world = int(getattr(trainer, "world_size", 1) or 1) if trainer is not None else 1
+    rank = int(trainer.global_rank) if world > 1 else 0
+    return EpochShuffleSampler(num_samples, seed=seed, num_replicas=world, rank=rank)

@@ -1,7 +1,7 @@
 """Corrections back in: a reviewed CSV or a Label Studio export becomes a new label file.
 
 The new file lists every training row with its label and where the label came from
-(:data:`~dcloop.people.labelfile.LABEL_FILE_COLUMNS`). The original labels and any
+(:data:`~dcloop.data.labelfile.LABEL_FILE_COLUMNS`). The original labels and any
 earlier label file are never modified: the result goes to a new path, written
 atomically, and only after the whole input was checked.
 """
@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from dcloop.csvsafe import read_csv
-from dcloop.people.labelfile import (
+from dcloop.data.labelfile import (
     LABEL_FILE_COLUMNS,
     check_columns,
     check_sources,

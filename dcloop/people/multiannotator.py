@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 
 from dcloop.csvsafe import unescape_cell
-from dcloop.people.labelfile import check_columns, parse_labels
+from dcloop.data.labelfile import check_columns, parse_labels
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,178 @@
+"""A run's result files as a callback: what ``dcloop`` writes, for plain-Python runs too."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+
+from dcloop.callbacks.confident_learning import ConfidentLearning
+from dcloop.callbacks.weak_classes import WeakClasses
+from dcloop.metrics import detection_metrics
+from dcloop.results import write_json, write_run_files
+from dcloop.timing import phase_times, timed
+
+log = logging.getLogger(__name__)
+
+
+def find_callback(trainer: L.Trainer, kind: type) -> Any:
+    """The last callback of type ``kind`` in ``trainer.callbacks`` (``None`` if there is none)."""
+    found = [c for c in getattr(trainer, "callbacks", []) if isinstance(c, kind)]
+    return found[-1] if found else None
+
+
+def min_class_kept(table, num_classes: int) -> float:
+    """The smallest fraction of a class's given labels still trained on (weight > 0)."""
+    given = torch.bincount(table.labels, minlength=num_classes).float()
+    kept = torch.bincount(table.labels[table.weights > 0], minlength=num_classes).float()
+    return float((kept / given.clamp_min(1)).min())
+
+
+class RunResults(L.Callback):
+    """Writes a run's files into ``output_dir`` (see README, "Results").
+
+    * fit start (rank 0): ``labels.csv`` and ``noise_matrix_true.csv`` from the datamodule's
+      ``save`` (the given labels before any training);
+    * fit end: the final verdict of the trainer's :class:`ConfidentLearning` (one more on
+      the evidence when no step ran), ``label_issues.csv``, ``class_report.csv``,
+      ``noise_matrix.csv``, ``oof_probs.npy`` (+ ``oof_probs_smoothed.npy``), ``folds.npy``,
+      ``sample_table.pt`` and ``metrics.json``;
+    * after the test: ``metrics.json`` again with the test accuracy, then ``report.html``.
+
+    Other callbacks add to ``metrics.json`` through a ``run_metrics(trainer, pl_module)``
+    method returning a dict (e.g. :class:`~dcloop.callbacks.WeakClasses` adds ``augment``).
+
+    Args:
+        output_dir: the run folder (default: ``trainer.default_root_dir``).
+        report: write ``report.html`` after the test.
+    """
+
+    def __init__(self, output_dir: str | Path | None = None, *, report: bool = True) -> None:
+        self.output_dir = None if output_dir is None else Path(output_dir)
+        self.report = bool(report)
+        self.metrics: dict[str, Any] = {}
+        self.report_path: Path | None = None
+        self._start = time.perf_counter()  # reset at fit setup: wall time counts from there
+        self._test_start: float | None = None
+
+    def run_dir(self, trainer: L.Trainer) -> Path:
+        return self.output_dir if self.output_dir is not None else Path(trainer.default_root_dir)
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if stage != "fit":
+            return
+        self._start = time.perf_counter()
+        dm = trainer.datamodule
+        if trainer.is_global_zero and dm is not None and hasattr(dm, "save"):
+            run_dir = self.run_dir(trainer)
+            run_dir.mkdir(parents=True, exist_ok=True)
+            dm.save(run_dir)  # given/true labels and the noise mask, before any training
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        cl = find_callback(trainer, ConfidentLearning)
+        if cl is None or not hasattr(pl_module, "samples"):
+            return
+        table = pl_module.samples
+        result = cl.last_result
+        if result is None:  # confident learning never ran in the loop (warm-up > max_epochs)
+            result = cl.judge(table, cl.collector.probs)
+            table.record_flags(result.flags, result.quality, result.suggested, -1)
+            cl.last_result = result
+        self.metrics = self._metrics(trainer, pl_module, cl, {})
+        if not trainer.is_global_zero:
+            return
+        run_dir = self.run_dir(trainer)
+        dm = trainer.datamodule
+        names = list(dm.class_names) if getattr(dm, "class_names", None) else None
+        weak = getattr(find_callback(trainer, WeakClasses), "first_weak", None)
+        with timed(trainer, "result_files"):
+            write_run_files(run_dir, table, cl.collector.probs, result, cl.sources, names, weak)
+            if cl.evidence is not None:  # what the verdict was computed on (EMA over epochs)
+                np.save(run_dir / "oof_probs_smoothed.npy", cl.evidence.float().cpu().numpy())
+            self.write_metrics(trainer)
+
+    def on_test_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._test_start = phase_times(trainer).boundary(None)
+
+    def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        """After the test (after every callback's ``on_test_end``): the test accuracy into
+        ``metrics.json``, then ``report.html``."""
+        if stage != "test":
+            return
+        start = getattr(self, "_test_start", None)
+        if start is not None:  # the test loop's seconds, before metrics.json is written
+            phase_times(trainer).add("test", phase_times(trainer).boundary(None) - start)
+            self._test_start = None
+        cl = find_callback(trainer, ConfidentLearning)
+        if cl is None or not self.metrics:
+            return
+        acc = trainer.callback_metrics.get("test/acc")
+        self.metrics["test"] = {"accuracy": float("nan") if acc is None else float(acc)}
+        if not trainer.is_global_zero:
+            return
+        with timed(trainer, "result_files"):
+            self.write_metrics(trainer)
+            if self.report:
+                from dcloop.people.report import write_report  # (matplotlib: only when asked)
+
+                dm = trainer.datamodule
+                dataset = getattr(dm, "train_dataset", None)
+                self.report_path = write_report(self.run_dir(trainer), dataset=dataset)
+
+    def write_metrics(self, trainer: L.Trainer, **extra: Any) -> Path:
+        """(Re)write ``metrics.json`` with the latest timing and ``extra`` top-level keys."""
+        self.metrics.update(extra)
+        total = time.perf_counter() - self._start
+        self.metrics["wall_time_s"] = total
+        self.metrics["timing"] = phase_times(trainer).as_dict(total)
+        return write_json(self.metrics, self.run_dir(trainer) / "metrics.json")
+
+    def _metrics(self, trainer, pl_module, cl: ConfidentLearning, test: dict) -> dict[str, Any]:
+        table, dm = pl_module.samples, trainer.datamodule
+        num_classes = int(cl.collector.num_classes)
+        metrics: dict[str, Any] = {
+            "data": {
+                "source": getattr(dm, "source", None),
+                "num_train": len(table),
+                "num_classes": num_classes,
+            },
+            "cleaning": {
+                "num_folds": int(getattr(pl_module, "num_folds", int(table.folds.max()) + 1)),
+                "action": cl.action,
+                "filter_by": cl.filter_by,
+                "num_flagged": int(table.flagged.sum()),
+                "min_class_kept_frac": min_class_kept(table, num_classes),
+                "vectorized": getattr(pl_module, "vectorized", None),
+            },
+            "noise": {"rate": cl.last_result.noise_rate},
+            # The last epoch's validation accuracy (the ensemble): what sweeps optimise.
+            "val": {"accuracy": cl.epochs[-1]["val_acc"] if cl.epochs else None},
+            "test": {"accuracy": float(test.get("test/acc", float("nan")))},
+            "history": cl.history,
+            "safety": cl.summary(),
+            "warnings": [
+                f"epoch {e['epoch']}: {'; '.join(e['problems'])} ({e['action']})"
+                for e in cl.guard_events
+            ],
+        }
+        if table.has_ground_truth:
+            metrics["detection"] = detection_metrics(table.flagged, table.is_noisy, table.quality)
+        if dm is not None and getattr(dm, "has_ground_truth", False):
+            metrics["noise_injected"] = {
+                "kind": dm.noise.kind,
+                "rate": dm.noise.rate,
+                "num_noisy": int(dm.is_noisy.sum()),
+                "rate_actual": float(dm.is_noisy.mean()),
+            }
+        if dm is not None and hasattr(dm, "skipped_files"):
+            metrics["data"]["num_skipped_files"] = len(dm.skipped_files or [])
+        for cb in trainer.callbacks:  # other callbacks' sections (e.g. augment)
+            contribute = getattr(cb, "run_metrics", None)
+            if callable(contribute) and cb is not self:
+                metrics.update(contribute(trainer, pl_module) or {})
+        return metrics
