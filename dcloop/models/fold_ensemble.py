@@ -17,6 +17,7 @@ from torch.func import functional_call, stack_module_state
 from dcloop.folds import assign_folds
 from dcloop.models import optim
 from dcloop.models.losses import fold_masked_loss
+from dcloop.models.user_module import Init, optimizer_from_module, replica_factory
 from dcloop.state import SampleTable, digest
 from dcloop.validation import check_all_classes_present, check_labels
 
@@ -168,6 +169,31 @@ class FoldEnsemble(L.LightningModule):
             "net": digest([type(replicas[0]).__qualname__, _ADDRESS.sub("", repr(replicas[0]))])
             + digest([f"{n}:{tuple(p.shape[1:])}:{p.dtype}" for n, p in params.items()]),
         }
+
+    @classmethod
+    def from_module(
+        cls, module: nn.Module, labels, *, init: Init = "fresh", **kwargs: Any
+    ) -> FoldEnsemble:
+        """K fold replicas of a user's own module, e.g. a LightningModule.
+
+        Its ``forward`` is the replicas' network and, unless ``optimizer=`` is given, the
+        optimiser of its ``configure_optimizers`` (class and group settings) is rebuilt over
+        the stacked parameters. Its ``training_step``, loss, schedulers and other hooks are
+        not used (see :mod:`dcloop.models.user_module` for the boundary).
+
+        Args:
+            module: maps ``(B, ...)`` to ``(B, C)`` logits; copied, not trained itself.
+            labels: as in :class:`FoldEnsemble`.
+            init: ``"fresh"`` (``reset_parameters()`` per replica, seeded) or ``"copy"``
+                (every replica starts from the module's weights, e.g. pretrained ones).
+            **kwargs: any other :class:`FoldEnsemble` argument.
+
+        Example:
+            >>> ens = FoldEnsemble.from_module(MyLitModel(), labels, num_folds=5)  # doctest: +SKIP
+        """
+        if "optimizer" not in kwargs:
+            kwargs["optimizer"] = optimizer_from_module(module)
+        return cls(replica_factory(module, init), labels, **kwargs)
 
     # ----------------------------------------------------------------- replicas
     @property
