@@ -1,3 +1,4 @@
+import warnings
 from functools import partial
 from types import SimpleNamespace
 
@@ -12,6 +13,7 @@ from torch.utils.data import DataLoader, Subset
 from dcloop.data.digits import load_digits_full
 from dcloop.models import MLP, Classifier, FoldEnsemble, fold_masked_loss, module_kwargs, optim
 from dcloop.models import fold_ensemble as fe
+from dcloop.models.fold_ensemble import RUN_KEY
 
 LABELS = np.repeat(np.arange(3), 10)
 FLAT = {
@@ -171,3 +173,18 @@ def test_trainer_norm_clipping_goes_through_the_per_replica_hook(tmp_path, monke
             model, DataLoader(ds, batch_size=30)
         )
     assert calls == [0.25] * 8  # 4 steps each with the default ("norm") and "norm"; none by value
+
+
+def test_resume_compares_the_optimiser_written_either_way():
+    flat = FoldEnsemble(partial(MLP, (1, 4, 4), 3), LABELS, lr=0.003, weight_decay=0.0001)
+    sgd = FoldEnsemble(
+        partial(MLP, (1, 4, 4), 3), LABELS, optimizer=partial(torch.optim.SGD, lr=0.1)
+    )
+    saved = {RUN_KEY: {**flat.run_info, "optim": flat.optim_info, "max_epochs": None}}
+    kw = module_kwargs(OmegaConf.create({k: v for k, v in PARTIALS.items() if k != "loss"}))
+    same = FoldEnsemble(partial(MLP, (1, 4, 4), 3), LABELS, **kw)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        same.on_load_checkpoint(dict(saved))
+    with pytest.warns(UserWarning, match=r"optimizer None -> 'torch.optim.sgd.SGD\(lr=0.1\)'"):
+        sgd.on_load_checkpoint(dict(saved))
