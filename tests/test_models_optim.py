@@ -78,9 +78,11 @@ def test_partials_give_the_same_numbers_as_the_flat_keys(module, tmp_path):
 
 @pytest.mark.parametrize("cls", [torch.optim.LBFGS, torch.optim.Adafactor])
 def test_coupling_optimisers_raise(cls):
-    model = FoldEnsemble(partial(MLP, (1, 4, 4), 3, hidden=(8,)), LABELS, optimizer=partial(cls))
-    with pytest.raises(ValueError, match=f"{cls.__name__} couples the K stacked fold replicas"):
-        model.configure_optimizers()
+    net, match = partial(MLP, (1, 4, 4), 3, hidden=(8,)), f"{cls.__name__} couples the K"
+    with pytest.raises(ValueError, match=match):
+        FoldEnsemble(net, LABELS, optimizer=partial(cls))  # at construction
+    with pytest.raises(ValueError, match=match):  # a factory that is not a partial of the class
+        FoldEnsemble(net, LABELS, optimizer=lambda p: cls(p)).configure_optimizers()
     Classifier(partial(MLP, (1, 4, 4), 3), 3, optimizer=partial(cls)).configure_optimizers()
 
 

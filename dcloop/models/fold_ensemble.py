@@ -98,6 +98,7 @@ class FoldEnsemble(L.LightningModule):
         optim.check_scheduler(scheduler)
         if optimizer is not None and not callable(optimizer):
             raise ValueError(f"optimizer must be a factory optimizer(params); got {optimizer!r}")
+        optim.check_optimizer_factory(optimizer)  # LAMB, LARS, ... raise here, before any data
         if not callable(net):
             raise ValueError(f"net must be a callable returning an nn.Module; got {net!r}")
         self._optimizer, self._scheduler = optimizer, scheduler

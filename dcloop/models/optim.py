@@ -85,18 +85,29 @@ def check_optimizer(optimizer: torch.optim.Optimizer) -> None:
         ValueError: for the optimisers in ``COUPLED``, naming why.
     """
     name = type(optimizer).__name__
+    _refuse_coupled(name)
+    if name not in ELEMENTWISE:
+        rank_zero_warn(
+            f"{name} is not known to be elementwise: if its update of a parameter uses the "
+            "norm or shape of the whole tensor, the K stacked fold replicas are coupled "
+            "(see dcloop.models.optim)"
+        )
+
+
+def check_optimizer_factory(optimizer: Callable | None) -> None:
+    """At construction: refuse a partial of an optimiser class known to couple the replicas."""
+    cls = getattr(optimizer, "func", optimizer)
+    if isinstance(cls, type):
+        _refuse_coupled(cls.__name__)
+
+
+def _refuse_coupled(name: str) -> None:
     if name in COUPLED:
         raise ValueError(
             f"{name} couples the K stacked fold replicas ({COUPLED[name]}), so each replica "
             "would learn from its own held-out fold through the others. Use an elementwise "
             f"optimiser ({', '.join(sorted(ELEMENTWISE - {'FusedAdam', 'FusedSGD'}))}), or "
             "mode=sequential (one ordinary run per fold)"
-        )
-    if name not in ELEMENTWISE:
-        rank_zero_warn(
-            f"{name} is not known to be elementwise: if its update of a parameter uses the "
-            "norm or shape of the whole tensor, the K stacked fold replicas are coupled "
-            "(see dcloop.models.optim)"
         )
 
 
