@@ -8,8 +8,6 @@ retrains one network on the cleaned data.
 
 from __future__ import annotations
 
-import functools
-import inspect
 import logging
 import os
 from dataclasses import dataclass
@@ -27,33 +25,13 @@ from dcloop.data import check_item
 from dcloop.errors import UserInputError
 from dcloop.folds import check_num_folds
 from dcloop.models import Classifier, FoldEnsemble
+from dcloop.models.factory import check_net_keys, module_kwargs, net_factory
 from dcloop.signals import exit_on_signal
 from dcloop.state import digest
 from dcloop.timing import timed
 from dcloop.validation import check_run_config
 
 log = logging.getLogger(__name__)
-
-
-def net_factory(net_cfg: DictConfig, in_shape, num_classes: int, extra=None):
-    """The model config's partial, completed with the data's shape and class count.
-
-    ``in_shape``, ``in_channels``, ``num_classes`` and the data source's ``extra`` keywords
-    (``dm.net_kwargs``, e.g. a text vocabulary's ``vocab_size``) are filled in when the
-    network's signature takes them and the config does not set them.
-    """
-    factory = instantiate(net_cfg)
-    if not isinstance(factory, functools.partial):
-        raise ValueError("model.net must be a factory: set `_partial_: true` on it")
-    params = inspect.signature(factory.func).parameters
-    known = {
-        "in_shape": tuple(in_shape),
-        "in_channels": int(in_shape[0]),
-        "num_classes": int(num_classes),
-        **dict(extra or {}),
-    }
-    extra = {k: v for k, v in known.items() if k in params and k not in factory.keywords}
-    return functools.partial(factory, **extra)
 
 
 def instantiate_callbacks(callbacks_cfg: DictConfig | None) -> list[L.Callback]:
@@ -136,18 +114,19 @@ def build(cfg: DictConfig, run_dir: Path) -> Run:
     All input checks (data path, labels, empty classes, K, dataset items) happen here,
     before any training starts; callbacks check what they need at setup.
     """
+    check_net_keys(cfg.model.net)  # a key the network does not take: fail before the data loads
     dm = instantiate(cfg.data)  # noise, seed, augment: interpolations in the data config
     dm.setup("fit")
     check_item(dm.train_dataset[0])
     check_num_folds(dm.given_labels, cfg.folds, class_names=getattr(dm, "class_names", None))
     model = FoldEnsemble(
-        net_factory(cfg.model.net, dm.input_shape, dm.num_classes, getattr(dm, "net_kwargs", None)),
+        _net(cfg, dm),
         dm.given_labels,
         num_folds=cfg.folds,
         num_classes=dm.num_classes,
         seed=cfg.seed,
         true_labels=dm.true_labels if dm.has_ground_truth else None,
-        **OmegaConf.to_container(cfg.model.optim),
+        **module_kwargs(cfg.model, FoldEnsemble),
     )
     model.run_info["sources"] = digest([dm.source_of(i) for i in range(dm.num_train)])
     callbacks = instantiate_callbacks(cfg.get("callbacks"))
@@ -197,15 +176,22 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     return metrics
 
 
+def _net(cfg: DictConfig, dm) -> Any:
+    """The network factory for the data: shape, class count and the source's net keywords."""
+    extra = getattr(dm, "net_kwargs", None)
+    example = dm.train_dataset[0][0]
+    return net_factory(cfg.model.net, dm.input_shape, dm.num_classes, extra, example=example)
+
+
 def refit(cfg: DictConfig, run: Run) -> float:
     """Train one network on the cleaned data (the final weights); its test accuracy."""
     dm = run.dm
     model = Classifier(
-        net_factory(cfg.model.net, dm.input_shape, dm.num_classes, getattr(dm, "net_kwargs", None)),
+        _net(cfg, dm),
         dm.num_classes,
         weights=run.model.samples.weights.cpu(),
         seed=cfg.seed,
-        **{k: v for k, v in OmegaConf.to_container(cfg.model.optim).items() if k != "vectorize"},
+        **module_kwargs(cfg.model, Classifier),
     )
     trainer = instantiate(
         cfg.trainer,

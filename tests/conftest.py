@@ -1,9 +1,12 @@
+from pathlib import Path
+
 import lightning as L
 import numpy as np
 import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
+import dcloop
 from dcloop.data.sampling import EpochShuffleSampler
 
 
@@ -46,3 +49,28 @@ def fast_trainer(tmp_path, callbacks, max_epochs=3, **kw):
         default_root_dir=tmp_path,
         **kw,
     )
+
+
+#: The package's config folder (``conf`` at the repository root links to it).
+CONF = str(Path(dcloop.__file__).parent / "conf")
+#: Overrides that keep a test run quiet and light.
+QUIET = ("logger=none", "trainer.enable_progress_bar=false")
+
+
+@pytest.fixture
+def compose_config(tmp_path):
+    """``compose_config(*overrides, quiet=True, hydra=False)``: the composed dcloop config
+    with ``output_dir`` in the test's folder (one place, instead of a copy per test file)."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    def make(*overrides: str, quiet: bool = True, hydra: bool = False):
+        GlobalHydra.instance().clear()
+        with initialize_config_dir(config_dir=CONF, version_base="1.3"):
+            return compose(
+                "config",
+                overrides=[f"output_dir={tmp_path}", *(QUIET if quiet else ()), *overrides],
+                return_hydra_config=hydra,
+            )
+
+    return make

@@ -170,7 +170,9 @@ class OOFCollector(L.Callback):
                 )
                 self._folds = None
                 self.collect(trainer, pl_module)
-            if self.require_full_coverage and not trainer.fast_dev_run:
+            if trainer.fast_dev_run:  # one batch was predicted: uniform rows for the rest, so
+                self.probs[~self.seen] = 1.0 / self.num_classes  # the later steps can run
+            elif self.require_full_coverage:
                 self._check_coverage()
         self.last_epoch = epoch
 

@@ -46,6 +46,7 @@ from dcloop.cleaning import action_weights
 from dcloop.data import EpochShuffleSampler, check_item
 from dcloop.folds import assign_folds
 from dcloop.models import Classifier
+from dcloop.models.factory import module_kwargs, net_factory
 from dcloop.results import atomic_write, write_json
 from dcloop.signals import exit_on_signal
 
@@ -145,18 +146,13 @@ def build_module(cfg: DictConfig, dm, weights: np.ndarray | None, fold: int) -> 
     (``_partial_: true``) that is called with whichever of ``num_classes``,
     ``in_shape``, ``in_channels``, ``weights`` and ``seed`` its signature takes.
     """
-    from dcloop.train import net_factory
-
     seq = cfg.get("sequential") or {}
     w = None if weights is None else torch.as_tensor(weights, dtype=torch.float32)
     if not seq.get("module"):
-        optim = {
-            k: v for k, v in OmegaConf.to_container(cfg.model.optim).items() if k != "vectorize"
-        }
-        net = net_factory(
-            cfg.model.net, dm.input_shape, dm.num_classes, getattr(dm, "net_kwargs", None)
-        )
-        return Classifier(net, dm.num_classes, weights=w, seed=cfg.seed * 1000 + fold, **optim)
+        kwargs = module_kwargs(cfg.model, Classifier)
+        extra, example = getattr(dm, "net_kwargs", None), dm.train_dataset[0][0]
+        net = net_factory(cfg.model.net, dm.input_shape, dm.num_classes, extra, example=example)
+        return Classifier(net, dm.num_classes, weights=w, seed=cfg.seed * 1000 + fold, **kwargs)
     made = instantiate(seq.module)
     if isinstance(made, functools.partial):
         params = inspect.signature(made.func).parameters
