@@ -13,12 +13,13 @@ Tie handling (``ties``):
 
 from __future__ import annotations
 
+import functools
 import logging
 
 import numpy as np
 import torch
 
-from dcloop.cl._validation import Inputs
+from dcloop.cl._validation import Inputs, use_kernels
 from dcloop.cl.count import Scan
 
 logger = logging.getLogger(__name__)
@@ -112,8 +113,10 @@ def prune_by_noise_rate(
 
     Args:
         batched: process all (class, column) lines in padded batches (few large kernels: the
-            default on accelerators) instead of class by class (streaming row reads: the
-            default on CPU, where the batched gathers are ~5x slower at ImageNet scale).
+            default on accelerators) instead of class by class (the default on CPU, where the
+            batched gathers are ~5x slower at ImageNet scale). Class by class on the host runs
+            the fused numba kernel when available (:func:`dcloop.cl._kernels.prune_noise_rate`:
+            each row read once, only at its class's columns), else torch ops.
 
     Returns:
         ``(N,)`` bool mask on the input device.
@@ -126,7 +129,56 @@ def prune_by_noise_rate(
     todo = np.minimum(todo, counts[:, None])
     if batched is None:
         batched = inputs.device.type != "cpu"
-    return (_noise_rate_batched if batched else _noise_rate_per_class)(inputs, s, todo, ties)
+    if batched:
+        return _noise_rate_batched(inputs, s, todo, ties)
+    if use_kernels(inputs):
+        return _noise_rate_kernel(inputs, s, todo, ties)
+    return _noise_rate_per_class(inputs, s, todo, ties)
+
+
+@functools.cache
+def _half_table(dtype: torch.dtype) -> np.ndarray:
+    """float32 value of each of the 65536 bit patterns of a half type (torch's conversion)."""
+    bits = torch.from_numpy(np.arange(-(2**15), 2**15, dtype=np.int16))
+    values = bits.view(dtype).float().numpy()
+    return np.roll(values, -(2**15))  # index = the pattern read as uint16
+
+
+def _noise_rate_kernel(inputs: Inputs, s: Scan, todo: np.ndarray, ties: str) -> torch.Tensor:
+    """:func:`_noise_rate_per_class` in one numba call (one read of the matrix in row order);
+    with ``ties="cleanlab"`` the lines whose tie straddles the cut-off are replayed as there."""
+    from dcloop.cl import _kernels
+
+    line_class, line_cols = np.nonzero(todo)  # lines grouped by class, columns ascending
+    line_m = todo[line_class, line_cols].astype(np.int64)
+    line_ptr = np.zeros(inputs.k + 1, np.int64)
+    np.cumsum(np.bincount(line_class, minlength=inputs.k), out=line_ptr[1:])
+    probs = inputs.probs.detach()
+    if probs.dtype in (torch.float16, torch.bfloat16):
+        p, table = probs.view(torch.int16).numpy().view(np.uint16), _half_table(probs.dtype)
+    else:
+        p, table = probs.numpy(), np.empty(1, probs.numpy().dtype)
+    mask = np.zeros(inputs.n, np.bool_)
+    straddle = np.empty(line_cols.size if ties == "cleanlab" else 1, np.int64)
+    n_straddle = _kernels.prune_noise_rate(
+        p,
+        table,
+        inputs.labels.numpy(),
+        s.self_conf.numpy(),
+        line_ptr,
+        line_cols.astype(np.int64),
+        line_m,
+        ties == "cleanlab",
+        mask,
+        straddle,
+    )
+    out = torch.from_numpy(mask)
+    for g in straddle[:n_straddle].tolist():  # ties="cleanlab": cleanlab's own argsort
+        k, j = int(line_class[g]), int(line_cols[g])
+        rows = s.perm[s.starts[k] : s.starts[k + 1]]
+        margin = _margins(inputs, rows, torch.tensor([j]), s.self_conf.index_select(0, rows))
+        out[rows] |= _numpy_pick(margin[0], int(line_m[g]), descending=True)
+    return out
 
 
 def _noise_rate_per_class(inputs: Inputs, s: Scan, todo: np.ndarray, ties: str) -> torch.Tensor:

@@ -1,7 +1,10 @@
 """Input checks and conversion for the public ``dcloop.cl`` functions.
 
-Every public function calls :func:`prepare_inputs` exactly once; the private engine functions
-assume the resulting :class:`Inputs` are valid and never re-check them.
+Every public function calls :func:`prepare_inputs` exactly once. The probability checks (finite,
+in ``[0, 1]``, rows summing to 1) need a read of the whole matrix: ``prepare_inputs`` makes that
+pass itself unless told ``check_probs=False``, which the functions built on
+:func:`dcloop.cl.count.scan` do, because the scan makes the same checks (:func:`check_row_stats`)
+in its own pass, before any result is used. The private engine functions never re-check.
 """
 
 from __future__ import annotations
@@ -36,6 +39,8 @@ DEVICE_CHUNK_ELEMENTS = 1 << 24
 #: shared (data-loader workers, other jobs). On the 2-core benchmark host, with other processes
 #: running, 2 threads were 3-20x slower than 1 (scripts/results/bench_cl_engine.md: 1 thread).
 CPU_THREADS = 1
+#: Set to ``0`` to run the torch code instead of the fused numba kernels on the host.
+KERNELS_ENV = "DCLOOP_CL_NUMBA"
 
 _F = TypeVar("_F", bound=Callable[..., Any])
 
@@ -128,7 +133,26 @@ def default_chunk_rows(num_classes: int, device: torch.device) -> int:
     return max(1, budget // max(num_classes, 1))
 
 
-def prepare_inputs(labels: Any, pred_probs: Any, *, chunk_size: int | None = None) -> Inputs:
+@functools.cache
+def _kernels_importable() -> bool:
+    try:
+        import dcloop.cl._kernels  # noqa: F401
+    except ImportError:  # pragma: no cover - numba ships with umap-learn, a dependency
+        return False
+    return True
+
+
+def use_kernels(inputs: Inputs) -> bool:
+    """Whether the fused numba kernels run the passes (host tensors, numba importable, not
+    disabled by ``DCLOOP_CL_NUMBA=0``)."""
+    if inputs.device.type != "cpu" or os.environ.get(KERNELS_ENV, "1") == "0":
+        return False
+    return _kernels_importable()
+
+
+def prepare_inputs(
+    labels: Any, pred_probs: Any, *, chunk_size: int | None = None, check_probs: bool = True
+) -> Inputs:
     """Validate ``labels`` / ``pred_probs`` once and wrap them for the engine.
 
     Args:
@@ -136,6 +160,9 @@ def prepare_inputs(labels: Any, pred_probs: Any, *, chunk_size: int | None = Non
         pred_probs: ``(N, K)`` float16/bfloat16/float32/float64 tensor or array of predicted
             class probabilities; each row must sum to 1 within :data:`ROW_SUM_ATOL`.
         chunk_size: rows per ``[chunk, K]`` block; ``None`` picks one from the device.
+        check_probs: check the probabilities here (one pass over them); ``False`` leaves that
+            to the caller's own pass (:func:`check_row_stats`), which must run before any
+            result is returned.
 
     Returns:
         The validated :class:`Inputs`.
@@ -179,51 +206,79 @@ def prepare_inputs(labels: Any, pred_probs: Any, *, chunk_size: int | None = Non
     rows = int(chunk_size) if chunk_size is not None else default_chunk_rows(k, probs.device)
     compute_dtype = torch.float64 if probs.dtype == torch.float64 else torch.float32
     inputs = Inputs(lab, probs, compute_dtype, min(rows, n), probs_np)
-    _check_probabilities(inputs)
+    if check_probs:
+        _check_probabilities(inputs)
     return inputs
+
+
+def _value_range(inputs: Inputs) -> tuple[torch.Tensor, torch.Tensor]:
+    """Smallest and largest value of ``pred_probs`` (0-d tensors; one chunked pass)."""
+    dev = inputs.device
+    lo = torch.full((), float("inf"), dtype=inputs.compute_dtype, device=dev)
+    hi = torch.full((), -float("inf"), dtype=inputs.compute_dtype, device=dev)
+    for start, stop in inputs.chunks():
+        b_lo, b_hi = torch.aminmax(inputs.block(start, stop))
+        lo, hi = torch.minimum(lo, b_lo), torch.maximum(hi, b_hi)
+    return lo, hi
 
 
 def _check_probabilities(inputs: Inputs) -> None:
     """One chunked pass: finite values, range ``[0, 1]`` and row sums close to 1."""
-    dev = inputs.device
-    worst_dev = torch.zeros((), dtype=inputs.compute_dtype, device=dev)
-    n_bad_rows = torch.zeros((), dtype=torch.int64, device=dev)
-    lo = torch.full((), float("inf"), dtype=inputs.compute_dtype, device=dev)
-    hi = torch.full((), -float("inf"), dtype=inputs.compute_dtype, device=dev)
+    sums = torch.empty(inputs.n, dtype=inputs.compute_dtype, device=inputs.device)
+    lo = torch.full((), float("inf"), dtype=inputs.compute_dtype, device=inputs.device)
+    hi = torch.full((), -float("inf"), dtype=inputs.compute_dtype, device=inputs.device)
     for start, stop in inputs.chunks():
         block = inputs.block(start, stop)
-        sums = block.sum(dim=1)
-        finite = torch.isfinite(sums)  # NaN or inf anywhere in a row makes its sum non-finite
-        n_bad_rows += (~finite).sum()
-        dev_rows = torch.where(finite, (sums - 1).abs(), torch.zeros_like(sums))
-        worst_dev = torch.maximum(worst_dev, dev_rows.amax())
+        torch.sum(block, dim=1, out=sums[start:stop])
         b_lo, b_hi = torch.aminmax(block)
         lo, hi = torch.minimum(lo, b_lo), torch.maximum(hi, b_hi)
-    n_bad, worst, lo_v, hi_v = int(n_bad_rows), float(worst_dev), float(lo), float(hi)
+    lo_v, hi_v = float(lo), float(hi)
+    out = lo_v < -PROB_RANGE_ATOL or hi_v > 1 + PROB_RANGE_ATOL
+    check_row_stats(inputs, sums, out_of_range=out, value_range=(lo_v, hi_v))
+
+
+def check_row_stats(
+    inputs: Inputs,
+    sums: torch.Tensor,
+    *,
+    out_of_range: bool,
+    value_range: tuple[float, float] | None = None,
+) -> None:
+    """Raise the ``ValueError`` for invalid ``pred_probs`` from a pass's results.
+
+    Args:
+        inputs: the inputs the pass read.
+        sums: ``(N,)`` row sums in compute dtype (NaN or inf anywhere in a row makes its sum
+            non-finite).
+        out_of_range: whether some value is below ``-PROB_RANGE_ATOL`` or above
+            ``1 + PROB_RANGE_ATOL``.
+        value_range: ``(min, max)`` of the values when the pass has them; otherwise they are
+            computed here, only when ``out_of_range`` (error path).
+
+    Raises:
+        ValueError: non-finite values (checked first), values outside ``[0, 1]``, then rows that
+            do not sum to 1 within :data:`ROW_SUM_ATOL`; each message names the values.
+    """
+    finite = torch.isfinite(sums)
+    deviation = torch.where(finite, (sums - 1).abs(), torch.zeros_like(sums))
+    n_bad = int((~finite).sum())
     if n_bad:
-        row = _first_row(inputs, lambda b: ~torch.isfinite(b.sum(dim=1)))
+        row = int(torch.nonzero(~finite)[0, 0])
         raise ValueError(
             f"pred_probs must be finite; got {n_bad} row(s) with NaN or inf (first: row {row})"
         )
-    if lo_v < -PROB_RANGE_ATOL or hi_v > 1 + PROB_RANGE_ATOL:
+    if out_of_range:
+        lo_v, hi_v = value_range if value_range is not None else map(float, _value_range(inputs))
         raise ValueError(f"pred_probs must be in [0, 1]; got min={lo_v:.6g}, max={hi_v:.6g}")
     atol = ROW_SUM_ATOL[inputs.probs.dtype]
+    worst = float(deviation.amax())
     if worst > atol:
-        row = _first_row(inputs, lambda b: (b.sum(dim=1) - 1).abs() > atol)
+        row = int(torch.nonzero(deviation > atol)[0, 0])
         row_sum = float(inputs.block(row, row + 1).sum())
         raise ValueError(
             f"pred_probs rows must sum to 1 (atol={atol:g}); got max |row sum - 1| = {worst:.3g} "
             f"(first offending row {row} sums to {row_sum:.6g}); renormalise the rows first"
         )
-
-
-def _first_row(inputs: Inputs, bad) -> int:
-    """Index of the first row where ``bad(block)`` is True (error path only)."""
-    for start, stop in inputs.chunks():
-        hit = torch.nonzero(bad(inputs.block(start, stop)))
-        if hit.numel():
-            return start + int(hit[0, 0])
-    return -1  # pragma: no cover - callers only ask when such a row exists
 
 
 def check_choice(name: str, value: Any, choices: tuple) -> None:

@@ -1,6 +1,7 @@
 """Confident joint, estimated joint and noise matrices on torch tensors (cleanlab ``count``).
 
-The ``(N, K)`` work is a single chunked pass (:func:`scan`) over ``pred_probs``; everything of
+The ``(N, K)`` work is a single chunked pass (:func:`scan`) over ``pred_probs``, which also
+validates it; everything of
 size ``(K, K)`` is then computed on the host with cleanlab's own float64 numpy expressions
 (:mod:`dcloop.cl._kxk`), so results match cleanlab 2.x exactly.
 """
@@ -14,7 +15,14 @@ import numpy as np
 import torch
 
 from dcloop.cl import _kxk
-from dcloop.cl._validation import Inputs, prepare_inputs, public_entry
+from dcloop.cl._validation import (
+    PROB_RANGE_ATOL,
+    Inputs,
+    check_row_stats,
+    prepare_inputs,
+    public_entry,
+    use_kernels,
+)
 
 
 @dataclass(frozen=True)
@@ -33,6 +41,8 @@ class Scan:
         confident: ``(N,)`` bool, at least one class is at or above its threshold.
         near_given: ``(N,)`` bool, cleanlab's ``_reduce_issues`` mask: the argmax of the row with
             ``1e-6`` added to the given label's probability is the given label.
+        by_guess: ``(K, K)`` host int64 counts of confident rows by (guess, given label), when
+            the pass produced them (else they are counted from ``guess`` and ``confident``).
     """
 
     perm: torch.Tensor
@@ -44,6 +54,7 @@ class Scan:
     guess: torch.Tensor
     confident: torch.Tensor
     near_given: torch.Tensor
+    by_guess: np.ndarray | None = None
 
 
 def self_confidence(inputs: Inputs) -> torch.Tensor:
@@ -103,50 +114,142 @@ def _count_and_index(
     return count, hits.sum(dim=1).long()
 
 
-def scan(inputs: Inputs) -> Scan:
-    """One chunked pass over ``pred_probs`` computing everything the filters need.
+@dataclass
+class _Rows:
+    """Per-row results of pass 1 (tensors on the input device)."""
 
-    Peak extra memory: one compute-dtype ``[chunk, K]`` work buffer (plus the upcast copy of
-    the chunk for half input) and a few ``(N,)`` vectors.
+    sums: torch.Tensor
+    row_max: torch.Tensor
+    pred: torch.Tensor
+    guess: torch.Tensor
+    confident: torch.Tensor
+    out_of_range: bool
+    by_guess: np.ndarray | None = None
+
+
+def _scan_torch(inputs: Inputs, bound: torch.Tensor) -> _Rows:
+    """Pass 1 with torch ops, one ``[chunk, K]`` block at a time (any device).
+
+    No host synchronisation inside the loop on accelerators (one at the end); on CPU the row
+    argmax comes from two sums (unique maxima) plus an exact ``argmax`` on the tied rows.
     """
-    perm, starts, counts = class_layout(inputs)
-    self_conf = self_confidence(inputs)
-    thresholds = thresholds_from(self_conf, perm, starts, counts)
-    bound = comparison_thresholds(thresholds, inputs)
     n, k, dev, dtype = inputs.n, inputs.k, inputs.device, inputs.compute_dtype
+    sums = torch.empty(n, dtype=dtype, device=dev)
+    row_min = torch.empty(n, dtype=dtype, device=dev)
+    row_max = torch.empty(n, dtype=dtype, device=dev)
     pred = torch.empty(n, dtype=torch.int64, device=dev)
     guess = torch.empty(n, dtype=torch.int64, device=dev)
     confident = torch.empty(n, dtype=torch.bool, device=dev)
-    near_given = torch.empty(n, dtype=torch.bool, device=dev)
     col_index = torch.arange(k, dtype=dtype, device=dev)
     work = torch.empty(inputs.chunk_rows, k, dtype=dtype, device=dev)
+    on_host = dev.type == "cpu"
     for start, stop in inputs.chunks():
         block, hits = inputs.block(start, stop), work[: stop - start]
-        # Row argmax, first index on ties (like np.argmax): unique maxima via sums, ties exactly.
-        row_max = block.amax(dim=1)
-        torch.eq(block, row_max.unsqueeze(1), out=hits)
-        n_max, row_argmax = _count_and_index(hits, col_index)
-        tied = torch.nonzero(n_max > 1).squeeze(1)
-        row_argmax[tied] = block[tied].argmax(dim=1)
+        torch.sum(block, dim=1, out=sums[start:stop])
+        torch.amin(block, dim=1, out=row_min[start:stop])
+        if on_host:
+            # Row argmax, first index on ties (np.argmax): unique maxima via sums, ties exactly.
+            row_argmax = pred[start:stop]
+            torch.amax(block, dim=1, out=row_max[start:stop])
+            torch.eq(block, row_max[start:stop].unsqueeze(1), out=hits)
+            n_max, row_argmax[:] = _count_and_index(hits, col_index)
+            tied = torch.nonzero(n_max > 1).squeeze(1)
+            row_argmax[tied] = block[tied].argmax(dim=1)
+        else:  # one kernel; torch.max returns the first maximal index, like np.argmax
+            torch.max(block, dim=1, out=(row_max[start:stop], pred[start:stop]))
         # cleanlab: several classes at/above threshold -> row argmax; exactly one -> that class.
         torch.ge(block, bound, out=hits)
         n_above, only_above = _count_and_index(hits, col_index)
-        guess[start:stop] = torch.where(n_above > 1, row_argmax, only_above)
+        guess[start:stop] = torch.where(n_above > 1, pred[start:stop], only_above)
         confident[start:stop] = n_above > 0
-        pred[start:stop] = row_argmax
-        # cleanlab _reduce_issues: argmax(row with p[given] += 1e-6) == given, without a copy:
-        # the bumped value wins if it exceeds the max, or equals it and no earlier index ties.
-        bumped = self_conf[start:stop] + _kxk.FLOATING_POINT_COMPARISON
-        lab = inputs.labels[start:stop]
-        near_given[start:stop] = (bumped > row_max) | ((bumped == row_max) & (row_argmax >= lab))
-    return Scan(perm, starts, counts, self_conf, thresholds, pred, guess, confident, near_given)
+    out = (row_min.amin() < -PROB_RANGE_ATOL) | (row_max.amax() > 1 + PROB_RANGE_ATOL)
+    return _Rows(sums, row_max, pred, guess, confident, bool(out))
+
+
+def _range_limits(dt: type) -> tuple[np.floating, np.floating]:
+    """``(lo, hi)`` in dtype ``dt`` with ``v < lo`` iff ``v < -PROB_RANGE_ATOL`` and ``v > hi``
+    iff ``v > 1 + PROB_RANGE_ATOL`` (in float64) for every ``v`` of that dtype."""
+    lo, hi = dt(-PROB_RANGE_ATOL), dt(1 + PROB_RANGE_ATOL)
+    if float(lo) < -PROB_RANGE_ATOL:  # the smallest value >= the limit
+        lo = np.nextafter(lo, dt(np.inf))
+    if float(hi) > 1 + PROB_RANGE_ATOL:  # the largest value <= the limit
+        hi = np.nextafter(hi, dt(-np.inf))
+    return lo, hi
+
+
+def _scan_kernel(inputs: Inputs, bound: torch.Tensor) -> _Rows:
+    """Pass 1 with the fused numba kernel (host tensors): one read of each row."""
+    from dcloop.cl import _kernels
+
+    n, k = inputs.n, inputs.k
+    dt = np.float64 if inputs.compute_dtype == torch.float64 else np.float32
+    signed, unsigned = (np.int64, np.uint64) if dt == np.float64 else (np.int32, np.uint32)
+    sign = unsigned(1) << unsigned(8 * np.dtype(dt).itemsize - 1)
+    sums, row_max = np.empty(n, dt), np.empty(n, dt)
+    pred, guess = np.empty(n, np.int64), np.empty(n, np.int64)
+    confident = np.empty(n, np.bool_)
+    by_guess = np.zeros((k, k), np.int64)
+    labels = inputs.labels.numpy()
+    args = (labels, bound.numpy(), *_range_limits(dt))
+    outs = (row_max, pred, guess, confident, sums, by_guess)
+
+    def run(p: np.ndarray, row0: int) -> int:
+        return _kernels.scan_rows(p, p.view(signed), p.view(unsigned), sign, row0, *args, *outs)
+
+    probs = inputs.probs.detach()
+    if probs.dtype == inputs.compute_dtype and probs.is_contiguous():
+        n_out = run(probs.numpy(), 0)
+    else:  # half types or strided input: upcast / copy one cache-sized chunk at a time
+        work = torch.empty(inputs.chunk_rows, k, dtype=inputs.compute_dtype)
+        n_out = 0
+        for start, stop in inputs.chunks():
+            n_out += run(work[: stop - start].copy_(probs[start:stop]).numpy(), start)
+    t = torch.from_numpy
+    return _Rows(t(sums), t(row_max), t(pred), t(guess), t(confident), n_out > 0, by_guess)
+
+
+def scan(inputs: Inputs) -> Scan:
+    """One chunked pass over ``pred_probs`` computing everything the filters need, and
+    validating it (``ValueError`` as :func:`dcloop.cl._validation.prepare_inputs` raises).
+
+    The thresholds come from a gather of ``p[i, labels[i]]`` (no ``[N, K]`` pass), so the
+    comparisons against them, the argmax, the row sums and the range check all share one read
+    of each row: the fused numba kernel on the host (:mod:`dcloop.cl._kernels`), else torch ops
+    on ``[chunk, K]`` blocks. Peak extra memory: a few ``(N,)`` vectors, the ``(K, K)`` counts
+    and at most one compute-dtype ``[chunk, K]`` work buffer.
+    """
+    perm, starts, counts = class_layout(inputs)
+    self_conf = self_confidence(inputs)
+    with np.errstate(all="ignore"):  # invalid input gives NaN thresholds; it raises below
+        thresholds = thresholds_from(self_conf, perm, starts, counts)
+        bound = comparison_thresholds(thresholds, inputs)
+    rows = (_scan_kernel if use_kernels(inputs) else _scan_torch)(inputs, bound)
+    check_row_stats(inputs, rows.sums, out_of_range=rows.out_of_range)
+    # cleanlab _reduce_issues: argmax(row with p[given] += 1e-6) == given, without a copy:
+    # the bumped value wins if it exceeds the max, or equals it and no earlier index ties.
+    bumped = self_conf + _kxk.FLOATING_POINT_COMPARISON
+    near_given = (bumped > rows.row_max) | ((bumped == rows.row_max) & (rows.pred >= inputs.labels))
+    return Scan(
+        perm,
+        starts,
+        counts,
+        self_conf,
+        thresholds,
+        rows.pred,
+        rows.guess,
+        rows.confident,
+        near_given,
+        rows.by_guess,
+    )
 
 
 def raw_confident_joint(inputs: Inputs, s: Scan) -> np.ndarray:
     """Un-calibrated ``(K, K)`` confident counts with the diagonal clipped to at least 1."""
     k = inputs.k
-    cells = s.guess[s.confident] * k + inputs.labels[s.confident]
-    by_guess = torch.bincount(cells, minlength=k * k).reshape(k, k).cpu().numpy()
+    by_guess = s.by_guess
+    if by_guess is None:
+        cells = s.guess[s.confident] * k + inputs.labels[s.confident]
+        by_guess = torch.bincount(cells, minlength=k * k).reshape(k, k).cpu().numpy()
     # cleanlab builds confusion_matrix(guess, labels).T: a Fortran-ordered view. The layout
     # matters: it sets the summation order of np.sum during calibration, hence the rounding.
     cj = by_guess.astype(np.int64).T
@@ -180,7 +283,7 @@ def compute_confident_joint(
         ``(K, K)`` int64 counts, rows = given label, columns = suspected true label; a torch
         tensor on ``pred_probs``' device for torch input, else a numpy array.
     """
-    inputs = prepare_inputs(labels, pred_probs, chunk_size=chunk_size)
+    inputs = prepare_inputs(labels, pred_probs, chunk_size=chunk_size, check_probs=False)
     return inputs.out_matrix(confident_joint_from_scan(inputs, scan(inputs), calibrate=calibrate))
 
 
@@ -198,7 +301,7 @@ def estimate_joint(
     Returns:
         ``(K, K)`` float64 matrix summing to 1 (torch for torch input, else numpy).
     """
-    inputs = prepare_inputs(labels, pred_probs, chunk_size=chunk_size)
+    inputs = prepare_inputs(labels, pred_probs, chunk_size=chunk_size, check_probs=False)
     cj = confident_joint_from_scan(inputs, scan(inputs), calibrate=True)
     joint = cj / np.clip(float(np.sum(cj)), a_min=_kxk.TINY_VALUE, a_max=None)
     return inputs.out_matrix(joint)
@@ -223,7 +326,7 @@ def estimate_noise_matrices(
         ``noise_matrix[i, j] = P(given=i | true=j)`` (columns sum to 1) and
         ``inverse_noise_matrix[i, j] = P(true=i | given=j)``.
     """
-    inputs = prepare_inputs(labels, pred_probs, chunk_size=chunk_size)
+    inputs = prepare_inputs(labels, pred_probs, chunk_size=chunk_size, check_probs=False)
     s = scan(inputs)
     cj = confident_joint_from_scan(inputs, s, calibrate=True)
     _, noise, inverse = _kxk.estimate_latent(cj, s.label_counts, inputs.n)

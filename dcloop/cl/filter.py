@@ -2,10 +2,13 @@
 
 Pipeline (cleanlab ``filter.find_label_issues`` for single-label data):
 
-1. one chunked pass over ``pred_probs`` (:func:`dcloop.cl.count.scan`): per-class thresholds,
-   confident guesses, argmax and cleanlab's ``_reduce_issues`` mask;
+1. one chunked pass over ``pred_probs`` (:func:`dcloop.cl.count.scan`): input validation,
+   confident guesses and counts, argmax and cleanlab's ``_reduce_issues`` mask (the per-class
+   thresholds come from a gather of ``p[i, labels[i]]`` before it);
 2. the calibrated confident joint and the ``prune_count_matrix`` on the host (``(K, K)``);
-3. the pruning rule selected by ``filter_by``;
+3. the pruning rule selected by ``filter_by``: ``prune_by_noise_rate`` / ``both`` read each row
+   once more, only at the columns its class is pruned towards (the second and last pass);
+   ``prune_by_class`` works on ``(N,)`` vectors only;
 4. cleanlab's final reduction: drop flags where the model's prediction is (within ``1e-6``) the
    given label.
 
@@ -179,7 +182,11 @@ def find_label_issues(
         backend,
         ties,
     )
-    inputs = prepare_inputs(labels, pred_probs, chunk_size=chunk_size)
+    # The engine's first pass (count.scan) checks the probabilities itself; cleanlab gets them
+    # checked here.
+    inputs = prepare_inputs(
+        labels, pred_probs, chunk_size=chunk_size, check_probs=backend == "cleanlab"
+    )
     remove = _remove_per_class(num_to_remove_per_class, filter_by, inputs.k)
     if filter_by in ("confident_learning", "predicted_neq_given") and frac_noise != 1.0:
         logger.warning("frac_noise is ignored with filter_by=%r", filter_by)
