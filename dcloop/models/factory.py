@@ -116,6 +116,8 @@ def check_net_keys(net_cfg: DictConfig, *, where: str = "model.net") -> None:
         raise ValueError(f"{where} must be a factory: set `_partial_: true` on it")
     target = str(net_cfg.get("_target_", getattr(factory.func, "__qualname__", factory.func)))
     params, var_kw = _signature(factory.func)
+    if not params and not var_kw:
+        return
     if not var_kw:
         unexpected = [k for k in factory.keywords if k not in params]
         if unexpected:
@@ -270,8 +272,8 @@ def _partial(node: DictConfig, where: str) -> Callable:
 def _signature(func) -> tuple[set[str], bool]:
     try:
         params = inspect.signature(func).parameters.values()
-    except (TypeError, ValueError):  # a builtin without a signature: fill nothing
-        return set(), True
+    except (TypeError, ValueError):  # no signature (a builtin): fill and check nothing
+        return set(), False
     names = {p.name for p in params if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
     return names, any(p.kind == p.VAR_KEYWORD for p in params)
 
