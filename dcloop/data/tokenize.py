@@ -139,10 +139,7 @@ class NgramTokenizer:
     def encode(self, text: str) -> torch.Tensor:
         """``(max_len,)`` int64 ids of ``text`` (padded with ``0`` at the end)."""
         ids = [self._id(f) for f in self.features(text)[: self.max_len]]
-        out = torch.zeros(self.max_len, dtype=torch.int64)
-        if ids:
-            out[: len(ids)] = torch.tensor(ids, dtype=torch.int64)
-        return out
+        return torch.tensor(ids + [PAD_ID] * (self.max_len - len(ids)), dtype=torch.int64)
 
     def encode_batch(self, texts: Sequence[str]) -> torch.Tensor:
         """``(N, max_len)`` int64 ids."""
