@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from dcloop.data.sampling import EpochShuffleSampler
-from dcloop.scale.distributed import DistributedEpochSampler, train_sampler
+from dcloop.scale.distributed import train_sampler
 
 # digits with val_frac=0.1026 leaves N=1252 training rows: even, so no rank is padded.
 COMMON = [
@@ -28,7 +28,7 @@ COMMON = [
 
 def test_sharded_order_is_the_one_process_order_split_by_position():
     one = EpochShuffleSampler(10, seed=3)
-    ranks = [DistributedEpochSampler(10, seed=3, num_replicas=2, rank=r) for r in (0, 1)]
+    ranks = [EpochShuffleSampler(10, seed=3, num_replicas=2, rank=r) for r in (0, 1)]
     for epoch in (0, 1):
         one.set_epoch(epoch)
         for s in ranks:
@@ -39,7 +39,7 @@ def test_sharded_order_is_the_one_process_order_split_by_position():
         r0, r1 = list(ranks[0]), list(ranks[1])
         assert sorted(r0[:2] + r1[:2]) == sorted(order[:4])
     assert isinstance(ranks[0], torch.utils.data.DistributedSampler)  # Lightning keeps it
-    assert list(ranks[0]) != list(DistributedEpochSampler(10, seed=9, num_replicas=2, rank=0))
+    assert list(ranks[0]) != list(EpochShuffleSampler(10, seed=9, num_replicas=2, rank=0))
     assert isinstance(train_sampler(10, 0, None), EpochShuffleSampler)
 
 

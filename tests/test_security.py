@@ -167,7 +167,12 @@ def test_every_shipped_data_config_passes_the_whitelist(tmp_path, data):
         cfg = compose("config", overrides=[f"data={data}", f"output_dir={tmp_path}"])
     OmegaConf.save(cfg, tmp_path / "config.yaml")  # as train() saves it
     kw = data_kwargs(read_run_config(tmp_path))
-    assert kw["source"] == cfg.data.source and kw["seed"] == cfg.seed
+    source = cfg.data.source
+    if isinstance(kw["source"], str):
+        assert kw["source"] == source
+    else:  # a source object, rebuilt from the whitelisted class and plain values
+        assert f"{type(kw['source']).__module__}.{type(kw['source']).__name__}" == source._target_
+    assert kw["seed"] == cfg.seed
 
 
 def test_a_real_run_still_gets_its_data_back(tmp_path):
@@ -178,3 +183,17 @@ def test_a_real_run_still_gets_its_data_back(tmp_path):
     assert ds.sources == dm.train_dataset.sources
     x, y, i = ds[5]
     assert int(i) == 5 and int(y) == int(dm.given_labels[5])
+
+
+def test_a_source_object_of_another_class_is_refused(tmp_path):
+    cfg = {
+        "seed": 0,
+        "noise": {"kind": "none"},
+        "data": {
+            "_target_": "dcloop.data.LabelNoiseDataModule",
+            "source": {"_target_": "os.system", "command": "touch pwned"},
+        },
+    }
+    with pytest.raises(UnsafeRunConfig, match=r"data.source._target_: .*os.system"):
+        data_kwargs(cfg)
+    assert not (tmp_path / "pwned").exists()

@@ -27,6 +27,8 @@ DATA_TARGETS: tuple[str, ...] = (
     "dcloop.data.LabelNoiseDataModule",
     "dcloop.data.datamodule.LabelNoiseDataModule",
 )
+#: The only ``data.source._target_`` values (source objects) a run's data is rebuilt from.
+SOURCE_TARGETS: tuple[str, ...] = ("dcloop.data.text.TextCSV", "dcloop.data.text.TextSynth")
 #: Data options that are not needed for the un-augmented training set (left out).
 _UNUSED = ("train_transform", "augment", "num_workers", "batch_size", "eval_batch_size")
 #: Options set from the top of the config, not from ``data``.
@@ -152,13 +154,17 @@ def data_kwargs(cfg: dict) -> dict[str, Any]:
         )
     params = inspect.signature(LabelNoiseDataModule.__init__).parameters
     allowed = [p for p in params if p not in ("self", *_FROM_TOP)]
-    rest = {k: v for k, v in data.items() if k != "_target_"}
+    # noise / seed in `data` are interpolations of the top-level keys, read from there below
+    rest = {k: v for k, v in data.items() if k != "_target_" and k not in _FROM_TOP}
+    source = rest.pop("source") if isinstance(rest.get("source"), dict) else None
     unknown = sorted(str(k) for k in rest if k not in allowed)
     if unknown:
         raise UnsafeRunConfig(
             f"data: unknown option(s) {unknown}; expected options of LabelNoiseDataModule {allowed}"
         )
     kwargs = _plain(rest, cfg, "data", [_MAX_NODES])
+    if source is not None:  # a source object: only dcloop's own, from plain values
+        kwargs["source"] = _source_object(source, cfg)
     for k in _UNUSED:
         kwargs.pop(k, None)
     kwargs["noise"] = plain_value(cfg, "noise")
@@ -168,6 +174,23 @@ def data_kwargs(cfg: dict) -> dict[str, Any]:
         raise UnsafeRunConfig(f"seed: {_short(seed)} is not an integer")
     kwargs["seed"] = seed
     return kwargs
+
+
+def _source_object(spec: dict, cfg: dict) -> Any:
+    """``data.source`` given as ``{_target_: <one of SOURCE_TARGETS>, ...plain keys}``."""
+    target = spec.get("_target_")
+    if target not in SOURCE_TARGETS:
+        raise UnsafeRunConfig(
+            f"data.source._target_: {_short(target)} is not one of dcloop's source classes "
+            f"{list(SOURCE_TARGETS)}; a run folder's data is never built by another class"
+        )
+    args = _plain(
+        {k: v for k, v in spec.items() if k != "_target_"}, cfg, "data.source", [_MAX_NODES]
+    )
+    module, _, name = target.rpartition(".")
+    import importlib
+
+    return getattr(importlib.import_module(module), name)(**args)
 
 
 def run_label_file(run_dir: str | os.PathLike) -> str | None:
