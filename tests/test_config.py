@@ -51,7 +51,13 @@ def test_every_group_option_is_covered():
     }
 
 
-@pytest.mark.parametrize("group, option", list(groups()))
+SLOW = {("logger", "mlflow"), ("logger", "wandb")}  # 10-20 s each (databases, run folders)
+
+
+@pytest.mark.parametrize(
+    "group, option",
+    [pytest.param(*o, marks=pytest.mark.slow) if o in SLOW else o for o in groups()],
+)
 def test_every_config_option_composes_and_instantiates(group, option, compose_config, tmp_path):
     over = f"{group}={option}"
     if group == "data":

@@ -109,6 +109,7 @@ def _broadcast_worker(rank: int, port: int, out_dir: str) -> None:
         dist.destroy_process_group()
 
 
+@pytest.mark.slow  # spawns processes (DDP / a killed merge): 20-40 s
 def test_rank_zeros_verdict_reaches_every_rank(tmp_path):
     import socket
 

@@ -50,6 +50,7 @@ def _write_lock(d: Path, **rec) -> Path:
     return lock
 
 
+@pytest.mark.slow  # spawns processes (DDP / a killed merge): 20-40 s
 def test_lock_left_by_a_merge_killed_with_sigkill_is_taken_over(round_dir, merges, caplog):
     code = textwrap.dedent(
         """
