@@ -7,9 +7,10 @@ which gives the same results (``tests/test_cl_engine_passes.py``).
 * :func:`scan_rows` (pass 1): per row, in one read: the row sum and out-of-range count (input
   validation), the argmax (first index on ties), the number of classes at or above their
   threshold and the confident guess; the ``(K, K)`` confident counts are accumulated on the fly.
-* :func:`prune_noise_rate` (pass 2): cleanlab's ``_prune_by_count``, class by class: each row is
-  read once, only at the columns its class prunes towards, each (class, column) line keeping
-  its best candidates in a small heap (no ``[rows, columns]`` margin buffer).
+* :func:`prune_noise_rate` (pass 2): cleanlab's ``_prune_by_count`` in row order: each row is
+  read at most once, only at the columns its class prunes towards, each (class, column) line
+  keeping its best candidates in a small heap; rows that pass 1's bound shows cannot enter any
+  line are not read at all.
 
 Both run single-threaded (``dcloop.cl._validation.CPU_THREADS``) and compile once per dtype
 (``cache=True`` keeps the machine code on disk for later processes).
@@ -40,8 +41,8 @@ def _load_impl(p, table, i, j):
 
 @nb.njit(nogil=True, cache=True, fastmath=_FASTMATH)
 def scan_rows(
-    p, bits, ubits, sign, row0, labels, bound, lo_lim, hi_lim, row_max, pred, guess, confident,
-    sums, by_guess,
+    p, bits, ubits, sign, inf_bits, row0, labels, bound, lo_lim, hi_lim, row_max, pred, guess,
+    confident, sums, by_guess, other_bits,
 ):  # fmt: skip
     """Pass 1 over the rows of ``p`` (rows ``row0 + i`` of the matrix); returns the number of
     rows with a value below ``lo_lim`` or above ``hi_lim`` (limits in ``p``'s dtype).
@@ -53,13 +54,20 @@ def scan_rows(
     the unsigned maximum has the sign bit set only if some value is negative. Integer
     reductions vectorise where float ``max`` / ``argmax`` do not. Invalid rows get meaningless
     results, but they fail the checks and the caller raises.
+
+    ``other_bits[r]`` receives the bits of ``max_{j != labels[r]} p[r, j]`` when that maximum is
+    ``>= 0`` (exact, as above), else of ``+inf`` (``inf_bits``): an upper bound that pass 2 uses
+    to skip rows that cannot enter any pruning line.
     """
     n, k = p.shape
     n_out = 0
     for i in range(n):
         row, rb, ub = p[i], bits[i], ubits[i]
+        r = row0 + i
+        lab = labels[r]
         s = row[0] - row[0]  # zero of the row's dtype (NaN if row[0] is not finite)
         top, umax = rb[0], ub[0]
+        other = other0 = rb[(lab + 1) % k]
         cnt = np.int32(0)
         idx = np.int32(0)
         for j in range(k):
@@ -67,14 +75,15 @@ def scan_rows(
             s += v
             top = max(top, rb[j])
             umax = max(umax, ub[j])
+            other = max(other, rb[j] if j != lab else other0)
             above = v >= bound[j]
             cnt += np.int32(above)
             idx += np.int32(j) if above else np.int32(0)
         arg = np.int32(k)
         for j in range(k):  # first index of the maximum, vectorised (no early exit)
             arg = min(arg, np.int32(j) if rb[j] == top else np.int32(k))
-        r = row0 + i
         best = row[arg]
+        other_bits[r] = other if other >= 0 else inf_bits
         sums[r] = s
         row_max[r] = best
         pred[r] = arg
@@ -82,7 +91,7 @@ def scan_rows(
         guess[r] = g
         confident[r] = cnt > 0
         if cnt > 0:
-            by_guess[g, labels[r]] += 1
+            by_guess[g, lab] += 1
         if best > hi_lim:
             n_out += 1
         elif umax >= sign:  # some value is negative (or -0.0): look for one below the limit
@@ -133,27 +142,32 @@ def _push(hv, hi, off, n_in, v, r):
 
 @nb.njit(nogil=True, cache=True)
 def prune_noise_rate(
-    p, table, labels, self_conf, line_ptr, line_cols, line_m, replay, mask, straddle
+    p, table, labels, self_conf, other_max, line_ptr, line_cols, line_m, replay, mask, straddle
 ):
     """Pass 2, in row order: for each class ``c`` and each of its lines ``g`` in
     ``line_ptr[c]:line_ptr[c + 1]``, flag the ``line_m[g]`` rows given ``c`` with the largest
     margin ``p[:, line_cols[g]] - p[:, c]``, ties at the cut-off to the lowest row indices.
 
-    One sequential read of the matrix, each row only at its class's line columns: every line
-    keeps its ``m`` best (margin, row) so far in a min-heap ordered by (margin, -row), whose
-    root is the entry to evict; all heaps together hold ``sum(line_m)`` entries (the number of
-    examples to prune, at most ~N). With ``replay``, a second read counts, for each line, the
-    margins above and at its cut-off; lines whose tie straddles the cut-off are left out and
-    listed in ``straddle`` for the caller (returns how many).
+    One sequential read of the matrix: every line keeps its ``m`` best (margin, row) so far in
+    a min-heap ordered by (margin, -row), whose root is the entry to evict; all heaps together
+    hold ``sum(line_m)`` entries (the number of examples to prune, at most ~N). ``bar[g]`` is the
+    margin a row must beat to enter line ``g`` (``-inf`` while its heap fills). A row whose
+    margins are all at most ``other_max[i] - p[i, c]`` (pass 1's bound) is skipped unread when
+    that bound does not beat the lowest bar of its class. With ``replay``, a second read counts,
+    for each line, the margins above and at its cut-off; lines whose tie straddles the cut-off
+    are left out and listed in ``straddle`` for the caller (returns how many).
     """
-    n, n_lines = p.shape[0], line_m.size
+    n = p.shape[0]
+    n_classes, n_lines = line_ptr.size - 1, line_m.size
     off = np.empty(n_lines + 1, np.int64)
     off[0] = 0
     for g in range(n_lines):
         off[g + 1] = off[g] + line_m[g]
     hv = np.empty(max(off[n_lines], 1), self_conf.dtype)
     hi = np.empty(max(off[n_lines], 1), np.int64)
-    seen = np.zeros(line_ptr.size - 1, np.int64)  # rows of each class read so far
+    bar = np.full(max(n_lines, 1), -np.inf, self_conf.dtype)
+    low_bar = np.full(n_classes, -np.inf, self_conf.dtype)  # min of the class's bars
+    seen = np.zeros(n_classes, np.int64)  # rows of each class read so far
     for i in range(n):
         c = labels[i]
         l0, l1 = line_ptr[c], line_ptr[c + 1]
@@ -162,15 +176,24 @@ def prune_noise_rate(
         r = seen[c]
         seen[c] = r + 1
         base = self_conf[i]
+        if other_max[i] - base <= low_bar[c]:
+            continue  # no margin of this row can beat a bar of its class
+        low = np.inf
         for g in range(l0, l1):
             v = _load(p, table, i, line_cols[g]) - base
-            o, m = off[g], line_m[g]
-            if r < m:
-                _push(hv, hi, o, r, v, i)
-            elif v > hv[o]:
-                hv[o] = v
-                hi[o] = i
-                _sift_down(hv, hi, o, m)
+            if v > bar[g]:
+                o, m = off[g], line_m[g]
+                if r < m:
+                    _push(hv, hi, o, r, v, i)
+                    if r + 1 == m:
+                        bar[g] = hv[o]
+                else:
+                    hv[o] = v
+                    hi[o] = i
+                    _sift_down(hv, hi, o, m)
+                    bar[g] = hv[o]
+            low = min(low, bar[g])
+        low_bar[c] = low
     room = line_m.copy()
     at = np.zeros(n_lines, np.int64)
     if replay:
@@ -202,16 +225,16 @@ def _compile_common() -> None:
         labels = np.zeros(2, np.int64)
         vec_f, vec_i = np.empty(2, dt), np.empty(2, np.int64)
         scan_rows(
-            p, p.view(it), p.view(ut), ut(1) << ut(8 * p.itemsize - 1), 0, labels, p[0], dt(-1),
-            dt(2), vec_f, vec_i, vec_i.copy(), np.empty(2, np.bool_), vec_f.copy(),
-            np.zeros((2, 2), np.int64),
+            p, p.view(it), p.view(ut), ut(1) << ut(8 * p.itemsize - 1), it(0), 0, labels, p[0],
+            dt(-1), dt(2), vec_f, vec_i, vec_i.copy(), np.empty(2, np.bool_), vec_f.copy(),
+            np.zeros((2, 2), np.int64), vec_f.view(it),
         )  # fmt: skip
         for probs, table in ((p, np.empty(1, dt)), (np.zeros((2, 2), np.uint16), p[0])):
             if probs.dtype == np.uint16 and dt == np.float64:
                 continue  # half types are decoded to float32
             prune_noise_rate(
-                probs, table, labels, p[0], np.array([0, 1, 1]), np.array([1]), np.array([1]),
-                True, np.zeros(2, np.bool_), vec_i,
+                probs, table, labels, p[0], p[0], np.array([0, 1, 1]), np.array([1]),
+                np.array([1]), True, np.zeros(2, np.bool_), vec_i,
             )  # fmt: skip
 
 

@@ -158,6 +158,9 @@ def _noise_rate_kernel(inputs: Inputs, s: Scan, todo: np.ndarray, ties: str) -> 
         p, table = probs.view(torch.int16).numpy().view(np.uint16), _half_table(probs.dtype)
     else:
         p, table = probs.numpy(), np.empty(1, probs.numpy().dtype)
+    other_max = s.other_max.numpy() if s.other_max is not None else None
+    if other_max is None:  # no bound from pass 1: read every row
+        other_max = np.full(inputs.n, np.inf, s.self_conf.numpy().dtype)
     mask = np.zeros(inputs.n, np.bool_)
     straddle = np.empty(line_cols.size if ties == "cleanlab" else 1, np.int64)
     n_straddle = _kernels.prune_noise_rate(
@@ -165,6 +168,7 @@ def _noise_rate_kernel(inputs: Inputs, s: Scan, todo: np.ndarray, ties: str) -> 
         table,
         inputs.labels.numpy(),
         s.self_conf.numpy(),
+        other_max,
         line_ptr,
         line_cols.astype(np.int64),
         line_m,

@@ -28,9 +28,11 @@ ROW_SUM_ATOL = {
     torch.float32: 1e-3,
     torch.float64: 1e-3,
 }
-#: Elements per ``[chunk, K]`` working block: small on CPU so that a chunk stays in cache while
-#: several reductions read it; large on accelerators to keep kernel launches few.
-CPU_CHUNK_ELEMENTS = 1 << 20
+#: Elements per ``[chunk, K]`` working block: small on CPU (1 MiB of float32) so that a chunk
+#: stays in cache while several reductions read it and the transient blocks stay few MB (the
+#: fused kernels read float32/float64 input in place, without blocks); large on accelerators
+#: to keep kernel launches few.
+CPU_CHUNK_ELEMENTS = 1 << 18
 DEVICE_CHUNK_ELEMENTS = 1 << 24
 #: Intra-op threads torch may use while the engine runs on CPU (restored afterwards); override
 #: with the environment variable ``DCLOOP_CL_THREADS`` (``0`` = leave torch's setting alone).

@@ -43,6 +43,8 @@ class Scan:
             ``1e-6`` added to the given label's probability is the given label.
         by_guess: ``(K, K)`` host int64 counts of confident rows by (guess, given label), when
             the pass produced them (else they are counted from ``guess`` and ``confident``).
+        other_max: ``(N,)`` compute-dtype upper bound of ``max_{j != labels[i]} p[i, j]`` (exact
+            when that maximum is >= 0), when the pass produced it; pass 2 skips rows with it.
     """
 
     perm: torch.Tensor
@@ -55,6 +57,7 @@ class Scan:
     confident: torch.Tensor
     near_given: torch.Tensor
     by_guess: np.ndarray | None = None
+    other_max: torch.Tensor | None = None
 
 
 def self_confidence(inputs: Inputs) -> torch.Tensor:
@@ -125,6 +128,7 @@ class _Rows:
     confident: torch.Tensor
     out_of_range: bool
     by_guess: np.ndarray | None = None
+    other_max: torch.Tensor | None = None
 
 
 def _scan_torch(inputs: Inputs, bound: torch.Tensor) -> _Rows:
@@ -185,16 +189,18 @@ def _scan_kernel(inputs: Inputs, bound: torch.Tensor) -> _Rows:
     dt = np.float64 if inputs.compute_dtype == torch.float64 else np.float32
     signed, unsigned = (np.int64, np.uint64) if dt == np.float64 else (np.int32, np.uint32)
     sign = unsigned(1) << unsigned(8 * np.dtype(dt).itemsize - 1)
-    sums, row_max = np.empty(n, dt), np.empty(n, dt)
+    sums, row_max, other_max = np.empty(n, dt), np.empty(n, dt), np.empty(n, dt)
     pred, guess = np.empty(n, np.int64), np.empty(n, np.int64)
     confident = np.empty(n, np.bool_)
     by_guess = np.zeros((k, k), np.int64)
     labels = inputs.labels.numpy()
     args = (labels, bound.numpy(), *_range_limits(dt))
-    outs = (row_max, pred, guess, confident, sums, by_guess)
+    outs = (row_max, pred, guess, confident, sums, by_guess, other_max.view(signed))
+    inf_bits = np.array(np.inf, dt).view(signed)[()]
 
     def run(p: np.ndarray, row0: int) -> int:
-        return _kernels.scan_rows(p, p.view(signed), p.view(unsigned), sign, row0, *args, *outs)
+        views = (p, p.view(signed), p.view(unsigned), sign, inf_bits)
+        return _kernels.scan_rows(*views, row0, *args, *outs)
 
     probs = inputs.probs.detach()
     if probs.dtype == inputs.compute_dtype and probs.is_contiguous():
@@ -205,7 +211,8 @@ def _scan_kernel(inputs: Inputs, bound: torch.Tensor) -> _Rows:
         for start, stop in inputs.chunks():
             n_out += run(work[: stop - start].copy_(probs[start:stop]).numpy(), start)
     t = torch.from_numpy
-    return _Rows(t(sums), t(row_max), t(pred), t(guess), t(confident), n_out > 0, by_guess)
+    rows = (t(sums), t(row_max), t(pred), t(guess), t(confident))
+    return _Rows(*rows, n_out > 0, by_guess, t(other_max))
 
 
 def scan(inputs: Inputs) -> Scan:
@@ -240,6 +247,7 @@ def scan(inputs: Inputs) -> Scan:
         rows.confident,
         near_given,
         rows.by_guess,
+        rows.other_max,
     )
 
 
