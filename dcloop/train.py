@@ -26,6 +26,7 @@ from dcloop.errors import UserInputError
 from dcloop.folds import check_num_folds
 from dcloop.models import Classifier, FoldEnsemble
 from dcloop.models.factory import check_net_keys, module_kwargs, net_factory
+from dcloop.scale.fold_run import run_fold
 from dcloop.signals import exit_on_signal
 from dcloop.state import digest
 from dcloop.timing import timed
@@ -153,8 +154,6 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     """
     check_run_config(cfg)  # seed, folds, max_epochs, resume: before anything is built
     if cfg.get("mode", "parallel") != "parallel":  # one fold per run: dcloop.scale
-        from dcloop.scale.fold_run import run_fold
-
         return run_fold(cfg)
     run_dir = Path(cfg.output_dir)
     run_dir.mkdir(parents=True, exist_ok=True)

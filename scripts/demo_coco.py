@@ -68,12 +68,12 @@ def one_run(
                 "checkpoint=false",
                 "trainer.enable_progress_bar=false",
                 "data=coco",
-                f"data.root={info['root']}",
-                f"data.annotations={info['annotations']}",
+                f"data.source.root={info['root']}",
+                f"data.source.annotations={info['annotations']}",
                 "noise=none",
                 f"trainer.max_epochs={epochs}",
                 f"seed={seed}",
-                f"data.image_size={image_size}",
+                f"data.source.image_size={image_size}",
             ],
         )
     t = time.perf_counter()
@@ -152,7 +152,7 @@ def main() -> None:
         f"{args.epochs} epochs, prune, defaults otherwise), "
         f"{torch.get_num_threads()} torch thread(s) on CPU. Precision and recall are over the "
         "training split's annotations (images, with all their crops, are split about 65/15/20 "
-        "into train/val/test (`data.split_by=image`), and only "
+        "into train/val/test (`data.source.split_by=image`), and only "
         "train is scored); `suggested right` is the share of correctly flagged annotations whose "
         "suggested category is the true one. `test_accuracy` is against the test split's given "
         f"categories, which hold the same {args.noise_rate:.0%} of wrong ones.",

@@ -8,6 +8,7 @@ from PIL import Image
 
 from dcloop.beyond.cli import main as beyond_main
 from dcloop.beyond.detection import (
+    CocoSource,
     annotation_id,
     coco_crops,
     draw_flagged,
@@ -60,10 +61,7 @@ def test_datamodule_coco_splits_keep_annotation_identity(tmp_path):
     coco = json.loads(Path(info["annotations"]).read_text())
     cat_of = {a["id"]: a["category_id"] for a in coco["annotations"]}
     dm = LabelNoiseDataModule(
-        "coco",
-        root=info["root"],
-        annotations=info["annotations"],
-        image_size=16,
+        CocoSource(info["root"], info["annotations"], image_size=16, split_by="sample"),
         noise=None,
         val_frac=0.2,
         test_frac=0.2,
@@ -85,10 +83,10 @@ def test_datamodule_coco_splits_keep_annotation_identity(tmp_path):
 
 def test_split_by_image_keeps_each_images_crops_in_one_split(tmp_path):
     info = make_synthetic_coco(tmp_path / "s", num_images=40, noise_rate=0.0, seed=2)
-    kw = dict(root=info["root"], annotations=info["annotations"], image_size=8, noise=None)
+    kw = dict(root=info["root"], annotations=info["annotations"], image_size=8)
     parts = {}
     for split_by in ("sample", "image"):
-        dm = LabelNoiseDataModule("coco", split_by=split_by, seed=0, **kw)
+        dm = LabelNoiseDataModule(CocoSource(split_by=split_by, **kw), seed=0, noise=None)
         dm.setup()
         images = [
             {s.rsplit("#ann=", 1)[0] for s in ds.sources}
@@ -102,9 +100,7 @@ def test_split_by_image_keeps_each_images_crops_in_one_split(tmp_path):
     tr, va, te = parts["sample"]
     assert tr & te  # independent crops share images across splits: what "image" prevents
     with pytest.raises(ValueError, match="split_by must be one of"):
-        LabelNoiseDataModule("coco", split_by="box", **kw)
-    with pytest.raises(ValueError, match="needs source='coco'"):
-        LabelNoiseDataModule("digits", split_by="image")
+        CocoSource(split_by="box", **kw)
 
 
 @pytest.mark.parametrize(
@@ -152,8 +148,8 @@ def test_bad_coco_input_names_the_offender(tmp_path, change, error, words):
 
 
 def test_coco_source_needs_annotations_and_a_known_mode(tmp_path):
-    with pytest.raises(ValueError, match="needs annotations"):
-        LabelNoiseDataModule("coco", root=tmp_path)
+    with pytest.raises(ValueError, match="needs root=.* and annotations=<COCO JSON file>"):
+        CocoSource(tmp_path, None)
     data, path = _two_box_coco(tmp_path)
     with pytest.raises(ValueError, match="mode must be 'RGB'"):
         coco_crops(tmp_path, path, mode="rbg")
@@ -217,13 +213,13 @@ def test_coco_in_the_loop_writes_flagged_annotations(tmp_path):
                 "checkpoint=false",
                 "trainer.enable_progress_bar=false",
                 "data=coco",
-                f"data.root={info['root']}",
-                f"data.annotations={info['annotations']}",
+                f"data.source.root={info['root']}",
+                f"data.source.annotations={info['annotations']}",
                 "noise=none",
                 "trainer.max_epochs=4",
                 "cl.warmup_epochs=2",
                 "folds=3",
-                "data.image_size=16",
+                "data.source.image_size=16",
             ],
         )
     train(cfg)

@@ -8,6 +8,8 @@ from typing import Any
 
 import lightning as L
 
+from dcloop.results import issue_table
+
 log = logging.getLogger(__name__)
 
 #: Fewest test samples the train/test discrepancy analysis works with.
@@ -31,7 +33,6 @@ class CocoResults(L.Callback):
         if getattr(dm, "source", None) != "coco" or not trainer.is_global_zero:
             return
         from dcloop.beyond.detection import write_coco_results
-        from dcloop.results import issue_table
 
         sources = [dm.source_of(i) for i in range(dm.num_train)]
         issues = issue_table(pl_module.samples, sources)

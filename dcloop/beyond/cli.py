@@ -41,8 +41,8 @@ def _make_coco(args: argparse.Namespace) -> None:
         f"synthetic COCO: {info['num_annotations']} annotations, {len(info['corrupted'])} "
         f"with a wrong category\n  images      {info['root']}/images/\n"
         f"  annotations {info['annotations']}\n  truth       {info['truth']}\n"
-        f"  try: dcloop data=coco data.root={info['root']} "
-        f"data.annotations={info['annotations']} noise=none"
+        f"  try: dcloop data=coco data.source.root={info['root']} "
+        f"data.source.annotations={info['annotations']} noise=none"
     )
 
 

@@ -34,6 +34,7 @@ from PIL import Image, ImageDraw
 
 from dcloop.data._validation import preview
 from dcloop.data.datasets import IndexedTensorDataset, _normalize_image_size, _normalize_mode
+from dcloop.data.splits import grouped_split_indices, stratified_split_indices
 from dcloop.results import atomic_write, write_json
 
 log = logging.getLogger(__name__)
@@ -387,6 +388,67 @@ def draw_flagged(
     return paths
 
 
+#: How COCO crops go to train/val/test: each on its own, or all crops of an image together.
+SPLIT_BY: tuple[str, ...] = ("sample", "image")
+
+
+class CocoSource:
+    """COCO boxes as a data source: one crop per annotation (``data=coco``).
+
+    ``LabelNoiseDataModule(source=CocoSource(root, annotations))`` trains on the crops; the run's
+    flagged annotations go back out as COCO JSON (:class:`dcloop.beyond.callbacks.CocoResults`).
+
+    Args:
+        root: folder the images' ``file_name`` are relative to.
+        annotations: COCO JSON file.
+        context: margin around each box, as a fraction of its width/height.
+        split_by: ``"image"`` (the crops of one image stay in one split, see
+            :func:`~dcloop.data.splits.grouped_split_indices`) or ``"sample"`` (stratified).
+        image_size: side (or ``(height, width)``) of every crop.
+        mode: ``"RGB"`` or ``"L"``.
+    """
+
+    name = "coco"
+
+    def __init__(
+        self,
+        root: str | os.PathLike,
+        annotations: str | os.PathLike,
+        *,
+        context: float = 0.1,
+        split_by: str = "image",
+        image_size: int | tuple[int, int] = 32,
+        mode: str = "RGB",
+    ) -> None:
+        if root is None or annotations is None:
+            raise ValueError(
+                f"data=coco needs root=<the folder the images' file_name are relative to> and "
+                f"annotations=<COCO JSON file>; got root={root!r}, annotations={annotations!r}"
+            )
+        if split_by not in SPLIT_BY:
+            raise ValueError(f"split_by must be one of {list(SPLIT_BY)}, got {split_by!r}")
+        self.root, self.annotations = root, annotations
+        self.context, self.split_by = float(context), split_by
+        self.image_size, self.mode = image_size, mode
+
+    def load(self, *, seed: int, val_frac: float, test_frac: float):
+        """The crops, split into train/val/test, and the category names."""
+        full, names = coco_crops(
+            self.root,
+            self.annotations,
+            image_size=self.image_size,
+            context=self.context,
+            mode=self.mode,
+        )
+        fracs = {"seed": seed, "val_frac": val_frac, "test_frac": test_frac}
+        if self.split_by == "image":  # crops of one image in one split
+            images = [s.rsplit("#ann=", 1)[0] for s in full.sources]
+            tr, va, te = grouped_split_indices(full.labels, images, **fracs)
+        else:
+            tr, va, te = stratified_split_indices(full.labels, **fracs)
+        return {"train": full.subset(tr), "val": full.subset(va), "test": full.subset(te)}, names
+
+
 def write_coco_results(run_dir: str | os.PathLike, dm: Any, issues: pd.DataFrame) -> Path | None:
     """After a ``data=coco`` run: ``label_issues_coco.json`` and ``flagged_boxes/*.png``.
 
@@ -394,18 +456,19 @@ def write_coco_results(run_dir: str | os.PathLike, dm: Any, issues: pd.DataFrame
 
     Args:
         run_dir: the run directory.
-        dm: the run's data module (reads ``source``, ``root``, ``annotations``).
+        dm: the run's data module (its :class:`CocoSource` gives ``root`` and ``annotations``).
         issues: the issue table of the training split (``dcloop.results.issue_table``).
 
     Returns:
         The JSON path, or ``None``.
     """
-    if getattr(dm, "source", None) != "coco":
+    src = getattr(dm, "source_object", None)
+    if not isinstance(src, CocoSource):
         return None
-    coco = parse_coco(dm.annotations, dm.root)
+    coco = parse_coco(src.annotations, src.root)
     result = flagged_annotations(coco, issues)
     path = write_json(result, Path(run_dir) / "label_issues_coco.json")
-    draw_flagged(coco, result["annotations"], dm.root, Path(run_dir) / "flagged_boxes")
+    draw_flagged(coco, result["annotations"], src.root, Path(run_dir) / "flagged_boxes")
     log.info("coco: %d flagged annotations -> %s", len(result["annotations"]), path)
     return path
 

@@ -31,6 +31,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from dcloop.results import atomic_write
+
 log = logging.getLogger(__name__)
 
 
@@ -155,7 +157,6 @@ def read_conll(path: str | os.PathLike, *, tag_names: Sequence[str] | None = Non
 
 def write_conll(path: str | os.PathLike, sentences: Sentences) -> Path:
     """Writes sentences as ``token tag`` lines (atomically)."""
-    from dcloop.results import atomic_write
 
     def dump(tmp: str) -> None:
         with open(tmp, "w", encoding="utf-8") as f:

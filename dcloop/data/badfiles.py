@@ -9,6 +9,7 @@ from pathlib import Path
 import pandas as pd
 
 from dcloop.data._validation import preview
+from dcloop.results import write_csv
 
 logger = logging.getLogger(__name__)
 
@@ -68,7 +69,5 @@ def write_skipped(skipped: list[tuple[str, str]], directory: str | os.PathLike) 
     """Write ``skipped_files.csv`` (columns ``path,reason``) into ``directory``; None if empty."""
     if not skipped:
         return None
-    from dcloop.results import write_csv
-
     df = pd.DataFrame(skipped, columns=["path", "reason"])
     return write_csv(df, Path(directory) / "skipped_files.csv")

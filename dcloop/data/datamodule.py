@@ -29,19 +29,17 @@ from dcloop.data.digits import DIGITS_CLASS_NAMES, load_digits_splits
 from dcloop.data.labelfile import apply_label_file
 from dcloop.data.noise import NOISE_KINDS, NoiseResult, inject_noise, resolve_mapping, save_noise
 from dcloop.data.sampling import train_sampler
-from dcloop.data.splits import _check_fracs, grouped_split_indices, stratified_split_indices
+from dcloop.data.splits import _check_fracs, stratified_split_indices
 from dcloop.errors import UserInputError
 
 logger = logging.getLogger(__name__)
 
 #: Data sources :class:`LabelNoiseDataModule` can load.
 SOURCES: tuple[str, ...] = (
-    *("digits", "folder", "csv", "cifar10", "mnist", "coco"),
+    *("digits", "folder", "csv", "cifar10", "mnist"),
     *AUDIO_SOURCES,  # dcloop.data.audio: "audio_synth" (embedded), "audio_folder"
 )
 
-#: How rows go to train/val/test: ``"sample"`` (stratified) or ``"image"`` (COCO crops).
-SPLIT_BY: tuple[str, ...] = ("sample", "image")
 
 _NOISE_KEYS = ("kind", "rate", "sparsity", "mapping")
 
@@ -158,12 +156,6 @@ class LabelNoiseDataModule(L.LightningDataModule):
         source: One of :data:`SOURCES`.
         root: Data folder (required for every source except ``"digits"``).
         manifest: CSV file for ``source="csv"`` (relative paths are also looked up in ``root``).
-        annotations: COCO JSON for ``source="coco"``: one crop per annotation, see
-            :func:`dcloop.beyond.detection.coco_crops` (``split_by`` decides how crops split).
-        context: ``source="coco"``: margin around each box, as a fraction of its size.
-        split_by: ``"sample"`` (stratified split of rows) or, with ``source="coco"``,
-            ``"image"``: crops of one image stay in one split (see
-            :func:`~dcloop.data.splits.grouped_split_indices`).
         image_size: ``None``, an int (square side) or ``(height, width)``.
         mode: ``"RGB"`` or ``"L"``/``"grayscale"`` for file sources.
         num_classes: Number of classes C; by default the number of class names found. A larger
@@ -202,9 +194,6 @@ class LabelNoiseDataModule(L.LightningDataModule):
         *,
         root: str | os.PathLike | None = None,
         manifest: str | os.PathLike | None = None,
-        annotations: str | os.PathLike | None = None,
-        context: float = 0.1,
-        split_by: str = "sample",
         image_size: int | tuple[int, int] | None = None,
         mode: str = "RGB",
         num_classes: int | None = None,
@@ -240,11 +229,8 @@ class LabelNoiseDataModule(L.LightningDataModule):
                 "csv": "the folder that the manifest's paths are relative to",
                 "cifar10": "the folder holding 'cifar-10-batches-py/'",
                 "mnist": "the folder holding 'MNIST/raw/'",
-                "coco": "the folder the COCO images' file_name are relative to",
             }[source]
             raise ValueError(f"source={source!r} needs root=<{what}>, got root=None")
-        if source == "coco" and annotations is None:
-            raise ValueError("source='coco' needs annotations=<COCO JSON file>, got None")
         if source == "csv" and manifest is None:
             raise ValueError(
                 "source='csv' needs manifest=<CSV file with columns path,label>, got None"
@@ -259,16 +245,6 @@ class LabelNoiseDataModule(L.LightningDataModule):
         self.source = source
         self.root = root
         self.manifest = manifest
-        self.annotations = annotations  # COCO JSON (source="coco"): one crop per box
-        self.context = float(context)
-        if split_by not in SPLIT_BY:
-            raise ValueError(f"split_by must be one of {list(SPLIT_BY)}, got {split_by!r}")
-        if split_by == "image" and source != "coco":
-            raise ValueError(
-                f"split_by='image' groups the crops of one image and needs source='coco', "
-                f"got source={source!r}"
-            )
-        self.split_by = split_by
         self.image_size = _normalize_image_size(image_size)
         self.mode = _normalize_mode(mode)
         self.noise_spec = _parse_noise(noise)
@@ -323,32 +299,17 @@ class LabelNoiseDataModule(L.LightningDataModule):
         elif self.source == "digits":
             splits: dict[str, SplitDataset] = dict(load_digits_splits(**fracs))
             names = list(DIGITS_CLASS_NAMES)
-        elif self.source in ("folder", "csv", "coco"):
-            if self.source == "coco":
-                from dcloop.beyond.detection import coco_crops
-
-                full, names = coco_crops(
-                    self.root,
-                    self.annotations,
-                    image_size=self.image_size or 32,
-                    context=self.context,
-                    mode=self.mode,
-                )
-            elif self.source == "folder":
+        elif self.source in ("folder", "csv"):
+            if self.source == "folder":
                 full, names = image_folder(self.root, image_size=self.image_size, mode=self.mode)
             else:
                 full, names = csv_manifest(
                     self.root, self.manifest, image_size=self.image_size, mode=self.mode
                 )
-            if self.source != "coco":  # decode every file once (dcloop.data.badfiles)
-                full, self.skipped_files = check_files(full, self.on_bad_file)
-                if self.cache:  # decode once; epochs then read from memory
-                    full = full.decoded()
-            if self.split_by == "image":  # crops of one image in one split
-                images = [s.rsplit("#ann=", 1)[0] for s in full.sources]
-                tr, va, te = grouped_split_indices(full.labels, images, **fracs)
-            else:
-                tr, va, te = stratified_split_indices(full.labels, **fracs)
+            full, self.skipped_files = check_files(full, self.on_bad_file)  # decode each once
+            if self.cache:  # decode once; epochs then read from memory
+                full = full.decoded()
+            tr, va, te = stratified_split_indices(full.labels, **fracs)
             splits = {"train": full.subset(tr), "val": full.subset(va), "test": full.subset(te)}
         elif self.source in AUDIO_SOURCES:
             splits, names, self.skipped_files = load_audio_splits(
@@ -413,7 +374,8 @@ class LabelNoiseDataModule(L.LightningDataModule):
 
     def _describe(self) -> str:
         """``data source='csv' (manifest '...')``: where the data came from, for messages."""
-        where = self.manifest if self.source == "csv" else self.annotations or self.root
+        where = self.manifest if self.source == "csv" else getattr(self._source_obj, "path", None)
+        where = where or getattr(self._source_obj, "annotations", None) or self.root
         return f"data source={self.source!r}" + (f" ({str(where)!r})" if where else "")
 
     @staticmethod
@@ -559,6 +521,11 @@ class LabelNoiseDataModule(L.LightningDataModule):
         """True when noise was injected, so ``true_labels``/``is_noisy`` are a known truth."""
         self._require_setup()
         return self.noise.kind != "none"
+
+    @property
+    def source_object(self) -> DataSource | None:
+        """The source object (``data.source: {_target_: ...}``), ``None`` for a named source."""
+        return self._source_obj
 
     @property
     def net_kwargs(self) -> dict[str, Any]:

@@ -16,6 +16,7 @@ import pandas as pd
 
 from dcloop.console import emit
 from dcloop.people.runconfig import load_train_dataset
+from dcloop.results import write_csv, write_json
 
 log = logging.getLogger(__name__)
 
@@ -137,7 +138,6 @@ def annotators_main(argv: Sequence[str] | None = None) -> int:
     def body(a):
         from dcloop.people.corrections import base_labels, run_class_names
         from dcloop.people.multiannotator import consensus, consensus_label_file, read_annotations
-        from dcloop.results import write_csv, write_json
 
         run_dir = Path(a.run_dir)
         probs_path = run_dir / "oof_probs.npy"

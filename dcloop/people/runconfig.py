@@ -20,6 +20,8 @@ import re
 from pathlib import Path
 from typing import Any
 
+from dcloop.data import LabelNoiseDataModule
+
 log = logging.getLogger(__name__)
 
 #: The only ``data._target_`` values a run's data is rebuilt from.
@@ -28,7 +30,11 @@ DATA_TARGETS: tuple[str, ...] = (
     "dcloop.data.datamodule.LabelNoiseDataModule",
 )
 #: The only ``data.source._target_`` values (source objects) a run's data is rebuilt from.
-SOURCE_TARGETS: tuple[str, ...] = ("dcloop.data.text.TextCSV", "dcloop.data.text.TextSynth")
+SOURCE_TARGETS: tuple[str, ...] = (
+    "dcloop.data.text.TextCSV",
+    "dcloop.data.text.TextSynth",
+    "dcloop.beyond.detection.CocoSource",
+)
 #: Data options that are not needed for the un-augmented training set (left out).
 _UNUSED = ("train_transform", "augment", "num_workers", "batch_size", "eval_batch_size")
 #: Options set from the top of the config, not from ``data``.
@@ -141,8 +147,6 @@ def data_kwargs(cfg: dict) -> dict[str, Any]:
     Raises:
         UnsafeRunConfig: naming the key and what was expected.
     """
-    from dcloop.data import LabelNoiseDataModule
-
     data = cfg.get("data")
     if not isinstance(data, dict):
         raise UnsafeRunConfig(f"data: expected a mapping of data options, got {_short(data)}")
@@ -154,7 +158,11 @@ def data_kwargs(cfg: dict) -> dict[str, Any]:
         )
     params = inspect.signature(LabelNoiseDataModule.__init__).parameters
     allowed = [p for p in params if p not in ("self", *_FROM_TOP)]
-    # noise / seed in `data` are interpolations of the top-level keys, read from there below
+    # noise / seed in `data` are interpolations of the top-level keys (read from there below):
+    # checked to be plain, then left out
+    for k in _FROM_TOP:
+        if k in data:
+            _plain(data[k], cfg, f"data.{k}", [_MAX_NODES])
     rest = {k: v for k, v in data.items() if k != "_target_" and k not in _FROM_TOP}
     source = rest.pop("source") if isinstance(rest.get("source"), dict) else None
     unknown = sorted(str(k) for k in rest if k not in allowed)
@@ -237,8 +245,6 @@ def load_train_dataset(run_dir: str | os.PathLike, *, required: bool = False):
             raise
         log.warning("%s: the report has no thumbnails", err)
         return None
-    from dcloop.data import LabelNoiseDataModule
-
     try:
         dm = LabelNoiseDataModule(**kwargs)
         dm.setup("fit")
