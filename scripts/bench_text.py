@@ -315,7 +315,8 @@ def write(out: Path, runs, meta) -> None:
         "",
         table(rows),
         "",
-        "Test accuracy: one network for plain, two-stage and oracle; the mean softmax of the K "
+        "Test accuracy: one network for plain, two-stage, in-loop + refit and oracle; the mean "
+        "softmax of the K "
         "fold replicas for no cleaning and in-loop. Detection: precision / recall / F1 of the "
         "final flags against the injected flips (the published AG News labels carry a few real "
         "errors too, counted here as false positives). Estimated noise: confident learning's "
