@@ -50,16 +50,39 @@ def _app(cfg: DictConfig) -> float:
     from dcloop.console import emit, summarize
     from dcloop.train import train
 
+    _from_hydra(cfg)
     if not sys.stdout.isatty() and "enable_progress_bar" in cfg.trainer:  # nohup, SLURM logs
         cfg.trainer.enable_progress_bar = False  # one log line per epoch instead of bar redraws
     try:
         metrics = train(cfg)
-        if metrics and cfg.get("mode", "parallel") == "parallel":
+        if metrics and cfg.get("mode", "parallel") == "parallel" and _rank_zero():
             emit(summarize(cfg.output_dir, metrics))
         return optimized_value(cfg, metrics)
     except Exception as exc:  # noqa: BLE001 - bad input becomes one line, the rest re-raises
         exit_on_user_error(exc)
         raise
+
+
+def _rank_zero() -> bool:
+    """This process is rank 0 (DDP starts one ``dcloop`` per device; one summary is printed)."""
+    from lightning.pytorch.utilities import rank_zero_only
+
+    return getattr(rank_zero_only, "rank", 0) == 0
+
+
+def _from_hydra(cfg: DictConfig) -> None:
+    """What the run takes from Hydra's own state (read here only, not in the library):
+    sequential folds of a multirun share the sweep folder unless ``sequential.work_dir`` is set.
+    """
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    seq = cfg.get("sequential")
+    if cfg.get("mode") != "sequential" or seq is None or seq.get("work_dir"):
+        return
+    hc = HydraConfig.get()
+    if hc.mode == RunMode.MULTIRUN:
+        seq.work_dir = str(hc.sweep.dir)
 
 
 def optimized_value(cfg: DictConfig, metrics: dict) -> float:

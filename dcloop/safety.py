@@ -26,6 +26,8 @@ from dataclasses import asdict, dataclass
 
 import torch
 
+from dcloop.validation import check_choice
+
 #: Readiness rules: ``plateau`` (OOF accuracy stopped improving, or ``ready_max_frac`` of
 #: the schedule passed) or ``fixed`` (``warmup_epochs`` alone, the old behaviour).
 READY_RULES = ("plateau", "fixed")
@@ -345,3 +347,103 @@ def harm_checks(
                 f"{best_val_before:.3f} (by more than {policy.guard_val_drop:g})"
             )
     return problems
+
+
+#: What a verdict does to the flagged samples' loss weights.
+ACTIONS = ("prune", "downweight", "detect")
+
+
+def action_weights(
+    flags: torch.Tensor,
+    quality: torch.Tensor,
+    *,
+    action: str,
+    floor: float = 0.0,
+    power: float = 1.0,
+) -> torch.Tensor:
+    """Per-sample loss weights for one verdict.
+
+    Args:
+        flags: ``(N,)`` bool flags.
+        quality: ``(N,)`` label-quality scores in [0, 1].
+        action: ``"prune"`` (flagged -> 0), ``"downweight"`` (flagged ->
+            ``max(floor, quality ** power)``) or ``"detect"`` (all 1).
+        floor: smallest weight a down-weighted sample keeps.
+        power: sharpens (> 1) or softens (< 1) the quality-to-weight map.
+
+    Returns:
+        ``(N,)`` float32 weights. Unflagged samples always get 1, so a sample that a
+        later verdict clears comes back.
+    """
+    check_choice("action", action, ACTIONS)
+    if not 0.0 <= floor <= 1.0:
+        raise ValueError(f"floor must be in [0, 1]; got {floor}")
+    if power <= 0:
+        raise ValueError(f"power must be > 0; got {power}")
+    ones = torch.ones_like(quality, dtype=torch.float32)
+    if action == "detect":
+        return ones
+    if action == "prune":
+        return torch.where(flags, torch.zeros_like(ones), ones)
+    down = quality.float().clamp(0, 1).pow(power).clamp_min(floor)
+    return torch.where(flags, down, ones)
+
+
+@dataclass(frozen=True)
+class CleaningPolicy:
+    """What one confident-learning step computes and does, validated once.
+
+    Attributes:
+        filter_by: cleanlab's ``filter_by`` method.
+        quality_method: label-quality score.
+        frac_noise: fraction of the estimated number of issues to flag, in ``(0, 1]``.
+        backend: ``"torch"`` (dcloop's engine) or ``"cleanlab"``.
+        action: ``"prune"``, ``"downweight"`` or ``"detect"`` (:func:`action_weights`).
+        downweight_floor, downweight_power: the down-weighting map.
+    """
+
+    filter_by: str = "prune_by_noise_rate"
+    quality_method: str = "self_confidence"
+    frac_noise: float = 1.0
+    backend: str = "torch"
+    action: str = "prune"
+    downweight_floor: float = 0.1
+    downweight_power: float = 1.0
+
+    def __post_init__(self) -> None:
+        from dcloop.cl import BACKENDS, FILTER_BY, SCORE_METHODS
+
+        check_choice("filter_by", self.filter_by, FILTER_BY)
+        check_choice("quality_method", self.quality_method, SCORE_METHODS)
+        check_choice("action", self.action, ACTIONS)
+        check_choice("backend", self.backend, BACKENDS)
+        if not 0.0 < self.frac_noise <= 1.0:
+            raise ValueError(f"frac_noise must be in (0, 1]; got {self.frac_noise}")
+        if not 0.0 <= self.downweight_floor <= 1.0:
+            raise ValueError(f"downweight_floor must be in [0, 1]; got {self.downweight_floor}")
+        if self.downweight_power <= 0:
+            raise ValueError(f"downweight_power must be > 0; got {self.downweight_power}")
+
+    def verdict(self, labels, probs, confirmed=None):
+        """:func:`dcloop.cl.verdict` with this policy's method settings."""
+        from dcloop.cl import verdict
+
+        return verdict(
+            labels,
+            probs,
+            filter_by=self.filter_by,
+            quality_method=self.quality_method,
+            frac_noise=self.frac_noise,
+            backend=self.backend,
+            confirmed=confirmed,
+        )
+
+    def weights(self, flags: torch.Tensor, quality: torch.Tensor) -> torch.Tensor:
+        """The action's target weights for these flags (:func:`action_weights`)."""
+        return action_weights(
+            flags,
+            quality,
+            action=self.action,
+            floor=self.downweight_floor,
+            power=self.downweight_power,
+        )

@@ -100,6 +100,13 @@ class SampleTable(nn.Module):
             "true_labels": digest(self.true_labels),
         }
 
+    def apply(self, result, epoch: int, weights: torch.Tensor | None = None) -> None:
+        """Record a verdict (:meth:`record_flags`) and, with ``weights``, train with them:
+        ``weights * prior_weights`` (a label file's weights stay a factor)."""
+        self.record_flags(result.flags, result.quality, result.suggested, epoch)
+        if weights is not None:
+            self.weights.copy_(weights.to(self.weights.device) * self.prior_weights)
+
     def record_flags(
         self, flags: torch.Tensor, quality: torch.Tensor, suggested: torch.Tensor, epoch: int
     ) -> None:

@@ -16,6 +16,12 @@ from dcloop.errors import UserInputError
 MAX_SEED = 2**32 - 1
 
 
+def check_choice(name: str, value: Any, allowed: tuple) -> None:
+    """Raise ``ValueError`` naming ``value`` and the allowed ones."""
+    if value not in allowed:
+        raise ValueError(f"{name} must be one of {list(allowed)}; got {value!r}")
+
+
 def to_numpy(x) -> np.ndarray:
     """Return ``x`` (tensor, array or sequence) as a numpy array on the host."""
     if isinstance(x, torch.Tensor):

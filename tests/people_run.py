@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from omegaconf import OmegaConf
 
-from dcloop.cleaning import confident_learning
+from dcloop.cl import verdict
 from dcloop.data import LabelNoiseDataModule
 from dcloop.folds import assign_folds
 from dcloop.metrics import detection_metrics
@@ -33,7 +33,7 @@ def make_run(run_dir: Path, *, labels_file=None, seed: int = 0) -> LabelNoiseDat
     table = SampleTable(dm.given_labels, assign_folds(dm.given_labels, 5, seed=0), dm.true_labels)
     if dm.label_override is not None:
         table.confirmed.copy_(torch.as_tensor(dm.label_override.confirmed))
-    result = confident_learning(table.labels, probs, confirmed=table.confirmed)
+    result = verdict(table.labels, probs, confirmed=table.confirmed)
     table.record_flags(result.flags, result.quality, result.suggested, 0)
     run_dir.mkdir(parents=True, exist_ok=True)
     dm.save(run_dir)

@@ -3,7 +3,9 @@ import numpy as np
 import pytest
 import torch
 
-from dcloop.cleaning import action_weights, confident_learning
+from dcloop import cl
+from dcloop.cl import verdict
+from dcloop.safety import action_weights
 
 
 def noisy_problem(n=600, c=4, seed=0):
@@ -22,7 +24,7 @@ def noisy_problem(n=600, c=4, seed=0):
 @pytest.mark.parametrize("filter_by", ["prune_by_noise_rate", "both", "confident_learning"])
 def test_flags_equal_a_direct_cleanlab_call(backend, filter_by):
     labels, probs, _ = noisy_problem()
-    res = confident_learning(
+    res = verdict(
         torch.from_numpy(labels),
         torch.from_numpy(probs).float(),
         filter_by=filter_by,
@@ -52,4 +54,42 @@ def test_action_weights():
 def test_bad_choices():
     labels, probs, _ = noisy_problem(n=50)
     with pytest.raises(ValueError, match="filter_by"):
-        confident_learning(torch.from_numpy(labels), torch.from_numpy(probs), filter_by="x")
+        verdict(torch.from_numpy(labels), torch.from_numpy(probs), filter_by="x")
+
+
+@pytest.mark.parametrize("filter_by", list(cl.FILTER_BY))
+@pytest.mark.parametrize("quality_method", list(cl.SCORE_METHODS))
+@pytest.mark.parametrize("n, c", [(600, 4), (3000, 37)])
+def test_one_pass_equals_the_separate_engine_calls(filter_by, quality_method, n, c):
+    """flags, quality, suggested label, joint and noise matrix: bit for bit what
+    find_label_issues + get_label_quality_scores + estimate_joint + estimate_noise_matrices +
+    argmax give, each of which reads the whole matrix again."""
+    g = torch.Generator().manual_seed(n + c)
+    probs = (torch.randn(n, c, generator=g) * 3).softmax(1)
+    labels = torch.randint(0, c, (n,), generator=g)
+    res = verdict(labels, probs, filter_by=filter_by, quality_method=quality_method)
+    flags = cl.find_label_issues(labels, probs, filter_by=filter_by)
+    quality = cl.get_label_quality_scores(labels, probs, method=quality_method)
+    joint = torch.as_tensor(cl.estimate_joint(labels, probs)).float()
+    noise, _ = cl.estimate_noise_matrices(labels, probs)
+    assert torch.equal(res.flags, torch.as_tensor(flags).bool())
+    assert torch.equal(res.quality, torch.as_tensor(quality).float())
+    assert torch.equal(res.suggested, probs.argmax(1))
+    assert torch.equal(res.joint, joint)
+    assert torch.equal(res.noise_matrix, torch.as_tensor(noise).float())
+    assert res.noise_rate == pytest.approx(float(1 - joint.trace()))
+
+
+def test_verdict_reads_the_matrix_in_one_scan(monkeypatch):
+    """One scan of the (N, C) matrix per verdict (the separate calls each scan it again)."""
+    import importlib
+
+    count = importlib.import_module("dcloop.cl.count")
+    vmod = importlib.import_module("dcloop.cl.verdict")  # (dcloop.cl.verdict is the function)
+
+    calls = []
+    real = count.scan
+    monkeypatch.setattr(vmod, "scan", lambda inputs: (calls.append(1), real(inputs))[1])
+    labels, probs, _ = noisy_problem()
+    verdict(labels, probs)
+    assert len(calls) == 1

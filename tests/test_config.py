@@ -68,7 +68,13 @@ def test_every_config_option_composes_and_instantiates(group, option, compose_co
             assert dm.num_train > 0 and dm.num_classes >= 2
         else:  # needs the user's files: the missing keys are named, and a wrong path is named
             missing = {k.removeprefix("data.") for k in OmegaConf.missing_keys(cfg.data)}
-            assert missing and missing <= {"root", "manifest", "source.root", "source.annotations", "source.path"}
+            assert missing and missing <= {
+                "root",
+                "manifest",
+                "source.root",
+                "source.annotations",
+                "source.path",
+            }
             for key in missing:
                 OmegaConf.update(cfg.data, key, str(tmp_path / "nothing_here"))
             with pytest.raises(Exception, match="nothing_here"):

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 import torch
 
-from dcloop.cleaning import confident_learning
+from dcloop.cl import verdict
 from dcloop.csvsafe import TRIGGERS, escape_cell, neutralize, read_csv, restore, unescape_cell
 from dcloop.data.labelfile import read_label_file
 from dcloop.data.noise import NoiseResult, save_noise
@@ -89,7 +89,7 @@ def hostile_run(tmp_path_factory) -> Path:
     probs[np.arange(n), true] = 0.85
     probs = torch.tensor(probs / probs.sum(1, keepdims=True), dtype=torch.float32)
     table = SampleTable(given, assign_folds(given, 3, seed=0), true)
-    result = confident_learning(table.labels, probs)
+    result = verdict(table.labels, probs)
     table.record_flags(result.flags, result.quality, result.suggested, 0)
     assert table.flagged.any()
     run.mkdir(parents=True)

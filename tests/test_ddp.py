@@ -91,7 +91,7 @@ def test_two_gloo_processes_give_the_one_process_oof_matrix_and_flags(tmp_path, 
 def _broadcast_worker(rank: int, port: int, out_dir: str) -> None:
     import torch.distributed as dist
 
-    from dcloop.cleaning import confident_learning
+    from dcloop.cl import verdict
     from dcloop.scale.distributed import broadcast_result
 
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
@@ -99,7 +99,7 @@ def _broadcast_worker(rank: int, port: int, out_dir: str) -> None:
         g = torch.Generator().manual_seed(0)
         probs = torch.rand(300, 4, generator=g).softmax(1)
         labels = torch.randint(0, 4, (300,), generator=g)
-        mine = confident_learning(labels, probs) if rank == 0 else None  # only rank 0 decides
+        mine = verdict(labels, probs) if rank == 0 else None  # only rank 0 decides
         res = broadcast_result(mine, 300, 4, torch.device("cpu"))
         torch.save(
             {"flags": res.flags, "quality": res.quality, "rate": res.noise_rate},
@@ -115,7 +115,7 @@ def test_rank_zeros_verdict_reaches_every_rank(tmp_path):
 
     import torch.multiprocessing as mp
 
-    from dcloop.cleaning import confident_learning
+    from dcloop.cl import verdict
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -124,7 +124,7 @@ def test_rank_zeros_verdict_reaches_every_rank(tmp_path):
     r0, r1 = (torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1))
     g = torch.Generator().manual_seed(0)
     probs = torch.rand(300, 4, generator=g).softmax(1)
-    expected = confident_learning(torch.randint(0, 4, (300,), generator=g), probs)
+    expected = verdict(torch.randint(0, 4, (300,), generator=g), probs)
     assert expected.flags.any()
     for r in (r0, r1):
         assert r["flags"].dtype == torch.bool and torch.equal(r["flags"], expected.flags)

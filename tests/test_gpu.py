@@ -8,7 +8,7 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from dcloop.callbacks import ConfidentLearning, OOFCollector
-from dcloop.cleaning import confident_learning
+from dcloop.cl import verdict
 from dcloop.data import LabelNoiseDataModule
 from dcloop.models import FoldEnsemble, SmallCNN
 
@@ -79,5 +79,5 @@ def test_confident_learning_stays_on_the_gpu():
     g = torch.Generator(device="cuda").manual_seed(0)
     probs = torch.rand(100_000, 100, device="cuda", generator=g).softmax(1)
     labels = torch.randint(0, 100, (100_000,), device="cuda", generator=g)
-    res = confident_learning(labels, probs)
+    res = verdict(labels, probs)
     assert res.flags.is_cuda and res.quality.is_cuda and res.noise_matrix.is_cuda

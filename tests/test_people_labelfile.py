@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from dcloop.callbacks import ConfidentLearning, OOFCollector
-from dcloop.cleaning import confident_learning
+from dcloop.cl import verdict
 from dcloop.data import LabelNoiseDataModule
 from dcloop.data.labelfile import attach_label_file, read_label_file
 from dcloop.models import MLP, FoldEnsemble
@@ -91,11 +91,11 @@ def test_confident_learning_never_flags_confirmed_rows():
     true[:40] = (labels[:40] + 1) % 3  # 40 wrong labels, the model knows the truth
     probs = torch.full((300, 3), 0.05)
     probs[torch.arange(300), true] = 0.9
-    free = confident_learning(labels, probs)
+    free = verdict(labels, probs)
     assert free.flags[:40].all() and not free.flags[40:].any()
     confirmed = torch.zeros(300, dtype=torch.bool)
     confirmed[:10] = True
-    kept = confident_learning(labels, probs, confirmed=confirmed)
+    kept = verdict(labels, probs, confirmed=confirmed)
     assert not kept.flags[:10].any() and kept.flags[10:40].all() and not kept.flags[40:].any()
     torch.testing.assert_close(kept.quality, free.quality)  # scores are still reported
 

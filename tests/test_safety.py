@@ -189,3 +189,40 @@ def test_harm_checks_name_each_problem():
     assert len(problems) == 2
     assert "noise rate jumped from 0.200 to 0.500" in problems[0]
     assert "validation accuracy 0.800 fell below its best before cleaning, 0.900" in problems[1]
+
+
+def test_cleaning_policy_is_validated_once_and_frozen():
+    import dataclasses
+
+    from dcloop.safety import CleaningPolicy, action_weights
+
+    with pytest.raises(ValueError, match=r"action must be one of \['prune', 'downweight'"):
+        CleaningPolicy(action="drop")
+    with pytest.raises(ValueError, match="downweight_floor must be in"):
+        CleaningPolicy(downweight_floor=2.0)
+    policy = CleaningPolicy(action="downweight", downweight_floor=0.2)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        policy.action = "prune"
+    flags, quality = torch.tensor([True, False, True]), torch.tensor([0.05, 0.9, 0.6])
+    expect = action_weights(flags, quality, action="downweight", floor=0.2)
+    assert torch.equal(policy.weights(flags, quality), expect)
+    assert expect.tolist() == pytest.approx([0.2, 1.0, 0.6])
+
+
+def test_sample_table_apply_records_the_verdict_and_keeps_prior_weights():
+    from dcloop.state import SampleTable
+
+    table = SampleTable(torch.tensor([0, 1, 0, 1]), torch.tensor([0, 0, 1, 1]))
+    table.prior_weights.copy_(torch.tensor([1.0, 0.5, 1.0, 1.0]))  # a label file's weights
+    result = cl.verdict(
+        torch.tensor([0, 1, 0, 1]), torch.tensor([[0.9, 0.1], [0.8, 0.2], [0.7, 0.3], [0.1, 0.9]])
+    )
+    table.apply(result, 3, torch.tensor([1.0, 0.0, 1.0, 1.0]))
+    assert table.weights.tolist() == [1.0, 0.0, 1.0, 1.0]
+    table.apply(result, 4, torch.ones(4))
+    assert table.weights.tolist() == [1.0, 0.5, 1.0, 1.0]  # the prior stays a factor
+    assert torch.equal(table.flagged, result.flags) and torch.equal(
+        table.suggested, result.suggested
+    )
+    table.apply(result, -1)  # outside the loop: recorded, weights as they were
+    assert table.weights.tolist() == [1.0, 0.5, 1.0, 1.0]

@@ -17,7 +17,7 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader, TensorDataset
 
 from dcloop.callbacks import OOFCollector
-from dcloop.cleaning import confident_learning
+from dcloop.cl import verdict
 from dcloop.models import MLP, Classifier
 from dcloop.scale.distributed import broadcast_result
 
@@ -60,9 +60,9 @@ def test_merge_step_runs_confident_learning_on_the_gpu():
     g = torch.Generator().manual_seed(0)
     probs = torch.rand(50_000, 20, generator=g).softmax(1)
     labels = torch.randint(0, 20, (50_000,), generator=g)
-    res = confident_learning(labels.cuda(), probs.cuda(), filter_by="both")
+    res = verdict(labels.cuda(), probs.cuda(), filter_by="both")
     assert res.flags.is_cuda and res.quality.is_cuda and res.joint.is_cuda
-    cpu = confident_learning(labels, probs, filter_by="both")
+    cpu = verdict(labels, probs, filter_by="both")
     assert torch.equal(res.flags.cpu(), cpu.flags)
 
 
@@ -76,7 +76,7 @@ def test_verdict_broadcast_over_nccl_stays_on_this_gpu():
         g = torch.Generator().manual_seed(0)
         probs = torch.rand(1000, 5, generator=g).softmax(1)
         labels = torch.randint(0, 5, (1000,), generator=g)
-        res = confident_learning(labels.cuda(), probs.cuda())
+        res = verdict(labels.cuda(), probs.cuda())
         out = broadcast_result(res, 1000, 5, torch.device("cuda:0"))
         assert out.flags.is_cuda and out.flags.dtype == torch.bool
         assert torch.equal(out.flags, res.flags) and out.noise_rate == pytest.approx(res.noise_rate)

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 import torch
 
-from dcloop.cleaning import confident_learning
+from dcloop.cl import verdict
 
 
 @pytest.mark.slow
@@ -51,5 +51,5 @@ def test_submitit_local_multirun_trains_every_fold_and_merges(tmp_path):
     probs = np.load(d / "oof_probs.npy")
     issues = pd.read_csv(d / "label_issues.csv").sort_values("index")
     assert len(issues) == probs.shape[0] and np.allclose(probs.sum(1), 1, atol=1e-4)
-    direct = confident_learning(issues["given_label"].to_numpy(), torch.from_numpy(probs))
+    direct = verdict(issues["given_label"].to_numpy(), torch.from_numpy(probs))
     np.testing.assert_array_equal(issues["flagged"].to_numpy(), direct.flags.numpy())

@@ -13,7 +13,7 @@ from hydra.core.global_hydra import GlobalHydra
 from torch import nn
 
 import dcloop
-from dcloop.cleaning import confident_learning
+from dcloop.cl import verdict
 from dcloop.scale.fold_run import fingerprint, round_dir, run_fold
 from dcloop.scale.merge import find_round_dir, main, merge_round
 from dcloop.train import train
@@ -82,7 +82,7 @@ def test_folds_write_shards_and_the_last_one_merges(tmp_path, capsys):
     assert np.allclose(probs.sum(1), 1, atol=1e-4)
     # the files are confident learning on the merged shards (recomputed here)
     issues = pd.read_csv(d / "label_issues.csv").sort_values("index")
-    direct = confident_learning(issues["given_label"].to_numpy(), torch.from_numpy(probs))
+    direct = verdict(issues["given_label"].to_numpy(), torch.from_numpy(probs))
     np.testing.assert_array_equal(issues["flagged"].to_numpy(), direct.flags.numpy())
     det = merged["detection"]
     assert det["precision"] > 0.5 and det["recall"] > 0.5, det  # random flags: 0.2

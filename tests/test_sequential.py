@@ -6,7 +6,7 @@ import pytest
 from torch.utils.data import DataLoader
 
 from dcloop.callbacks import OOFCollector
-from dcloop.cleaning import confident_learning
+from dcloop.cl import verdict
 from dcloop.data import LabelNoiseDataModule
 from dcloop.models import MLP, Classifier
 from dcloop.sequential import fold_subsets, merge_shards
@@ -38,7 +38,7 @@ def test_sequential_folds_with_a_plain_module_cover_every_index(tmp_path):
         shards.append(oof.save_shard(tmp_path / f"oof_fold{fold}.npz"))
     probs = merge_shards(shards, n)
     assert probs.shape == (n, c) and np.allclose(probs.sum(1), 1, atol=1e-4)
-    res = confident_learning(dm.given_labels, probs)
+    res = verdict(dm.given_labels, probs)
     flags = res.flags.numpy()
     precision = (flags & dm.is_noisy).sum() / flags.sum()
     recall = (flags & dm.is_noisy).sum() / dm.is_noisy.sum()

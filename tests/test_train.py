@@ -12,7 +12,7 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 
 import dcloop
-from dcloop.cleaning import confident_learning
+from dcloop.cl import verdict
 from dcloop.console import summarize
 from dcloop.safety import bound_flags
 from dcloop.train import train
@@ -72,7 +72,7 @@ def test_digits_end_to_end_finds_injected_noise(tmp_path, capsys):
     # bounded as the loop bounds it
     probs = torch.from_numpy(np.load(tmp_path / "oof_probs_smoothed.npy"))
     labels = torch.from_numpy(issues.sort_values("index")["given_label"].to_numpy())
-    direct = confident_learning(labels, probs)
+    direct = verdict(labels, probs)
     bounded = bound_flags(
         direct.flags, direct.quality, labels, 10, max_class_frac=0.5, max_flag_frac=0.5
     )
@@ -100,7 +100,7 @@ def test_nan_probabilities_are_rejected():
     probs = torch.full((6, 2), 0.5)
     probs[3, 0] = float("nan")
     with pytest.raises(ValueError, match="(?i)nan"):
-        confident_learning(torch.tensor([0, 1, 0, 1, 0, 1]), probs)
+        verdict(torch.tensor([0, 1, 0, 1, 0, 1]), probs)
 
 
 @pytest.mark.slow

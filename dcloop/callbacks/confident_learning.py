@@ -10,22 +10,14 @@ import lightning as L
 import torch
 from omegaconf import OmegaConf
 
+from dcloop.callbacks.distributed import broadcast_result
 from dcloop.callbacks.oof import OOFCollector
-from dcloop.cleaning import (
-    ACTIONS,
-    BACKENDS,
-    FILTER_BY,
-    QUALITY_METHODS,
-    CLResult,
-    action_weights,
-    broadcast_result,
-    check_choice,
-    confident_learning,
-)
+from dcloop.cl import CLResult
 from dcloop.data.labelfile import attach_label_file
 from dcloop.metrics import detection_metrics
 from dcloop.results import write_issue_table
 from dcloop.safety import (
+    CleaningPolicy,
     SafetyPolicy,
     bound_flags,
     confident,
@@ -76,7 +68,7 @@ class ConfidentLearning(L.Callback):
         quality_method: label-quality score.
         action: ``"prune"``, ``"downweight"`` or ``"detect"``.
         frac_noise: fraction of the estimated number of issues to flag.
-        downweight_floor, downweight_power: see :func:`dcloop.cleaning.action_weights`.
+        downweight_floor, downweight_power: see :func:`dcloop.safety.action_weights`.
         backend: ``"torch"`` (dcloop's engine on the device) or ``"cleanlab"``.
         output_dir: where ``label_issues.csv`` is rewritten (atomically) each time.
         sources: ``(N,)`` file paths or dataset ids for the issue table (default: the
@@ -103,16 +95,19 @@ class ConfidentLearning(L.Callback):
         oof: OOFCollector | None = None,
         **safety: Any,
     ) -> None:
-        check_choice("filter_by", filter_by, FILTER_BY)
-        check_choice("quality_method", quality_method, QUALITY_METHODS)
-        check_choice("action", action, ACTIONS)
-        check_choice("backend", backend, BACKENDS)
+        self.cleaning = CleaningPolicy(  # method, action, floors: validated once
+            filter_by=filter_by,
+            quality_method=quality_method,
+            frac_noise=frac_noise,
+            backend=backend,
+            action=action,
+            downweight_floor=downweight_floor,
+            downweight_power=downweight_power,
+        )
         if warmup_epochs < 1:
             raise ValueError(f"warmup_epochs must be >= 1; got {warmup_epochs}")
         if every_n_epochs < 1:
             raise ValueError(f"every_n_epochs must be >= 1; got {every_n_epochs}")
-        if not 0.0 < frac_noise <= 1.0:
-            raise ValueError(f"frac_noise must be in (0, 1]; got {frac_noise}")
         known = set(SafetyPolicy.__dataclass_fields__)
         unknown = sorted(set(safety) - known)
         if unknown:
@@ -123,13 +118,6 @@ class ConfidentLearning(L.Callback):
         self.policy = SafetyPolicy(**safety)
         self.warmup_epochs = warmup_epochs
         self.every_n_epochs = every_n_epochs
-        self.filter_by = filter_by
-        self.quality_method = quality_method
-        self.action = action
-        self.frac_noise = frac_noise
-        self.downweight_floor = downweight_floor
-        self.downweight_power = downweight_power
-        self.backend = backend
         self.output_dir = Path(output_dir) if output_dir is not None else None
         self.sources = sources
         self.history: list[dict[str, Any]] = []  # one row per confident-learning step
@@ -153,6 +141,15 @@ class ConfidentLearning(L.Callback):
         if OmegaConf.is_config(config):
             config = OmegaConf.to_container(config, resolve=True)
         return cls(**{**dict(config or {}), **kwargs})
+
+    # the cleaning policy's fields, read as the callback's own (cl.action, ...)
+    filter_by = property(lambda self: self.cleaning.filter_by)
+    quality_method = property(lambda self: self.cleaning.quality_method)
+    frac_noise = property(lambda self: self.cleaning.frac_noise)
+    backend = property(lambda self: self.cleaning.backend)
+    action = property(lambda self: self.cleaning.action)
+    downweight_floor = property(lambda self: self.cleaning.downweight_floor)
+    downweight_power = property(lambda self: self.cleaning.downweight_power)
 
     @property
     def state_key(self) -> str:
@@ -285,24 +282,18 @@ class ConfidentLearning(L.Callback):
         raw_flagged = int(result.flags.sum())
         result.flags = self.bound(result, table.labels)
         problems = self._harm(pl_module, probs, result) if self.policy.guard else []
-        table.record_flags(result.flags, result.quality, result.suggested, epoch)
         act = torch.zeros_like(result.flags)
         if problems:
+            table.apply(result, epoch)
             self._back_off(trainer, table, epoch, problems)
         else:
             act = confident(result.flags, self.evidence, self.policy.min_confidence)
             table.flag_streak.copy_(update_streak(table.flag_streak, act))
-            target = action_weights(
-                act,
-                result.quality,
-                action=self.action,
-                floor=self.downweight_floor,
-                power=self.downweight_power,
-            )
+            target = self.cleaning.weights(act, result.quality)
             weights = ramp_weights(
                 act, table.flag_streak, target, ramp_steps=self.policy.ramp_steps
             )
-            table.weights.copy_(weights * table.prior_weights)  # label-file weights (people)
+            table.apply(result, epoch, weights)  # x the label file's weights (people)
             if self.start_epoch is None and self.action != "detect":
                 self.start_epoch = epoch
         self.last_result = result
@@ -367,15 +358,7 @@ class ConfidentLearning(L.Callback):
     def run(self, labels, probs, confirmed=None) -> CLResult:
         """Confident learning on ``(labels, probs)`` with this callback's settings; rows in
         ``confirmed`` (people checked them) are never flagged."""
-        return confident_learning(
-            labels,
-            probs,
-            filter_by=self.filter_by,
-            quality_method=self.quality_method,
-            frac_noise=self.frac_noise,
-            backend=self.backend,
-            confirmed=confirmed,
-        )
+        return self.cleaning.verdict(labels, probs, confirmed=confirmed)
 
     def bound(self, result: CLResult, labels: torch.Tensor) -> torch.Tensor:
         """``result.flags`` within the policy's class and total bounds."""

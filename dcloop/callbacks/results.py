@@ -81,7 +81,7 @@ class RunResults(L.Callback):
         result = cl.last_result
         if result is None:  # confident learning never ran in the loop (warm-up > max_epochs)
             result = cl.judge(table, cl.collector.probs)
-            table.record_flags(result.flags, result.quality, result.suggested, -1)
+            table.apply(result, -1)  # recorded; the weights stay as trained
             cl.last_result = result
         self.metrics = self._metrics(trainer, pl_module, cl, {})
         if not trainer.is_global_zero:

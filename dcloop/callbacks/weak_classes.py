@@ -11,8 +11,8 @@ from omegaconf import OmegaConf
 
 from dcloop.augment.weak import RULES, weak_classes
 from dcloop.callbacks.confident_learning import ConfidentLearning
-from dcloop.cleaning import check_choice
 from dcloop.timing import timed_hook
+from dcloop.validation import check_choice
 
 log = logging.getLogger(__name__)
 

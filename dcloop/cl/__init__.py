@@ -9,16 +9,21 @@ same family: torch in -> torch on the same device, numpy in -> numpy.
 * :func:`get_label_quality_scores` -- ``self_confidence``, ``normalized_margin``,
   ``confidence_weighted_entropy``.
 * :func:`compute_confident_joint`, :func:`estimate_joint`, :func:`estimate_noise_matrices`.
+* :func:`verdict` -- all of it at once (flags, quality, suggested label, joint, noise matrix)
+  from one scan of the matrix (plus the pruning pass): what the training loop calls.
 
 ``pred_probs`` is read in row chunks (``chunk_size`` rows): besides the inputs, the engine holds
 a few ``(N,)`` vectors, ``(K, K)`` matrices and one ``[chunk, K]`` working block at a time.
 """
 
 from dcloop.cl.count import compute_confident_joint, estimate_joint, estimate_noise_matrices
-from dcloop.cl.filter import FILTER_BY, find_label_issues
+from dcloop.cl.filter import BACKENDS, FILTER_BY, find_label_issues
 from dcloop.cl.rank import SCORE_METHODS, get_label_quality_scores
+from dcloop.cl.verdict import CLResult, verdict
 
 __all__ = [
+    "BACKENDS",
+    "CLResult",
     "FILTER_BY",
     "SCORE_METHODS",
     "compute_confident_joint",
@@ -26,4 +31,5 @@ __all__ = [
     "estimate_noise_matrices",
     "find_label_issues",
     "get_label_quality_scores",
+    "verdict",
 ]

@@ -33,7 +33,7 @@ import torch
 from dcloop.cl import _kxk
 from dcloop.cl._prune import TIES, prune_by_class, prune_by_noise_rate
 from dcloop.cl._validation import Inputs, check_choice, prepare_inputs, public_entry
-from dcloop.cl.count import confident_joint_from_scan, scan
+from dcloop.cl.count import Scan, confident_joint_from_scan, scan
 from dcloop.cl.rank import SCORE_METHODS, order_issues
 
 logger = logging.getLogger(__name__)
@@ -58,13 +58,38 @@ def issues_mask(
     ties: str = "index",
 ) -> torch.Tensor:
     """``(N,)`` bool label-issue mask on the input device (private; inputs already validated)."""
-    s = scan(inputs)
+    return mask_from_scan(
+        inputs,
+        scan(inputs),
+        filter_by=filter_by,
+        frac_noise=frac_noise,
+        num_to_remove_per_class=num_to_remove_per_class,
+        min_examples_per_class=min_examples_per_class,
+        ties=ties,
+    )
+
+
+def mask_from_scan(
+    inputs: Inputs,
+    s: Scan,
+    *,
+    filter_by: str,
+    frac_noise: float = 1.0,
+    num_to_remove_per_class: np.ndarray | None = None,
+    min_examples_per_class: int = 1,
+    ties: str = "index",
+    confident_joint: np.ndarray | None = None,
+) -> torch.Tensor:
+    """:func:`issues_mask` from an existing :func:`~dcloop.cl.count.scan` (and calibrated
+    confident joint, when the caller has it): the pruning pass only."""
     if filter_by == "predicted_neq_given":
         mask = s.pred != inputs.labels
     elif filter_by == "confident_learning":
         mask = s.confident & (s.guess != inputs.labels)
     else:
-        cj = confident_joint_from_scan(inputs, s, calibrate=True)
+        cj = confident_joint
+        if cj is None:
+            cj = confident_joint_from_scan(inputs, s, calibrate=True)
         pcm = _kxk.prune_count_matrix(
             cj,
             s.label_counts,

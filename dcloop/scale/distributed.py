@@ -14,5 +14,5 @@ one process with batch ``B`` (up to float summation order) when:
 
 from __future__ import annotations
 
-from dcloop.cleaning import broadcast_result  # noqa: F401 (re-export)
+from dcloop.callbacks.distributed import broadcast_result  # noqa: F401 (re-export)
 from dcloop.data.sampling import DistributedEpochSampler, train_sampler  # noqa: F401 (re-export)

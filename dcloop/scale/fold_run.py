@@ -42,7 +42,6 @@ from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader, Subset
 
 from dcloop.callbacks import ConfidentLearning, OOFCollector
-from dcloop.cleaning import action_weights
 from dcloop.data import EpochShuffleSampler, check_item
 from dcloop.folds import assign_folds
 from dcloop.models import Classifier
@@ -72,19 +71,11 @@ def _plain(value):
 
 
 def work_root(cfg: DictConfig) -> Path:
-    """``sequential.work_dir``, else the multirun sweep folder, else ``outputs/sequential``."""
+    """``sequential.work_dir`` (the ``dcloop`` command sets it to the multirun folder), else
+    ``outputs/sequential``."""
     seq = cfg.get("sequential") or {}
     if seq.get("work_dir"):
         return Path(seq.work_dir)
-    try:
-        from hydra.core.hydra_config import HydraConfig
-        from hydra.types import RunMode
-
-        hc = HydraConfig.get()
-        if hc.mode == RunMode.MULTIRUN:
-            return Path(hc.sweep.dir)
-    except ValueError:  # HydraConfig not set: plain-Python call
-        pass
     return Path("outputs") / "sequential"
 
 
@@ -134,9 +125,7 @@ def previous_weights(cfg: DictConfig, rnd: int, num_samples: int) -> np.ndarray:
     flags = torch.as_tensor(df["flagged"].to_numpy().astype(bool))
     quality = torch.as_tensor(df["quality"].to_numpy(), dtype=torch.float32).nan_to_num(1.0)
     cl = ConfidentLearning(**OmegaConf.to_container(cfg.cl, resolve=True))
-    return action_weights(
-        flags, quality, action=cl.action, floor=cl.downweight_floor, power=cl.downweight_power
-    ).numpy()
+    return cl.cleaning.weights(flags, quality).numpy()
 
 
 def build_module(cfg: DictConfig, dm, weights: np.ndarray | None, fold: int) -> L.LightningModule:

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from dcloop.callbacks import ConfidentLearning
-from dcloop.cleaning import CLResult, action_weights
+from dcloop.cl import CLResult
 from dcloop.console import emit, run_summary
 from dcloop.metrics import detection_metrics
 from dcloop.results import issue_table, write_json, write_run_files
@@ -137,17 +137,7 @@ def merge_round(round_dir: str | Path, *, device: str = "auto") -> dict[str, Any
         table.prior_weights.copy_(torch.as_tensor(arrays["prior_weights"]))
     result = cl.run(table.labels, probs.to(dev), confirmed=table.confirmed)
     result.flags = cl.bound(result, table.labels)  # at most max_class_frac of a class, ...
-    table.record_flags(result.flags, result.quality, result.suggested, int(meta["round"]))
-    table.weights.copy_(
-        action_weights(
-            result.flags,
-            result.quality,
-            action=cl.action,
-            floor=cl.downweight_floor,
-            power=cl.downweight_power,
-        )
-        * table.prior_weights
-    )
+    table.apply(result, int(meta["round"]), cl.cleaning.weights(result.flags, result.quality))
     sources = arrays["sources"].tolist()
     write_run_files(d, table, probs, result, sources, meta.get("class_names"))
     metrics = _metrics(d, meta, arrays, table, result)
