@@ -391,7 +391,12 @@ def main(argv=None) -> int:
                             "overrides": data_overrides(ds, st, args.epochs),
                         }
                     )
-    n_results = len(tasks) + sum(t["method"] == "detect" for t in tasks)
+    expected = {
+        f"{t['dataset']}/{t['setting']}/{t['seed']}/{m}"
+        for t in tasks
+        for m in ([t["method"], "two_stage"] if t["method"] == "detect" else [t["method"]])
+    }
+    n_results = len(expected)
     meta: dict[str, Any] = {
         "command": "python scripts/bench_text.py "
         + shlex.join(sys.argv[1:] if argv is None else argv),
@@ -401,6 +406,7 @@ def main(argv=None) -> int:
         "setup": f"{args.jobs} runs at a time, torch.set_num_threads(1); K=5, "
         f"{args.epochs} epochs, model=text_bow; seeds {args.seeds}",
         "num_results": n_results,
+        "expected": sorted(expected),
     }
     runs: list[dict[str, Any]] = []
     start = time.perf_counter()
@@ -414,7 +420,11 @@ def main(argv=None) -> int:
             if not ((r["dataset"], r["setting"], r["seed"]) in new and r["method"] in mine)
         ]
         meta["command"] = f"{old['command']} && {meta['command']}"
-        meta["num_results"] = old["num_results"]
+        before = set(old.get("expected") or [])
+        if not before:  # results written before "expected" was recorded: their own runs
+            before = {f"{r['dataset']}/{r['setting']}/{r['seed']}/{r['method']}" for r in runs}
+        meta["expected"] = sorted(before | expected)
+        meta["num_results"] = len(meta["expected"])
         meta["date"], meta["setup"] = old["date"], old["setup"]
         start -= old.get("total_time_s", 0.0)
         meta["findings"] = old.get("findings")
