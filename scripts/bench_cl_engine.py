@@ -312,6 +312,7 @@ def run_meta(args, load: tuple) -> dict:
         "load": list(load),
         "commit": _git_commit(),
         "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+        "label": args.label,
     }
     if args.device.startswith("cuda"):
         meta["gpu"] = torch.cuda.get_device_name(torch.device(args.device))
@@ -452,11 +453,16 @@ def markdown(run: dict, merged: list[dict]) -> str:
         if run["meta"].get("gpu")
         else f"{run['meta']['cpu_cores']}-core CPU"
     )
+    if run["meta"].get("label"):
+        title += f": {run['meta']['label']}"
     lines += [title, "", *_section(run)]
     if run.get("phases"):
         lines += _phases_section(run["phases"])
     for other in merged:
-        lines += ["", f"## {other['meta'].get('gpu') or other['meta']['device']} run", ""]
+        name = other["meta"].get("gpu") or other["meta"]["device"]
+        if other["meta"].get("label"):
+            name += f": {other['meta']['label']}"
+        lines += ["", f"## {name} run", ""]
         if other["meta"].get("commit") != run["meta"].get("commit"):
             lines += [
                 "Kept from an earlier run (`--merge`), made with the engine code of "
@@ -511,7 +517,7 @@ def main() -> None:
         action="append",
         default=[],
         help="JSON of another run (e.g. --device cuda on a GPU host) to keep as a section; runs "
-        "on this run's --device are dropped, so a previous output file can be passed",
+        "on this run's --device and --label are dropped, so a previous output file can be passed",
     )
     ap.add_argument(
         "--input",
@@ -523,6 +529,11 @@ def main() -> None:
         "--phases",
         action="store_true",
         help="also time dcloop's phases on the first size (host, float32)",
+    )
+    ap.add_argument(
+        "--label",
+        default=None,
+        help="name of this run's section; --merge keeps runs of the same device with another label",
     )
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     ap.add_argument("--phases-worker", help=argparse.SUPPRESS)
@@ -582,7 +593,11 @@ def main() -> None:
         run["phases"] = phases
     merged = [json.loads(Path(m).read_text()) for m in args.merge]
     merged = [m for run_m in merged for m in (run_m, *run_m.pop("merged", []))]
-    merged = [m for m in merged if m["meta"]["device"] != args.device]  # this run replaces it
+    merged = [  # this run replaces the run of the same device and label
+        m
+        for m in merged
+        if (m["meta"]["device"], m["meta"].get("label")) != (args.device, args.label)
+    ]
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(

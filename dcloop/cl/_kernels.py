@@ -41,11 +41,15 @@ def _load_impl(p, table, i, j):
 
 @nb.njit(nogil=True, cache=True, fastmath=_FASTMATH)
 def scan_rows(
-    p, bits, ubits, sign, inf_bits, row0, labels, bound, lo_lim, hi_lim, row_max, pred, guess,
-    confident, sums, by_guess, other_bits,
+    p, bits, ubits, sign, inf_bits, row0, labels, bound, lo_lim, hi_lim, atol, row_max, pred,
+    guess, confident, by_guess, other_bits,
 ):  # fmt: skip
-    """Pass 1 over the rows of ``p`` (rows ``row0 + i`` of the matrix); returns the number of
-    rows with a value below ``lo_lim`` or above ``hi_lim`` (limits in ``p``'s dtype).
+    """Pass 1 over the rows of ``p`` (rows ``row0 + i`` of the matrix).
+
+    Returns the input checks' statistics: ``(n_out, n_bad, first_bad, worst, first_off)`` =
+    rows with a value below ``lo_lim`` or above ``hi_lim`` (limits in ``p``'s dtype), rows whose
+    sum is not finite (NaN or inf somewhere) and the first of them, the largest ``|row sum - 1|``
+    over the other rows and the first row where it exceeds ``atol`` (-1: none).
 
     ``bits`` / ``ubits`` are ``p`` viewed as signed / unsigned integers of the same width
     (``sign``: the sign bit). For a valid row (finite, values >= -1e-6, sum ~1, hence a
@@ -60,7 +64,9 @@ def scan_rows(
     to skip rows that cannot enter any pruning line.
     """
     n, k = p.shape
-    n_out = 0
+    n_out = n_bad = 0
+    first_bad = first_off = -1
+    worst = 0.0
     for i in range(n):
         row, rb, ub = p[i], bits[i], ubits[i]
         r = row0 + i
@@ -84,7 +90,15 @@ def scan_rows(
             arg = min(arg, np.int32(j) if rb[j] == top else np.int32(k))
         best = row[arg]
         other_bits[r] = other if other >= 0 else inf_bits
-        sums[r] = s
+        if np.isfinite(s):
+            dev = np.float64(abs(s - 1))
+            worst = max(worst, dev)
+            if dev > atol and first_off < 0:
+                first_off = r
+        else:
+            n_bad += 1
+            if first_bad < 0:
+                first_bad = r
         row_max[r] = best
         pred[r] = arg
         g = arg if cnt > 1 else idx
@@ -99,7 +113,7 @@ def scan_rows(
                 if row[j] < lo_lim:
                     n_out += 1
                     break
-    return n_out
+    return n_out, n_bad, first_bad, worst, first_off
 
 
 @nb.njit(nogil=True, cache=True, inline="always")
@@ -223,10 +237,10 @@ def _compile_common() -> None:
     for dt, it, ut in ((np.float32, np.int32, np.uint32), (np.float64, np.int64, np.uint64)):
         p = np.full((2, 2), 0.5, dt)
         labels = np.zeros(2, np.int64)
-        vec_f, vec_i = np.empty(2, dt), np.empty(2, np.int64)
+        vec_f, vec_i, vec_32 = np.empty(2, dt), np.empty(2, np.int64), np.empty(2, np.int32)
         scan_rows(
             p, p.view(it), p.view(ut), ut(1) << ut(8 * p.itemsize - 1), it(0), 0, labels, p[0],
-            dt(-1), dt(2), vec_f, vec_i, vec_i.copy(), np.empty(2, np.bool_), vec_f.copy(),
+            dt(-1), dt(2), 1e-3, vec_f, vec_i, vec_32, np.empty(2, np.bool_),
             np.zeros((2, 2), np.int64), vec_f.view(it),
         )  # fmt: skip
         for probs, table in ((p, np.empty(1, dt)), (np.zeros((2, 2), np.uint16), p[0])):

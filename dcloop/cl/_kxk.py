@@ -37,7 +37,8 @@ def round_preserving_sum(iterable: np.ndarray) -> np.ndarray:
 
 def round_preserving_row_totals(matrix: np.ndarray) -> np.ndarray:
     """Round each row of a ``(K, K)`` float matrix to ints preserving the row totals."""
-    return np.apply_along_axis(func1d=round_preserving_sum, axis=1, arr=matrix).astype(int)
+    rounded = np.apply_along_axis(func1d=round_preserving_sum, axis=1, arr=matrix)
+    return rounded.astype(int, copy=False)
 
 
 def calibrate_confident_joint(confident_joint: np.ndarray, label_counts: np.ndarray) -> np.ndarray:
@@ -50,16 +51,16 @@ def calibrate_confident_joint(confident_joint: np.ndarray, label_counts: np.ndar
     Returns:
         ``(K, K)`` int calibrated confident joint.
     """
-    calibrated_cj = (
-        confident_joint.T
-        / np.clip(confident_joint.sum(axis=1), a_min=TINY_VALUE, a_max=None)
-        * label_counts
-    ).T
-    calibrated_cj = (
-        calibrated_cj
-        / np.clip(np.sum(calibrated_cj), a_min=TINY_VALUE, a_max=None)
-        * sum(label_counts)
+    # cleanlab's expressions, with the second operation of each done in place: the same
+    # elementwise results in the same memory layout (hence the same np.sum order), one (K, K)
+    # float64 temporary instead of four.
+    calibrated_cj = confident_joint.T / np.clip(
+        confident_joint.sum(axis=1), a_min=TINY_VALUE, a_max=None
     )
+    calibrated_cj *= label_counts
+    calibrated_cj = calibrated_cj.T
+    calibrated_cj /= np.clip(np.sum(calibrated_cj), a_min=TINY_VALUE, a_max=None)
+    calibrated_cj *= sum(label_counts)
     return round_preserving_row_totals(calibrated_cj)
 
 

@@ -261,25 +261,60 @@ def check_row_stats(
         ValueError: non-finite values (checked first), values outside ``[0, 1]``, then rows that
             do not sum to 1 within :data:`ROW_SUM_ATOL`; each message names the values.
     """
-    finite = torch.isfinite(sums)
-    deviation = torch.where(finite, (sums - 1).abs(), torch.zeros_like(sums))
-    n_bad = int((~finite).sum())
+    bad = ~torch.isfinite(sums)
+    n_bad = int(bad.sum())
+    first_bad = int(torch.nonzero(bad)[0, 0]) if n_bad else -1
+    del bad
+    if n_bad or out_of_range:
+        raise_invalid(inputs, n_bad=n_bad, first_bad=first_bad, out_of_range=out_of_range,
+                      value_range=value_range)  # fmt: skip
+    deviation = (sums - 1).abs_()  # one (N,) temporary
+    worst = float(deviation.amax())
+    atol = ROW_SUM_ATOL[inputs.probs.dtype]
+    if worst > atol:
+        first = int(torch.nonzero(deviation > atol)[0, 0])
+        raise_invalid(inputs, n_bad=0, first_bad=-1, out_of_range=False, worst=worst,
+                      first_off=first)  # fmt: skip
+
+
+def raise_invalid(
+    inputs: Inputs,
+    *,
+    n_bad: int,
+    first_bad: int,
+    out_of_range: bool,
+    worst: float = 0.0,
+    first_off: int = -1,
+    value_range: tuple[float, float] | None = None,
+) -> None:
+    """Raise the ``ValueError`` that per-row statistics of a pass call for, if any.
+
+    Args:
+        inputs: the inputs the pass read.
+        n_bad, first_bad: number of rows with NaN or inf, and the first of them.
+        out_of_range: some value below ``-PROB_RANGE_ATOL`` or above ``1 + PROB_RANGE_ATOL``.
+        worst: largest ``|row sum - 1|`` over the rows.
+        first_off: first row with ``|row sum - 1|`` above the dtype's :data:`ROW_SUM_ATOL`.
+        value_range: ``(min, max)`` of the values if known (else computed, error path only).
+
+    Raises:
+        ValueError: non-finite values (checked first), values outside ``[0, 1]``, then rows that
+            do not sum to 1; each message names the values.
+    """
     if n_bad:
-        row = int(torch.nonzero(~finite)[0, 0])
         raise ValueError(
-            f"pred_probs must be finite; got {n_bad} row(s) with NaN or inf (first: row {row})"
+            f"pred_probs must be finite; got {n_bad} row(s) with NaN or inf "
+            f"(first: row {first_bad})"
         )
     if out_of_range:
         lo_v, hi_v = value_range if value_range is not None else map(float, _value_range(inputs))
         raise ValueError(f"pred_probs must be in [0, 1]; got min={lo_v:.6g}, max={hi_v:.6g}")
     atol = ROW_SUM_ATOL[inputs.probs.dtype]
-    worst = float(deviation.amax())
     if worst > atol:
-        row = int(torch.nonzero(deviation > atol)[0, 0])
-        row_sum = float(inputs.block(row, row + 1).sum())
+        row_sum = float(inputs.block(first_off, first_off + 1).sum())
         raise ValueError(
             f"pred_probs rows must sum to 1 (atol={atol:g}); got max |row sum - 1| = {worst:.3g} "
-            f"(first offending row {row} sums to {row_sum:.6g}); renormalise the rows first"
+            f"(first offending row {first_off} sums to {row_sum:.6g}); renormalise the rows first"
         )
 
 

@@ -17,10 +17,12 @@ import torch
 from dcloop.cl import _kxk
 from dcloop.cl._validation import (
     PROB_RANGE_ATOL,
+    ROW_SUM_ATOL,
     Inputs,
     check_row_stats,
     prepare_inputs,
     public_entry,
+    raise_invalid,
     use_kernels,
 )
 
@@ -36,8 +38,8 @@ class Scan:
         self_conf: ``(N,)`` compute-dtype ``pred_probs[i, labels[i]]``.
         thresholds: ``(K,)`` host per-class thresholds, dtype as cleanlab's.
         pred: ``(N,)`` int64 argmax of each row (first index on ties).
-        guess: ``(N,)`` int64 confident guess of the true label (meaningless where not
-            ``confident``).
+        guess: ``(N,)`` int64 (int32 from the numba kernel) confident guess of the true label
+            (meaningless where not ``confident``).
         confident: ``(N,)`` bool, at least one class is at or above its threshold.
         near_given: ``(N,)`` bool, cleanlab's ``_reduce_issues`` mask: the argmax of the row with
             ``1e-6`` added to the given label's probability is the given label.
@@ -121,7 +123,7 @@ def _count_and_index(
 class _Rows:
     """Per-row results of pass 1 (tensors on the input device)."""
 
-    sums: torch.Tensor
+    sums: torch.Tensor | None
     row_max: torch.Tensor
     pred: torch.Tensor
     guess: torch.Tensor
@@ -182,37 +184,54 @@ def _range_limits(dt: type) -> tuple[np.floating, np.floating]:
 
 
 def _scan_kernel(inputs: Inputs, bound: torch.Tensor) -> _Rows:
-    """Pass 1 with the fused numba kernel (host tensors): one read of each row."""
+    """Pass 1 with the fused numba kernel (host tensors): one read of each row; raises on
+    invalid probabilities (the kernel's statistics, no ``(N,)`` row sums kept)."""
     from dcloop.cl import _kernels
 
     n, k = inputs.n, inputs.k
     dt = np.float64 if inputs.compute_dtype == torch.float64 else np.float32
     signed, unsigned = (np.int64, np.uint64) if dt == np.float64 else (np.int32, np.uint32)
     sign = unsigned(1) << unsigned(8 * np.dtype(dt).itemsize - 1)
-    sums, row_max, other_max = np.empty(n, dt), np.empty(n, dt), np.empty(n, dt)
-    pred, guess = np.empty(n, np.int64), np.empty(n, np.int64)
+    row_max, other_max = np.empty(n, dt), np.empty(n, dt)
+    pred, guess = np.empty(n, np.int64), np.empty(n, np.int32)  # guess: internal, K < 2**31
     confident = np.empty(n, np.bool_)
     by_guess = np.zeros((k, k), np.int64)
     labels = inputs.labels.numpy()
-    args = (labels, bound.numpy(), *_range_limits(dt))
-    outs = (row_max, pred, guess, confident, sums, by_guess, other_max.view(signed))
+    atol = ROW_SUM_ATOL[inputs.probs.dtype]
+    args = (labels, bound.numpy(), *_range_limits(dt), atol)
+    outs = (row_max, pred, guess, confident, by_guess, other_max.view(signed))
     inf_bits = np.array(np.inf, dt).view(signed)[()]
 
-    def run(p: np.ndarray, row0: int) -> int:
+    def run(p: np.ndarray, row0: int) -> tuple:
         views = (p, p.view(signed), p.view(unsigned), sign, inf_bits)
         return _kernels.scan_rows(*views, row0, *args, *outs)
 
     probs = inputs.probs.detach()
     if probs.dtype == inputs.compute_dtype and probs.is_contiguous():
-        n_out = run(probs.numpy(), 0)
+        n_out, n_bad, first_bad, worst, first_off = run(probs.numpy(), 0)
     else:  # half types or strided input: upcast / copy one cache-sized chunk at a time
         work = torch.empty(inputs.chunk_rows, k, dtype=inputs.compute_dtype)
-        n_out = 0
+        n_out = n_bad = 0
+        first_bad = first_off = -1
+        worst = 0.0
         for start, stop in inputs.chunks():
-            n_out += run(work[: stop - start].copy_(probs[start:stop]).numpy(), start)
+            c_out, c_bad, c_first_bad, c_worst, c_first_off = run(
+                work[: stop - start].copy_(probs[start:stop]).numpy(), start
+            )
+            n_out, n_bad, worst = n_out + c_out, n_bad + c_bad, max(worst, c_worst)
+            first_bad = first_bad if first_bad >= 0 else c_first_bad
+            first_off = first_off if first_off >= 0 else c_first_off
+    raise_invalid(
+        inputs,
+        n_bad=n_bad,
+        first_bad=first_bad,
+        out_of_range=n_out > 0,
+        worst=worst,
+        first_off=first_off,
+    )
     t = torch.from_numpy
-    rows = (t(sums), t(row_max), t(pred), t(guess), t(confident))
-    return _Rows(*rows, n_out > 0, by_guess, t(other_max))
+    rows = (None, t(row_max), t(pred), t(guess), t(confident))
+    return _Rows(*rows, False, by_guess, t(other_max))
 
 
 def scan(inputs: Inputs) -> Scan:
@@ -230,8 +249,12 @@ def scan(inputs: Inputs) -> Scan:
     with np.errstate(all="ignore"):  # invalid input gives NaN thresholds; it raises below
         thresholds = thresholds_from(self_conf, perm, starts, counts)
         bound = comparison_thresholds(thresholds, inputs)
-    rows = (_scan_kernel if use_kernels(inputs) else _scan_torch)(inputs, bound)
-    check_row_stats(inputs, rows.sums, out_of_range=rows.out_of_range)
+    if use_kernels(inputs):
+        rows = _scan_kernel(inputs, bound)  # checks the probabilities itself
+    else:
+        rows = _scan_torch(inputs, bound)
+        check_row_stats(inputs, rows.sums, out_of_range=rows.out_of_range)
+        rows.sums = None  # (N,) freed before the next (N,) temporaries
     # cleanlab _reduce_issues: argmax(row with p[given] += 1e-6) == given, without a copy:
     # the bumped value wins if it exceeds the max, or equals it and no earlier index ties.
     bumped = self_conf + _kxk.FLOATING_POINT_COMPARISON
@@ -254,13 +277,13 @@ def scan(inputs: Inputs) -> Scan:
 def raw_confident_joint(inputs: Inputs, s: Scan) -> np.ndarray:
     """Un-calibrated ``(K, K)`` confident counts with the diagonal clipped to at least 1."""
     k = inputs.k
-    by_guess = s.by_guess
+    by_guess = s.by_guess  # the pass's counts are used in place: the clip below is idempotent
     if by_guess is None:
-        cells = s.guess[s.confident] * k + inputs.labels[s.confident]
+        cells = s.guess[s.confident].long() * k + inputs.labels[s.confident]
         by_guess = torch.bincount(cells, minlength=k * k).reshape(k, k).cpu().numpy()
     # cleanlab builds confusion_matrix(guess, labels).T: a Fortran-ordered view. The layout
     # matters: it sets the summation order of np.sum during calibration, hence the rounding.
-    cj = by_guess.astype(np.int64).T
+    cj = np.asarray(by_guess, dtype=np.int64).T
     np.fill_diagonal(cj, cj.diagonal().clip(min=1))
     return cj
 
