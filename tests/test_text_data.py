@@ -11,8 +11,9 @@ from omegaconf import OmegaConf
 
 import dcloop
 from dcloop.data import LabelNoiseDataModule
-from dcloop.data.text import TextCSV, TextDataset, TextSynth, run_texts, synthetic_texts
+from dcloop.data.text import TextCSV, TextDataset, TextSynth, synthetic_texts
 from dcloop.errors import UserInputError, user_error_message
+from dcloop.people.report import run_texts
 
 CONF = str(Path(dcloop.__file__).parent / "conf")
 FRACS = {"seed": 0, "val_frac": 0.2, "test_frac": 0.2}

@@ -17,6 +17,7 @@ import pandas as pd
 
 from dcloop.csvsafe import read_csv
 from dcloop.people.corrections import run_class_names
+from dcloop.people.report import run_texts
 from dcloop.results import atomic_write, write_csv, write_json
 
 log = logging.getLogger(__name__)
@@ -163,7 +164,7 @@ def export_queue(
     With ``dataset`` (the run's training set), each task embeds the sample's thumbnail
     (or spectrogram) as a PNG ``data:`` URI instead of a file reference. For a text run
     (``dataset.texts``, or texts read back from the run, see
-    :func:`dcloop.data.text.run_texts`) the queue CSV gets a ``text`` column and each task
+    :func:`dcloop.people.report.run_texts`) the queue CSV gets a ``text`` column and each task
     holds the text.
 
     Returns:
@@ -178,8 +179,6 @@ def export_queue(
     if dataset is not None and hasattr(dataset, "texts"):  # text data: the texts themselves
         texts = {int(i): dataset.texts[int(i)] for i in queue["index"]}
     elif dataset is None:
-        from dcloop.data.text import run_texts
-
         got = run_texts(run_dir, queue["source"].astype(str).tolist())
         if got is not None:
             texts = dict(zip(queue["index"].astype(int).tolist(), got, strict=True))

@@ -8,6 +8,7 @@ the file can be mailed or archived alone. The page reads the run's result files,
 from __future__ import annotations
 
 import base64
+import inspect
 import io
 import json
 import logging
@@ -22,6 +23,8 @@ import pandas as pd
 import torch
 
 from dcloop.csvsafe import read_csv
+from dcloop.data.text import read_table, synthetic_texts
+from dcloop.people.runconfig import UnsafeRunConfig, read_run_config
 from dcloop.results import atomic_write
 
 log = logging.getLogger(__name__)
@@ -316,6 +319,68 @@ def _label_file(run_dir: Path) -> list[tuple[str, str]]:
     return [("label file", f"{used}: {len(df)} rows{'; ' + said if said else ''}")]
 
 
+# --------------------------------------------------------------- texts of a finished run
+#: ``data.source._target_`` values whose texts :func:`run_texts` can read back.
+TEXT_TARGETS = {
+    "dcloop.data.text.TextCSV": "csv",
+    "dcloop.data.text.TextSynth": "synth",
+}
+
+
+def parse_source(source: str) -> tuple[str, int] | None:
+    """``"<file>:row 17"`` -> ``("<file>", 17)``; ``None`` for any other source."""
+    head, sep, tail = str(source).rpartition(":row ")
+    if not sep or not tail.isdigit():
+        return None
+    return head, int(tail)
+
+
+def run_texts(run_dir: str | os.PathLike, sources: Sequence[str]) -> list[str | None] | None:
+    """The texts behind ``sources`` of a finished text run; ``None`` if it is not one.
+
+    The run's ``config.yaml`` is read as data (``yaml.safe_load``; nothing is instantiated):
+    for ``TextSynth`` the synthetic texts are made again from its plain numbers, for
+    ``TextCSV`` the rows are read from the files the sources name, with its text column.
+    A row that cannot be read back (a file moved or changed) is ``None``.
+    """
+    try:
+        cfg = read_run_config(run_dir)
+    except UnsafeRunConfig as err:
+        log.warning("texts of %s not read back: %s", run_dir, err)
+        return None
+    src = ((cfg or {}).get("data") or {}).get("source")
+    if not isinstance(src, dict) or src.get("_target_") not in TEXT_TARGETS:
+        return None
+    kind = TEXT_TARGETS[src["_target_"]]
+    plain = (int, float, str, bool, type(None))
+    if kind == "synth":
+        allowed = set(inspect.signature(synthetic_texts).parameters)
+        kw = {k: v for k, v in src.items() if k in allowed and isinstance(v, plain)}
+        texts = synthetic_texts(**kw)[0]
+        return [
+            texts[p[1]] if (p := parse_source(s)) and p[1] < len(texts) else None for s in sources
+        ]
+    column = src.get("text_column", "text")
+    if not isinstance(column, str):
+        return None
+    cache: dict[str, list[str] | None] = {}
+    out: list[str | None] = []
+    for s in sources:
+        p = parse_source(s)
+        if p is None:
+            out.append(None)
+            continue
+        if p[0] not in cache:
+            try:
+                cache[p[0]] = read_table(p[0], column, None)[0]
+            except (OSError, ValueError) as err:
+                log.warning("texts of %s not read back: %s", p[0], err)
+                cache[p[0]] = None
+        rows = cache[p[0]]
+        out.append(rows[p[1]] if rows is not None and p[1] < len(rows) else None)
+    return out
+
+
 #: Characters of a text shown on a gallery card.
 SNIPPET_CHARS = 280
 
@@ -449,8 +514,6 @@ def render_report(
 
     texts = None
     if dataset is None:  # a text run's rows can be read back without its dataset
-        from dcloop.data.text import run_texts
-
         shown_rows = issues.head(worst)
         got = run_texts(run_dir, shown_rows["source"].astype(str).tolist())
         if got is not None:
