@@ -313,6 +313,7 @@ def run_meta(args, load: tuple) -> dict:
         "commit": _git_commit(),
         "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
         "label": args.label,
+        "note": args.note,
     }
     if args.device.startswith("cuda"):
         meta["gpu"] = torch.cuda.get_device_name(torch.device(args.device))
@@ -368,6 +369,7 @@ def _section(run: dict) -> list[str]:
         f"settings, {' / '.join(inputs)} input"
         + (f", OMP_NUM_THREADS={meta['omp_num_threads']}" if meta.get("omp_num_threads") else "")
         + f". Load average before / after: {meta['load'][0]:.2f} / {meta['load'][1]:.2f}.",
+        *([] if not meta.get("note") else ["", meta["note"]]),
         "",
         "| case | filter_by | dtype | cleanlab time (s) | dcloop time (s) | speed-up | "
         "cleanlab peak RSS / working | dcloop peak RSS / working | flagged | same mask |",
@@ -535,6 +537,7 @@ def main() -> None:
         default=None,
         help="name of this run's section; --merge keeps runs of the same device with another label",
     )
+    ap.add_argument("--note", default=None, help="a paragraph printed under this run's header")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     ap.add_argument("--phases-worker", help=argparse.SUPPRESS)
     args = ap.parse_args()
