@@ -26,6 +26,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
+from dcloop.cl import BACKENDS, FILTER_BY, SCORE_METHODS, verdict
 from dcloop.validation import check_choice
 
 #: Readiness rules: ``plateau`` (OOF accuracy stopped improving, or ``ready_max_frac`` of
@@ -411,8 +412,6 @@ class CleaningPolicy:
     downweight_power: float = 1.0
 
     def __post_init__(self) -> None:
-        from dcloop.cl import BACKENDS, FILTER_BY, SCORE_METHODS
-
         check_choice("filter_by", self.filter_by, FILTER_BY)
         check_choice("quality_method", self.quality_method, SCORE_METHODS)
         check_choice("action", self.action, ACTIONS)
@@ -426,8 +425,6 @@ class CleaningPolicy:
 
     def verdict(self, labels, probs, confirmed=None):
         """:func:`dcloop.cl.verdict` with this policy's method settings."""
-        from dcloop.cl import verdict
-
         return verdict(
             labels,
             probs,
