@@ -279,3 +279,19 @@ def test_kernels_match_cleanlab_on_half_input():
     ref = cleanlab_filter.find_label_issues(labels, half.float().numpy(), n_jobs=1)
     got = dc.find_label_issues(torch.from_numpy(labels), half, ties="cleanlab")
     np.testing.assert_array_equal(got.numpy(), ref)
+
+
+@pytest.mark.parametrize("case", range(len(CASES)))
+def test_accelerator_argmax_branch_matches_host_branch(case):
+    """The torch scan's accelerator branch (one ``torch.max``, no per-chunk sync), run on the
+    CPU, gives the host branch's results (ties at the row maximum included)."""
+    labels, probs = problem(seed=20 + case, **CASES[case])
+    inputs = _validation.prepare_inputs(labels, probs, check_probs=False, chunk_size=97)
+    s = count.scan(inputs)
+    bound = count.comparison_thresholds(s.thresholds, inputs)
+    with torch.no_grad():
+        host = count._scan_torch(inputs, bound, host_argmax=True)
+        device = count._scan_torch(inputs, bound, host_argmax=False)
+    for field in ("sums", "row_max", "pred", "guess", "confident"):
+        assert torch.equal(getattr(host, field), getattr(device, field)), field
+    assert host.out_of_range == device.out_of_range is False

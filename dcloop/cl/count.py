@@ -133,11 +133,12 @@ class _Rows:
     other_max: torch.Tensor | None = None
 
 
-def _scan_torch(inputs: Inputs, bound: torch.Tensor) -> _Rows:
+def _scan_torch(inputs: Inputs, bound: torch.Tensor, *, host_argmax: bool | None = None) -> _Rows:
     """Pass 1 with torch ops, one ``[chunk, K]`` block at a time (any device).
 
-    No host synchronisation inside the loop on accelerators (one at the end); on CPU the row
-    argmax comes from two sums (unique maxima) plus an exact ``argmax`` on the tied rows.
+    No host synchronisation inside the loop on accelerators (one at the end): there the row
+    maximum and argmax come from one ``torch.max``; on CPU (``host_argmax``, default: on the
+    host) from two sums (unique maxima) plus an exact ``argmax`` on the tied rows.
     """
     n, k, dev, dtype = inputs.n, inputs.k, inputs.device, inputs.compute_dtype
     sums = torch.empty(n, dtype=dtype, device=dev)
@@ -148,7 +149,7 @@ def _scan_torch(inputs: Inputs, bound: torch.Tensor) -> _Rows:
     confident = torch.empty(n, dtype=torch.bool, device=dev)
     col_index = torch.arange(k, dtype=dtype, device=dev)
     work = torch.empty(inputs.chunk_rows, k, dtype=dtype, device=dev)
-    on_host = dev.type == "cpu"
+    on_host = dev.type == "cpu" if host_argmax is None else host_argmax
     for start, stop in inputs.chunks():
         block, hits = inputs.block(start, stop), work[: stop - start]
         torch.sum(block, dim=1, out=sums[start:stop])
