@@ -16,7 +16,7 @@ Per (data, N, K), one epoch each:
   default ``mode="held_out"``) and ``dcloop.timing.LoopTiming``; then on the same trained model
   the old pass (``mode="all"``: every replica on every batch, one output kept) and the new one
   again, each timed through ``OOFCollector.collect``; the two OOF matrices are compared.
-* K sequential fits: fold 0 of ``dcloop.sequential.fold_subsets`` (a plain ``Classifier`` on the
+* K sequential fits: fold 0 of ``dcloop.scale.sequential.fold_subsets`` (a plain ``Classifier`` on the
   (K-1)/K training part, one epoch, then the held-out 1/K predicted by an ``OOFCollector`` in the
   loop), timed and multiplied by K (the folds differ only in which rows they hold out).
 * plain: one ``Classifier`` trained on all N rows (the cost of not cleaning).
@@ -150,7 +150,7 @@ def sequential(
 
     from dcloop.callbacks import OOFCollector
     from dcloop.models import Classifier
-    from dcloop.sequential import fold_subsets
+    from dcloop.scale.sequential import fold_subsets
     from dcloop.timing import LoopTiming, phase_times
 
     ds, _ = _dataset(data, n, cache, seed)

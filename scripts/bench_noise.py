@@ -8,7 +8,7 @@ built from the composed Hydra config with :func:`dcloop.train.net_factory`):
 * ``ensemble``: :class:`~dcloop.models.FoldEnsemble` with ``mask_folds=False``: K replicas,
   each on all (noisy) data, prediction = mean softmax. Isolates the effect of the ensemble.
 * ``two_stage``: sequential k-fold (K separate Classifier fits, OOF softmax of the held-out
-  fold, :func:`dcloop.sequential.merge_shards`), then cleanlab's ``find_label_issues``
+  fold, :func:`dcloop.scale.sequential.merge_shards`), then cleanlab's ``find_label_issues``
   (default ``filter_by="prune_by_noise_rate"``) on the merged OOF matrix, then one Classifier
   retrained on the non-flagged samples (what cleanlab's ``CleanLearning`` does).
 * ``inloop_prune`` / ``inloop_downweight``: ``dcloop.train.train(cfg)`` with
@@ -70,7 +70,7 @@ from dcloop.callbacks import OOFCollector
 from dcloop.data import EpochShuffleSampler
 from dcloop.metrics import detection_metrics
 from dcloop.models import Classifier, FoldEnsemble
-from dcloop.sequential import fold_subsets, merge_shards
+from dcloop.scale.sequential import fold_subsets, merge_shards
 from dcloop.train import net_factory, train
 
 CONF_DIR = Path(dcloop.__file__).resolve().parent / "conf"

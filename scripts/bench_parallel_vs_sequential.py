@@ -32,7 +32,7 @@ from dcloop.callbacks import OOFCollector
 from dcloop.data import EpochShuffleSampler, LabelNoiseDataModule
 from dcloop.folds import assign_folds
 from dcloop.models import Classifier, FoldEnsemble, SmallCNN
-from dcloop.sequential import merge_shards
+from dcloop.scale.sequential import merge_shards
 
 RESULTS = Path(__file__).parent / "results"
 K = 5

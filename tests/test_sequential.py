@@ -9,7 +9,7 @@ from dcloop.callbacks import OOFCollector
 from dcloop.cl import verdict
 from dcloop.data import LabelNoiseDataModule
 from dcloop.models import MLP, Classifier
-from dcloop.sequential import fold_subsets, merge_shards
+from dcloop.scale.sequential import fold_subsets, merge_shards
 
 
 @pytest.mark.slow

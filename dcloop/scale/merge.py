@@ -30,7 +30,7 @@ from dcloop.cl import CLResult
 from dcloop.console import emit, run_summary
 from dcloop.metrics import detection_metrics
 from dcloop.results import issue_table, write_json, write_run_files
-from dcloop.sequential import merge_shards
+from dcloop.scale.sequential import merge_shards
 from dcloop.state import SampleTable
 
 log = logging.getLogger(__name__)
