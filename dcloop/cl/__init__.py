@@ -12,8 +12,15 @@ same family: torch in -> torch on the same device, numpy in -> numpy.
 * :func:`verdict` -- all of it at once (flags, quality, suggested label, joint, noise matrix)
   from one scan of the matrix (plus the pruning pass): what the training loop calls.
 
-``pred_probs`` is read in row chunks (``chunk_size`` rows): besides the inputs, the engine holds
-a few ``(N,)`` vectors, ``(K, K)`` matrices and one ``[chunk, K]`` working block at a time.
+``find_label_issues`` reads ``pred_probs`` at most twice: pass 1 validates it (finite, in
+``[0, 1]``, rows summing to 1) while computing the argmax, the confident guesses and counts
+(the thresholds come from a gather beforehand); pass 2, for ``prune_by_noise_rate`` / ``both``,
+reads in row order only the rows that can still enter a pruning line. On the host both passes
+are fused numba kernels (:mod:`dcloop.cl._kernels`; ``DCLOOP_CL_NUMBA=0`` selects the torch
+code, which gives the same results); on accelerators they are torch ops on row chunks
+(``chunk_size`` rows). Besides the inputs, the engine holds a few ``(N,)`` vectors, ``(K, K)``
+matrices and at most one ``[chunk, K]`` working block at a time. The first call in a process
+imports numba and loads the compiled kernels (about a second).
 """
 
 from dcloop.cl.count import compute_confident_joint, estimate_joint, estimate_noise_matrices

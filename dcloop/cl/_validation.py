@@ -10,6 +10,7 @@ in its own pass, before any result is used. The private engine functions never r
 from __future__ import annotations
 
 import functools
+import logging
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -137,9 +138,16 @@ def default_chunk_rows(num_classes: int, device: torch.device) -> int:
 
 @functools.cache
 def _kernels_importable() -> bool:
+    """Import (and compile or load from numba's cache) the kernels once; ``False`` if that
+    fails for any reason (numba missing, no writable cache location, ...)."""
     try:
         import dcloop.cl._kernels  # noqa: F401
-    except ImportError:  # pragma: no cover - numba ships with umap-learn, a dependency
+    except Exception as exc:  # pragma: no cover - numba ships with umap-learn, a dependency
+        logging.getLogger(__name__).warning(
+            "dcloop.cl: numba kernels unavailable (%s: %s); using the torch code",
+            type(exc).__name__,
+            exc,
+        )
         return False
     return True
 
