@@ -20,7 +20,9 @@ are fused numba kernels (:mod:`dcloop.cl._kernels`; ``DCLOOP_CL_NUMBA=0`` select
 code, which gives the same results); on accelerators they are torch ops on row chunks
 (``chunk_size`` rows). Besides the inputs, the engine holds a few ``(N,)`` vectors, ``(K, K)``
 matrices and at most one ``[chunk, K]`` working block at a time. The first call in a process
-imports numba and loads the compiled kernels (about a second).
+imports numba and loads the compiled kernels (about a second); the first process after an
+install or a change of ``_kernels.py`` compiles them (10-30 s on a 2-core host) into numba's
+on-disk cache.
 """
 
 from dcloop.cl.count import compute_confident_joint, estimate_joint, estimate_noise_matrices
