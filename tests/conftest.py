@@ -57,20 +57,27 @@ CONF = str(Path(dcloop.__file__).parent / "conf")
 QUIET = ("logger=none", "trainer.enable_progress_bar=false")
 
 
-@pytest.fixture
-def compose_config(tmp_path):
-    """``compose_config(*overrides, quiet=True, hydra=False)``: the composed dcloop config
-    with ``output_dir`` in the test's folder (one place, instead of a copy per test file)."""
+def compose_dcloop(output_dir, *overrides: str, hydra: bool = False):
+    """The composed dcloop config with ``output_dir`` set (the one copy of this code; test
+    files call it with their own quiet/fast overrides)."""
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
+        return compose(
+            "config",
+            overrides=[f"output_dir={output_dir}", *overrides],
+            return_hydra_config=hydra,
+        )
+
+
+@pytest.fixture
+def compose_config(tmp_path):
+    """``compose_config(*overrides, quiet=True, hydra=False)``: :func:`compose_dcloop` in the
+    test's folder, with :data:`QUIET` unless ``quiet=False``."""
+
     def make(*overrides: str, quiet: bool = True, hydra: bool = False):
-        GlobalHydra.instance().clear()
-        with initialize_config_dir(config_dir=CONF, version_base="1.3"):
-            return compose(
-                "config",
-                overrides=[f"output_dir={tmp_path}", *(QUIET if quiet else ()), *overrides],
-                return_hydra_config=hydra,
-            )
+        return compose_dcloop(tmp_path, *(QUIET if quiet else ()), *overrides, hydra=hydra)
 
     return make

@@ -4,22 +4,20 @@ import lightning as L
 import pandas as pd
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
 
 import dcloop
 from dcloop.augment import PolicySampler
 from dcloop.data import LabelNoiseDataModule
 from dcloop.train import train
 
+from conftest import compose_dcloop
+
 CONF = str(Path(dcloop.__file__).parent / "conf")
 QUIET = ["logger=none", "checkpoint=false", "trainer.enable_progress_bar=false", "++report=false"]
 
 
 def cfg_for(tmp_path, *overrides):
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
-        return compose("config", overrides=[f"output_dir={tmp_path}", *QUIET, *overrides])
+    return compose_dcloop(tmp_path, *QUIET, *overrides)
 
 
 def test_augment_none_keeps_todays_loader_and_targeted_uses_the_policy_sampler():

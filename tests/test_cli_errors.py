@@ -13,8 +13,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
 from hydra.utils import instantiate
 from PIL import Image
 
@@ -29,6 +27,8 @@ from dcloop.errors import PREFIX, UserInputError, user_error_message
 from dcloop.folds import check_num_folds
 from dcloop.train import train
 from dcloop.validation import check_resume_path, check_run_config
+
+from conftest import compose_dcloop
 
 CONF = str(Path(dcloop.__file__).parent / "conf")
 QUIET = ["logger=none", "checkpoint=false", "report=false", "trainer.enable_progress_bar=false"]
@@ -68,9 +68,7 @@ def message(fn, *args, **kwargs) -> str:
 
 
 def cfg_for(tmp_path, *overrides):
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
-        return compose("config", overrides=[f"output_dir={tmp_path}", *QUIET, *overrides])
+    return compose_dcloop(tmp_path, *QUIET, *overrides)
 
 
 def _png(path, value=10):

@@ -4,13 +4,13 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
 
 import dcloop
 from dcloop.console import summarize
 from dcloop.people.cli import export_main, import_main
 from dcloop.train import train
+
+from conftest import compose_dcloop
 
 CONF = str(Path(dcloop.__file__).parent / "conf")
 QUIET = ["logger=none", "checkpoint=false", "trainer.enable_progress_bar=false"]
@@ -18,9 +18,7 @@ FAST = ["model=mlp", "trainer.max_epochs=3", "cl.warmup_epochs=1", "folds=3"]
 
 
 def cfg_for(out, *overrides):
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
-        return compose("config", overrides=[f"output_dir={out}", *QUIET, *FAST, *overrides])
+    return compose_dcloop(out, *QUIET, *FAST, *overrides)
 
 
 @pytest.mark.slow

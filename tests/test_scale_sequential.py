@@ -8,8 +8,6 @@ import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
 from torch import nn
 
 import dcloop
@@ -18,26 +16,20 @@ from dcloop.scale.fold_run import fingerprint, round_dir, run_fold
 from dcloop.scale.merge import find_round_dir, main, merge_round
 from dcloop.train import train
 
+from conftest import compose_dcloop
+
 CONF = str(Path(dcloop.__file__).parent / "conf")
 QUIET = ["logger=none", "checkpoint=false", "trainer.enable_progress_bar=false", "report=false"]
 
 
 def cfg_for(tmp_path, *overrides):
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
-        return compose(
-            "config",
-            overrides=[
-                f"output_dir={tmp_path / 'job'}",
-                f"sequential.work_dir={tmp_path / 'work'}",
-                "mode=sequential",
-                "model=mlp",
-                "folds=2",
-                "trainer.max_epochs=3",
-                *QUIET,
-                *overrides,
-            ],
-        )
+    return compose_dcloop(
+        tmp_path / "job",
+        f"sequential.work_dir={tmp_path / 'work'}",
+        *("mode=sequential", "model=mlp", "folds=2", "trainer.max_epochs=3"),
+        *QUIET,
+        *overrides,
+    )
 
 
 class TinyModule(L.LightningModule):

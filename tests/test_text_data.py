@@ -4,8 +4,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
@@ -14,6 +12,8 @@ from dcloop.data import LabelNoiseDataModule
 from dcloop.data.text import TextCSV, TextDataset, TextSynth, synthetic_texts
 from dcloop.errors import UserInputError, user_error_message
 from dcloop.people.report import run_texts
+
+from conftest import compose_dcloop
 
 CONF = str(Path(dcloop.__file__).parent / "conf")
 FRACS = {"seed": 0, "val_frac": 0.2, "test_frac": 0.2}
@@ -162,9 +162,7 @@ def test_datamodule_with_a_text_source_injects_noise_and_serves_token_ids():
 
 
 def _cfg(tmp_path, *overrides):
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
-        return compose("config", overrides=[f"output_dir={tmp_path}", *overrides])
+    return compose_dcloop(tmp_path, *overrides)
 
 
 def test_text_configs_compose_and_instantiate(tmp_path):

@@ -8,8 +8,6 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
 
 import dcloop
 from dcloop.cl import verdict
@@ -17,14 +15,14 @@ from dcloop.console import summarize
 from dcloop.safety import bound_flags
 from dcloop.train import train
 
+from conftest import compose_dcloop
+
 CONF = str(Path(dcloop.__file__).parent / "conf")
 QUIET = ["logger=none", "checkpoint=false", "trainer.enable_progress_bar=false"]
 
 
 def cfg_for(tmp_path, *overrides):
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
-        return compose("config", overrides=[f"output_dir={tmp_path}", *QUIET, *overrides])
+    return compose_dcloop(tmp_path, *QUIET, *overrides)
 
 
 @pytest.mark.slow

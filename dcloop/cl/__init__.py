@@ -16,8 +16,9 @@ same family: torch in -> torch on the same device, numpy in -> numpy.
 ``[0, 1]``, rows summing to 1) while computing the argmax, the confident guesses and counts
 (the thresholds come from a gather beforehand); pass 2, for ``prune_by_noise_rate`` / ``both``,
 reads in row order only the rows that can still enter a pruning line. On the host both passes
-are fused numba kernels (:mod:`dcloop.cl._kernels`; ``DCLOOP_CL_NUMBA=0`` selects the torch
-code, which gives the same results); on accelerators they are torch ops on row chunks
+are fused numba kernels (:mod:`dcloop.cl._kernels`) for matrices of at least 2**20 entries
+(``DCLOOP_CL_NUMBA=1``: always, ``0``: never; smaller ones run the torch code, which gives the
+same results); on accelerators they are torch ops on row chunks
 (``chunk_size`` rows). Besides the inputs, the engine holds a few ``(N,)`` vectors, ``(K, K)``
 matrices and at most one ``[chunk, K]`` working block at a time. The first call in a process
 imports numba and loads the compiled kernels (about a second); the first process after an

@@ -152,10 +152,20 @@ def _kernels_importable() -> bool:
     return True
 
 
+#: Below this many matrix entries the torch code runs on the host: loading the compiled
+#: kernels costs about a second per process (compiling them, 10-30 s once after an install),
+#: more than the torch passes take on a matrix this small (~35 ms at 1M entries).
+KERNELS_MIN_ENTRIES = 1 << 20
+
+
 def use_kernels(inputs: Inputs) -> bool:
-    """Whether the fused numba kernels run the passes (host tensors, numba importable, not
-    disabled by ``DCLOOP_CL_NUMBA=0``)."""
-    if inputs.device.type != "cpu" or os.environ.get(KERNELS_ENV, "1") == "0":
+    """Whether the fused numba kernels run the passes: host tensors, numba importable, and
+    ``DCLOOP_CL_NUMBA`` ``1`` (always), or unset / ``auto`` with at least
+    :data:`KERNELS_MIN_ENTRIES` entries; ``0`` never."""
+    mode = os.environ.get(KERNELS_ENV, "auto")
+    if inputs.device.type != "cpu" or mode == "0":
+        return False
+    if mode != "1" and inputs.n * inputs.k < KERNELS_MIN_ENTRIES:
         return False
     return _kernels_importable()
 
