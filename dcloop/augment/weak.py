@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from torchmetrics.functional.classification import multiclass_recall
 
 #: Ways to turn per-class scores into a set of weak classes.
 RULES: tuple[str, ...] = ("bottom_k", "threshold")
@@ -52,12 +53,14 @@ def class_recall(
     c = probs.shape[1]
     labels = labels.long()
     keep = torch.ones_like(labels, dtype=torch.bool) if keep is None else keep.bool()
-    hit = (probs.argmax(1) == labels) & keep
     total = torch.bincount(labels[keep], minlength=c).float()
-    correct = torch.bincount(labels[hit], minlength=c).float()
-    return torch.where(
-        total > 0, correct / total.clamp_min(1), torch.full_like(total, float("nan"))
-    )
+    nan = torch.full_like(total, float("nan"))
+    if not bool(keep.any()):
+        return nan
+    recall = multiclass_recall(
+        probs.argmax(1)[keep], labels[keep], num_classes=c, average="none"
+    ).float()
+    return torch.where(total > 0, recall, nan)  # torchmetrics gives 0 where a class has no row
 
 
 def weak_classes(

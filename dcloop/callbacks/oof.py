@@ -272,9 +272,15 @@ class OOFCollector(L.Callback):
             loader = dm.oof_dataloader()
         grouped = None
         if self._folds is not None:
-            grouped = fold_grouped_loader(
-                loader, self._folds, num_replicas=trainer.world_size, rank=trainer.global_rank
-            )
+            key = (id(loader.dataset), trainer.world_size, trainer.global_rank)
+            cached = getattr(self, "_grouped", None)
+            if cached is not None and cached[0] == key:  # one loader (and its workers) per run
+                grouped = cached[1]
+            else:
+                grouped = fold_grouped_loader(
+                    loader, self._folds, num_replicas=trainer.world_size, rank=trainer.global_rank
+                )
+                self._grouped = (key, grouped)
         if grouped is not None:
             return grouped, grouped.batch_sampler.batch_folds
         if trainer.world_size > 1:

@@ -567,13 +567,20 @@ class LabelNoiseDataModule(L.LightningDataModule):
         )
 
     def _eval_loader(self, ds: SplitDataset) -> DataLoader:
-        return DataLoader(
-            ds,
-            batch_size=self.eval_batch_size,
-            shuffle=False,
-            num_workers=self.num_workers,
-            drop_last=False,
-        )
+        """One loader per split and run: the OOF pass and validation run every epoch, so
+        their workers persist instead of being started again each time."""
+        cache = self.__dict__.setdefault("_eval_loaders", {})
+        key = id(ds)
+        if key not in cache or cache[key].dataset is not ds:
+            cache[key] = DataLoader(
+                ds,
+                batch_size=self.eval_batch_size,
+                shuffle=False,
+                num_workers=self.num_workers,
+                persistent_workers=self.num_workers > 0,
+                drop_last=False,
+            )
+        return cache[key]
 
     def oof_dataloader(self) -> DataLoader:
         """Training set in row order, without augmentation (for out-of-fold predictions)."""

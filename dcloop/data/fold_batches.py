@@ -91,4 +91,5 @@ def fold_grouped_loader(
         collate_fn=loader.collate_fn,
         pin_memory=loader.pin_memory,
         worker_init_fn=loader.worker_init_fn,
+        persistent_workers=loader.num_workers > 0,  # the pass runs every epoch: keep them
     )
