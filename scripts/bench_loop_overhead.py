@@ -16,8 +16,8 @@ Per (data, N, K), one epoch each:
   default ``mode="held_out"``) and ``dcloop.timing.LoopTiming``; then on the same trained model
   the old pass (``mode="all"``: every replica on every batch, one output kept) and the new one
   again, each timed through ``OOFCollector.collect``; the two OOF matrices are compared.
-* K sequential fits: fold 0 of ``dcloop.scale.sequential.fold_subsets`` (a plain ``Classifier`` on the
-  (K-1)/K training part, one epoch, then the held-out 1/K predicted by an ``OOFCollector`` in the
+* K sequential fits: fold 0 of ``dcloop.scale.sequential.fold_subsets`` (a plain
+  ``Classifier`` on the (K-1)/K training part, one epoch, then the held-out 1/K predicted by an ``OOFCollector`` in the
   loop), timed and multiplied by K (the folds differ only in which rows they hold out).
 * plain: one ``Classifier`` trained on all N rows (the cost of not cleaning).
 
