@@ -17,8 +17,9 @@ Per (data, N, K), one epoch each:
   the old pass (``mode="all"``: every replica on every batch, one output kept) and the new one
   again, each timed through ``OOFCollector.collect``; the two OOF matrices are compared.
 * K sequential fits: fold 0 of ``dcloop.scale.sequential.fold_subsets`` (a plain
-  ``Classifier`` on the (K-1)/K training part, one epoch, then the held-out 1/K predicted by an ``OOFCollector`` in the
-  loop), timed and multiplied by K (the folds differ only in which rows they hold out).
+  ``Classifier`` on the (K-1)/K training part, one epoch, then the held-out 1/K predicted
+  by an ``OOFCollector`` in the loop), timed and multiplied by K (the folds differ only in
+  which rows they hold out).
 * plain: one ``Classifier`` trained on all N rows (the cost of not cleaning).
 
 ``--train-fraction f`` trains on the first fraction f of each epoch's batches and scales the
