@@ -293,19 +293,24 @@ def fmt(x, pct=False) -> str:
     return f"{100 * x:.1f}" if pct else f"{x:.3f}"
 
 
-def table(rows) -> str:
+def table(rows, names=None, *, min_kept: bool = True) -> str:
+    """The results table; ``names``: method -> label (default :data:`NAMES`); ``min_kept``:
+    with the smallest-class-kept column (``bench_text`` leaves it out)."""
+    names = NAMES if names is None else names
+    kept_head, kept_rule = (" min class kept % |", "---:|") if min_kept else ("", "")
     out = [
         "| data | noise | method | test acc. % (mean ± sd, seeds) | P | R | F1 "
-        "| est. / true noise % | min class kept % | wall s | CPU s |",
-        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        f"| est. / true noise % |{kept_head} wall s | CPU s |",
+        f"|---|---|---|---:|---:|---:|---:|---:|{kept_rule}---:|---:|",
     ]
     for r in rows:
         noise = f"{fmt(r.get('est'), True)} / {fmt(r.get('true'), True)}" if "est" in r else "—"
+        kept = f" {fmt(r.get('min_kept'), True)} |" if min_kept else ""
         out.append(
-            f"| {r['dataset']} | {r['setting']} | {NAMES[r['method']]} | "
+            f"| {r['dataset']} | {r['setting']} | {names[r['method']]} | "
             f"{100 * r['acc']:.1f} ± {100 * r['sd']:.1f} ({r['n']}) | {fmt(r.get('precision'))} | "
-            f"{fmt(r.get('recall'))} | {fmt(r.get('f1'))} | {noise} | "
-            f"{fmt(r.get('min_kept'), True)} | {fmt(r.get('wall'))[:-2] if 'wall' in r else '—'} | "
+            f"{fmt(r.get('recall'))} | {fmt(r.get('f1'))} | {noise} |{kept} "
+            f"{fmt(r.get('wall'))[:-2] if 'wall' in r else '—'} | "
             f"{fmt(r.get('cpu'))[:-2] if 'cpu' in r else '—'} |"
         )
     return "\n".join(out)

@@ -60,6 +60,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 from bench_real import SHARED, _cpu, compose, fmt, mean_sd, run_inloop  # noqa: E402
+from bench_real import table as real_table  # noqa: E402
 
 #: ``../shared/data`` (``DCLOOP_SHARED_DATA`` overrides it, e.g. for a copy of the repository).
 DATA = Path(os.environ.get("DCLOOP_SHARED_DATA", str(SHARED)))
@@ -244,19 +245,7 @@ def rows_of(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def table(rows) -> str:
-    out = [
-        "| data | noise | method | test acc. % (mean ± sd, seeds) | P | R | F1 "
-        "| est. / true noise % | wall s | CPU s |",
-        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|",
-    ]
-    for r in rows:
-        noise = f"{fmt(r.get('est'), True)} / {fmt(r.get('true'), True)}" if "est" in r else "—"
-        out.append(
-            f"| {r['dataset']} | {r['setting']} | {NAMES[r['method']]} | "
-            f"{100 * r['acc']:.1f} ± {100 * r['sd']:.1f} ({r['n']}) | {fmt(r['precision'])} | "
-            f"{fmt(r['recall'])} | {fmt(r['f1'])} | {noise} | {r['wall']:.0f} | {r['cpu']:.0f} |"
-        )
-    return "\n".join(out)
+    return real_table(rows, NAMES, min_kept=False)
 
 
 def targets(rows) -> list[str]:

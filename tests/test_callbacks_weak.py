@@ -111,3 +111,14 @@ def test_more_weak_classes_than_classes_fails_before_training(blobs, tmp_path):
     )
     with pytest.raises(ValueError, match="k=4 weak classes asked for, but there are only 3"):
         trainer.fit(model, datamodule=blobs)
+
+
+def test_level_and_oversample_come_from_the_augmenter_when_unset(blobs, tmp_path):
+    policy = AugmentPolicy(blobs.labels, 3, num_levels=3, base_level=1)
+    cb = WeakClasses.from_augment({"kind": "targeted", "weak": {"k": 1}})
+    assert cb.level is None and cb.oversample is None and cb.k == 1
+    cb.policy = policy
+    blobs.augmenter = type("Aug", (), {"policy": policy, "weak_level": 2, "oversample": 3.0})()
+    fit(blobs, tmp_path, cb, epochs=2)
+    assert (cb.level, cb.oversample) == (2, 3.0)  # the augment config's, not other defaults
+    assert WeakClasses.from_augment({"kind": "uniform"}) is None

@@ -219,7 +219,8 @@ class AugmentedDataset(Dataset):
     def __len__(self) -> int:
         return len(self.dataset)  # type: ignore[arg-type]
 
-    def __getitem__(self, key) -> tuple[Any, int, int]:
+    def parse_key(self, key) -> tuple[int, int, int | None]:
+        """``(index, level, seed)`` of an item key (a plain int: level 0, no seed)."""
         if isinstance(key, (tuple, list)):
             index, level = int(key[0]), int(key[1])
             seed = int(key[2]) if len(key) > 2 else None
@@ -230,6 +231,10 @@ class AugmentedDataset(Dataset):
                 f"augmentation level must be in [0, {len(self.transforms) - 1}]; "
                 f"got {level} for index {index}"
             )
+        return index, level, seed
+
+    def __getitem__(self, key) -> tuple[Any, int, int]:
+        index, level, seed = self.parse_key(key)
         x, y, i = self.dataset[index]
         fn = self.transforms[level]
         if fn is not None:

@@ -46,9 +46,9 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
 
 from dcloop.augment.image import check_ops
+from dcloop.augment.policy import AugmentedDataset
 
 log = logging.getLogger(__name__)
 
@@ -373,31 +373,18 @@ def resolve_hook(spec: Any) -> Callable[[list[str]], list[str]] | None:
 
 
 # ------------------------------------------------------------------------------ dataset
-class TextAugmentedDataset(Dataset):
-    """Like :class:`~dcloop.augment.AugmentedDataset`, for texts: the key ``(index, level,
-    seed)`` picks the level's :class:`TextAugment`, which edits ``dataset.texts[index]``;
-    the result is re-tokenised with ``dataset.encode``. Level 0 returns the stored ids."""
+class TextAugmentedDataset(AugmentedDataset):
+    """:class:`~dcloop.augment.AugmentedDataset` for texts: the key ``(index, level, seed)``
+    picks the level's :class:`TextAugment`, which edits ``dataset.texts[index]``; the result is
+    re-tokenised with ``dataset.encode``. Level 0 returns the stored ids."""
 
     def __init__(self, dataset, transforms: Sequence[TextAugment | None]) -> None:
         if not hasattr(dataset, "texts") or not hasattr(dataset, "encode"):
             raise ValueError("text augmentation needs a dataset with .texts and .encode()")
-        self.dataset = dataset
-        self.transforms = list(transforms)
-
-    def __len__(self) -> int:
-        return len(self.dataset)
+        super().__init__(dataset, transforms)
 
     def __getitem__(self, key) -> tuple[torch.Tensor, int, int]:
-        if isinstance(key, (tuple, list)):
-            index, level = int(key[0]), int(key[1])
-            seed = int(key[2]) if len(key) > 2 else None
-        else:
-            index, level, seed = int(key), 0, None
-        if not 0 <= level < len(self.transforms):
-            raise ValueError(
-                f"augmentation level must be in [0, {len(self.transforms) - 1}]; "
-                f"got {level} for index {index}"
-            )
+        index, level, seed = self.parse_key(key)
         fn = self.transforms[level]
         if fn is None:
             return self.dataset[index]

@@ -120,6 +120,7 @@ class OOFCollector(L.Callback):
         self.probs: torch.Tensor | None = None
         self.seen: torch.Tensor | None = None
         self.last_epoch = -1
+        self._grouped: tuple | None = None  # (dataset key, fold-grouped loader), built once
         self._pending: dict[str, Any] | None = None
         self._folds: np.ndarray | None = None  # host copy of the folds (fold-grouped batches)
         self._misrouted: torch.Tensor | None = None  # device flag of the last pass
@@ -273,7 +274,7 @@ class OOFCollector(L.Callback):
         grouped = None
         if self._folds is not None:
             key = (id(loader.dataset), trainer.world_size, trainer.global_rank)
-            cached = getattr(self, "_grouped", None)
+            cached = self._grouped
             if cached is not None and cached[0] == key:  # one loader (and its workers) per run
                 grouped = cached[1]
             else:

@@ -83,7 +83,7 @@ class RunResults(L.Callback):
             result = cl.judge(table, cl.collector.probs)
             table.apply(result, -1)  # recorded; the weights stay as trained
             cl.last_result = result
-        self.metrics = self._metrics(trainer, pl_module, cl, {})
+        self.metrics = self._metrics(trainer, pl_module, cl)
         if not trainer.is_global_zero:
             return
         run_dir = self.run_dir(trainer)
@@ -132,7 +132,7 @@ class RunResults(L.Callback):
         self.metrics["timing"] = phase_times(trainer).as_dict(total)
         return write_json(self.metrics, self.run_dir(trainer) / "metrics.json")
 
-    def _metrics(self, trainer, pl_module, cl: ConfidentLearning, test: dict) -> dict[str, Any]:
+    def _metrics(self, trainer, pl_module, cl: ConfidentLearning) -> dict[str, Any]:
         table, dm = pl_module.samples, trainer.datamodule
         num_classes = int(cl.collector.num_classes)
         metrics: dict[str, Any] = {
@@ -152,7 +152,7 @@ class RunResults(L.Callback):
             "noise": {"rate": cl.last_result.noise_rate},
             # The last epoch's validation accuracy (the ensemble): what sweeps optimise.
             "val": {"accuracy": cl.epochs[-1]["val_acc"] if cl.epochs else None},
-            "test": {"accuracy": float(test.get("test/acc", float("nan")))},
+            "test": {"accuracy": float("nan")},  # filled in after the test
             "history": cl.history,
             "safety": cl.summary(),
             "warnings": [

@@ -32,8 +32,9 @@ class WeakClasses(L.Callback):
     Args:
         policy: the policy to update (default: ``trainer.datamodule.augmenter.policy``).
         rule, k, threshold: see :func:`~dcloop.augment.weak.weak_classes`.
-        level: augmentation level of weak classes.
-        oversample: sampling factor of weak classes.
+        level: augmentation level of weak classes (``None``: the data module's augmenter's
+            ``weak_level``, else 3).
+        oversample: sampling factor of weak classes (``None``: the augmenter's, else 1).
         every_n_epochs: run on every n-th confident-learning step.
 
     Attributes:
@@ -49,21 +50,21 @@ class WeakClasses(L.Callback):
         rule: str = "bottom_k",
         k: int = 3,
         threshold: float = 0.8,
-        level: int = 3,
-        oversample: float = 1.0,
+        level: int | None = 3,
+        oversample: float | None = 1.0,
         every_n_epochs: int = 1,
     ) -> None:
         check_choice("rule", rule, RULES)
         for name, value, low in (
             ("k", k, 0),
-            ("level", level, 0),
+            ("level", 0 if level is None else level, 0),
             ("every_n_epochs", every_n_epochs, 1),
         ):
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
                 raise ValueError(f"{name} must be an int >= {low}; got {value!r}")
         if isinstance(threshold, bool) or not 0.0 <= float(threshold) <= 1.0:
             raise ValueError(f"threshold must be a number in [0, 1]; got {threshold!r}")
-        if not oversample > 0:
+        if oversample is not None and not oversample > 0:
             raise ValueError(f"oversample must be > 0; got {oversample}")
         self.policy = policy
         self.rule, self.k, self.threshold = rule, k, threshold
@@ -89,9 +90,13 @@ class WeakClasses(L.Callback):
             )
         self._cl = cls[-1]
         self._cl.add_listener(self)
+        aug = getattr(trainer.datamodule, "augmenter", None)
         if self.policy is None:
-            aug = getattr(trainer.datamodule, "augmenter", None)
             self.policy = getattr(aug, "policy", None)
+        if self.level is None:  # from the augment config (from_augment)
+            self.level = int(getattr(aug, "weak_level", 3))
+        if self.oversample is None:
+            self.oversample = float(getattr(aug, "oversample", 1.0))
         if self.policy is None:
             raise ValueError(
                 "WeakClasses needs an AugmentPolicy: pass policy=, or use a data module with "
@@ -157,11 +162,8 @@ class WeakClasses(L.Callback):
         spec = OmegaConf.to_container(augment) if OmegaConf.is_config(augment) else augment
         if not spec or spec.get("kind", "none") != "targeted":
             return None
-        return cls(
-            level=spec.get("weak_level", 3),
-            oversample=spec.get("oversample", 2.0),
-            **dict(spec.get("weak") or {}),
-        )
+        # level and oversample: the augmenter's own (its defaults apply), read at setup
+        return cls(level=None, oversample=None, **dict(spec.get("weak") or {}))
 
     def run_metrics(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, Any]:
         """``metrics.json``'s ``augment`` section: the augmenter's settings, weak-class history."""

@@ -280,6 +280,7 @@ class LabelNoiseDataModule(L.LightningDataModule):
         self.val_dataset: SplitDataset | None = None
         self.test_dataset: SplitDataset | None = None
         self._train_augmented: SplitDataset | None = None
+        self._eval_loaders: dict[int, DataLoader] = {}  # one per split (persistent workers)
         self._class_names: list[str] = []
         self._input_shape: tuple[int, ...] = ()
 
@@ -569,7 +570,7 @@ class LabelNoiseDataModule(L.LightningDataModule):
     def _eval_loader(self, ds: SplitDataset) -> DataLoader:
         """One loader per split and run: the OOF pass and validation run every epoch, so
         their workers persist instead of being started again each time."""
-        cache = self.__dict__.setdefault("_eval_loaders", {})
+        cache = self._eval_loaders
         key = id(ds)
         if key not in cache or cache[key].dataset is not ds:
             cache[key] = DataLoader(
