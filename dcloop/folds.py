@@ -7,8 +7,8 @@ from collections.abc import Sequence
 import numpy as np
 from sklearn.model_selection import StratifiedKFold
 
+from dcloop._checks import check_labels
 from dcloop.errors import UserInputError
-from dcloop.validation import check_labels
 
 
 def check_num_folds(

@@ -26,8 +26,8 @@ from dataclasses import asdict, dataclass
 
 import torch
 
+from dcloop._checks import check_choice
 from dcloop.cl import BACKENDS, FILTER_BY, SCORE_METHODS, verdict
-from dcloop.validation import check_choice
 
 #: Readiness rules: ``plateau`` (OOF accuracy stopped improving, or ``ready_max_frac`` of
 #: the schedule passed) or ``fixed`` (``warmup_epochs`` alone, the old behaviour).

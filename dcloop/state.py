@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from dcloop.validation import check_labels
+from dcloop._checks import check_labels
 
 
 def digest(values: torch.Tensor | np.ndarray | Iterable[str]) -> str:

@@ -19,6 +19,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from dcloop._checks import check_run_config
 from dcloop.callbacks import ConfidentLearning, RunResults
 from dcloop.callbacks.results import find_callback
 from dcloop.data import check_item
@@ -30,7 +31,6 @@ from dcloop.scale.fold_run import run_fold
 from dcloop.signals import exit_on_signal
 from dcloop.state import digest
 from dcloop.timing import timed
-from dcloop.validation import check_run_config
 
 log = logging.getLogger(__name__)
 

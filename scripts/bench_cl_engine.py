@@ -195,13 +195,13 @@ def phases_worker(spec: dict) -> dict:
     """Wall / CPU seconds of each phase of one ``prune_by_noise_rate`` call (dcloop, host)."""
     import torch
 
-    from dcloop.cl import _kxk, _prune, _validation, count, find_label_issues
+    from dcloop.cl import _inputs, _kxk, _prune, count, find_label_issues
 
     n, k = (int(v) for v in spec["case"].split("x"))
     labels_t, probs_t = synthetic(n, k, spec["seed"])
     labels, probs = labels_t.numpy(), probs_t.numpy()
     find_label_issues(np.arange(64) % 4, np.full((64, 4), 0.25, np.float32))  # imports, kernels
-    torch.set_num_threads(_validation.CPU_THREADS)
+    torch.set_num_threads(_inputs.CPU_THREADS)
     out = []
 
     def timed(name, fn):
@@ -215,7 +215,7 @@ def phases_worker(spec: dict) -> dict:
     with torch.no_grad():
         inp = timed(
             "labels check, layout",
-            lambda: _validation.prepare_inputs(labels, probs, check_probs=False),
+            lambda: _inputs.prepare_inputs(labels, probs, check_probs=False),
         )
         s = timed("pass 1: validation + thresholds + confident counts", lambda: count.scan(inp))
         cj = timed(

@@ -11,10 +11,10 @@ import pytest
 import torch
 
 import dcloop.cl as dc
-from dcloop.cl import _kxk, _validation, count
+from dcloop.cl import _inputs, _kxk, count
 from dcloop.cl._prune import _half_table, prune_by_noise_rate
 
-KERNELS_ON = _validation._kernels_importable()
+KERNELS_ON = _inputs._kernels_importable()
 needs_kernels = pytest.mark.skipif(not KERNELS_ON, reason="numba not installed")
 
 
@@ -50,7 +50,7 @@ def engine(request, monkeypatch):
     """Run the test once with the numba kernels and once with the torch code."""
     if request.param == "kernels" and not KERNELS_ON:
         pytest.skip("numba not installed")
-    monkeypatch.setenv(_validation.KERNELS_ENV, "1" if request.param == "kernels" else "0")
+    monkeypatch.setenv(_inputs.KERNELS_ENV, "1" if request.param == "kernels" else "0")
     return request.param
 
 
@@ -58,7 +58,7 @@ def both_engines(monkeypatch, fn):
     """``(kernels result, torch result)`` of ``fn()``."""
     out = []
     for flag in ("1", "0"):
-        monkeypatch.setenv(_validation.KERNELS_ENV, flag)
+        monkeypatch.setenv(_inputs.KERNELS_ENV, flag)
         out.append(fn())
     return out
 
@@ -83,7 +83,7 @@ def test_kernels_and_torch_scan_agree(monkeypatch, case, dtype):
         probs_t = (probs_t.float() / probs_t.float().sum(1, keepdim=True)).to(dtype)
 
     def run():
-        inputs = _validation.prepare_inputs(labels, probs_t, check_probs=False)
+        inputs = _inputs.prepare_inputs(labels, probs_t, check_probs=False)
         return inputs, count.scan(inputs)
 
     (inp_k, s_k), (inp_t, s_t) = both_engines(monkeypatch, run)
@@ -142,7 +142,7 @@ def test_pass_two_with_large_prune_counts(monkeypatch, ties):
 def test_pass_two_without_a_bound_reads_every_row(monkeypatch):
     """The row-skipping bound of pass 1 only saves reads: without it the mask is the same."""
     labels, probs = problem(n=2000, k=9, quant=12, seed=4)
-    inputs = _validation.prepare_inputs(labels, probs, check_probs=False)
+    inputs = _inputs.prepare_inputs(labels, probs, check_probs=False)
     s = count.scan(inputs)
     cj = count.confident_joint_from_scan(inputs, s)
     pcm = _kxk.prune_count_matrix(
@@ -151,7 +151,7 @@ def test_pass_two_without_a_bound_reads_every_row(monkeypatch):
     with_bound = prune_by_noise_rate(inputs, s, pcm, 1)
     s = dataclasses.replace(s, other_max=None)  # no bound: every row is read
     assert torch.equal(prune_by_noise_rate(inputs, s, pcm, 1), with_bound)
-    monkeypatch.setenv(_validation.KERNELS_ENV, "0")
+    monkeypatch.setenv(_inputs.KERNELS_ENV, "0")
     assert torch.equal(prune_by_noise_rate(inputs, s, pcm, 1), with_bound)
 
 
@@ -177,7 +177,7 @@ def test_find_label_issues_makes_no_separate_validation_pass(engine, monkeypatch
     def no_pass(inputs):
         raise AssertionError("separate validation pass")
 
-    monkeypatch.setattr(_validation, "_check_probabilities", no_pass)
+    monkeypatch.setattr(_inputs, "_check_probabilities", no_pass)
     for fb in dc.FILTER_BY:
         dc.find_label_issues(labels, probs, filter_by=fb)
     dc.compute_confident_joint(labels, probs)
@@ -230,7 +230,7 @@ def test_invalid_input_raises_the_same_errors(engine, kind, match, chunk_size, c
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_range_limits_are_exact(engine, dtype):
     """A value is out of range iff float(v) < -1e-6 or float(v) > 1 + 1e-6, in every dtype."""
-    atol = _validation.PROB_RANGE_ATOL
+    atol = _inputs.PROB_RANGE_ATOL
     for limit, sign in ((-atol, -1), (1 + atol, 1)):
         near = dtype(limit)
         for v in (np.nextafter(near, dtype(-2)), near, np.nextafter(near, dtype(2))):
@@ -254,7 +254,7 @@ def test_small_negative_values_and_negative_zero_are_valid(engine):
     probs[50:100, 2] += probs[50:100, 1] + 5e-7
     probs[50:100, 1] = -5e-7
     probs[100:110] = [0.4, 0.4, 0.2, 0.0, -0.0]  # tied maximum
-    s = count.scan(_validation.prepare_inputs(labels, probs, check_probs=False))
+    s = count.scan(_inputs.prepare_inputs(labels, probs, check_probs=False))
     np.testing.assert_array_equal(s.pred.numpy(), np.argmax(probs, 1))
     assert dc.find_label_issues(labels, probs).shape == (200,)
 
@@ -286,7 +286,7 @@ def test_accelerator_argmax_branch_matches_host_branch(case):
     """The torch scan's accelerator branch (one ``torch.max``, no per-chunk sync), run on the
     CPU, gives the host branch's results (ties at the row maximum included)."""
     labels, probs = problem(seed=20 + case, **CASES[case])
-    inputs = _validation.prepare_inputs(labels, probs, check_probs=False, chunk_size=97)
+    inputs = _inputs.prepare_inputs(labels, probs, check_probs=False, chunk_size=97)
     s = count.scan(inputs)
     bound = count.comparison_thresholds(s.thresholds, inputs)
     with torch.no_grad():

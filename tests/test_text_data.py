@@ -87,7 +87,10 @@ def test_jsonl_and_a_separate_test_file(tmp_path):
         ("body,label\nhello,a\n", r"lacks column\(s\) \['text'\]"),
         ("text,label\nhello,a\n   ,b\nworld,a\n", r"row 1 has an empty 'text'"),
         ("text,label\nhello,a\nworld,\n", r"row 1 has an empty 'label'"),
-        ("text,label\nhello,a\nworld,1\n", r"mixes class ids \(row 1: '1'\) and class names"),
+        (
+            "text,label\nhello,a\nworld,1\n",
+            r"mixes class ids \('1'\) and class names \('a'\).*row 1: '1' and row 0: 'a'",
+        ),
         ("", r"is empty"),
     ],
 )
@@ -109,7 +112,7 @@ def test_unknown_label_names_the_row(tmp_path):
 def test_unknown_label_in_the_test_file_names_it(tmp_path):
     train = write_csv(tmp_path / "train.csv", [f"t{i},{'ab'[i % 2]}" for i in range(10)])
     test = write_csv(tmp_path / "test.csv", ["x,a", "y,c"])
-    with pytest.raises(UserInputError, match=r"test.csv' row 1 has label 'c'"):
+    with pytest.raises(UserInputError, match=r"test.csv': row 1 has label 'c'"):
         TextCSV(train, test_path=test).load(**FRACS)
 
 

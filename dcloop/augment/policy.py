@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from dcloop.validation import check_labels
+from dcloop._checks import check_labels
 
 
 class AugKey(NamedTuple):

@@ -12,9 +12,9 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
+from dcloop._checks import check_batch
 from dcloop.data.fold_batches import fold_grouped_loader
 from dcloop.timing import timed
-from dcloop.validation import check_batch
 
 log = logging.getLogger(__name__)
 

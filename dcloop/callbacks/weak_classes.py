@@ -9,10 +9,10 @@ import lightning as L
 import numpy as np
 from omegaconf import OmegaConf
 
+from dcloop._checks import check_choice
 from dcloop.augment.weak import RULES, weak_classes
 from dcloop.callbacks.confident_learning import ConfidentLearning
 from dcloop.timing import timed_hook
-from dcloop.validation import check_choice
 
 log = logging.getLogger(__name__)
 

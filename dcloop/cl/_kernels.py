@@ -12,7 +12,7 @@ which gives the same results (``tests/test_cl_engine_passes.py``).
   keeping its best candidates in a small heap; rows that pass 1's bound shows cannot enter any
   line are not read at all.
 
-Both run single-threaded (``dcloop.cl._validation.CPU_THREADS``) and compile once per dtype
+Both run single-threaded (``dcloop.cl._inputs.CPU_THREADS``) and compile once per dtype
 (``cache=True`` keeps the machine code on disk for later processes).
 """
 

@@ -19,7 +19,7 @@ import logging
 import numpy as np
 import torch
 
-from dcloop.cl._validation import Inputs, use_kernels
+from dcloop.cl._inputs import Inputs, use_kernels
 from dcloop.cl.count import Scan
 
 logger = logging.getLogger(__name__)

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from dcloop.cl import _kxk
-from dcloop.cl._validation import (
+from dcloop.cl._inputs import (
     PROB_RANGE_ATOL,
     ROW_SUM_ATOL,
     Inputs,
@@ -237,7 +237,7 @@ def _scan_kernel(inputs: Inputs, bound: torch.Tensor) -> _Rows:
 
 def scan(inputs: Inputs) -> Scan:
     """One chunked pass over ``pred_probs`` computing everything the filters need, and
-    validating it (``ValueError`` as :func:`dcloop.cl._validation.prepare_inputs` raises).
+    validating it (``ValueError`` as :func:`dcloop.cl._inputs.prepare_inputs` raises).
 
     The thresholds come from a gather of ``p[i, labels[i]]`` (no ``[N, K]`` pass), so the
     comparisons against them, the argmax, the row sums and the range check all share one read

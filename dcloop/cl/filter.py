@@ -30,9 +30,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from dcloop._checks import check_choice
 from dcloop.cl import _kxk
+from dcloop.cl._inputs import Inputs, prepare_inputs, public_entry
 from dcloop.cl._prune import TIES, prune_by_class, prune_by_noise_rate
-from dcloop.cl._validation import Inputs, check_choice, prepare_inputs, public_entry
 from dcloop.cl.count import Scan, confident_joint_from_scan, scan
 from dcloop.cl.rank import SCORE_METHODS, order_issues
 
@@ -172,7 +173,7 @@ def find_label_issues(
         labels: ``(N,)`` int tensor/array of given labels in ``[0, K)``.
         pred_probs: ``(N, K)`` float16/bfloat16/float32/float64 tensor/array of out-of-sample
             predicted probabilities on any device; rows must sum to 1 (within
-            ``dcloop.cl._validation.ROW_SUM_ATOL``). Half inputs are upcast to float32 one chunk
+            ``dcloop.cl._inputs.ROW_SUM_ATOL``). Half inputs are upcast to float32 one chunk
             at a time; results equal cleanlab's on ``pred_probs`` cast to float32.
         filter_by: ``"prune_by_noise_rate"`` (default), ``"prune_by_class"``, ``"both"``,
             ``"confident_learning"`` or ``"predicted_neq_given"``.
@@ -196,7 +197,7 @@ def find_label_issues(
         device for torch input, numpy array otherwise.
 
     Raises:
-        ValueError: invalid option or input (see ``dcloop.cl._validation.prepare_inputs``).
+        ValueError: invalid option or input (see ``dcloop.cl._inputs.prepare_inputs``).
     """
     adjust = _check_options(
         filter_by,

@@ -8,8 +8,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from dcloop._checks import check_choice
 from dcloop.cl import _kxk
-from dcloop.cl._validation import Inputs, check_choice, prepare_inputs, public_entry
+from dcloop.cl._inputs import Inputs, prepare_inputs, public_entry
 from dcloop.cl.count import class_layout, self_confidence, thresholds_from
 
 SCORE_METHODS = ("self_confidence", "normalized_margin", "confidence_weighted_entropy")

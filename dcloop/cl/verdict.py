@@ -15,8 +15,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from dcloop._checks import check_choice
 from dcloop.cl import _kxk
-from dcloop.cl._validation import check_choice, prepare_inputs, public_entry
+from dcloop.cl._inputs import prepare_inputs, public_entry
 from dcloop.cl.count import confident_joint_from_scan, scan
 from dcloop.cl.filter import BACKENDS, FILTER_BY, find_label_issues, mask_from_scan
 from dcloop.cl.rank import SCORE_METHODS, quality_scores

@@ -28,6 +28,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from dcloop._checks import parse_class_labels
 from dcloop.csvsafe import read_csv
 from dcloop.data.noise import empirical_noise_matrix
 
@@ -54,37 +55,6 @@ def _shown(values: Sequence[Any], limit: int = 5) -> str:
     vals = list(values)
     more = f" ... ({len(vals)} in all)" if len(vals) > limit else ""
     return ", ".join(repr(v) for v in vals[:limit]) + more
-
-
-def parse_labels(values: Sequence[Any], class_names: Sequence[str], *, what: str) -> np.ndarray:
-    """Class ids ``(M,)`` int64 from ids or names; error naming the unknown ones.
-
-    A value is a class name when it equals one of ``class_names`` (names win over ids),
-    else it must be an integer id in ``[0, C)``.
-
-    Raises:
-        ValueError: a value is neither a class name nor an id in range.
-    """
-    names = [str(n) for n in class_names]
-    by_name = {n: k for k, n in enumerate(names)}
-    out = np.empty(len(values), dtype=np.int64)
-    bad: list[Any] = []
-    for i, v in enumerate(values):
-        s = str(v).strip()
-        if s.endswith(".0") and s[:-2].lstrip("-").isdigit():
-            s = s[:-2]  # pandas reads an int column with blanks as floats
-        if s in by_name:
-            out[i] = by_name[s]
-        elif s.lstrip("-").isdigit() and 0 <= int(s) < len(names):
-            out[i] = int(s)
-        else:
-            bad.append(v)
-    if bad:
-        raise ValueError(
-            f"{what}: unknown label(s) {_shown(dict.fromkeys(bad))}; expected a class name "
-            f"({_shown(names, 10)}) or a class id in [0, {len(names)})"
-        )
-    return out
 
 
 def check_columns(df: pd.DataFrame, required: Sequence[str], *, what: str) -> None:
@@ -191,7 +161,7 @@ def read_label_file(
     blank = df["label"].isna()
     if blank.any():
         raise ValueError(f"{what}: empty label for index {_shown(idx[blank.to_numpy()].tolist())}")
-    new = parse_labels(df["label"].tolist(), class_names, what=what)
+    new, _ = parse_class_labels(df["label"].tolist(), class_names, where=what)
     if sources is not None and "source" in df.columns:
         check_sources(idx, df["source"].tolist(), sources, what=what)
     out = labels.copy()

@@ -16,8 +16,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from dcloop._checks import as_label_array, check_label_range, check_num_classes
 from dcloop.csvsafe import neutralize
-from dcloop.data._validation import as_label_array, check_label_range, check_num_classes
 
 logger = logging.getLogger(__name__)
 

@@ -34,7 +34,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from dcloop.data._validation import as_label_array, check_label_range
+from dcloop._checks import as_label_array, check_callable, check_label_range, parse_class_labels
 from dcloop.data.splits import stratified_split_indices
 from dcloop.data.tokenize import make_tokenizer
 from dcloop.errors import UserInputError
@@ -81,9 +81,7 @@ class TextDataset(Dataset):
         self._sources = (
             list(sources) if sources is not None else [f"row:{i}" for i in range(len(texts))]
         )
-        if transform is not None and not callable(transform):
-            raise ValueError(f"transform must be callable or None, got {transform!r}")
-        self.transform = transform
+        self.transform = check_callable("transform", transform)
         self.num_classes = num_classes
         self.class_names = list(class_names) if class_names is not None else None
 
@@ -219,56 +217,6 @@ def read_table(
     return texts, labels
 
 
-def _as_int(s: str) -> int | None:
-    try:
-        return int(s)
-    except ValueError:
-        return None
-
-
-def map_labels(
-    raw: Sequence[str], names: list[str] | None, where: str
-) -> tuple[list[int], list[str]]:
-    """Raw labels (all class names, or all integer ids) to ids; the class names.
-
-    With ``names`` given, a name must be one of them and an id must be in range; without,
-    names are the sorted distinct labels (ids: ``"0" .. "C-1"``).
-    """
-    ints = [_as_int(v) for v in raw]
-    if names is not None:
-        lookup = {n: k for k, n in enumerate(names)}
-        out = []
-        for i, (v, k) in enumerate(zip(raw, ints, strict=True)):
-            if v in lookup:
-                out.append(lookup[v])
-            elif k is not None and 0 <= k < len(names):
-                out.append(k)
-            else:
-                raise UserInputError(
-                    f"{where} row {i} has label {v!r}, which is not a known class "
-                    f"(classes: {names[:20]}{' ...' if len(names) > 20 else ''})"
-                )
-        return out, list(names)
-    if all(k is not None for k in ints):
-        neg = [i for i, k in enumerate(ints) if k < 0]  # type: ignore[operator]
-        if neg:
-            raise UserInputError(
-                f"{where} row {neg[0]} has label {raw[neg[0]]!r}; class ids must be >= 0"
-            )
-        c = max(ints) + 1  # type: ignore[type-var]
-        return [int(k) for k in ints], [str(k) for k in range(c)]  # type: ignore[arg-type]
-    if any(k is not None for k in ints):
-        first_id = next(i for i, k in enumerate(ints) if k is not None)
-        first_name = next(i for i, k in enumerate(ints) if k is None)
-        raise UserInputError(
-            f"{where}: the label column mixes class ids (row {first_id}: {raw[first_id]!r}) and "
-            f"class names (row {first_name}: {raw[first_name]!r}); use one or the other"
-        )
-    names = sorted(set(raw))
-    lookup = {n: k for k, n in enumerate(names)}
-    return [lookup[v] for v in raw], names
-
-
 def _class_names(classes) -> list[str] | None:
     """``classes``: ``None``, a list of names, or a text file with one name a line."""
     if classes is None:
@@ -360,12 +308,12 @@ class TextCSV(TextSource):
 
     def load(self, *, seed: int, val_frac: float, test_frac: float):
         texts, raw = read_table(self.path, self.text_column, self.label_column)
-        labels, names = map_labels(raw, _class_names(self.classes), repr(self.path))
+        labels, names = parse_class_labels(raw, _class_names(self.classes), where=repr(self.path))
         sources = [f"{self.path}:row {i}" for i in range(len(texts))]
         test = None
         if self.test_path is not None:
             t_texts, t_raw = read_table(self.test_path, self.text_column, self.label_column)
-            t_labels, _ = map_labels(t_raw, names, repr(self.test_path))
+            t_labels, _ = parse_class_labels(t_raw, names, where=repr(self.test_path))
             test = (t_texts, t_labels, [f"{self.test_path}:row {i}" for i in range(len(t_texts))])
             test_frac = 0.0
         tr, va, te = stratified_split_indices(

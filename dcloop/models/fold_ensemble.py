@@ -14,12 +14,12 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
 from torch.func import functional_call, stack_module_state
 
+from dcloop._checks import check_all_classes_present, check_labels
 from dcloop.folds import assign_folds
 from dcloop.models import optim
 from dcloop.models.losses import fold_masked_loss
 from dcloop.models.user_module import Init, optimizer_from_module, replica_factory
 from dcloop.state import SampleTable, digest
-from dcloop.validation import check_all_classes_present, check_labels
 
 log = logging.getLogger(__name__)
 

@@ -19,13 +19,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from dcloop._checks import parse_class_labels
 from dcloop.csvsafe import read_csv
 from dcloop.data.labelfile import (
     LABEL_FILE_COLUMNS,
     check_columns,
     check_sources,
     parse_index,
-    parse_labels,
     read_label_file,
 )
 from dcloop.people.runconfig import run_label_file
@@ -149,7 +149,9 @@ def read_corrections_csv(
     if "source" in df.columns:
         check_sources(idx, df["source"].replace("", np.nan).tolist(), base["source"], what=what)
     keep = (df["label"].str.strip() != "").to_numpy()
-    labels = parse_labels(df["label"][keep].tolist(), class_names, what=what)
+    # blank labels (no decision) are left out; a placeholder keeps the rows of the messages
+    filled = df["label"].where(keep, str(class_names[0])).tolist()
+    labels = parse_class_labels(filled, class_names, where=what)[0][keep]
     who = by or f"csv:{path.name}"
     if "annotator" in df.columns:
         names = df["annotator"].str.strip()
@@ -268,7 +270,8 @@ def read_labelstudio_export(
                 what=what,
             )
     idx = parse_index(pd.Series(rows, dtype=object), len(base), what=what)
-    return Decision(idx, parse_labels(labels, class_names, what=what), by, at, str(path))
+    ids, _ = parse_class_labels(labels, class_names, where=what)
+    return Decision(idx, ids, by, at, str(path))
 
 
 def apply_decision(base: pd.DataFrame, decision: Decision) -> pd.DataFrame:

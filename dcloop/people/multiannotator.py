@@ -23,8 +23,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from dcloop._checks import parse_class_labels
 from dcloop.csvsafe import unescape_cell
-from dcloop.data.labelfile import check_columns, parse_labels
+from dcloop.data.labelfile import check_columns
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +87,7 @@ def read_annotations(
     if (ann == "").any():
         rows = np.flatnonzero((ann == "").to_numpy())[:5].tolist()
         raise ValueError(f"{what}: empty annotator in data row(s) {rows}")
-    labels = parse_labels(df["label"].tolist(), class_names, what=what)
+    labels, _ = parse_class_labels(df["label"].tolist(), class_names, where=what)
     out = pd.DataFrame({"index": index, "annotator": ann.to_numpy(), "label": labels})
     dup = out.duplicated(["index", "annotator"], keep=False)
     if dup.any():

@@ -334,9 +334,3 @@ def raise_invalid(
             f"pred_probs rows must sum to 1 (atol={atol:g}); got max |row sum - 1| = {worst:.3g} "
             f"(first offending row {first_off} sums to {row_sum:.6g}); renormalise the rows first"
         )
-
-
-def check_choice(name: str, value: Any, choices: tuple) -> None:
-    """Raise ``ValueError`` unless ``value`` is one of ``choices``."""
-    if value not in choices:
-        raise ValueError(f"{name} must be one of {list(choices)}; got {value!r}")
