@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import numpy as np
 from sklearn.model_selection import StratifiedKFold
 
-from dcloop._checks import check_labels
+from dcloop._checks import check_int, check_labels
 from dcloop.errors import UserInputError
 
 
@@ -24,10 +24,7 @@ def check_num_folds(
         num_folds: K.
         class_names: optional names of the classes, for the message.
     """
-    if not isinstance(num_folds, (int, np.integer)) or isinstance(num_folds, bool):
-        raise UserInputError(f"num_folds must be an integer >= 2; got {num_folds!r}")
-    if num_folds < 2:
-        raise UserInputError(f"num_folds must be >= 2 for out-of-fold predictions; got {num_folds}")
+    num_folds = check_int("num_folds", num_folds, minimum=2, why="for out-of-fold predictions")
     counts = np.bincount(labels)
     present = counts[counts > 0]
     smallest = int(present.min())

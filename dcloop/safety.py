@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from dcloop._checks import check_choice
+from dcloop._checks import check_bool, check_choice, check_float, check_int
 from dcloop.cl import BACKENDS, FILTER_BY, SCORE_METHODS, verdict
 
 #: Readiness rules: ``plateau`` (OOF accuracy stopped improving, or ``ready_max_frac`` of
@@ -75,39 +75,23 @@ class SafetyPolicy:
     guard_max_backoffs: int = 2
 
     def __post_init__(self) -> None:
-        if self.ready not in READY_RULES:
-            raise ValueError(f"ready must be one of {list(READY_RULES)}; got {self.ready!r}")
-        _int_at_least("ready_patience", self.ready_patience, 1)
-        _int_at_least("ramp_steps", self.ramp_steps, 1)
-        _int_at_least("guard_pause", self.guard_pause, 0)
-        _int_at_least("guard_max_backoffs", self.guard_max_backoffs, 1)
-        _in_range("ready_min_delta", self.ready_min_delta, 0.0, 1.0)
-        _in_range("ready_max_frac", self.ready_max_frac, 0.0, 1.0)
-        _in_range("max_class_frac", self.max_class_frac, 0.0, 1.0, low_open=True)
-        _in_range("max_flag_frac", self.max_flag_frac, 0.0, 1.0, low_open=True)
-        _in_range("min_confidence", self.min_confidence, 0.0, 1.0)
-        _in_range("guard_val_drop", self.guard_val_drop, 0.0, 1.0)
-        _in_range("guard_noise_jump", self.guard_noise_jump, 0.0, 1.0)
-        if not isinstance(self.smoothing, (int, float)) or not 0.0 <= self.smoothing < 1.0:
-            raise ValueError(f"smoothing must be in [0, 1); got {self.smoothing!r}")
-        if not isinstance(self.guard, bool):
-            raise ValueError(f"guard must be true or false; got {self.guard!r}")
+        check_choice("ready", self.ready, READY_RULES)
+        check_int("ready_patience", self.ready_patience, minimum=1)
+        check_int("ramp_steps", self.ramp_steps, minimum=1)
+        check_int("guard_pause", self.guard_pause, minimum=0)
+        check_int("guard_max_backoffs", self.guard_max_backoffs, minimum=1)
+        check_float("ready_min_delta", self.ready_min_delta, low=0.0, high=1.0)
+        check_float("ready_max_frac", self.ready_max_frac, low=0.0, high=1.0)
+        check_float("max_class_frac", self.max_class_frac, low=0.0, high=1.0, low_open=True)
+        check_float("max_flag_frac", self.max_flag_frac, low=0.0, high=1.0, low_open=True)
+        check_float("min_confidence", self.min_confidence, low=0.0, high=1.0)
+        check_float("guard_val_drop", self.guard_val_drop, low=0.0, high=1.0)
+        check_float("guard_noise_jump", self.guard_noise_jump, low=0.0, high=1.0)
+        check_float("smoothing", self.smoothing, low=0, high=1, high_open=True)
+        check_bool("guard", self.guard)
 
     def as_dict(self) -> dict:
         return asdict(self)
-
-
-def _int_at_least(name: str, value, low: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ValueError(f"{name} must be an int >= {low}; got {value!r}")
-
-
-def _in_range(name: str, value, low: float, high: float, *, low_open: bool = False) -> None:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    ok = ok and (low < value if low_open else low <= value) and value <= high
-    if not ok:
-        bracket = "(" if low_open else "["
-        raise ValueError(f"{name} must be in {bracket}{low}, {high}]; got {value!r}")
 
 
 # ------------------------------------------------------------------------------ readiness
@@ -377,10 +361,8 @@ def action_weights(
         later verdict clears comes back.
     """
     check_choice("action", action, ACTIONS)
-    if not 0.0 <= floor <= 1.0:
-        raise ValueError(f"floor must be in [0, 1]; got {floor}")
-    if power <= 0:
-        raise ValueError(f"power must be > 0; got {power}")
+    check_float("floor", floor, low=0, high=1)
+    check_float("power", power, low=0, low_open=True)
     ones = torch.ones_like(quality, dtype=torch.float32)
     if action == "detect":
         return ones
@@ -416,12 +398,9 @@ class CleaningPolicy:
         check_choice("quality_method", self.quality_method, SCORE_METHODS)
         check_choice("action", self.action, ACTIONS)
         check_choice("backend", self.backend, BACKENDS)
-        if not 0.0 < self.frac_noise <= 1.0:
-            raise ValueError(f"frac_noise must be in (0, 1]; got {self.frac_noise}")
-        if not 0.0 <= self.downweight_floor <= 1.0:
-            raise ValueError(f"downweight_floor must be in [0, 1]; got {self.downweight_floor}")
-        if self.downweight_power <= 0:
-            raise ValueError(f"downweight_power must be > 0; got {self.downweight_power}")
+        check_float("frac_noise", self.frac_noise, low=0, high=1, low_open=True)
+        check_float("downweight_floor", self.downweight_floor, low=0, high=1)
+        check_float("downweight_power", self.downweight_power, low=0, low_open=True)
 
     def verdict(self, labels, probs, confirmed=None):
         """:func:`dcloop.cl.verdict` with this policy's method settings."""

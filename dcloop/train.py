@@ -19,7 +19,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from dcloop._checks import check_run_config
+from dcloop._checks import check_int, check_run_config
 from dcloop.callbacks import ConfidentLearning, RunResults
 from dcloop.callbacks.results import find_callback
 from dcloop.data import check_item
@@ -81,11 +81,7 @@ def resolve_threads(threads: Any, trainer_kwargs: dict) -> int | None:
         devices = trainer_kwargs.get("devices", 1)
         procs = devices if isinstance(devices, int) and devices > 0 else 1
         return max(1, (os.cpu_count() or 1) // (2 * procs))
-    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
-        raise UserInputError(
-            f"trainer.threads must be 'auto', null or an int >= 1, got {threads!r}"
-        )
-    return threads
+    return check_int("trainer.threads", threads, minimum=1, why="or 'auto' or null")
 
 
 @dataclass

@@ -41,7 +41,7 @@ def test_policy_change_sets_levels_and_oversamples_the_weak_class():
     lvl = np.array([k.level for k in keys])
     assert (lvl[labels[idx] == 2] == 3).all() and (lvl[labels[idx] != 2] == 1).all()
     assert (labels[idx] == 2).sum() == 50  # 3x weight: 100 * 75 / 150
-    with pytest.raises(ValueError, match="level must be an int in"):
+    with pytest.raises(ValueError, match=r"level must be an integer in \[0, 3\]; got level=4"):
         policy.set_classes(np.ones(4, bool), level=4)
     with pytest.raises(ValueError, match=r"\(4,\) bool mask"):
         policy.set_classes(np.ones(3, bool), level=2)
@@ -61,7 +61,7 @@ def test_ddp_ranks_split_the_one_process_keys():
         assert [len(x) for x in shards] == [11, 11] == [len(r) for r in ranks]
         assert shards[0] == full[0::2]
         assert shards[1] == (full + full[:1])[1::2]
-    with pytest.raises(ValueError, match="rank must be an int in"):
+    with pytest.raises(ValueError, match=r"rank must be an integer in \[0, 2\); got rank=2"):
         PolicySampler(policy, num_replicas=2, rank=2)
 
 

@@ -113,5 +113,5 @@ def test_residual_excludes_the_pair_itself_when_x_repeats():
     # with self excluded, row 7's residual is its full offset; the wrong Y also raises the
     # residuals of its two siblings, but less
     assert int(np.argmax(scores)) == 7 and scores[7] > 6.5  # |(5, 5)| = 7.07; with self: 4.7
-    with pytest.raises(ValueError, match=r"k \(neighbours\) must be an int >= 1, got 0"):
+    with pytest.raises(ValueError, match=r"k must be an integer >= 1 \(neighbours\); got k=0"):
         score_pairs(x, y, k=0)

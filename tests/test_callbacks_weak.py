@@ -92,10 +92,10 @@ def test_needs_confident_learning_and_a_policy(blobs, tmp_path):
 @pytest.mark.parametrize(
     "kwargs, words",
     [
-        ({"k": -5}, "k must be an int >= 0"),
-        ({"level": -3}, "level must be an int >= 0"),
-        ({"every_n_epochs": 1.5}, "every_n_epochs must be an int >= 1"),
-        ({"threshold": 7}, r"threshold must be a number in \[0, 1\]"),
+        ({"k": -5}, "k must be an integer >= 0; got k=-5"),
+        ({"level": -3}, "level must be an integer >= 0; got level=-3"),
+        ({"every_n_epochs": 1.5}, "every_n_epochs must be an integer >= 1; got every_n_epochs=1.5"),
+        ({"threshold": 7}, r"threshold must be a number in \[0, 1\]; got threshold=7"),
     ],
 )
 def test_bad_options_fail_at_construction(kwargs, words):

@@ -128,9 +128,12 @@ def test_label_dtypes_and_containers_are_accepted():
         ({"return_indices_ranked_by": "margin"}, "return_indices_ranked_by must be one of"),
         ({"backend": "numpy"}, "backend must be one of \\['torch', 'cleanlab'\\]; got 'numpy'"),
         ({"ties": "random"}, "ties must be one of"),
-        ({"frac_noise": 0.0}, "frac_noise must be in \\(0, 1\\]; got 0.0"),
-        ({"min_examples_per_class": -1}, "min_examples_per_class must be an int >= 0; got -1"),
-        ({"chunk_size": 0}, "chunk_size must be a positive int or None; got 0"),
+        ({"frac_noise": 0.0}, "frac_noise must be a number in \\(0, 1\\]; got frac_noise=0.0"),
+        (
+            {"min_examples_per_class": -1},
+            "min_examples_per_class must be an integer >= 0; got min_examples_per_class=-1",
+        ),
+        ({"chunk_size": 0}, "chunk_size must be an integer >= 1 .*or None.*; got chunk_size=0"),
         ({"num_to_remove_per_class": [1, 2]}, "must be 4 non-negative ints"),
         (
             {"filter_by": "confident_learning", "num_to_remove_per_class": [1, 1, 1, 1]},

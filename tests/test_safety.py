@@ -28,11 +28,19 @@ POLICY = SafetyPolicy()
     ("key", "value", "match"),
     [
         ("ready", "soon", "ready must be one of"),
-        ("smoothing", 1.0, r"smoothing must be in \[0, 1\)"),
-        ("max_class_frac", 0.0, r"max_class_frac must be in \(0.0, 1.0\]"),
-        ("ramp_steps", 0, "ramp_steps must be an int >= 1"),
-        ("guard", "yes", "guard must be true or false"),
-        ("min_confidence", float("nan"), "min_confidence must be in"),
+        ("smoothing", 1.0, r"smoothing must be a number in \[0, 1\); got smoothing=1.0"),
+        (
+            "max_class_frac",
+            0.0,
+            r"max_class_frac must be a number in \(0.0, 1.0\]; got max_class_frac=0.0",
+        ),
+        ("ramp_steps", 0, "ramp_steps must be an integer >= 1; got ramp_steps=0"),
+        ("guard", "yes", "guard must be true or false; got guard='yes'"),
+        (
+            "min_confidence",
+            float("nan"),
+            "min_confidence must be a number in .*; got min_confidence=nan",
+        ),
     ],
 )
 def test_policy_names_the_bad_value(key, value, match):
@@ -198,7 +206,9 @@ def test_cleaning_policy_is_validated_once_and_frozen():
 
     with pytest.raises(ValueError, match=r"action must be one of \['prune', 'downweight'"):
         CleaningPolicy(action="drop")
-    with pytest.raises(ValueError, match="downweight_floor must be in"):
+    with pytest.raises(
+        ValueError, match=r"downweight_floor must be a number in \[0, 1\]; got downweight_floor=2.0"
+    ):
         CleaningPolicy(downweight_floor=2.0)
     policy = CleaningPolicy(action="downweight", downweight_floor=0.2)
     with pytest.raises(dataclasses.FrozenInstanceError):

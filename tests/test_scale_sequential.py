@@ -149,7 +149,7 @@ def test_label_file_rows_people_confirmed_are_not_flagged_in_sequential_mode(tmp
 
 
 def test_bad_fold_round_and_missing_previous_round_fail_early(tmp_path):
-    with pytest.raises(ValueError, match=r"fold must be an integer in \[0, 2\).*got 2"):
+    with pytest.raises(ValueError, match=r"fold must be an integer in \[0, 2\).*got fold=2"):
         run_fold(cfg_for(tmp_path, "fold=2"))
     with pytest.raises(ValueError, match="needs fold="):
         run_fold(cfg_for(tmp_path))

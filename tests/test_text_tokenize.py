@@ -69,7 +69,7 @@ def test_hash_buckets_are_stable_and_in_range():
     [
         ({"ngrams": "1"}, "ngrams must be a list"),
         ({"ngrams": (), "char_ngrams": ()}, "at least one"),
-        ({"max_len": 0}, "max_len must be an int >= 1"),
+        ({"max_len": 0}, "tokenizer.max_len must be an integer >= 1; got tokenizer.max_len=0"),
         ({"hash_buckets": -1}, "hash_buckets"),
     ],
 )

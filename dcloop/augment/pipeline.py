@@ -8,6 +8,7 @@ from typing import Any
 
 from torch.utils.data import DataLoader, Dataset
 
+from dcloop._checks import check_float, check_int
 from dcloop.augment.audio import AUDIO_OPS, audio_transforms, augment_audio
 from dcloop.augment.image import IMAGE_OPS, check_ops, image_transforms
 from dcloop.augment.policy import AugmentedDataset, AugmentPolicy, PolicySampler
@@ -92,16 +93,12 @@ class Augmenter:
 
         if kind not in ("uniform", "targeted"):
             raise ValueError(f"augment kind must be one of {list(KINDS)}; got {kind!r}")
-        if isinstance(levels, bool) or int(levels) != levels or levels < 1:
-            raise ValueError(f"augment levels must be an int >= 1; got {levels!r}")
-        weak_level = int(levels) if weak_level is None else weak_level
+        levels = check_int("augment.levels", levels, minimum=1)
+        weak_level = levels if weak_level is None else weak_level
         for name, v in (("level", level), ("weak_level", weak_level)):
-            if isinstance(v, bool) or int(v) != v or not 0 <= v <= levels:
-                raise ValueError(f"augment {name} must be an int in [0, {levels}]; got {v!r}")
-        if not oversample > 0:
-            raise ValueError(f"augment oversample must be > 0; got {oversample!r}")
-        if not 0.0 <= p <= 1.0:
-            raise ValueError(f"augment p must be in [0, 1]; got {p!r}")
+            check_int(f"augment.{name}", v, minimum=0, maximum=levels)
+        check_float("augment.oversample", oversample, low=0, low_open=True)
+        check_float("augment.p", p, low=0, high=1)
         check_ops(image_ops, IMAGE_OPS, "image")  # (a string is an error, not letters)
         check_ops(audio_ops, AUDIO_OPS, "audio")
         if audio_on not in AUDIO_ON:

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from dcloop._checks import check_labels
+from dcloop._checks import check_float, check_int, check_labels
 
 
 class AugKey(NamedTuple):
@@ -46,9 +46,7 @@ class AugmentPolicy:
     def __init__(self, labels, num_classes: int, *, num_levels: int, base_level: int = 0) -> None:
         self.labels = check_labels(labels, num_classes)
         self.num_classes = int(num_classes)
-        if num_levels < 1:
-            raise ValueError(f"levels must be >= 1; got {num_levels}")
-        self.num_levels = int(num_levels)
+        self.num_levels = check_int("num_levels", num_levels, minimum=1)
         self._check_level("base_level", base_level)
         self.base_level = int(base_level)
         self.class_level = np.full(self.num_classes, self.base_level, dtype=np.int64)
@@ -57,15 +55,13 @@ class AugmentPolicy:
         self._device_levels: dict[str, tuple[int, torch.Tensor]] = {}
 
     def _check_level(self, name: str, level: int) -> None:
-        if isinstance(level, bool) or int(level) != level or not 0 <= level <= self.num_levels:
-            raise ValueError(f"{name} must be an int in [0, {self.num_levels}]; got {level!r}")
+        check_int(name, level, minimum=0, maximum=self.num_levels)
 
     def set_classes(self, classes, *, level: int, weight: float = 1.0) -> None:
         """Give ``classes`` (a ``(C,)`` bool mask) ``level`` and oversampling ``weight``;
         every other class goes back to the base level and weight 1."""
         self._check_level("level", level)
-        if not weight > 0:
-            raise ValueError(f"oversampling weight must be > 0; got {weight!r}")
+        check_float("weight", weight, low=0, low_open=True, why="the oversampling factor")
         mask = np.asarray(torch.as_tensor(classes).cpu().numpy(), dtype=bool)
         if mask.shape != (self.num_classes,):
             raise ValueError(f"classes must be a ({self.num_classes},) bool mask; got {mask.shape}")
@@ -145,16 +141,10 @@ class PolicySampler(Sampler[AugKey]):
     def __init__(
         self, policy: AugmentPolicy, *, seed: int = 0, num_replicas: int = 1, rank: int = 0
     ) -> None:
-        if isinstance(seed, bool) or not isinstance(seed, int):
-            raise ValueError(f"seed must be an int; got {seed!r}")
-        if isinstance(num_replicas, bool) or not isinstance(num_replicas, int) or num_replicas < 1:
-            raise ValueError(f"num_replicas must be an int >= 1; got {num_replicas!r}")
-        if isinstance(rank, bool) or not isinstance(rank, int) or not 0 <= rank < num_replicas:
-            raise ValueError(f"rank must be an int in [0, {num_replicas}); got {rank!r}")
         self.policy = policy
-        self.seed = seed
-        self.num_replicas = num_replicas
-        self.rank = rank
+        self.seed = check_int("seed", seed)
+        self.num_replicas = check_int("num_replicas", num_replicas, minimum=1)
+        self.rank = check_int("rank", rank, minimum=0, below=self.num_replicas)
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:

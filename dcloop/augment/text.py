@@ -47,6 +47,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from dcloop._checks import check_callable
 from dcloop.augment.image import check_ops
 from dcloop.augment.policy import AugmentedDataset
 
@@ -327,11 +328,9 @@ class TextAugment:
 # ------------------------------------------------------------------------- back-translation
 def check_translator(fn: Any) -> Callable[[list[str]], list[str]]:
     """``fn`` if it is callable (the hook's contract is checked on each call)."""
-    if not callable(fn):
-        raise ValueError(
-            f"augment.backtranslate must be a callable list[str] -> list[str]; got {fn!r}"
-        )
-    return fn
+    return check_callable(
+        "augment.backtranslate", fn, allow_none=False, expected="a callable list[str] -> list[str]"
+    )
 
 
 def backtranslate_all(

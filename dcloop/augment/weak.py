@@ -11,6 +11,8 @@ from dataclasses import dataclass
 import torch
 from torchmetrics.functional.classification import multiclass_recall
 
+from dcloop._checks import check_float, check_int
+
 #: Ways to turn per-class scores into a set of weak classes.
 RULES: tuple[str, ...] = ("bottom_k", "threshold")
 
@@ -111,10 +113,10 @@ def weak_classes(
     labels = torch.as_tensor(labels, device=device).long()
     if labels.shape != (n,):
         raise ValueError(f"labels must have shape ({n},) to match probs; got {tuple(labels.shape)}")
-    if rule == "bottom_k" and (isinstance(k, bool) or not 0 <= int(k) <= c or int(k) != k):
-        raise ValueError(f"k must be an int in [0, {c}] (the number of classes); got {k!r}")
-    if rule == "threshold" and not 0.0 <= float(threshold) <= 1.0:
-        raise ValueError(f"threshold must be in [0, 1]; got {threshold!r}")
+    if rule == "bottom_k":
+        check_int("k", k, minimum=0, maximum=c, why="at most the number of classes")
+    if rule == "threshold":
+        check_float("threshold", threshold, low=0, high=1)
     if flags is None:
         keep = torch.ones(n, dtype=torch.bool, device=device)
     else:

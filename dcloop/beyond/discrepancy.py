@@ -33,6 +33,7 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
+from dcloop._checks import check_float, check_int
 from dcloop.results import atomic_write, write_csv, write_json
 
 log = logging.getLogger(__name__)
@@ -193,10 +194,8 @@ def find_test_only_patterns(
 
     a, t = _standardize(*_check_embeddings(train, test))
     n, m = len(a), len(t)
-    if not (isinstance(k, (int, np.integer)) and 1 <= k < n + m - 1):
-        raise ValueError(f"k must be an int in [1, {n + m - 1}), got {k!r}")
-    if not 0.0 < float(alpha) < 1.0:
-        raise ValueError(f"alpha must be in (0, 1), got {alpha!r}")
+    k = check_int("k", k, minimum=1, below=n + m - 1, why="neighbours")
+    check_float("alpha", alpha, low=0, high=1, low_open=True, high_open=True)
     pooled = np.concatenate([a, t])
     nn_ = NearestNeighbors(n_neighbors=k + 1).fit(pooled)
     _, idx = nn_.kneighbors(t)

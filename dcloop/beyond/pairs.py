@@ -33,6 +33,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from dcloop._checks import check_int
+
 log = logging.getLogger(__name__)
 
 METHODS: tuple[str, ...] = ("knn", "iforest", "residual")
@@ -147,8 +149,7 @@ def score_pairs(
         Columns ``index`` (the row), ``knn``, ``iforest``, ``residual`` (anomaly scores,
         higher = worse) and ``<method>_rank`` (0 = most anomalous); rows ordered by ``knn``.
     """
-    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
-        raise ValueError(f"k (neighbours) must be an int >= 1, got {k!r}")
+    k = check_int("k", k, minimum=1, why="neighbours")
     xs, ys = _sides(x, y, embed_x, embed_y, y_weight)
     feats = np.concatenate([xs, ys], axis=1)
     df = pd.DataFrame(

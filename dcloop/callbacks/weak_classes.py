@@ -9,7 +9,7 @@ import lightning as L
 import numpy as np
 from omegaconf import OmegaConf
 
-from dcloop._checks import check_choice
+from dcloop._checks import check_choice, check_float, check_int
 from dcloop.augment.weak import RULES, weak_classes
 from dcloop.callbacks.confident_learning import ConfidentLearning
 from dcloop.timing import timed_hook
@@ -55,17 +55,13 @@ class WeakClasses(L.Callback):
         every_n_epochs: int = 1,
     ) -> None:
         check_choice("rule", rule, RULES)
-        for name, value, low in (
-            ("k", k, 0),
-            ("level", 0 if level is None else level, 0),
-            ("every_n_epochs", every_n_epochs, 1),
-        ):
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
-                raise ValueError(f"{name} must be an int >= {low}; got {value!r}")
-        if isinstance(threshold, bool) or not 0.0 <= float(threshold) <= 1.0:
-            raise ValueError(f"threshold must be a number in [0, 1]; got {threshold!r}")
-        if oversample is not None and not oversample > 0:
-            raise ValueError(f"oversample must be > 0; got {oversample}")
+        check_int("k", k, minimum=0)
+        if level is not None:
+            check_int("level", level, minimum=0)
+        check_int("every_n_epochs", every_n_epochs, minimum=1)
+        check_float("threshold", threshold, low=0, high=1)
+        if oversample is not None:
+            check_float("oversample", oversample, low=0, low_open=True)
         self.policy = policy
         self.rule, self.k, self.threshold = rule, k, threshold
         self.level, self.oversample = level, oversample

@@ -19,6 +19,8 @@ from typing import Any, TypeVar
 import numpy as np
 import torch
 
+from dcloop._checks import check_int
+
 #: Allowed distance of a probability from ``[0, 1]`` (cleanlab's ``FLOATING_POINT_COMPARISON``).
 PROB_RANGE_ATOL = 1e-6
 #: Allowed ``|row sum - 1|`` per input dtype. Rows inside the tolerance are used *as given*
@@ -217,8 +219,8 @@ def prepare_inputs(
         raise TypeError(
             f"labels must have an integer dtype; got {str(lab.dtype).replace('torch.', '')}"
         )
-    if chunk_size is not None and (isinstance(chunk_size, bool) or int(chunk_size) < 1):
-        raise ValueError(f"chunk_size must be a positive int or None; got {chunk_size!r}")
+    if chunk_size is not None:
+        chunk_size = check_int("chunk_size", chunk_size, minimum=1, why="or None for the default")
     lab = lab.to(device=probs.device, dtype=torch.int64)
     lo, hi = (int(v) for v in torch.aminmax(lab))
     if lo < 0 or hi >= k:

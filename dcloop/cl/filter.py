@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from dcloop._checks import check_choice
+from dcloop._checks import check_choice, check_float, check_int
 from dcloop.cl import _kxk
 from dcloop.cl._inputs import Inputs, prepare_inputs, public_entry
 from dcloop.cl._prune import TIES, prune_by_class, prune_by_noise_rate
@@ -127,12 +127,8 @@ def _check_options(
     adjust = bool((rank_by_kwargs or {}).get("adjust_pred_probs", False))
     if adjust and return_indices_ranked_by == "confidence_weighted_entropy":
         raise ValueError("adjust_pred_probs is not supported for confidence_weighted_entropy")
-    if not 0.0 < float(frac_noise) <= 1.0:
-        raise ValueError(f"frac_noise must be in (0, 1]; got {frac_noise!r}")
-    if isinstance(min_examples_per_class, bool) or int(min_examples_per_class) < 0:
-        raise ValueError(
-            f"min_examples_per_class must be an int >= 0; got {min_examples_per_class!r}"
-        )
+    check_float("frac_noise", frac_noise, low=0, high=1, low_open=True)
+    check_int("min_examples_per_class", min_examples_per_class, minimum=0)
     return adjust
 
 

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from dcloop._checks import check_choice
+from dcloop._checks import check_choice, check_float
 from dcloop.cl import _kxk
 from dcloop.cl._inputs import prepare_inputs, public_entry
 from dcloop.cl.count import confident_joint_from_scan, scan
@@ -82,8 +82,7 @@ def verdict(
     check_choice("filter_by", filter_by, FILTER_BY)
     check_choice("quality_method", quality_method, SCORE_METHODS)
     check_choice("backend", backend, BACKENDS)
-    if not 0.0 < float(frac_noise) <= 1.0:
-        raise ValueError(f"frac_noise must be in (0, 1]; got {frac_noise!r}")
+    check_float("frac_noise", frac_noise, low=0, high=1, low_open=True)
     probs = _tensor(pred_probs)
     device = probs.device
     inputs = prepare_inputs(_tensor(labels).long().to(device), probs, check_probs=False)

@@ -16,7 +16,14 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from dcloop._checks import as_label_array, check_label_range, check_num_classes
+from dcloop._checks import (
+    as_label_array,
+    check_float,
+    check_int,
+    check_label_range,
+    check_num_classes,
+    is_int,
+)
 from dcloop.csvsafe import neutralize
 
 logger = logging.getLogger(__name__)
@@ -189,10 +196,7 @@ def check_mapping(mapping: Mapping[Any, Any], num_classes: int) -> dict[int, int
         )
     out = {}
     for src, dst in mapping.items():
-        ok = all(
-            isinstance(v, (int, np.integer)) and not isinstance(v, bool) and 0 <= v < num_classes
-            for v in (src, dst)
-        )
+        ok = all(is_int(v) and 0 <= v < num_classes for v in (src, dst))
         if not ok or src == dst:
             raise ValueError(
                 f"noise mapping {src!r}: {dst!r} must map a class id in [0, {num_classes}) to "
@@ -207,7 +211,7 @@ def resolve_mapping(mapping: Mapping[Any, Any], class_names: Sequence[str]) -> d
     names = [str(n) for n in class_names]
 
     def one(v: Any) -> int:
-        if isinstance(v, (int, np.integer)) and not isinstance(v, bool):
+        if is_int(v):
             return int(v)
         if str(v) in names:
             return names.index(str(v))
@@ -266,19 +270,9 @@ def inject_noise(
     """
     if kind not in NOISE_KINDS:
         raise ValueError(f"kind must be one of {list(NOISE_KINDS)}, got {kind!r}")
-    if isinstance(rate, bool) or not isinstance(rate, (int, float, np.floating, np.integer)):
-        raise ValueError(f"rate must be a float in [0, 1), got {rate!r}")
-    rate = float(rate)
-    if not 0.0 <= rate < 1.0:
-        raise ValueError(f"rate must be in [0, 1), got {rate}")
-    if isinstance(sparsity, bool) or not isinstance(sparsity, (int, float, np.floating)):
-        raise ValueError(f"sparsity must be a float in [0, 1], got {sparsity!r}")
-    sparsity = float(sparsity)
-    if not 0.0 <= sparsity <= 1.0:
-        raise ValueError(f"sparsity must be in [0, 1], got {sparsity}")
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise ValueError(f"seed must be a non-negative int, got {seed!r}")
-    seed = int(seed)
+    rate = check_float("rate", rate, low=0, high=1, high_open=True)
+    sparsity = check_float("sparsity", sparsity, low=0, high=1)
+    seed = check_int("seed", seed, minimum=0)
     c = check_num_classes(num_classes)
     true = as_label_array(labels)
     check_label_range(true, c)

@@ -11,6 +11,8 @@ from collections.abc import Iterator
 
 from torch.utils.data import DistributedSampler, Sampler
 
+from dcloop._checks import check_int
+
 
 class EpochShuffleSampler(DistributedSampler):
     """``torch.utils.data.DistributedSampler(range(num_samples), shuffle, seed)`` with dcloop's
@@ -36,13 +38,10 @@ class EpochShuffleSampler(DistributedSampler):
         num_replicas: int = 1,
         rank: int = 0,
     ) -> None:
-        for name, value in (("num_samples", num_samples), ("num_replicas", num_replicas)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be an int >= 1, got {value!r}")
-        if isinstance(rank, bool) or not isinstance(rank, int) or not 0 <= rank < num_replicas:
-            raise ValueError(f"rank must be an int in [0, {num_replicas}), got {rank!r}")
-        if isinstance(seed, bool) or not isinstance(seed, int):
-            raise ValueError(f"seed must be an int, got {seed!r}")
+        num_samples = check_int("num_samples", num_samples, minimum=1)
+        num_replicas = check_int("num_replicas", num_replicas, minimum=1)
+        rank = check_int("rank", rank, minimum=0, below=num_replicas)
+        seed = check_int("seed", seed)
         super().__init__(
             range(num_samples),
             num_replicas=num_replicas,
@@ -54,9 +53,7 @@ class EpochShuffleSampler(DistributedSampler):
 
     def set_epoch(self, epoch: int) -> None:
         """Selects the epoch whose order the next iteration yields."""
-        if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
-            raise ValueError(f"epoch must be a non-negative int, got {epoch!r}")
-        super().set_epoch(epoch)
+        super().set_epoch(check_int("epoch", epoch, minimum=0))
 
 
 class DistributedEpochSampler(DistributedSampler):

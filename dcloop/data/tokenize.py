@@ -30,6 +30,8 @@ from pathlib import Path
 
 import torch
 
+from dcloop._checks import check_int, is_int
+
 PAD_ID = 0
 UNK_ID = 1
 _SPECIAL = ("<pad>", "<unk>")
@@ -71,9 +73,7 @@ class NgramTokenizer:
         lowercase: bool = True,
     ) -> None:
         for name, orders in (("ngrams", ngrams), ("char_ngrams", char_ngrams)):
-            if isinstance(orders, (str, int)) or not all(
-                isinstance(n, int) and not isinstance(n, bool) and n >= 1 for n in orders
-            ):
+            if isinstance(orders, (str, int)) or not all(is_int(n) and n >= 1 for n in orders):
                 raise ValueError(f"tokenizer {name} must be a list of ints >= 1; got {orders!r}")
         if not ngrams and not char_ngrams:
             raise ValueError("tokenizer needs at least one of ngrams / char_ngrams")
@@ -83,8 +83,7 @@ class NgramTokenizer:
             ("hash_buckets", hash_buckets, 0),
             ("max_len", max_len, 1),
         ):
-            if isinstance(v, bool) or not isinstance(v, int) or v < low:
-                raise ValueError(f"tokenizer {name} must be an int >= {low}; got {v!r}")
+            check_int(f"tokenizer.{name}", v, minimum=low)
         self.ngrams = tuple(int(n) for n in ngrams)
         self.char_ngrams = tuple(int(n) for n in char_ngrams)
         self.max_vocab, self.min_count = int(max_vocab), int(min_count)

@@ -8,6 +8,7 @@ import lightning as L
 import torch
 from torch import nn
 
+from dcloop._checks import check_callable
 from dcloop.models import optim
 
 
@@ -43,8 +44,7 @@ class Classifier(L.LightningModule):
     ) -> None:
         super().__init__()
         optim.check_scheduler(scheduler)
-        if optimizer is not None and not callable(optimizer):
-            raise ValueError(f"optimizer must be a factory optimizer(params); got {optimizer!r}")
+        check_callable("optimizer", optimizer, expected="a factory optimizer(params)")
         self._optimizer, self._scheduler = optimizer, scheduler
         self._loss_fn = optim.per_sample_loss(loss, label_smoothing)
         self.save_hyperparameters(

@@ -21,6 +21,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
+from dcloop._checks import check_callable
 from dcloop.models.fold_ensemble import FoldEnsemble
 
 MODEL_CONF = Path(__file__).resolve().parent.parent / "conf" / "model"
@@ -264,9 +265,9 @@ def module_kwargs(model_cfg: DictConfig, module: type = FoldEnsemble) -> dict[st
 
 def _partial(node: DictConfig, where: str) -> Callable:
     made = instantiate(node, _partial_=True)
-    if not callable(made):
-        raise ValueError(f"{where} must be a `_target_` config of a callable; got {made!r}")
-    return made
+    return check_callable(
+        where, made, allow_none=False, expected="a `_target_` config of a callable"
+    )
 
 
 def _signature(func) -> tuple[set[str], bool]:

@@ -14,7 +14,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
 from torch.func import functional_call, stack_module_state
 
-from dcloop._checks import check_all_classes_present, check_labels
+from dcloop._checks import check_all_classes_present, check_callable, check_labels
 from dcloop.folds import assign_folds
 from dcloop.models import optim
 from dcloop.models.losses import fold_masked_loss
@@ -96,11 +96,9 @@ class FoldEnsemble(L.LightningModule):
         if vectorize not in ("auto", "vmap", "loop"):
             raise ValueError(f"vectorize must be 'auto', 'vmap' or 'loop'; got {vectorize!r}")
         optim.check_scheduler(scheduler)
-        if optimizer is not None and not callable(optimizer):
-            raise ValueError(f"optimizer must be a factory optimizer(params); got {optimizer!r}")
+        check_callable("optimizer", optimizer, expected="a factory optimizer(params)")
         optim.check_optimizer_factory(optimizer)  # LAMB, LARS, ... raise here, before any data
-        if not callable(net):
-            raise ValueError(f"net must be a callable returning an nn.Module; got {net!r}")
+        check_callable("net", net, allow_none=False, expected="a callable returning an nn.Module")
         self._optimizer, self._scheduler = optimizer, scheduler
         self._loss_fn = None if loss is None else optim.per_sample_loss(loss, label_smoothing)
         # Plain values only (factories as descriptions): checkpoints stay loadable as data.

@@ -28,6 +28,8 @@ from typing import Any
 import torch
 from lightning.pytorch.utilities import rank_zero_warn
 
+from dcloop._checks import check_callable
+
 # Update of each element from its own gradient history only: K stacked replicas stay K optimisers.
 ELEMENTWISE = frozenset(
     {
@@ -119,8 +121,8 @@ def check_scheduler(scheduler: Any) -> None:
                 "scheduler must be 'cosine', 'none' or a partial of an LR scheduler; "
                 f"got {scheduler!r}"
             )
-    elif scheduler is not None and not callable(scheduler):
-        raise ValueError(f"scheduler must be 'cosine', 'none' or a callable; got {scheduler!r}")
+    else:
+        check_callable("scheduler", scheduler, expected="'cosine', 'none', a callable")
 
 
 def configure_optimizers(
@@ -183,10 +185,9 @@ def per_sample_loss(loss: Callable | None, label_smoothing: float) -> Callable:
         return functools.partial(
             torch.nn.functional.cross_entropy, reduction="none", label_smoothing=label_smoothing
         )
-    if not callable(loss):
-        raise ValueError(
-            f"loss must be a callable (logits, targets) -> per-sample losses; got {loss!r}"
-        )
+    check_callable(
+        "loss", loss, allow_none=False, expected="a callable (logits, targets) -> per-sample losses"
+    )
     if label_smoothing:
         raise ValueError("give label_smoothing either to the loss partial or on its own, not both")
     if _takes(loss, "reduction") and "reduction" not in getattr(loss, "keywords", {}):

@@ -41,6 +41,7 @@ from lightning.pytorch.utilities.model_helpers import is_overridden
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader, Subset
 
+from dcloop._checks import check_int
 from dcloop.callbacks import ConfidentLearning, OOFCollector
 from dcloop.data import EpochShuffleSampler, check_item
 from dcloop.folds import assign_folds
@@ -96,10 +97,8 @@ def check_fold_cfg(cfg: DictConfig) -> tuple[int, int, int]:
             f"mode=sequential needs fold=<k> in [0, {k}) (all folds: dcloop -m mode=sequential "
             f"fold={','.join(str(i) for i in range(k))})"
         )
-    if isinstance(fold, bool) or not isinstance(fold, int) or not 0 <= fold < k:
-        raise ValueError(f"fold must be an integer in [0, {k}) (folds={k}); got {fold!r}")
-    if isinstance(rnd, bool) or not isinstance(rnd, int) or rnd < 0:
-        raise ValueError(f"round must be an integer >= 0; got {rnd!r}")
+    fold = check_int("fold", fold, minimum=0, below=k, why=f"folds={k}")
+    rnd = check_int("round", rnd, minimum=0)
     return fold, k, rnd
 
 
