@@ -55,7 +55,7 @@ def test_transforms_per_level_and_bad_names():
     assert ts[0] is None and [t.level for t in ts[1:]] == [1, 2, 3]
     with pytest.raises(ValueError, match="'blur'"):
         ImageAugment(["rotate", "blur"], 1, 3, size=(8, 8))
-    with pytest.raises(ValueError, match="level must be in"):
+    with pytest.raises(ValueError, match=r"level must be an integer in \[1, 3\]; got level=4"):
         ImageAugment(["rotate"], 4, 3, size=(8, 8))
     with pytest.raises(ValueError, match="list of names"):
         image_transforms("rotate", 3, size=(8, 8))

@@ -66,5 +66,5 @@ def test_fold_subsets_are_disjoint_and_complete():
         assert set(train_part.indices).isdisjoint(held.indices)
         seen += held.indices
     assert sorted(seen) == list(range(30))
-    with pytest.raises(ValueError, match="fold must be in"):
+    with pytest.raises(ValueError, match=r"fold must be an integer in \[0, 5\); got fold=5"):
         fold_subsets(data, labels, 5, 5)

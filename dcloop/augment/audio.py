@@ -15,6 +15,7 @@ from collections.abc import Sequence
 import torch
 import torchaudio.functional as AF
 
+from dcloop._checks import check_float, check_int
 from dcloop.augment.image import check_ops
 
 #: op name -> (mild, strong) magnitude and what it means.
@@ -146,10 +147,8 @@ class AudioAugment:
         self, ops: Sequence[str], level: int, num_levels: int, *, sample_rate: int, p: float = 0.5
     ) -> None:
         check_ops(ops, AUDIO_OPS, "audio")
-        if not 1 <= level <= num_levels:
-            raise ValueError(f"level must be in [1, {num_levels}]; got {level}")
-        if not 0.0 <= p <= 1.0:
-            raise ValueError(f"p must be in [0, 1]; got {p}")
+        check_int("level", level, minimum=1, maximum=num_levels)
+        check_float("p", p, low=0, high=1)
         self.ops, self.level, self.num_levels = list(ops), int(level), int(num_levels)
         self.sample_rate, self.p = int(sample_rate), float(p)
 

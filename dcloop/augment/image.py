@@ -14,6 +14,8 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from dcloop._checks import check_float, check_int
+
 log = logging.getLogger(__name__)
 
 #: op name -> (mild, strong) magnitude and what it means.
@@ -87,10 +89,8 @@ class ImageAugment:
         import albumentations as A
 
         check_ops(ops, IMAGE_OPS, "image")
-        if not 1 <= level <= num_levels:
-            raise ValueError(f"level must be in [1, {num_levels}]; got {level}")
-        if not 0.0 <= p <= 1.0:
-            raise ValueError(f"p must be in [0, 1]; got {p}")
+        check_int("level", level, minimum=1, maximum=num_levels)
+        check_float("p", p, low=0, high=1)
         self.ops, self.level, self.p = list(ops), int(level), float(p)
         self.magnitudes = {op: magnitude(op, level, num_levels) for op in ops}
         size = (int(size[0]), int(size[1]))

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 from torch.utils.data import Subset
 
+from dcloop._checks import check_int
 from dcloop.folds import assign_folds
 
 
@@ -17,8 +18,7 @@ def fold_subsets(dataset, labels, num_folds: int, fold: int, *, seed: int = 0):
     Items keep their global ``index``, so the held-out fold's OOF rows land in the
     right place of the ``[N, C]`` buffer.
     """
-    if not 0 <= fold < num_folds:
-        raise ValueError(f"fold must be in [0, {num_folds}); got {fold}")
+    check_int("fold", fold, minimum=0, below=num_folds)
     folds = assign_folds(labels, num_folds, seed=seed)
     return (
         Subset(dataset, np.flatnonzero(folds != fold).tolist()),
