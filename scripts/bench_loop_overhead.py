@@ -3,7 +3,7 @@
 Data (``--data``): ``synthetic`` (default): CIFAR-shaped in-memory data (seeded random uint8
 images, 3x32x32, 10 classes, served by dcloop's ``IndexedTensorDataset`` like the cifar10
 source); or ``jpeg:ROOT``: an image folder ``ROOT/<class>/*.jpg`` loaded as dcloop loads one,
-``LabelNoiseDataModule(source="folder", root=ROOT, image_size=32, cache=...)`` with every row
+``LabelNoiseDataModule(ImageFolder(ROOT, image_size=32, cache=...))`` with every row
 in the training split (``val_frac=test_frac=0``), once per ``--cache`` value (``true``: decoded
 once into memory at setup; ``false``: every image decoded by PIL on each read). Model:
 ``FoldEnsemble`` of SmallCNN (width 32, vmap), train batch 128, OOF batch 512 (the cifar10
@@ -79,13 +79,10 @@ def _dataset(data: str, n: int, cache: bool, seed: int):
         x = torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=g)
         ds = IndexedTensorDataset(x, np.arange(n) % C, num_classes=C)
     else:
-        from dcloop.data import LabelNoiseDataModule
+        from dcloop.data import ImageFolder, LabelNoiseDataModule
 
         dm = LabelNoiseDataModule(
-            source="folder",
-            root=data.split(":", 1)[1],
-            image_size=32,
-            cache=cache,
+            ImageFolder(data.split(":", 1)[1], image_size=32, cache=cache),
             val_frac=0.0,
             test_frac=0.0,
             batch_size=TRAIN_BATCH,
@@ -280,7 +277,7 @@ def run_markdown(rows: list[dict], meta: dict) -> list[str]:
     jpeg = any(r.get("data", "synthetic") != "synthetic" for r in rows)
     what = (
         f"the JPEG folder `{meta.get('data', '').split(':', 1)[-1]}` loaded by "
-        "`LabelNoiseDataModule(source='folder', image_size=32, cache=...)`, all rows in train"
+        "`LabelNoiseDataModule(ImageFolder(root, image_size=32, cache=...))`, all rows in train"
         if jpeg
         else f"CIFAR-shaped random uint8 images (3x32x32, {C} classes, in memory)"
     )

@@ -16,7 +16,7 @@ Rows (same network, optimiser, schedule, batch and epochs within a dataset):
 * ``oracle``: one network on the true labels.
 
 Data: ``cifar10``: ``cifar10-subset/train`` (500 a class; 10 % to validation) with the official
-test images of ``cifar10-subset/test`` (``data.test_root``). ``fsdd``: the Free Spoken Digit
+test images of ``cifar10-subset/test`` (``data.source.test_root``). ``fsdd``: the Free Spoken Digit
 clips of three speakers, recordings 0-9 of each speaker and digit as the test set (FSDD's own
 test split is 0-4), 10-49 train (15 % to validation).
 Noise: symmetric 20 % and 40 %; asymmetric 30 %: CIFAR-10's class pairs
@@ -91,8 +91,8 @@ def data_overrides(dataset: str, setting: str, workdir: Path, epochs: int) -> li
         root = SHARED / "cifar10-subset"
         data = [
             "data=folder",
-            f"data.root={root / 'train'}",
-            f"data.test_root={root / 'test'}",
+            f"data.source.root={root / 'train'}",
+            f"data.source.test_root={root / 'test'}",
             "data.val_frac=0.1",
             "model.net.width=8",
         ]
@@ -100,8 +100,8 @@ def data_overrides(dataset: str, setting: str, workdir: Path, epochs: int) -> li
         split = fsdd_split(workdir)
         data = [
             "data=audio_folder",
-            f"data.root={split / 'train'}",
-            f"data.test_root={split / 'test'}",
+            f"data.source.root={split / 'train'}",
+            f"data.source.test_root={split / 'test'}",
             "model=audio_cnn",
         ]
     noise = {

@@ -7,7 +7,7 @@ import torch
 
 import dcloop
 from dcloop.augment import PolicySampler
-from dcloop.data import LabelNoiseDataModule
+from dcloop.data import AudioSynth, LabelNoiseDataModule
 from dcloop.train import train
 
 from conftest import compose_dcloop
@@ -35,8 +35,7 @@ def test_augment_none_keeps_todays_loader_and_targeted_uses_the_policy_sampler()
 
 def test_audio_batch_augmentation_follows_the_levels_by_index():
     dm = LabelNoiseDataModule(
-        "audio_synth",
-        audio={"num_per_class": 4, "clip_seconds": 0.5},
+        AudioSynth(num_per_class=4, clip_seconds=0.5),
         augment={"kind": "targeted", "level": 0, "p": 1.0},
     )
     dm.setup()
@@ -68,8 +67,7 @@ class Spy(L.LightningModule):
 
 def test_lightning_calls_the_device_batch_augmentation_in_training_only(tmp_path):
     dm = LabelNoiseDataModule(
-        "audio_synth",
-        audio={"num_per_class": 4, "clip_seconds": 0.25},
+        AudioSynth(num_per_class=4, clip_seconds=0.25),
         augment={"kind": "uniform", "level": 2, "p": 1.0, "audio_ops": ["noise"]},
         batch_size=8,
     )
@@ -99,8 +97,8 @@ def test_audio_end_to_end_with_targeted_augmentation(tmp_path):
         "data=audio_synth",
         "model=audio_cnn",
         "augment=targeted",
-        "data.audio.num_per_class=12",
-        "data.audio.clip_seconds=0.5",
+        "data.source.num_per_class=12",
+        "data.source.clip_seconds=0.5",
         "folds=3",
         "trainer.max_epochs=2",
         "cl.warmup_epochs=1",

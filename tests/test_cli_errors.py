@@ -17,16 +17,15 @@ from hydra.utils import instantiate
 from PIL import Image
 
 import dcloop
+from dcloop._checks import check_resume_path, check_run_config
 from dcloop.beyond.ner import read_conll
 from dcloop.callbacks import ConfidentLearning
 from dcloop.cli import exit_on_user_error
-from dcloop.data import LabelNoiseDataModule, csv_manifest, image_folder
-from dcloop.data.badfiles import check_files
+from dcloop.data import CsvManifest, LabelNoiseDataModule, csv_manifest, decode_files, image_folder
 from dcloop.data.labelfile import read_label_file
 from dcloop.errors import PREFIX, UserInputError, user_error_message
 from dcloop.folds import check_num_folds
 from dcloop.train import train
-from dcloop.validation import check_resume_path, check_run_config
 
 from conftest import compose_dcloop
 
@@ -92,7 +91,7 @@ def test_cli_corrupt_image_is_one_line_naming_it(tmp_path):
         for k in range(6):
             _png(root / cls / f"{k}.png", 30 * k)
     (root / "cat" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated jpeg")
-    res = dcloop_cli(tmp_path, "data=folder", f"data.root={root}", "folds=2")
+    res = dcloop_cli(tmp_path, "data=folder", f"data.source.root={root}", "folds=2")
     assert_one_line(res, "cannot be read", "broken.jpg", "on_bad_file=skip")
 
 
@@ -235,12 +234,12 @@ def test_folder_errors_are_one_line(tmp_path, images):
     assert "'cat'" in message(image_folder, tmp_path / "tree")
     (tmp_path / "tree" / "cat" / "bad.jpg").write_bytes(b"\xff\xd8 not a jpeg")
     ds, _ = image_folder(tmp_path / "tree")
-    assert "bad.jpg" in message(check_files, ds, "error")
+    assert "bad.jpg" in message(decode_files, ds)
 
 
 def test_single_class_manifest_names_the_class(tmp_path, images):
     man = _manifest(tmp_path, [f"{k}.png,cat" for k in range(8)])
-    dm = LabelNoiseDataModule("csv", root=images, manifest=man)
+    dm = LabelNoiseDataModule(CsvManifest(images, man))
     text = message(dm.setup)
     assert "single class, 'cat'" in text and "at least 2 classes" in text
     assert "K=1" not in text and str(man) in text

@@ -38,7 +38,7 @@ def data_for(option: str) -> str:
 def small(*overrides):
     """Small embedded data sets, so that each option builds in seconds."""
     extra = {
-        "data=audio_synth": "data.audio.num_per_class=6",
+        "data=audio_synth": "data.source.num_per_class=6",
         "data=text_synth": "data.source.num_per_class=30",
     }
     return [*overrides, *(extra[o] for o in overrides if o in extra)]
@@ -69,8 +69,7 @@ def test_every_config_option_composes_and_instantiates(group, option, compose_co
         else:  # needs the user's files: the missing keys are named, and a wrong path is named
             missing = {k.removeprefix("data.") for k in OmegaConf.missing_keys(cfg.data)}
             assert missing and missing <= {
-                "root",
-                "manifest",
+                "source.manifest",
                 "source.root",
                 "source.annotations",
                 "source.path",

@@ -5,10 +5,10 @@ import soundfile as sf
 import torch
 from PIL import Image
 
-from dcloop.data import LabelNoiseDataModule
+from dcloop.data import AudioFolder, AudioSynth, FileDataset, ImageFolder, LabelNoiseDataModule
 from dcloop.data.audio import (
     SYNTH_CLASS_NAMES,
-    AudioFileDataset,
+    AudioReader,
     audio_folder,
     read_audio,
     synthetic_digits,
@@ -62,7 +62,8 @@ def test_audio_folder_reads_resamples_and_pads(sounds):
     assert x[0, :1900].abs().max() > 0.15 and x[0, 2100:].abs().max() == 0  # 0.25 s, then pad
     x0, y0, _ = ds[0]
     assert y0 == 0 and x0.shape == (1, 4000) and x0.abs().max() == pytest.approx(0.4, abs=1e-3)
-    assert isinstance(ds.subset([0, 12]), AudioFileDataset) and len(ds.subset([0, 12])) == 2
+    assert isinstance(ds.subset([0, 12]), FileDataset) and len(ds.subset([0, 12])) == 2
+    assert ds.reader == AudioReader(8000, 4000)
 
 
 def test_missing_root_empty_class_and_corrupt_file_name_the_path(sounds, tmp_path):
@@ -82,20 +83,21 @@ def test_missing_root_empty_class_and_corrupt_file_name_the_path(sounds, tmp_pat
 def test_datamodule_bad_audio_file_error_or_skip(sounds, tmp_path):
     bad = sounds / "no" / "broken.wav"
     bad.write_bytes(b"not a wav file at all")
-    kw = {"root": sounds, "audio": {"clip_seconds": 0.5}, "val_frac": 0.2, "test_frac": 0.2}
+    kw = {"val_frac": 0.2, "test_frac": 0.2}
     with pytest.raises(ValueError, match="broken.wav") as err:
-        LabelNoiseDataModule("audio_folder", **kw).setup()
+        LabelNoiseDataModule(AudioFolder(sounds, clip_seconds=0.5), **kw).setup()
     assert "on_bad_file=skip" in str(err.value)
-    dm = LabelNoiseDataModule("audio_folder", on_bad_file="skip", **kw)
+    dm = LabelNoiseDataModule(AudioFolder(sounds, clip_seconds=0.5, on_bad_file="skip"), **kw)
     dm.setup()
     assert dm.skipped_files[0][0] == str(bad) and len(dm.skipped_files) == 1
     total = len(dm.train_dataset) + len(dm.val_dataset) + len(dm.test_dataset)
     assert total == 13 and dm.input_shape == (1, 4000)
+    assert type(dm.train_dataset).__name__ == "IndexedTensorDataset"  # decoded once (cache)
     dm.save(tmp_path / "run")
     skipped = pd.read_csv(tmp_path / "run" / "skipped_files.csv")
     assert skipped["path"].tolist() == [str(bad)]
     with pytest.raises(ValueError, match="on_bad_file"):
-        LabelNoiseDataModule("audio_folder", on_bad_file="ignore", **kw)
+        AudioFolder(sounds, on_bad_file="ignore")
 
 
 def test_datamodule_bad_image_file_error_or_skip(tmp_path):
@@ -105,10 +107,10 @@ def test_datamodule_bad_image_file_error_or_skip(tmp_path):
         for i in range(5):
             Image.fromarray(np.full((6, 6), 40 * i, np.uint8)).save(root / name / f"{i}.png")
     (root / "b" / "9.png").write_bytes(b"this is not a png")
-    kw = {"root": root, "mode": "L", "val_frac": 0.2, "test_frac": 0.2}
+    kw = {"val_frac": 0.2, "test_frac": 0.2}
     with pytest.raises(ValueError, match="9.png"):
-        LabelNoiseDataModule("folder", **kw).setup()
-    dm = LabelNoiseDataModule("folder", on_bad_file="skip", **kw)
+        LabelNoiseDataModule(ImageFolder(root, mode="L"), **kw).setup()
+    dm = LabelNoiseDataModule(ImageFolder(root, mode="L", on_bad_file="skip"), **kw)
     dm.setup()
     assert [p for p, _ in dm.skipped_files] == [str(root / "b" / "9.png")]
     assert len(dm.train_dataset) + len(dm.val_dataset) + len(dm.test_dataset) == 10
@@ -116,8 +118,7 @@ def test_datamodule_bad_image_file_error_or_skip(tmp_path):
 
 def test_synthetic_source_through_the_datamodule_with_noise():
     dm = LabelNoiseDataModule(
-        "audio_synth",
-        audio={"num_per_class": 8, "clip_seconds": 0.5},
+        AudioSynth(num_per_class=8, clip_seconds=0.5),
         noise={"kind": "symmetric", "rate": 0.25},
         seed=0,
     )
@@ -126,8 +127,8 @@ def test_synthetic_source_through_the_datamodule_with_noise():
     assert dm.is_noisy.mean() == pytest.approx(0.25, abs=0.05)
     x, y, index = next(iter(dm.train_dataloader()))
     assert x.shape[1:] == (1, 4000) and torch.equal(y, torch.as_tensor(dm.given_labels)[index])
-    with pytest.raises(ValueError, match="unknown key"):
-        LabelNoiseDataModule("audio_synth", audio={"rate": 8000}).setup()
+    with pytest.raises(TypeError, match="rate"):
+        AudioSynth(rate=8000)
 
 
 @pytest.mark.parametrize(

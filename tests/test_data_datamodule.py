@@ -7,8 +7,18 @@ import pytest
 import torch
 from PIL import Image
 
-from dcloop.data import LabelNoiseDataModule, check_item
+from dcloop.data import (
+    CsvManifest,
+    Digits,
+    ImageFolder,
+    LabelNoiseDataModule,
+    Torchvision,
+    check_item,
+    decode_files,
+    image_folder,
+)
 from dcloop.data.digits import load_digits_full
+from dcloop.data.sources import legacy_source
 
 NOISE = {"kind": "symmetric", "rate": 0.2}
 
@@ -109,7 +119,7 @@ def _tiny_tree(root, counts):
 def test_folder_source_splits_and_noise(tmp_path):
     _tiny_tree(tmp_path, {"a": 10, "b": 10, "c": 10})
     dm = LabelNoiseDataModule(
-        "folder", root=tmp_path, image_size=4, mode="RGB", noise={"kind": "asymmetric", "rate": 0.5}
+        ImageFolder(tmp_path, image_size=4, mode="RGB"), noise={"kind": "asymmetric", "rate": 0.5}
     )
     dm.setup()
     assert dm.class_names == ["a", "b", "c"] and dm.input_shape == (3, 4, 4)
@@ -125,7 +135,7 @@ def test_empty_class_is_named(tmp_path):
     _tiny_tree(tmp_path, {"a": 3})
     manifest = tmp_path / "m.csv"
     manifest.write_text("path,label\n" + "".join(f"a/{k}.png,{2 * (k % 2)}\n" for k in range(3)))
-    dm = LabelNoiseDataModule("csv", root=tmp_path, manifest=manifest, val_frac=0.0, test_frac=0.0)
+    dm = LabelNoiseDataModule(CsvManifest(tmp_path, manifest), val_frac=0.0, test_frac=0.0)
     with pytest.raises(ValueError, match=r"1 \('1'\)"):
         dm.setup()
     dm12 = LabelNoiseDataModule(num_classes=12)
@@ -134,17 +144,21 @@ def test_empty_class_is_named(tmp_path):
 
 
 def test_digits_image_size():
-    dm = LabelNoiseDataModule(image_size=16)
+    dm = LabelNoiseDataModule(Digits(image_size=16))
     dm.setup()
     assert dm.input_shape == (1, 16, 16)
     assert dm.test_dataset[0][0].shape == (1, 16, 16)
 
 
 def test_constructor_errors(tmp_path):
-    with pytest.raises(ValueError, match="digits.*folder.*csv.*cifar10.*mnist"):
+    with pytest.raises(ValueError, match="digits.*audio_synth.*ImageFolder, CsvManifest"):
         LabelNoiseDataModule("imagenet")
-    with pytest.raises(ValueError, match="root"):
+    with pytest.raises(ValueError, match=r"source='folder' needs its files.*ImageFolder\(root"):
         LabelNoiseDataModule("folder")
+    with pytest.raises(ValueError, match="needs root=<a folder with one sub-folder of images"):
+        ImageFolder(None)
+    with pytest.raises(ValueError, match="needs manifest="):
+        CsvManifest(tmp_path, None)
     with pytest.raises(ValueError, match="flip"):
         LabelNoiseDataModule(noise={"kind": "flip"})
     with pytest.raises(ValueError, match="noise rate"):
@@ -154,9 +168,9 @@ def test_constructor_errors(tmp_path):
     with pytest.raises(RuntimeError, match="setup"):
         _ = LabelNoiseDataModule().num_classes
     with pytest.raises(FileNotFoundError, match="cifar-10-batches-py"):
-        LabelNoiseDataModule("cifar10", root=tmp_path).setup()
+        LabelNoiseDataModule(Torchvision("cifar10", tmp_path)).setup()
     with pytest.raises(FileNotFoundError, match="missing_dir"):
-        LabelNoiseDataModule("folder", root=tmp_path / "missing_dir").setup()
+        LabelNoiseDataModule(ImageFolder(tmp_path / "missing_dir")).setup()
 
 
 class _Tiny(L.LightningModule):
@@ -200,26 +214,26 @@ def _loaded(dm, split):
 
 def test_cache_decodes_once_and_gives_the_same_pixels(tmp_path):
     _tiny_tree(tmp_path, {"a": 10, "b": 10, "c": 10})
-    kw = dict(root=tmp_path, image_size=4, noise=NOISE, seed=3)
-    cached = LabelNoiseDataModule("folder", **kw)
-    lazy = LabelNoiseDataModule("folder", cache=False, **kw)
+    kw = dict(noise=NOISE, seed=3)
+    cached = LabelNoiseDataModule(ImageFolder(tmp_path, image_size=4), **kw)
+    lazy = LabelNoiseDataModule(ImageFolder(tmp_path, image_size=4, cache=False), **kw)
     cached.setup()
     lazy.setup()
     assert type(cached.train_dataset).__name__ == "IndexedTensorDataset"
-    assert type(lazy.train_dataset).__name__ == "ImageFileDataset"
+    assert type(lazy.train_dataset).__name__ == "FileDataset"
     for split in ("train", "val", "test"):
         (xc, sc), (xl, sl) = _loaded(cached, split), _loaded(lazy, split)
         assert torch.equal(xc, xl) and sc == sl  # bit-identical, same files
     assert np.array_equal(cached.given_labels, lazy.given_labels)
     with pytest.raises(ValueError, match="cache must be true or false"):
-        LabelNoiseDataModule("folder", root=tmp_path, cache="yes")
+        ImageFolder(tmp_path, cache="yes")
 
 
 def test_test_root_is_the_test_split_with_classes_mapped_by_name(tmp_path):
     _tiny_tree(tmp_path / "train", {"a": 10, "b": 10, "c": 10})
     _tiny_tree(tmp_path / "test", {"b": 4, "c": 2})  # a subset of the classes, in its own order
     dm = LabelNoiseDataModule(
-        "folder", root=tmp_path / "train", test_root=tmp_path / "test", image_size=4, val_frac=0.2
+        ImageFolder(tmp_path / "train", test_root=tmp_path / "test", image_size=4), val_frac=0.2
     )
     dm.setup()
     assert len(dm.train_dataset) + len(dm.val_dataset) == 30  # all of root: train + val
@@ -227,17 +241,15 @@ def test_test_root_is_the_test_split_with_classes_mapped_by_name(tmp_path):
     labels = [int(dm.test_dataset[i][1]) for i in range(6)]
     assert sorted(labels) == [1, 1, 1, 1, 2, 2]  # b -> 1, c -> 2 as in the training folder
     _tiny_tree(tmp_path / "bad", {"z": 2})
-    bad = LabelNoiseDataModule("folder", root=tmp_path / "train", test_root=tmp_path / "bad")
-    with pytest.raises(ValueError, match=r"class folder\(s\) \['z'\]"):
+    bad = LabelNoiseDataModule(ImageFolder(tmp_path / "train", test_root=tmp_path / "bad"))
+    with pytest.raises(ValueError, match=r"has class\(es\) \['z'\] that the training data"):
         bad.setup()
-    with pytest.raises(ValueError, match="test_root is for source='folder' or 'audio_folder'"):
-        LabelNoiseDataModule("digits", test_root=tmp_path)
 
 
 def test_asymmetric_noise_with_a_class_mapping_by_name(tmp_path):
     _tiny_tree(tmp_path, {"cat": 10, "dog": 10, "truck": 10})
     noise = {"kind": "asymmetric", "rate": 0.4, "mapping": {"cat": "dog", "dog": "cat"}}
-    dm = LabelNoiseDataModule("folder", root=tmp_path, noise=noise, val_frac=0.0, test_frac=0.0)
+    dm = LabelNoiseDataModule(ImageFolder(tmp_path), noise=noise, val_frac=0.0, test_frac=0.0)
     dm.setup()
     true, given = dm.true_labels, dm.given_labels
     assert (given[true == 2] == 2).all()  # truck is not in the mapping: clean
@@ -246,7 +258,7 @@ def test_asymmetric_noise_with_a_class_mapping_by_name(tmp_path):
     ) == {0}
     assert dm.is_noisy.sum() == 8  # round(0.4 * 10) in each mapped class
     bad = {"kind": "asymmetric", "rate": 0.4, "mapping": {"cat": "horse"}}
-    dm = LabelNoiseDataModule("folder", root=tmp_path, noise=bad, val_frac=0.0, test_frac=0.0)
+    dm = LabelNoiseDataModule(ImageFolder(tmp_path), noise=bad, val_frac=0.0, test_frac=0.0)
     with pytest.raises(ValueError, match="noise mapping names class 'horse'"):
         dm.setup()
 
@@ -289,3 +301,37 @@ def test_source_object_loads_its_own_splits_and_gives_net_kwargs():
 def test_source_that_is_neither_name_nor_object_is_refused():
     with pytest.raises(ValueError, match="object with a str .name"):
         LabelNoiseDataModule(source=object())
+
+
+def test_test_manifest_is_the_test_split_with_the_training_classes(tmp_path):
+    _tiny_tree(tmp_path, {"a": 10, "b": 10})
+    train = tmp_path / "train.csv"
+    train.write_text("path,label\n" + "".join(f"{c}/{k}.png,{c}\n" for c in "ab" for k in range(8)))
+    test = tmp_path / "test.csv"
+    test.write_text("path,label\n" + "".join(f"b/{k}.png,b\n" for k in (8, 9)))  # only class b
+    dm = LabelNoiseDataModule(CsvManifest(tmp_path, train, test_manifest=test), val_frac=0.25)
+    dm.setup()
+    assert len(dm.train_dataset) + len(dm.val_dataset) == 16 and len(dm.test_dataset) == 2
+    assert [dm.test_dataset[i][1] for i in range(2)] == [1, 1]  # b is class 1 of the training data
+
+
+def test_decode_keeps_files_lazy_when_they_do_not_fit(tmp_path, caplog):
+    _tiny_tree(tmp_path, {"a": 3, "b": 3})
+    ds, _ = image_folder(tmp_path, image_size=4)
+    cached, skipped = decode_files(ds)
+    assert type(cached).__name__ == "IndexedTensorDataset" and skipped == []
+    with caplog.at_level("WARNING"):
+        lazy, _ = decode_files(ds, max_bytes=6 * 3 * 4 * 4 - 1)  # one byte short
+    assert lazy is ds and "memory budget" in caplog.text
+    assert torch.equal(cached[5][0], lazy[5][0])
+
+
+def test_run_folders_from_before_source_objects_still_load(tmp_path):
+    _tiny_tree(tmp_path, {"a": 4, "b": 4})
+    old = {"source": "folder", "root": str(tmp_path), "image_size": 4, "mode": "L", "seed": 1}
+    src, rest = legacy_source(old["source"], old)
+    assert isinstance(src, ImageFolder) and src.image_size == (4, 4) and src.mode == "L"
+    assert rest == {"seed": 1}
+    dm = LabelNoiseDataModule(src, val_frac=0.0, test_frac=0.0, **rest)
+    dm.setup()
+    assert dm.num_train == 8 and dm.input_shape == (1, 4, 4)

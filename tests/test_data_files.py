@@ -8,7 +8,8 @@ import torch
 from PIL import Image
 
 from dcloop.data import (
-    ImageFileDataset,
+    FileDataset,
+    ImageReader,
     IndexedTensorDataset,
     WithIndex,
     check_item,
@@ -219,6 +220,13 @@ def test_check_item_and_with_index():
         WithIndex(IndexedTensorDataset(torch.rand(2, 1), [0, 1]))[0]
 
 
-def test_image_file_dataset_bad_mode(tree):
+def test_image_reader_bad_mode_and_file_dataset_checks(tree):
     with pytest.raises(ValueError, match="mode"):
-        ImageFileDataset([(str(tree / "cat" / "0.png"), 0)], mode="CMYK")
+        ImageReader(mode="CMYK")
+    ok = ImageReader(image_size=3, mode="L")
+    ds = FileDataset([str(tree / "cat" / "0.png")], [0], ok, num_classes=2)
+    assert ds[0][0].shape == (1, 3, 3) and ds.source(0).endswith("0.png")
+    with pytest.raises(ValueError, match="1 paths but 2 labels"):
+        FileDataset([str(tree / "cat" / "0.png")], [0, 1], ok)
+    with pytest.raises(ValueError, match="reader must be a callable"):
+        FileDataset([str(tree / "cat" / "0.png")], [0], reader="PIL")

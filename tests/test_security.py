@@ -147,7 +147,7 @@ def test_references_to_other_keys_are_resolved():
         "seed": 3,
         "data": {
             "_target_": "dcloop.data.LabelNoiseDataModule",
-            "source": "digits",
+            "source": "folder",  # a run folder from before sources were objects
             "val_frac": "${split.val}",
             "root": "/data/${name}/images",
         },
@@ -156,7 +156,7 @@ def test_references_to_other_keys_are_resolved():
         "noise": {"kind": "symmetric", "rate": 0.1},
     }
     kw = data_kwargs(cfg)
-    assert kw["val_frac"] == 0.25 and kw["root"] == "/data/cats/images" and kw["seed"] == 3
+    assert kw["val_frac"] == 0.25 and kw["source"].root == "/data/cats/images" and kw["seed"] == 3
     assert kw["noise"] == {"kind": "symmetric", "rate": 0.1}
 
 

@@ -12,7 +12,7 @@ CONF = Path(dcloop.__file__).parent / "conf"
 EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
 SMALL = {  # the embedded data sets, kept small
     "digits": [],
-    "audio_synth": ["model=audio_cnn", "data.audio.num_per_class=14"],
+    "audio_synth": ["model=audio_cnn", "data.source.num_per_class=14"],
     "text_synth": ["model=text_bow", "data.source.num_per_class=40"],
 }
 

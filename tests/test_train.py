@@ -91,7 +91,7 @@ def test_bad_folds_fail_before_training(tmp_path):
 def test_missing_data_path_names_it(tmp_path):
     missing = tmp_path / "no_such_images"
     with pytest.raises(FileNotFoundError, match="no_such_images"):
-        train(cfg_for(tmp_path, "data=folder", f"data.root={missing}"))
+        train(cfg_for(tmp_path, "data=folder", f"data.source.root={missing}"))
 
 
 def test_nan_probabilities_are_rejected():

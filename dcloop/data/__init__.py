@@ -1,13 +1,15 @@
-"""dcloop's data layer: datasets of ``(x, y, index)`` items, label noise, the data module."""
+"""dcloop's data layer: sources, (x, y, index) datasets, label noise, the data module."""
 
 from dcloop.data.datamodule import SOURCES, LabelNoiseDataModule
 from dcloop.data.datasets import (
     IMAGE_EXTENSIONS,
-    ImageFileDataset,
+    FileDataset,
+    ImageReader,
     IndexedTensorDataset,
     WithIndex,
     check_item,
     csv_manifest,
+    decode_files,
     image_folder,
     torchvision_dataset,
 )
@@ -20,26 +22,45 @@ from dcloop.data.noise import (
     save_noise,
 )
 from dcloop.data.sampling import EpochShuffleSampler
-from dcloop.data.splits import stratified_split_indices
+from dcloop.data.sources import (
+    AudioFolder,
+    AudioSynth,
+    CsvManifest,
+    DataSource,
+    Digits,
+    ImageFolder,
+    Torchvision,
+)
+from dcloop.data.splits import split_dataset, stratified_split_indices
 
 __all__ = [
     "IMAGE_EXTENSIONS",
     "NOISE_KINDS",
     "SOURCES",
+    "AudioFolder",
+    "AudioSynth",
+    "CsvManifest",
+    "DataSource",
+    "Digits",
     "EpochShuffleSampler",
-    "ImageFileDataset",
+    "FileDataset",
+    "ImageFolder",
+    "ImageReader",
     "IndexedTensorDataset",
     "LabelNoiseDataModule",
     "NoiseResult",
+    "Torchvision",
     "WithIndex",
     "check_item",
     "csv_manifest",
+    "decode_files",
     "empirical_noise_matrix",
     "image_folder",
     "inject_noise",
     "load_digits_full",
     "load_digits_splits",
     "save_noise",
+    "split_dataset",
     "stratified_split_indices",
     "torchvision_dataset",
 ]

@@ -18,25 +18,20 @@ import functools
 import logging
 import os
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
-from torch.utils.data import Dataset
 
-from dcloop.data._validation import as_label_array, check_label_range, preview
-from dcloop.data.badfiles import check_files
-from dcloop.data.datasets import IndexedTensorDataset, _require_dir
-from dcloop.data.splits import stratified_split_indices
+from dcloop.data.datasets import FileDataset, IndexedTensorDataset, class_folder
 
 logger = logging.getLogger(__name__)
 
 #: File extensions (lower case) that :func:`audio_folder` reads (with ``soundfile``).
 AUDIO_EXTENSIONS: tuple[str, ...] = (".wav", ".flac", ".ogg")
 
-#: Audio sources of :class:`~dcloop.data.LabelNoiseDataModule`.
-AUDIO_SOURCES: tuple[str, ...] = ("audio_synth", "audio_folder")
 
 #: Class names of the synthetic digits.
 SYNTH_CLASS_NAMES: list[str] = [
@@ -123,80 +118,20 @@ def read_audio(path: str, sample_rate: int, num_samples: int) -> Tensor:
     return x.clamp_(-1.0, 1.0).contiguous()
 
 
-class AudioFileDataset(Dataset):
-    """Sound files read lazily with ``soundfile``; items are ``(x (1, T), y, index)``.
+@dataclass(frozen=True)
+class AudioReader:
+    """Reads a sound file as a float32 waveform ``(1, num_samples)`` (see :func:`read_audio`).
 
     Args:
-        items: ``(path, label)`` pairs.
         sample_rate: target rate, Hz.
         num_samples: T, the clip length in samples.
-        transform: optional callable on the waveform ``(1, T)``.
-        num_classes, class_names: as in ``ImageFileDataset``.
     """
 
-    def __init__(
-        self,
-        items: Sequence[tuple[str | os.PathLike, int]],
-        *,
-        sample_rate: int,
-        num_samples: int,
-        transform=None,
-        num_classes: int | None = None,
-        class_names: Sequence[str] | None = None,
-    ) -> None:
-        pairs = list(items)
-        self.paths = [os.fspath(p) for p, _ in pairs]
-        self.labels = as_label_array([lab for _, lab in pairs])
-        if num_classes is not None:
-            check_label_range(self.labels, int(num_classes))
-        if transform is not None and not callable(transform):
-            raise ValueError(f"transform must be callable or None, got {transform!r}")
-        self.sample_rate, self.num_samples = int(sample_rate), int(num_samples)
-        self.transform = transform
-        self.num_classes = num_classes
-        self.class_names = list(class_names) if class_names is not None else None
+    sample_rate: int
+    num_samples: int
 
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, i: int) -> tuple[Tensor, int, int]:
-        i = int(i)
-        x = read_audio(self.paths[i], self.sample_rate, self.num_samples)
-        if self.transform is not None:
-            x = self.transform(x)
-        return x, int(self.labels[i]), i
-
-    def source(self, i: int) -> str:
-        """The file path of row ``i``."""
-        return self.paths[int(i)]
-
-    @property
-    def sources(self) -> list[str]:
-        return list(self.paths)
-
-    def _replace(self, paths, labels, **changes) -> AudioFileDataset:
-        kw = {
-            "sample_rate": self.sample_rate,
-            "num_samples": self.num_samples,
-            "transform": self.transform,
-            "num_classes": self.num_classes,
-            "class_names": self.class_names,
-        }
-        kw.update(changes)
-        return AudioFileDataset(list(zip(paths, np.asarray(labels).tolist(), strict=True)), **kw)
-
-    def with_labels(self, new_labels) -> AudioFileDataset:
-        new = as_label_array(new_labels, name="new_labels")
-        if new.shape[0] != len(self):
-            raise ValueError(f"new_labels must have length {len(self)}, got {new.shape[0]}")
-        return self._replace(self.paths, new)
-
-    def with_transform(self, transform) -> AudioFileDataset:
-        return self._replace(self.paths, self.labels, transform=transform)
-
-    def subset(self, indices) -> AudioFileDataset:
-        idx = as_label_array(indices, name="indices")
-        return self._replace([self.paths[int(i)] for i in idx], self.labels[idx])
+    def __call__(self, path: str) -> Tensor:
+        return read_audio(path, self.sample_rate, self.num_samples)
 
 
 def audio_folder(
@@ -205,50 +140,24 @@ def audio_folder(
     sample_rate: int = 8000,
     clip_seconds: float = 0.75,
     extensions: Sequence[str] = AUDIO_EXTENSIONS,
-) -> tuple[AudioFileDataset, list[str]]:
+) -> tuple[FileDataset, list[str]]:
     """A class-per-sub-folder tree of sound files (``root/<class>/**/<file>.wav``).
 
     Class names are the sorted sub-folder names; hidden files and folders are skipped.
+
+    Returns:
+        ``(dataset, class_names)``: a :class:`~dcloop.data.FileDataset` read with
+        :class:`AudioReader`.
 
     Raises:
         FileNotFoundError: if ``root`` does not exist.
         ValueError: if there is no class folder, or a class folder holds no sound file.
     """
-    how = "Pass root=<folder with one sub-folder of sound files per class>, e.g. root/yes/1.wav."
-    base = _require_dir(root, "audio folder root", how)
-    exts = tuple(e.lower() if e.startswith(".") else "." + e.lower() for e in extensions)
-    class_dirs = sorted(p for p in base.iterdir() if p.is_dir() and not p.name.startswith("."))
-    if not class_dirs:
-        raise ValueError(f"no class sub-folders found in {str(base)!r}. {how}")
-    names = [p.name for p in class_dirs]
-    items: list[tuple[str, int]] = []
-    empty: list[str] = []
-    for label, cdir in enumerate(class_dirs):
-        files = []
-        for dirpath, dirnames, filenames in os.walk(cdir):
-            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-            files += [
-                os.path.join(dirpath, f)
-                for f in filenames
-                if not f.startswith(".") and f.lower().endswith(exts)
-            ]
-        if not files:
-            empty.append(cdir.name)
-        items += [(f, label) for f in sorted(files)]
-    if empty:
-        raise ValueError(
-            f"class folder(s) with no sound files in {str(base)!r}: {preview(empty)}; "
-            f"accepted extensions are {', '.join(exts)}"
-        )
     opts = audio_options({"sample_rate": sample_rate, "clip_seconds": clip_seconds})
-    logger.info("audio_folder %s: %d files in %d classes", base, len(items), len(names))
-    ds = AudioFileDataset(
-        items,
-        sample_rate=opts["sample_rate"],
-        num_samples=opts["num_samples"],
-        num_classes=len(names),
-        class_names=names,
-    )
+    reader = AudioReader(opts["sample_rate"], opts["num_samples"])
+    how = "Pass root=<folder with one sub-folder of sound files per class>, e.g. root/yes/1.wav."
+    paths, labels, names = class_folder(root, extensions, what="sound", how=how)
+    ds = FileDataset(paths, labels, reader, num_classes=len(names), class_names=names)
     return ds, names
 
 
@@ -319,47 +228,4 @@ def synthetic_digits(
         sources=[f"audio_synth:{i}" for i in range(len(labels))],
         num_classes=10,
         class_names=SYNTH_CLASS_NAMES,
-    )
-
-
-def load_audio_splits(
-    source: str,
-    root,
-    options: Mapping[str, Any] | None,
-    *,
-    seed: int,
-    val_frac: float,
-    test_frac: float,
-    on_bad_file: str = "error",
-) -> tuple[dict[str, Dataset], list[str], list[tuple[str, str]]]:
-    """Stratified, seeded train/val/test splits of an audio source.
-
-    Returns:
-        ``(splits, class_names, skipped)`` with ``skipped`` the ``(path, reason)`` of files
-        left out (``on_bad_file="skip"``).
-    """
-    opts = audio_options(options)
-    skipped: list[tuple[str, str]] = []
-    if source == "audio_synth":
-        full = synthetic_digits(
-            num_per_class=opts["num_per_class"],
-            sample_rate=opts["sample_rate"],
-            clip_seconds=opts["clip_seconds"],
-            seed=int(opts["synth_seed"]),
-        )
-        names = list(SYNTH_CLASS_NAMES)
-    elif source == "audio_folder":
-        full, names = audio_folder(
-            root, sample_rate=opts["sample_rate"], clip_seconds=opts["clip_seconds"]
-        )
-        full, skipped = check_files(full, on_bad_file)
-    else:
-        raise ValueError(f"audio source must be one of {list(AUDIO_SOURCES)}; got {source!r}")
-    tr, va, te = stratified_split_indices(
-        full.labels, seed=seed, val_frac=val_frac, test_frac=test_frac
-    )
-    return (
-        {"train": full.subset(tr), "val": full.subset(va), "test": full.subset(te)},
-        names,
-        skipped,
     )

@@ -24,45 +24,15 @@ def check_on_bad_file(value: str) -> str:
     return value
 
 
-def check_files(dataset, on_bad_file: str = "error"):
-    """Decode every item of a file dataset once; fail on or drop the unreadable ones.
-
-    Args:
-        dataset: a dataset with ``paths``, ``subset(indices)`` and ``__getitem__`` that raises
-            ``OSError``/``ValueError`` for a file it cannot decode (``ImageFileDataset``,
-            :class:`~dcloop.data.audio.AudioFileDataset`).
-        on_bad_file: ``"error"``: raise, naming the files; ``"skip"``: leave them out.
-
-    Returns:
-        ``(dataset, skipped)``: the dataset without the bad rows (the same object when all are
-        readable) and a list of ``(path, reason)``.
-
-    Raises:
-        ValueError: with ``on_bad_file="error"`` if any file cannot be read; names up to five
-            of them and the count.
-    """
-    check_on_bad_file(on_bad_file)
-    skipped: list[tuple[str, str]] = []
-    good: list[int] = []
-    for i in range(len(dataset)):
-        try:
-            dataset[i]
-        except (OSError, ValueError, RuntimeError) as err:
-            skipped.append((dataset.paths[i], f"{type(err).__name__}: {err}"))
-        else:
-            good.append(i)
-    if not skipped:
-        return dataset, skipped
-    if on_bad_file == "error":
-        raise ValueError(
-            f"{len(skipped)} file(s) cannot be read: {preview([p for p, _ in skipped])} "
-            f"(first error: {skipped[0][1]}). Fix or remove them, or set on_bad_file=skip "
-            "to leave them out (they are then listed in skipped_files.csv)."
-        )
-    if not good:
-        raise ValueError(f"none of the {len(dataset)} files can be read, e.g. {skipped[0][0]}")
-    logger.warning("skipping %d unreadable file(s), e.g. %s", len(skipped), skipped[0][0])
-    return dataset.subset(good), skipped
+def bad_files_error(skipped: list[tuple[str, str]], total: int, on_bad_file: str) -> ValueError:
+    """The error for unreadable files: up to five named, the count and the first reason."""
+    if on_bad_file == "skip":
+        return ValueError(f"none of the {total} files can be read, e.g. {skipped[0][0]}")
+    return ValueError(
+        f"{len(skipped)} file(s) cannot be read: {preview([p for p, _ in skipped])} "
+        f"(first error: {skipped[0][1]}). Fix or remove them, or set on_bad_file=skip "
+        "to leave them out (they are then listed in skipped_files.csv)."
+    )
 
 
 def write_skipped(skipped: list[tuple[str, str]], directory: str | os.PathLike) -> Path | None:

@@ -5,75 +5,30 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Mapping
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
 
 import lightning as L
 import numpy as np
-import torch
-import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-from dcloop.data.audio import AUDIO_SOURCES, audio_options, load_audio_splits
-from dcloop.data.badfiles import check_files, check_on_bad_file, write_skipped
-from dcloop.data.datasets import (
-    ImageFileDataset,
-    IndexedTensorDataset,
-    Transform,
-    _normalize_image_size,
-    _normalize_mode,
-    csv_manifest,
-    image_folder,
-    torchvision_dataset,
-)
-from dcloop.data.digits import DIGITS_CLASS_NAMES, load_digits_splits
+from dcloop.data.badfiles import write_skipped
+from dcloop.data.datasets import FileDataset, IndexedTensorDataset, Transform
 from dcloop.data.labelfile import apply_label_file
 from dcloop.data.noise import NOISE_KINDS, NoiseResult, inject_noise, resolve_mapping, save_noise
 from dcloop.data.sampling import train_sampler
-from dcloop.data.splits import _check_fracs, stratified_split_indices
+from dcloop.data.sources import BY_NAME, DataSource, check_source
+from dcloop.data.splits import _check_fracs
 from dcloop.errors import UserInputError
 
 logger = logging.getLogger(__name__)
 
-#: Data sources :class:`LabelNoiseDataModule` can load.
-SOURCES: tuple[str, ...] = (
-    *("digits", "folder", "csv", "cifar10", "mnist"),
-    *AUDIO_SOURCES,  # dcloop.data.audio: "audio_synth" (embedded), "audio_folder"
-)
-
+#: Sources :class:`LabelNoiseDataModule` takes by name (the others are objects, see
+#: :mod:`dcloop.data.sources`).
+SOURCES: tuple[str, ...] = tuple(BY_NAME)
 
 _NOISE_KEYS = ("kind", "rate", "sparsity", "mapping")
 
-SplitDataset = IndexedTensorDataset | ImageFileDataset
-
-
-@runtime_checkable
-class DataSource(Protocol):
-    """A data source as an object: ``data.source: {_target_: ...}`` in a data config.
-
-    ``load`` returns the ``train``/``val``/``test`` datasets of ``(x, y, index)`` items (each
-    with ``labels``, ``sources``, ``source(i)``, ``with_labels``, ``with_transform``, like
-    :class:`~dcloop.data.datasets.IndexedTensorDataset`) and the class names.
-    ``net_kwargs`` (optional, read after ``load``) is passed on to the network's constructor
-    when it takes those keywords, e.g. ``{"vocab_size": ..., "pad_id": 0}`` for text.
-    """
-
-    name: str
-
-    def load(
-        self, *, seed: int, val_frac: float, test_frac: float
-    ) -> tuple[dict[str, Any], list[str]]: ...
-
-
-def check_source(source: Any) -> DataSource:
-    """``source`` if it is a :class:`DataSource`; otherwise a clear error."""
-    if not (
-        isinstance(getattr(source, "name", None), str) and callable(getattr(source, "load", None))
-    ):
-        raise ValueError(
-            f"data.source must be a name in {list(SOURCES)} or an object with a str .name and "
-            f".load(seed=, val_frac=, test_frac=), got {type(source).__name__}"
-        )
-    return source
+SplitDataset = IndexedTensorDataset | FileDataset
 
 
 def _parse_noise(noise: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -119,70 +74,37 @@ def _check_positive_int(name: str, value: Any, minimum: int) -> int:
     return int(value)
 
 
-def _resize_tensor_dataset(ds: IndexedTensorDataset, size: tuple[int, int]) -> IndexedTensorDataset:
-    """Resizes every image of an in-memory (N, C, H, W) dataset once, at load time."""
-    x = ds.x
-    if x.ndim != 4 or tuple(x.shape[-2:]) == size:
-        return ds
-    is_uint8 = x.dtype == torch.uint8
-    xf = x.float().div_(255.0) if is_uint8 else x.float()
-    out = F.interpolate(xf, size=size, mode="bilinear", align_corners=False, antialias=True)
-    if is_uint8:
-        out = out.clamp_(0.0, 1.0).mul_(255.0).round_().to(torch.uint8)
-    return ds._replace(x=out)
-
-
 class LabelNoiseDataModule(L.LightningDataModule):
     """Loads a data source, splits it, injects label noise into train, and serves loaders.
 
-    Every loader yields batches of ``(x, y, index)``: ``x`` float32 (B, C, H, W), ``y`` the
-    given label (B,) and ``index`` (B,) the row within that split. For the training split,
+    Every loader yields batches of ``(x, y, index)``: ``x`` the input (float32 images
+    (B, C, H, W), waveforms (B, 1, T) or token ids (B, L)), ``y`` the given label (B,) and
+    ``index`` (B,) the row within that split. For the training split,
     ``y == given_labels[index]``.
 
-    Sources:
-        * ``"digits"``: scikit-learn's embedded 8x8 digits, (1, 8, 8); needs no files.
-        * ``"folder"``: ``root/<class>/<image>``, see :func:`~dcloop.data.image_folder`.
-        * ``"csv"``: ``manifest`` with columns ``path,label`` relative to ``root``, see
-          :func:`~dcloop.data.csv_manifest`.
-        * ``"cifar10"`` / ``"mnist"``: torchvision files already under ``root`` (never
-          downloaded); the official train set is split into train/val (``val_frac`` of it goes
-          to val, ``test_frac`` is unused) and the official test set is the test split.
-
-    For digits, folder and csv, ``test_frac`` and ``val_frac`` of all rows go to test and val
-    with a stratified, seeded split. ``image_size`` resizes images of every source (file sources
-    on read, in-memory sources once at setup); ``mode`` applies to file sources only.
-
     Args:
-        source: One of :data:`SOURCES`.
-        root: Data folder (required for every source except ``"digits"``).
-        manifest: CSV file for ``source="csv"`` (relative paths are also looked up in ``root``).
-        image_size: ``None``, an int (square side) or ``(height, width)``.
-        mode: ``"RGB"`` or ``"L"``/``"grayscale"`` for file sources.
+        source: a source object (:mod:`dcloop.data.sources`: ``ImageFolder(root)``,
+            ``CsvManifest(root, manifest)``, ``Torchvision("cifar10", root)``,
+            ``AudioFolder(root)``, the text and COCO sources, or your own
+            :class:`~dcloop.data.sources.DataSource`), or the name of one that needs no
+            arguments: ``"digits"`` (the embedded default) or ``"audio_synth"``.
         num_classes: Number of classes C; by default the number of class names found. A larger
             value is allowed only if every class still has training samples.
         noise: ``None`` (clean) or a mapping with keys ``kind`` (one of
-            :data:`~dcloop.data.noise.NOISE_KINDS`), ``rate`` and ``sparsity``.
+            :data:`~dcloop.data.noise.NOISE_KINDS`), ``rate``, ``sparsity`` and ``mapping``.
         batch_size: Training batch size.
         eval_batch_size: Batch size of the out-of-fold, validation and test loaders.
         num_workers: DataLoader worker processes.
         seed: Seed of the split, of the noise and of the training order.
-        val_frac: Validation fraction, in [0, 1).
-        test_frac: Test fraction, in [0, 1).
-        train_transform: Optional callable on a float32 tensor (C, H, W), applied only by
+        val_frac: Validation fraction of all rows, in [0, 1).
+        test_frac: Test fraction of all rows, in [0, 1) (unused by sources with their own test
+            set: ``test_root``, ``test_manifest``, torchvision's official test split).
+        train_transform: Optional callable on one input tensor, applied only by
             :meth:`train_dataloader` (augmentation).
         labels: Optional label file (CSV ``index,label[,source,weight,status]``, see
             :mod:`dcloop.data.labelfile`) that replaces the training split's given labels
             after noise injection; with injected noise the dataset's labels stay the ground
             truth. Rows with status ``confirmed``/``corrected`` are never flagged.
-        audio: ``source="audio_synth"``/``"audio_folder"``: ``sample_rate``, ``clip_seconds``,
-            ``num_per_class``, ``synth_seed`` (see :func:`dcloop.data.audio.audio_options`).
-        on_bad_file: file sources: every file is decoded once at setup; ``"error"`` names the
-            unreadable ones, ``"skip"`` leaves them out and lists them (``skipped_files``).
-        test_root: ``source="folder"`` / ``"audio_folder"``: a separate test folder with the
-            same class sub-folders (e.g. an official test split). All of ``root`` is then train
-            and val (``test_frac`` is unused).
-        cache: file image sources (folder, csv): decode every image once into memory at
-            setup (uint8; 32x32 RGB is 3 KB an image) instead of twice per epoch.
         augment: an ``augment`` config (``kind: none|uniform|targeted``, see
             :class:`dcloop.augment.Augmenter`); the training loader then carries
             ``(index, level)`` keys from the policy sampler to the workers.
@@ -192,10 +114,6 @@ class LabelNoiseDataModule(L.LightningDataModule):
         self,
         source: str | DataSource = "digits",
         *,
-        root: str | os.PathLike | None = None,
-        manifest: str | os.PathLike | None = None,
-        image_size: int | tuple[int, int] | None = None,
-        mode: str = "RGB",
         num_classes: int | None = None,
         noise: Mapping[str, Any] | None = None,
         batch_size: int = 64,
@@ -206,35 +124,10 @@ class LabelNoiseDataModule(L.LightningDataModule):
         test_frac: float = 0.2,
         train_transform: Transform | None = None,
         labels: str | os.PathLike | None = None,
-        audio: Mapping[str, Any] | None = None,
-        on_bad_file: str = "error",
         augment: Any = None,
-        cache: bool = True,
-        test_root: str | os.PathLike | None = None,
     ) -> None:
         super().__init__()
-        self._source_obj: DataSource | None = None
-        if not isinstance(source, str):  # a source object (e.g. dcloop.data.text.TextCSV)
-            self._source_obj = check_source(source)
-            source = str(source.name)
-        elif source not in SOURCES:
-            raise ValueError(
-                f"source must be one of {list(SOURCES)} or an object with .name and "
-                f".load(seed=, val_frac=, test_frac=), got {source!r}"
-            )
-        if self._source_obj is None and source not in ("digits", "audio_synth") and root is None:
-            what = {
-                "audio_folder": "a folder with one sub-folder of sound files per class",
-                "folder": "a folder with one sub-folder of images per class",
-                "csv": "the folder that the manifest's paths are relative to",
-                "cifar10": "the folder holding 'cifar-10-batches-py/'",
-                "mnist": "the folder holding 'MNIST/raw/'",
-            }[source]
-            raise ValueError(f"source={source!r} needs root=<{what}>, got root=None")
-        if source == "csv" and manifest is None:
-            raise ValueError(
-                "source='csv' needs manifest=<CSV file with columns path,label>, got None"
-            )
+        self._source_obj: DataSource = check_source(source)
         if num_classes is not None:
             num_classes = _check_positive_int("num_classes", num_classes, 1)
         if train_transform is not None and not callable(train_transform):
@@ -242,11 +135,7 @@ class LabelNoiseDataModule(L.LightningDataModule):
         if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
             raise ValueError(f"seed must be a non-negative int, got {seed!r}")
         _check_fracs(val_frac, test_frac)
-        self.source = source
-        self.root = root
-        self.manifest = manifest
-        self.image_size = _normalize_image_size(image_size)
-        self.mode = _normalize_mode(mode)
+        self.source = str(self._source_obj.name)
         self.noise_spec = _parse_noise(noise)
         self.batch_size = _check_positive_int("batch_size", batch_size, 1)
         self.eval_batch_size = _check_positive_int("eval_batch_size", eval_batch_size, 1)
@@ -258,17 +147,6 @@ class LabelNoiseDataModule(L.LightningDataModule):
         self._num_classes_arg = num_classes
         self.labels_file = labels
         self.label_override = None  # dcloop.people.LabelOverride once setup() read the file
-        self.audio_options = audio
-        self.on_bad_file = check_on_bad_file(on_bad_file)
-        if not isinstance(cache, bool):
-            raise ValueError(f"cache must be true or false, got {cache!r}")
-        self.cache = cache
-        if test_root is not None and source not in ("folder", "audio_folder"):
-            raise ValueError(
-                f"test_root is for source='folder' or 'audio_folder' (a separate test folder "
-                f"with the same class sub-folders); got source={source!r}"
-            )
-        self.test_root = test_root
         self.skipped_files: list[tuple[str, str]] = []  # (path, reason) with on_bad_file=skip
         from dcloop.augment.pipeline import Augmenter  # (lazy: albumentations, torchaudio)
 
@@ -286,81 +164,16 @@ class LabelNoiseDataModule(L.LightningDataModule):
 
     # ------------------------------------------------------------------ loading
     def _load_splits(self) -> tuple[dict[str, SplitDataset], list[str]]:
-        test_frac = 0.0 if self.test_root is not None else self.test_frac
-        fracs = {"seed": self.seed, "val_frac": self.val_frac, "test_frac": test_frac}
-        if self._source_obj is not None:  # the source splits itself (e.g. text: vocab from train)
-            splits, names = self._source_obj.load(**fracs)
-            missing = {"train", "val", "test"} - set(splits)
-            if missing:
-                raise ValueError(
-                    f"data source {self.source!r}: load() must return splits train, val and "
-                    f"test, missing {sorted(missing)}"
-                )
-            names = [str(n) for n in names]
-        elif self.source == "digits":
-            splits: dict[str, SplitDataset] = dict(load_digits_splits(**fracs))
-            names = list(DIGITS_CLASS_NAMES)
-        elif self.source in ("folder", "csv"):
-            if self.source == "folder":
-                full, names = image_folder(self.root, image_size=self.image_size, mode=self.mode)
-            else:
-                full, names = csv_manifest(
-                    self.root, self.manifest, image_size=self.image_size, mode=self.mode
-                )
-            full, self.skipped_files = check_files(full, self.on_bad_file)  # decode each once
-            if self.cache:  # decode once; epochs then read from memory
-                full = full.decoded()
-            tr, va, te = stratified_split_indices(full.labels, **fracs)
-            splits = {"train": full.subset(tr), "val": full.subset(va), "test": full.subset(te)}
-        elif self.source in AUDIO_SOURCES:
-            splits, names, self.skipped_files = load_audio_splits(
-                self.source, self.root, self.audio_options, on_bad_file=self.on_bad_file, **fracs
-            )
-        else:
-            full = torchvision_dataset(self.source, self.root, train=True)
-            test = torchvision_dataset(self.source, self.root, train=False)
-            tr, va, _ = stratified_split_indices(
-                full.labels, seed=self.seed, val_frac=self.val_frac, test_frac=0.0
-            )
-            splits = {"train": full.subset(tr), "val": full.subset(va), "test": test}
-            names = list(full.class_names or [str(k) for k in range(10)])
-        if self.image_size is not None:
-            splits = {
-                k: _resize_tensor_dataset(v, self.image_size)
-                if isinstance(v, IndexedTensorDataset)
-                else v
-                for k, v in splits.items()
-            }
-        if self.test_root is not None:
-            splits["test"] = self._load_test_root(names)
-        return splits, names
-
-    def _load_test_root(self, names: list[str]) -> SplitDataset:
-        """The separate test folder, its labels mapped to the training folder's classes."""
-        if self.source == "folder":
-            test, test_names = image_folder(
-                self.test_root, image_size=self.image_size, mode=self.mode
-            )
-            test, _ = check_files(test, "error")
-            if self.cache:
-                test = test.decoded()
-        else:
-            from dcloop.data.audio import audio_folder
-
-            opts = audio_options(self.audio_options)
-            test, test_names = audio_folder(
-                self.test_root, sample_rate=opts["sample_rate"], clip_seconds=opts["clip_seconds"]
-            )
-            test, _ = check_files(test, "error")
-        unknown = [n for n in test_names if n not in names]
-        if unknown:
+        src = self._source_obj
+        splits, names = src.load(seed=self.seed, val_frac=self.val_frac, test_frac=self.test_frac)
+        missing = {"train", "val", "test"} - set(splits)
+        if missing:
             raise ValueError(
-                f"test_root {str(self.test_root)!r} has class folder(s) {unknown[:5]} that the "
-                f"training folder {str(self.root)!r} does not have (classes: {names[:10]})"
+                f"data source {self.source!r}: load() must return splits train, val and "
+                f"test, missing {sorted(missing)}"
             )
-        mapping = np.asarray([names.index(n) for n in test_names], dtype=np.int64)
-        test.num_classes, test.class_names = len(names), list(names)  # the training classes
-        return test.with_labels(mapping[test.labels])
+        self.skipped_files = list(getattr(src, "skipped_files", None) or [])
+        return splits, [str(n) for n in names]
 
     def _resolve_classes(self, names: list[str]) -> list[str]:
         c = self._num_classes_arg
@@ -374,9 +187,16 @@ class LabelNoiseDataModule(L.LightningDataModule):
         return names + [str(k) for k in range(len(names), c)]
 
     def _describe(self) -> str:
-        """``data source='csv' (manifest '...')``: where the data came from, for messages."""
-        where = self.manifest if self.source == "csv" else getattr(self._source_obj, "path", None)
-        where = where or getattr(self._source_obj, "annotations", None) or self.root
+        """``data source='csv' ('labels.csv')``: where the data came from, for messages."""
+        src = self._source_obj
+        where = next(
+            (
+                getattr(src, k)
+                for k in ("manifest", "path", "annotations", "root")
+                if getattr(src, k, None)
+            ),
+            None,
+        )
         return f"data source={self.source!r}" + (f" ({str(where)!r})" if where else "")
 
     @staticmethod
@@ -443,7 +263,7 @@ class LabelNoiseDataModule(L.LightningDataModule):
         self.train_dataset = train.with_labels(self.noise.given_labels)
         self._train_augmented = self.train_dataset.with_transform(self.train_transform)
         if self.augmenter is not None:  # dcloop.augment: per-class levels, policy sampler
-            rate = audio_options(self.audio_options)["sample_rate"]
+            rate = getattr(self._source_obj, "sample_rate", None)
             self.augmenter.bind(
                 self._train_augmented, self.noise.given_labels, len(names), sample_rate=rate
             )
@@ -524,16 +344,14 @@ class LabelNoiseDataModule(L.LightningDataModule):
         return self.noise.kind != "none"
 
     @property
-    def source_object(self) -> DataSource | None:
-        """The source object (``data.source: {_target_: ...}``), ``None`` for a named source."""
+    def source_object(self) -> DataSource:
+        """The source object (``data.source``; a name such as ``"digits"`` is built)."""
         return self._source_obj
 
     @property
     def net_kwargs(self) -> dict[str, Any]:
         """Keyword arguments the source gives the network (e.g. text: ``vocab_size``)."""
         self._require_setup()
-        if self._source_obj is None:
-            return {}
         return dict(getattr(self._source_obj, "net_kwargs", None) or {})
 
     def source_of(self, i: int) -> str:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from dcloop.data._validation import as_label_array, check_label_range, preview
+from dcloop.data.badfiles import bad_files_error, check_on_bad_file
 from dcloop.errors import UserInputError
 
 logger = logging.getLogger(__name__)
@@ -236,43 +238,86 @@ def _load_image(path: str, mode: str, size: tuple[int, int] | None) -> Tensor:
     return torch.from_numpy(arr)
 
 
-class ImageFileDataset(Dataset):
-    """Image files read lazily with PIL; items are ``(x, y, index)``.
+@dataclass(frozen=True)
+class ImageReader:
+    """Reads an image file as float32 ``(C, H, W)`` in [0, 1] with PIL.
 
     Args:
-        items: Sequence of ``(path, label)`` pairs.
-        image_size: ``None`` (keep each file's size — then all files must share one size to be
+        image_size: ``None`` (keep each file's size: then all files must share one size to be
             batched), an int (square side) or ``(height, width)``.
         mode: ``"RGB"`` (3 channels) or ``"L"``/``"grayscale"`` (1 channel).
-        transform: Optional callable applied to the float32 tensor (C, H, W) of each item.
+    """
+
+    image_size: tuple[int, int] | None = None
+    mode: str = "RGB"
+    #: What :meth:`FileDataset.decoded` stores: 8-bit pixels (4x less memory, exact).
+    cache_dtype = torch.uint8
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "image_size", _normalize_image_size(self.image_size))
+        object.__setattr__(self, "mode", _normalize_mode(self.mode))
+
+    def __call__(self, path: str) -> Tensor:
+        return _load_image(path, self.mode, self.image_size)
+
+    @staticmethod
+    def to_cache(x: Tensor) -> Tensor:
+        """``x`` as stored in memory; :class:`IndexedTensorDataset` divides uint8 by 255."""
+        return x.mul(255.0).round_().to(torch.uint8)
+
+
+Reader = Callable[[str], Tensor]
+
+
+def _memory_budget() -> int:
+    """Bytes a decoded dataset may take: a quarter of the machine's memory."""
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 4
+    except (ValueError, OSError, AttributeError):  # not POSIX
+        return 8 << 30
+
+
+class FileDataset(Dataset):
+    """Files read lazily by ``reader``; items are ``(x, y, index)``.
+
+    One class for every file modality: images (:class:`ImageReader`), sound
+    (:class:`dcloop.data.audio.AudioReader`) or a reader of your own (any picklable callable
+    ``path -> Tensor``; data-loader workers pickle it).
+
+    Args:
+        paths: File paths, length N.
+        labels: Given integer labels, array-like (N,).
+        reader: ``path -> Tensor`` (float32). A ``to_cache`` static method and ``cache_dtype``
+            attribute (optional) say how :meth:`decoded` stores its output.
+        transform: Optional callable applied to each item's tensor.
         num_classes: Number of classes C if known; labels are checked to lie in ``[0, C)``.
         class_names: Optional names of the C classes.
 
     Attributes:
         paths: ``list[str]``, length N.
         labels: ``np.ndarray`` int64, shape (N,).
-        num_classes: ``int`` or ``None``.
-        class_names: ``list[str]`` or ``None``.
-        image_size: ``(height, width)`` or ``None``.
-        mode: ``"RGB"`` or ``"L"``.
+        reader, transform, num_classes, class_names: as given.
     """
 
     def __init__(
         self,
-        items: Sequence[tuple[str | os.PathLike, int]],
+        paths: Sequence[str | os.PathLike],
+        labels: Any,
+        reader: Reader,
         *,
-        image_size: int | tuple[int, int] | None = None,
-        mode: str = "RGB",
         transform: Transform | None = None,
         num_classes: int | None = None,
         class_names: Sequence[str] | None = None,
     ) -> None:
-        pairs = list(items)
-        for k, pair in enumerate(pairs[:1] + pairs[-1:]):
-            if not isinstance(pair, (tuple, list)) or len(pair) != 2:
-                raise ValueError(f"items must be (path, label) pairs; item {k} is {pair!r}")
-        self.paths = [os.fspath(p) for p, _ in pairs]
-        self.labels = as_label_array([lab for _, lab in pairs])
+        if not callable(reader):
+            raise ValueError(f"reader must be a callable path -> Tensor, got {reader!r}")
+        self.paths = [os.fspath(p) for p in paths]
+        self.labels = as_label_array(labels)
+        if self.labels.shape[0] != len(self.paths):
+            raise ValueError(
+                f"{len(self.paths)} paths but {self.labels.shape[0]} labels; they must have the "
+                "same length N"
+            )
         if num_classes is not None:
             num_classes = int(num_classes)
             check_label_range(self.labels, num_classes)
@@ -284,8 +329,7 @@ class ImageFileDataset(Dataset):
                 )
         if transform is not None and not callable(transform):
             raise ValueError(f"transform must be callable or None, got {transform!r}")
-        self.image_size = _normalize_image_size(image_size)
-        self.mode = _normalize_mode(mode)
+        self.reader = reader
         self.transform = transform
         self.num_classes = num_classes
         self.class_names = class_names
@@ -295,7 +339,7 @@ class ImageFileDataset(Dataset):
 
     def __getitem__(self, i: int) -> tuple[Tensor, int, int]:
         i = int(i)
-        x = _load_image(self.paths[i], self.mode, self.image_size)
+        x = self.reader(self.paths[i])
         if self.transform is not None:
             x = self.transform(x)
         return x, int(self.labels[i]), i
@@ -312,64 +356,27 @@ class ImageFileDataset(Dataset):
         """The file path of every row, length N."""
         return list(self.paths)
 
-    def _replace(
-        self, paths: Sequence[str], labels: np.ndarray, **changes: Any
-    ) -> ImageFileDataset:
+    def _replace(self, paths: Sequence[str], labels: np.ndarray, **changes: Any) -> FileDataset:
         kwargs: dict[str, Any] = {
-            "image_size": self.image_size,
-            "mode": self.mode,
             "transform": self.transform,
             "num_classes": self.num_classes,
             "class_names": self.class_names,
         }
         kwargs.update(changes)
-        return ImageFileDataset(list(zip(paths, labels.tolist(), strict=True)), **kwargs)
+        return FileDataset(paths, labels, self.reader, **kwargs)
 
-    def with_labels(self, new_labels: Any) -> ImageFileDataset:
+    def with_labels(self, new_labels: Any) -> FileDataset:
         """Returns a dataset over the same files with ``new_labels`` (N,) as given labels."""
         new = as_label_array(new_labels, name="new_labels")
         if new.shape[0] != len(self):
             raise ValueError(f"new_labels must have length {len(self)}, got {new.shape[0]}")
         return self._replace(self.paths, new)
 
-    def with_transform(self, transform: Transform | None) -> ImageFileDataset:
+    def with_transform(self, transform: Transform | None) -> FileDataset:
         """Returns a dataset over the same files and labels with a different transform."""
         return self._replace(self.paths, self.labels, transform=transform)
 
-    def decoded(self) -> IndexedTensorDataset | ImageFileDataset:
-        """Every file decoded once into memory (uint8, ``(N, C, H, W)``), sources kept.
-
-        Epochs then read no file again (today's loaders decode each image twice per epoch:
-        training and OOF pass). Files of different sizes without ``image_size`` cannot be
-        stacked: the dataset is then returned unchanged (still read lazily).
-        """
-        if not len(self):
-            return self
-        first = _load_image(self.paths[0], self.mode, self.image_size)
-        x = torch.empty((len(self), *first.shape), dtype=torch.uint8)
-        for i, path in enumerate(self.paths):
-            img = first if i == 0 else _load_image(path, self.mode, self.image_size)
-            if img.shape != first.shape:
-                logger.info(
-                    "images differ in size (%s: %s, %s: %s); set image_size to decode them "
-                    "once into memory",
-                    self.paths[0],
-                    tuple(first.shape),
-                    path,
-                    tuple(img.shape),
-                )
-                return self
-            x[i] = img.mul(255.0).round_().to(torch.uint8)
-        return IndexedTensorDataset(
-            x,
-            self.labels,
-            transform=self.transform,
-            sources=list(self.paths),
-            num_classes=self.num_classes,
-            class_names=self.class_names,
-        )
-
-    def subset(self, indices: Any) -> ImageFileDataset:
+    def subset(self, indices: Any) -> FileDataset:
         """Returns the rows ``indices`` as a new dataset whose index runs ``0..len(indices)-1``."""
         idx = as_label_array(indices, name="indices")
         if idx.size and (idx.min() < 0 or idx.max() >= len(self)):
@@ -377,6 +384,139 @@ class ImageFileDataset(Dataset):
                 f"indices must lie in [0, {len(self)}), got min {idx.min()} max {idx.max()}"
             )
         return self._replace([self.paths[int(i)] for i in idx], self.labels[idx])
+
+    def decoded(self, max_bytes: int | None = None) -> IndexedTensorDataset | FileDataset:
+        """Every file decoded once into memory, sources kept; epochs then read no file again.
+
+        Returned unchanged (still read lazily, with a log line saying why) when files decode to
+        different shapes (e.g. images of several sizes without ``image_size``) or when the
+        decoded data would exceed ``max_bytes`` (default: a quarter of the machine's memory).
+        """
+        return decode_files(self, max_bytes=max_bytes)[0]
+
+
+def decode_files(
+    dataset: FileDataset, *, on_bad_file: str = "error", cache: bool = True, max_bytes=None
+) -> tuple[IndexedTensorDataset | FileDataset, list[tuple[str, str]]]:
+    """Reads every file of ``dataset`` once: checks it, and keeps it in memory if ``cache``.
+
+    Args:
+        dataset: the files.
+        on_bad_file: ``"error"``: raise, naming the unreadable files; ``"skip"``: leave them
+            out (returned as ``(path, reason)``).
+        cache: keep the decoded tensors (an :class:`IndexedTensorDataset` is returned) when
+            they share one shape and fit in ``max_bytes`` (default: a quarter of the memory).
+
+    Returns:
+        ``(dataset, skipped)``.
+
+    Raises:
+        ValueError: with ``on_bad_file="error"`` if any file cannot be read (up to five named,
+            with the count), or if none can.
+    """
+    check_on_bad_file(on_bad_file)
+    budget = _memory_budget() if max_bytes is None else int(max_bytes)
+    to_cache = getattr(dataset.reader, "to_cache", lambda x: x)
+    kept: list[Tensor] | None = [] if cache else None
+    skipped: list[tuple[str, str]] = []
+    good: list[int] = []
+    shape = None
+    for i, path in enumerate(dataset.paths):
+        try:
+            x = dataset.reader(path)
+        except (OSError, ValueError, RuntimeError) as err:
+            skipped.append((path, f"{type(err).__name__}: {err}"))
+            continue
+        good.append(i)
+        if kept is None:
+            continue
+        if shape is None:
+            shape, item_bytes = x.shape, to_cache(x).nbytes
+            if item_bytes * len(dataset) > budget:
+                logger.warning(
+                    "%d files decode to %.1f GB, over the %.1f GB memory budget: reading them "
+                    "from disk every epoch instead (set cache=false to silence this)",
+                    len(dataset),
+                    item_bytes * len(dataset) / 1e9,
+                    budget / 1e9,
+                )
+                kept = None
+                continue
+        elif x.shape != shape:
+            logger.info(
+                "files decode to different shapes (%s: %s, %s: %s); set image_size to decode "
+                "them once into memory",
+                dataset.paths[good[0]],
+                tuple(shape),
+                path,
+                tuple(x.shape),
+            )
+            kept = None
+            continue
+        kept.append(to_cache(x))
+    if skipped:
+        if on_bad_file == "error" or not good:
+            raise bad_files_error(skipped, len(dataset), on_bad_file)
+        logger.warning("skipping %d unreadable file(s), e.g. %s", len(skipped), skipped[0][0])
+    if kept is None or not good:
+        return (dataset.subset(good) if skipped else dataset), skipped
+    return (
+        IndexedTensorDataset(
+            torch.stack(kept),
+            dataset.labels[good],
+            transform=dataset.transform,
+            sources=[dataset.paths[i] for i in good],
+            num_classes=dataset.num_classes,
+            class_names=dataset.class_names,
+        ),
+        skipped,
+    )
+
+
+def class_folder(
+    root: str | os.PathLike, extensions: Sequence[str], *, what: str, how: str
+) -> tuple[list[str], np.ndarray, list[str]]:
+    """``root/<class name>/**/<file>``: the files, their class ids and the class names.
+
+    Class names are the sub-folder names in sorted order; class ``k`` is ``class_names[k]``.
+    Files are found recursively, matched case-insensitively against ``extensions``; hidden
+    files and folders (starting with ``.``) are skipped. Rows are ordered by class, then path.
+
+    Raises:
+        FileNotFoundError: If ``root`` does not exist or is not a directory.
+        ValueError: If there are no class sub-folders or a class folder holds no file.
+    """
+    base = _require_dir(root, f"{what} folder root", how)
+    exts = tuple(e.lower() if e.startswith(".") else "." + e.lower() for e in extensions)
+    if not exts:
+        raise ValueError("extensions must name at least one file extension, e.g. ('.png',)")
+    class_dirs = sorted(p for p in base.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not class_dirs:
+        raise ValueError(f"no class sub-folders found in {str(base)!r}. {how}")
+    names = [p.name for p in class_dirs]
+    paths: list[str] = []
+    labels: list[int] = []
+    empty: list[str] = []
+    for label, cdir in enumerate(class_dirs):
+        files = []
+        for dirpath, dirnames, filenames in os.walk(cdir):
+            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+            files += [
+                os.path.join(dirpath, f)
+                for f in filenames
+                if not f.startswith(".") and f.lower().endswith(exts)
+            ]
+        if not files:
+            empty.append(cdir.name)
+        paths += sorted(files)
+        labels += [label] * len(files)
+    if empty:
+        raise ValueError(
+            f"class folder(s) with no {what} files in {str(base)!r}: {preview(empty)}; "
+            f"accepted extensions are {', '.join(exts)}"
+        )
+    logger.info("%s folder %s: %d files in %d classes", what, base, len(paths), len(names))
+    return paths, np.asarray(labels, dtype=np.int64), names
 
 
 def _require_dir(root: str | os.PathLike, what: str, how: str) -> Path:
@@ -394,7 +534,7 @@ def image_folder(
     image_size: int | tuple[int, int] | None = None,
     mode: str = "RGB",
     extensions: Sequence[str] = IMAGE_EXTENSIONS,
-) -> tuple[ImageFileDataset, list[str]]:
+) -> tuple[FileDataset, list[str]]:
     """Loads a class-per-sub-folder image tree (``root/<class name>/**/<image>``).
 
     Class names are the sub-folder names in sorted order; class ``k`` is ``class_names[k]``.
@@ -408,47 +548,17 @@ def image_folder(
         extensions: Accepted file extensions, e.g. ``(".png", ".jpg")``.
 
     Returns:
-        ``(dataset, class_names)``.
+        ``(dataset, class_names)``: a :class:`FileDataset` read with :class:`ImageReader`.
 
     Raises:
         FileNotFoundError: If ``root`` does not exist or is not a directory.
         ValueError: If there are no class sub-folders or a class folder holds no images.
     """
+    reader = ImageReader(image_size, mode)
     how = "Pass root=<folder with one sub-folder of images per class>, e.g. root/cat/1.png."
-    base = _require_dir(root, "image folder root", how)
-    exts = tuple(e.lower() if e.startswith(".") else "." + e.lower() for e in extensions)
-    if not exts:
-        raise ValueError("extensions must name at least one file extension, e.g. ('.png',)")
-    class_dirs = sorted(p for p in base.iterdir() if p.is_dir() and not p.name.startswith("."))
-    if not class_dirs:
-        raise ValueError(f"no class sub-folders found in {str(base)!r}. {how}")
-    class_names = [p.name for p in class_dirs]
-    items: list[tuple[str, int]] = []
-    empty: list[str] = []
-    for label, cdir in enumerate(class_dirs):
-        files = []
-        for dirpath, dirnames, filenames in os.walk(cdir):
-            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-            for name in filenames:
-                if not name.startswith(".") and name.lower().endswith(exts):
-                    files.append(os.path.join(dirpath, name))
-        if not files:
-            empty.append(cdir.name)
-        items.extend((f, label) for f in sorted(files))
-    if empty:
-        raise ValueError(
-            f"class folder(s) with no image files in {str(base)!r}: {preview(empty)}; "
-            f"accepted extensions are {', '.join(exts)}"
-        )
-    logger.info("image_folder %s: %d images in %d classes", base, len(items), len(class_names))
-    ds = ImageFileDataset(
-        items,
-        image_size=image_size,
-        mode=mode,
-        num_classes=len(class_names),
-        class_names=class_names,
-    )
-    return ds, class_names
+    paths, labels, names = class_folder(root, extensions, what="image", how=how)
+    ds = FileDataset(paths, labels, reader, num_classes=len(names), class_names=names)
+    return ds, names
 
 
 def _parse_int(text: str) -> int | None:
@@ -499,7 +609,7 @@ def csv_manifest(
     image_size: int | tuple[int, int] | None = None,
     mode: str = "RGB",
     class_names: Sequence[str] | None = None,
-) -> tuple[ImageFileDataset, list[str]]:
+) -> tuple[FileDataset, list[str]]:
     """Loads images listed in a CSV manifest with columns ``path,label``.
 
     Paths are relative to ``root`` (absolute paths are used as they are). Labels are either
@@ -610,13 +720,8 @@ def csv_manifest(
             f"{preview(missing)}. Paths are read relative to root={str(base)!r}."
         )
     logger.info("csv_manifest %s: %d images in %d classes", mpath, len(full), len(names))
-    ds = ImageFileDataset(
-        list(zip(full, labels, strict=True)),
-        image_size=image_size,
-        mode=mode,
-        num_classes=len(names),
-        class_names=names,
-    )
+    reader = ImageReader(image_size, mode)
+    ds = FileDataset(full, labels, reader, num_classes=len(names), class_names=names)
     return ds, list(names)
 
 

@@ -151,3 +151,11 @@ def grouped_split_indices(
     val_rel = val_frac / (1.0 - test_frac)
     train, val = _group_split_off(rest, y, g, val_rel, seed)
     return train, val, test
+
+
+def split_dataset(full: Any, *, seed: int, val_frac: float, test_frac: float) -> dict[str, Any]:
+    """``{"train", "val", "test"}`` subsets of ``full`` by :func:`stratified_split_indices`."""
+    tr, va, te = stratified_split_indices(
+        full.labels, seed=seed, val_frac=val_frac, test_frac=test_frac
+    )
+    return {"train": full.subset(tr), "val": full.subset(va), "test": full.subset(te)}

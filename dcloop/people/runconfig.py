@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from dcloop.data import LabelNoiseDataModule
+from dcloop.data.sources import LEGACY_KEYS, legacy_source
 
 log = logging.getLogger(__name__)
 
@@ -29,8 +30,18 @@ DATA_TARGETS: tuple[str, ...] = (
     "dcloop.data.LabelNoiseDataModule",
     "dcloop.data.datamodule.LabelNoiseDataModule",
 )
+_SOURCE_CLASSES = (
+    "Digits",
+    "ImageFolder",
+    "CsvManifest",
+    "Torchvision",
+    "AudioFolder",
+    "AudioSynth",
+)
 #: The only ``data.source._target_`` values (source objects) a run's data is rebuilt from.
 SOURCE_TARGETS: tuple[str, ...] = (
+    *(f"dcloop.data.sources.{c}" for c in _SOURCE_CLASSES),
+    *(f"dcloop.data.{c}" for c in _SOURCE_CLASSES),
     "dcloop.data.text.TextCSV",
     "dcloop.data.text.TextSynth",
     "dcloop.beyond.detection.CocoSource",
@@ -165,7 +176,8 @@ def data_kwargs(cfg: dict) -> dict[str, Any]:
             _plain(data[k], cfg, f"data.{k}", [_MAX_NODES])
     rest = {k: v for k, v in data.items() if k != "_target_" and k not in _FROM_TOP}
     source = rest.pop("source") if isinstance(rest.get("source"), dict) else None
-    unknown = sorted(str(k) for k in rest if k not in allowed)
+    legacy = source is None and any(k in rest for k in LEGACY_KEYS)
+    unknown = sorted(str(k) for k in rest if k not in allowed and not (legacy and k in LEGACY_KEYS))
     if unknown:
         raise UnsafeRunConfig(
             f"data: unknown option(s) {unknown}; expected options of LabelNoiseDataModule {allowed}"
@@ -173,6 +185,9 @@ def data_kwargs(cfg: dict) -> dict[str, Any]:
     kwargs = _plain(rest, cfg, "data", [_MAX_NODES])
     if source is not None:  # a source object: only dcloop's own, from plain values
         kwargs["source"] = _source_object(source, cfg)
+    elif legacy:  # a run folder written before sources were objects (source: folder, root: ...)
+        src, kwargs = legacy_source(kwargs.get("source", "digits"), kwargs)
+        kwargs["source"] = src
     for k in _UNUSED:
         kwargs.pop(k, None)
     kwargs["noise"] = plain_value(cfg, "noise")
