@@ -14,6 +14,7 @@ from dcloop.data import (
     WithIndex,
     check_item,
     csv_manifest,
+    decode_files,
     image_folder,
     torchvision_dataset,
 )
@@ -230,3 +231,25 @@ def test_image_reader_bad_mode_and_file_dataset_checks(tree):
         FileDataset([str(tree / "cat" / "0.png")], [0, 1], ok)
     with pytest.raises(ValueError, match="reader must be a callable"):
         FileDataset([str(tree / "cat" / "0.png")], [0], reader="PIL")
+
+
+class _CountingReader:
+    def __init__(self):
+        self.calls = []
+
+    def __call__(self, path):
+        self.calls.append(path)
+        if path.endswith("bad"):
+            raise OSError(f"could not read {path}")
+        return torch.full((1, 2), float(len(path)))
+
+
+def test_decode_files_reads_every_file_once_and_skips_the_bad_ones():
+    reader = _CountingReader()
+    ds = FileDataset(["a", "bb", "bad", "cccc"], [0, 1, 0, 1], reader)
+    out, skipped = decode_files(ds, on_bad_file="skip")
+    assert reader.calls == ["a", "bb", "bad", "cccc"]  # one read each: checked and cached
+    assert [p for p, _ in skipped] == ["bad"] and out.sources == ["a", "bb", "cccc"]
+    assert out.labels.tolist() == [0, 1, 1] and out[2][0].tolist() == [[4.0, 4.0]]
+    with pytest.raises(ValueError, match=r"1 file\(s\) cannot be read: 'bad'"):
+        decode_files(ds)
