@@ -8,17 +8,14 @@ from typing import Any
 import numpy as np
 from sklearn.model_selection import StratifiedGroupKFold, train_test_split
 
-from dcloop.data._validation import as_label_array
+from dcloop._checks import as_label_array, check_float
 
 logger = logging.getLogger(__name__)
 
 
 def _check_fracs(val_frac: float, test_frac: float) -> None:
     for name, value in (("val_frac", val_frac), ("test_frac", test_frac)):
-        if isinstance(value, bool) or not isinstance(value, (int, float, np.floating)):
-            raise ValueError(f"{name} must be a float in [0, 1), got {value!r}")
-        if not 0.0 <= float(value) < 1.0:
-            raise ValueError(f"{name} must be a float in [0, 1), got {value}")
+        check_float(name, value, low=0, high=1, high_open=True)
     if val_frac + test_frac >= 1.0:
         raise ValueError(
             f"val_frac + test_frac must be < 1 so that a training split remains, got "

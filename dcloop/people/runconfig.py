@@ -20,6 +20,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+from dcloop._checks import is_int
 from dcloop.data import LabelNoiseDataModule
 from dcloop.data.sources import LEGACY_KEYS, legacy_source
 
@@ -193,7 +194,7 @@ def data_kwargs(cfg: dict) -> dict[str, Any]:
     kwargs["noise"] = plain_value(cfg, "noise")
     seed = plain_value(cfg, "seed")
     seed = 0 if seed is None else seed
-    if isinstance(seed, bool) or not isinstance(seed, int):
+    if not is_int(seed):
         raise UnsafeRunConfig(f"seed: {_short(seed)} is not an integer")
     kwargs["seed"] = seed
     return kwargs
