@@ -134,9 +134,9 @@ def test_synthetic_source_through_the_datamodule_with_noise():
 @pytest.mark.parametrize(
     "options, words",
     [
-        ({"num_per_class": 3.0}, "num_per_class must be an int >= 1; got 3.0"),
-        ({"sample_rate": None}, "sample_rate must be an int >= 1; got None"),
-        ({"synth_seed": "a"}, "synth_seed must be an int >= 0"),
+        ({"num_per_class": 3.0}, "num_per_class must be an integer >= 1; got num_per_class=3.0"),
+        ({"sample_rate": None}, "sample_rate must be an integer >= 1; got sample_rate=None"),
+        ({"synth_seed": "a"}, "synth_seed must be an integer >= 0"),
         ({"clip_seconds": float("inf")}, r"clip_seconds must be a number in \(0, 3600\)"),
         ({"clip_seconds": 0.0002}, "need at least 1600 samples"),
     ],

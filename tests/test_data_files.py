@@ -135,7 +135,7 @@ def test_csv_manifest_errors(tree, tmp_path):
     assert "missing6.png" not in msg
     with pytest.raises(FileNotFoundError, match="nope.csv"):
         csv_manifest(tree, tmp_path / "nope.csv")
-    with pytest.raises(ValueError, match="not in class_names"):
+    with pytest.raises(ValueError, match="not a known class"):
         csv_manifest(tree, _manifest(tmp_path, ["cat/0.png,cow"]), class_names=["cat"])
 
 

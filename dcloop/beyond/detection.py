@@ -32,7 +32,7 @@ import pandas as pd
 import torch
 from PIL import Image, ImageDraw
 
-from dcloop.data._validation import preview
+from dcloop._checks import is_int, preview
 from dcloop.data.datasets import IndexedTensorDataset, _normalize_image_size, _normalize_mode
 from dcloop.data.splits import grouped_split_indices, stratified_split_indices
 from dcloop.results import atomic_write, write_json
@@ -89,7 +89,7 @@ def _read_json(path: str | os.PathLike) -> tuple[dict[str, Any], Path]:
 
 def _int_id(value: Any, what: str) -> int:
     """An integer id, or a ``ValueError`` naming the record it came from."""
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer, str)):
+    if not (is_int(value) or isinstance(value, str)):
         raise ValueError(f"{what}: ids must be integers; got {value!r}")
     try:
         return int(value)

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from dcloop._checks import check_float, check_int
 from dcloop.data.datasets import FileDataset, IndexedTensorDataset, class_folder
 
 logger = logging.getLogger(__name__)
@@ -67,13 +68,10 @@ def audio_options(options: Mapping[str, Any] | None) -> dict[str, Any]:
             raise ValueError(f"audio has unknown key(s) {unknown}; allowed: {list(_DEFAULTS)}")
         opts.update(options)
     for key, low in (("sample_rate", 1), ("num_per_class", 1), ("synth_seed", 0)):
-        v = opts[key]
-        if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < low:
-            raise ValueError(f"audio {key} must be an int >= {low}; got {v!r}")
-        opts[key] = int(v)
-    secs = opts["clip_seconds"]
-    if isinstance(secs, bool) or not isinstance(secs, (int, float)) or not 0 < secs < 3600:
-        raise ValueError(f"audio clip_seconds must be a number in (0, 3600); got {secs!r}")
+        opts[key] = check_int(key, opts[key], minimum=low)
+    secs = check_float(
+        "clip_seconds", opts["clip_seconds"], low=0, high=3600, low_open=True, high_open=True
+    )
     opts["num_samples"] = round(float(secs) * opts["sample_rate"])
     if opts["num_samples"] < MIN_SAMPLES:
         raise ValueError(

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from dcloop.data._validation import preview
+from dcloop._checks import preview
 from dcloop.results import write_csv
 
 logger = logging.getLogger(__name__)

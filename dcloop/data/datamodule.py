@@ -11,6 +11,7 @@ import lightning as L
 import numpy as np
 from torch.utils.data import DataLoader
 
+from dcloop._checks import check_callable, check_float, check_int
 from dcloop.data.badfiles import write_skipped
 from dcloop.data.datasets import FileDataset, IndexedTensorDataset, Transform
 from dcloop.data.labelfile import apply_label_file
@@ -51,27 +52,17 @@ def _parse_noise(noise: Mapping[str, Any] | None) -> dict[str, Any]:
         raise ValueError(f"noise kind must be one of {list(NOISE_KINDS)}, got {kind!r}")
     rate = spec.get("rate", 0.0)
     sparsity = spec.get("sparsity", 0.0)
-    for name, value, upper_ok in (("rate", rate, False), ("sparsity", sparsity, True)):
-        if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
-            raise ValueError(f"noise {name} must be a number, got {value!r}")
-        if not (0.0 <= float(value) <= 1.0 if upper_ok else 0.0 <= float(value) < 1.0):
-            bound = "[0, 1]" if upper_ok else "[0, 1)"
-            raise ValueError(f"noise {name} must be in {bound}, got {value}")
+    rate = check_float("noise rate", rate, low=0.0, high=1.0, high_open=True)
+    sparsity = check_float("noise sparsity", sparsity or 0.0, low=0.0, high=1.0)
     mapping = spec.get("mapping")
     if mapping is not None and not isinstance(mapping, Mapping):
         raise ValueError(f"noise mapping must be a {{source: target}} map, got {mapping!r}")
     return {
         "kind": kind,
-        "rate": float(rate),
-        "sparsity": float(sparsity or 0.0),
+        "rate": rate,
+        "sparsity": sparsity,
         "mapping": None if mapping is None else dict(mapping),
     }
-
-
-def _check_positive_int(name: str, value: Any, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
-    return int(value)
 
 
 class LabelNoiseDataModule(L.LightningDataModule):
@@ -129,17 +120,15 @@ class LabelNoiseDataModule(L.LightningDataModule):
         super().__init__()
         self._source_obj: DataSource = check_source(source)
         if num_classes is not None:
-            num_classes = _check_positive_int("num_classes", num_classes, 1)
-        if train_transform is not None and not callable(train_transform):
-            raise ValueError(f"train_transform must be callable or None, got {train_transform!r}")
-        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-            raise ValueError(f"seed must be a non-negative int, got {seed!r}")
+            num_classes = check_int("num_classes", num_classes, minimum=1)
+        check_callable("train_transform", train_transform)
+        check_int("seed", seed, minimum=0)
         _check_fracs(val_frac, test_frac)
         self.source = str(self._source_obj.name)
         self.noise_spec = _parse_noise(noise)
-        self.batch_size = _check_positive_int("batch_size", batch_size, 1)
-        self.eval_batch_size = _check_positive_int("eval_batch_size", eval_batch_size, 1)
-        self.num_workers = _check_positive_int("num_workers", num_workers, 0)
+        self.batch_size = check_int("batch_size", batch_size, minimum=1)
+        self.eval_batch_size = check_int("eval_batch_size", eval_batch_size, minimum=1)
+        self.num_workers = check_int("num_workers", num_workers, minimum=0)
         self.seed = int(seed)
         self.val_frac = float(val_frac)
         self.test_frac = float(test_frac)

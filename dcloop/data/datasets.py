@@ -22,7 +22,7 @@ from PIL import Image, UnidentifiedImageError
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from dcloop.data._validation import as_label_array, check_label_range, preview
+from dcloop._checks import as_label_array, check_label_range, parse_class_labels, preview
 from dcloop.data.badfiles import bad_files_error, check_on_bad_file
 from dcloop.errors import UserInputError
 
@@ -561,18 +561,6 @@ def image_folder(
     return ds, names
 
 
-def _parse_int(text: str) -> int | None:
-    try:
-        return int(text)
-    except ValueError:
-        pass
-    try:
-        value = float(text)
-    except ValueError:
-        return None
-    return int(value) if value.is_integer() else None
-
-
 def _first_line(err: BaseException) -> str:
     return str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
 
@@ -615,10 +603,13 @@ def csv_manifest(
     Paths are relative to ``root`` (absolute paths are used as they are). Labels are either
     integer class ids or class names:
 
-    * with ``class_names`` given, labels that are all members of ``class_names`` map by name,
-      otherwise integer labels must lie in ``[0, len(class_names))``;
-    * without it, integer labels give ``class_names = ["0", ..., str(max)]`` and name labels
-      give the sorted unique names.
+    * with ``class_names`` given, a label equal to a class name maps to it (names win over
+      ids), else it must be an integer id in ``[0, len(class_names))``;
+    * without it, integer labels give ``class_names = ["0", ..., str(max)]``, name labels
+      give the sorted unique names, and a mix of the two is an error.
+
+    This is the rule of every label column dcloop reads (text files and label files too):
+    :func:`dcloop._checks.parse_class_labels`.
 
     The manifest file is only read, never modified.
 
@@ -673,43 +664,7 @@ def csv_manifest(
             f"first data rows (0-based): {blank[:5]}"
         )
 
-    names = [str(c) for c in class_names] if class_names is not None else None
-    if names is not None and len(set(names)) != len(names):
-        raise ValueError(f"class_names must be unique, got {names}")
-    ints = [_parse_int(lab) for lab in raw]
-    if names is not None and all(lab in names for lab in raw):
-        lookup = {n: k for k, n in enumerate(names)}
-        labels = [lookup[lab] for lab in raw]
-    elif all(v is not None for v in ints):
-        labels = [int(v) for v in ints]  # type: ignore[arg-type]
-        if min(labels) < 0:
-            raise ValueError(
-                f"manifest {str(mpath)!r}: integer labels must be >= 0, got {min(labels)}"
-            )
-        if names is None:
-            names = [str(k) for k in range(max(labels) + 1)]
-        elif max(labels) >= len(names):
-            raise ValueError(
-                f"manifest {str(mpath)!r}: label {max(labels)} is out of range for "
-                f"{len(names)} class_names"
-            )
-    elif names is not None:
-        unknown = sorted({lab for lab in raw if lab not in names})
-        raise ValueError(
-            f"manifest {str(mpath)!r}: label(s) not in class_names: {preview(unknown)}; "
-            f"class_names are {names}"
-        )
-    else:
-        as_ids = sorted({lab for lab, v in zip(raw, ints, strict=True) if v is not None})
-        if as_ids:
-            as_names = sorted({lab for lab, v in zip(raw, ints, strict=True) if v is None})
-            raise UserInputError(
-                f"manifest {str(mpath)!r}: the label column mixes class ids ({preview(as_ids)}) "
-                f"and class names ({preview(as_names)}); use one or the other for every row"
-            )
-        names = sorted(set(raw))
-        lookup = {n: k for k, n in enumerate(names)}
-        labels = [lookup[lab] for lab in raw]
+    labels, names = parse_class_labels(raw, class_names, where=f"manifest {str(mpath)!r}")
 
     full = [p if os.path.isabs(p) else str(base / p) for p in paths]
     _check_duplicate_paths(full, raw, mpath)

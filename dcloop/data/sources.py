@@ -35,6 +35,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from dcloop._checks import check_bool
 from dcloop.data.audio import SYNTH_CLASS_NAMES, audio_folder, audio_options, synthetic_digits
 from dcloop.data.badfiles import check_on_bad_file
 from dcloop.data.datasets import (
@@ -120,9 +121,7 @@ class _Files:
         self.root = _need(root, "root", self._how, self.name)
         self._test = test
         self.on_bad_file = check_on_bad_file(on_bad_file)
-        if not isinstance(cache, bool):
-            raise ValueError(f"cache must be true or false, got {cache!r}")
-        self.cache = cache
+        self.cache = check_bool("cache", cache)
         self.skipped_files: list[tuple[str, str]] = []
 
     def _read(self, test: bool = False) -> tuple[FileDataset, list[str]]:
