@@ -125,7 +125,7 @@ def build(cfg: DictConfig, run_dir: Path) -> Run:
         true_labels=dm.true_labels if dm.has_ground_truth else None,
         **module_kwargs(cfg.model, FoldEnsemble),
     )
-    model.run_info["sources"] = digest([dm.source_of(i) for i in range(dm.num_train)])
+    model.run_info["sources"] = digest(dm.train_sources)
     callbacks = instantiate_callbacks(cfg.get("callbacks"))
     logger = instantiate(cfg.logger) if cfg.get("logger") else False
     trainer = instantiate(

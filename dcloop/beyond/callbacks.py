@@ -34,8 +34,7 @@ class CocoResults(L.Callback):
             return
         from dcloop.beyond.detection import write_coco_results
 
-        sources = [dm.source_of(i) for i in range(dm.num_train)]
-        issues = issue_table(pl_module.samples, sources)
+        issues = issue_table(pl_module.samples, dm.train_sources)
         write_coco_results(_run_dir(self.output_dir, trainer), dm, issues)
 
 

@@ -173,7 +173,9 @@ class ConfidentLearning(L.Callback):
         self._oof = listed[-1] if listed else self.oof
         if not listed:  # ours: Lightning does not call its hooks, we do
             self.oof.setup(trainer, pl_module, stage)
-        if self.sources is None and hasattr(dm, "source_of"):
+        if self.sources is None and hasattr(dm, "train_sources"):
+            self.sources = dm.train_sources  # listed once per run (dcloop's data module)
+        elif self.sources is None and hasattr(dm, "source_of"):
             self.sources = [dm.source_of(i) for i in range(len(pl_module.samples))]
         if self.evidence is not None:
             self.evidence = self.evidence.to(pl_module.device)

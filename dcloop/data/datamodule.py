@@ -149,6 +149,7 @@ class LabelNoiseDataModule(L.LightningDataModule):
         self._train_augmented: SplitDataset | None = None
         self._eval_loaders: dict[int, DataLoader] = {}  # one per split (persistent workers)
         self._class_names: list[str] = []
+        self._train_sources: list[str] | None = None
         self._input_shape: tuple[int, ...] = ()
 
     # ------------------------------------------------------------------ loading
@@ -342,6 +343,14 @@ class LabelNoiseDataModule(L.LightningDataModule):
         """Keyword arguments the source gives the network (e.g. text: ``vocab_size``)."""
         self._require_setup()
         return dict(getattr(self._source_obj, "net_kwargs", None) or {})
+
+    @property
+    def train_sources(self) -> list[str]:
+        """Where every training row came from (``source_of(i)`` for all i), listed once."""
+        self._require_setup()
+        if self._train_sources is None:
+            self._train_sources = self.train_dataset.sources
+        return self._train_sources
 
     def source_of(self, i: int) -> str:
         """Where training row ``i`` came from (file path, ``"digits:<row>"``, ...)."""

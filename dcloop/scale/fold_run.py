@@ -188,7 +188,7 @@ def _write_meta(out: Path, cfg: DictConfig, dm, folds: np.ndarray) -> None:
         true_labels=np.asarray(truth, dtype=np.int64),
         folds=folds,
         test_labels=test_labels,
-        sources=np.asarray([dm.source_of(i) for i in range(dm.num_train)], dtype=str),
+        sources=np.asarray(dm.train_sources, dtype=str),
         confirmed=np.zeros(dm.num_train, bool) if over is None else over.confirmed,
         prior_weights=np.ones(dm.num_train, np.float32) if over is None else over.weights,
     )
