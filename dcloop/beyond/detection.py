@@ -34,7 +34,7 @@ from PIL import Image, ImageDraw
 
 from dcloop._checks import is_int, preview
 from dcloop.data.datasets import IndexedTensorDataset, _normalize_image_size, _normalize_mode
-from dcloop.data.splits import grouped_split_indices, stratified_split_indices
+from dcloop.data.splits import grouped_split_indices, split_dataset
 from dcloop.results import atomic_write, write_json
 
 log = logging.getLogger(__name__)
@@ -441,11 +441,10 @@ class CocoSource:
             mode=self.mode,
         )
         fracs = {"seed": seed, "val_frac": val_frac, "test_frac": test_frac}
-        if self.split_by == "image":  # crops of one image in one split
-            images = [s.rsplit("#ann=", 1)[0] for s in full.sources]
-            tr, va, te = grouped_split_indices(full.labels, images, **fracs)
-        else:
-            tr, va, te = stratified_split_indices(full.labels, **fracs)
+        if self.split_by == "sample":
+            return split_dataset(full, **fracs), names
+        images = [s.rsplit("#ann=", 1)[0] for s in full.sources]  # crops of one image together
+        tr, va, te = grouped_split_indices(full.labels, images, **fracs)
         return {"train": full.subset(tr), "val": full.subset(va), "test": full.subset(te)}, names
 
 

@@ -9,7 +9,7 @@ import torch
 from sklearn.datasets import load_digits
 
 from dcloop.data.datasets import IndexedTensorDataset
-from dcloop.data.splits import stratified_split_indices
+from dcloop.data.splits import split_dataset
 
 logger = logging.getLogger(__name__)
 
@@ -53,9 +53,4 @@ def load_digits_splits(
     Raises:
         ValueError: If the fractions are out of range.
     """
-    full = load_digits_full()
-    train, val, test = stratified_split_indices(
-        full.labels, seed=seed, val_frac=val_frac, test_frac=test_frac
-    )
-    logger.debug("digits split: %d train, %d val, %d test", train.size, val.size, test.size)
-    return {"train": full.subset(train), "val": full.subset(val), "test": full.subset(test)}
+    return split_dataset(load_digits_full(), seed=seed, val_frac=val_frac, test_frac=test_frac)
