@@ -197,3 +197,33 @@ def test_a_source_object_of_another_class_is_refused(tmp_path):
     with pytest.raises(UnsafeRunConfig, match=r"data.source._target_: .*os.system"):
         data_kwargs(cfg)
     assert not (tmp_path / "pwned").exists()
+
+
+def test_a_run_folder_from_before_source_objects_still_gets_its_data_back(tmp_path):
+    from PIL import Image
+
+    for name in ("cat", "dog"):
+        (tmp_path / "img" / name).mkdir(parents=True)
+        for k in range(5):
+            Image.new("RGB", (6, 6), (40 * k, 0, 0)).save(tmp_path / "img" / name / f"{k}.png")
+    old = {  # data.root / image_size / cache beside `source: folder`, as runs wrote them then
+        "seed": 0,
+        "noise": {"kind": "none"},
+        "data": {
+            "_target_": "dcloop.data.LabelNoiseDataModule",
+            "source": "folder",
+            "root": str(tmp_path / "img"),
+            "image_size": 4,
+            "cache": True,
+            "on_bad_file": "error",
+            "test_root": None,
+            "val_frac": 0.0,
+            "test_frac": 0.0,
+            "noise": "${noise}",
+            "seed": "${seed}",
+        },
+    }
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "config.yaml").write_text(yaml.safe_dump(old))
+    ds = load_train_dataset(tmp_path / "run", required=True)
+    assert len(ds) == 10 and ds[0][0].shape == (3, 4, 4) and ds.source(0).endswith("0.png")
