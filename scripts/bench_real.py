@@ -255,6 +255,35 @@ def _nan(v) -> bool:
     return isinstance(v, float) and math.isnan(v)
 
 
+def summary_row(
+    rs: list[dict[str, Any]],
+    key: tuple[str, str, str],
+    *,
+    acc_key: str = "acc",
+    detection: bool = True,
+    estimate: bool = False,
+    min_kept: bool = False,
+    times: bool = True,
+) -> dict[str, Any]:
+    """One table row: mean and sd over the seeds ``rs`` of one (dataset, setting, method)."""
+    acc, sd = mean_sd([r[acc_key] for r in rs])
+    row = {"dataset": key[0], "setting": key[1], "method": key[2], "n": len(rs), "acc": acc}
+    row["sd"] = sd
+    if detection:
+        for k in ("precision", "recall", "f1"):
+            row[k] = mean_sd([r.get("detection", {}).get(k) for r in rs])[0]
+    if estimate:
+        row["est"] = mean_sd([r["noise_rate_est"] for r in rs])[0]
+        row["true"] = mean_sd([r["noise_rate_true"] for r in rs])[0]
+    if min_kept:
+        kept = [r.get("min_class_kept") for r in rs]
+        row["min_kept"] = min((k for k in kept if k is not None), default=math.nan)
+    if times:
+        row["wall"] = mean_sd([r["wall_time_s"] for r in rs])[0]
+        row["cpu"] = mean_sd([r["cpu_time_s"] for r in rs])[0]
+    return row
+
+
 def rows_of(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     rows = []
     keys = sorted({(r["dataset"], r["setting"]) for r in runs}, key=_order)
@@ -264,21 +293,18 @@ def rows_of(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
             rs = [r for r in runs if (r["dataset"], r["setting"], r["method"]) == (ds, st, base)]
             if not rs or (m == "inloop_refit" and "refit_acc" not in rs[0]):
                 continue
-            acc_key = "refit_acc" if m == "inloop_refit" else "acc"
-            acc, sd = mean_sd([r[acc_key] for r in rs])
-            row = {"dataset": ds, "setting": st, "method": m, "n": len(rs), "acc": acc, "sd": sd}
-            if m not in ("plain", "oracle", "inloop_refit"):
-                for k in ("precision", "recall", "f1"):
-                    row[k] = mean_sd([r["detection"].get(k) for r in rs])[0]
-            if m in ("detect", "inloop", "inloop_dw", "inloop_old"):
-                row["est"] = mean_sd([r["noise_rate_est"] for r in rs])[0]
-                row["true"] = mean_sd([r["noise_rate_true"] for r in rs])[0]
-                kept = [r.get("min_class_kept") for r in rs]
-                row["min_kept"] = min((k for k in kept if k is not None), default=math.nan)
-            if m != "inloop_refit":
-                row["wall"] = mean_sd([r["wall_time_s"] for r in rs])[0]
-                row["cpu"] = mean_sd([r["cpu_time_s"] for r in rs])[0]
-            rows.append(row)
+            cleaning = m in ("detect", "inloop", "inloop_dw", "inloop_old")
+            rows.append(
+                summary_row(
+                    rs,
+                    (ds, st, m),
+                    acc_key="refit_acc" if m == "inloop_refit" else "acc",
+                    detection=m not in ("plain", "oracle", "inloop_refit"),
+                    estimate=cleaning,
+                    min_kept=cleaning,
+                    times=m != "inloop_refit",
+                )
+            )
     return rows
 
 

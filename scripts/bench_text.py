@@ -59,7 +59,7 @@ import numpy as np  # noqa: E402
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from bench_real import SHARED, _cpu, compose, fmt, mean_sd, run_inloop  # noqa: E402
+from bench_real import SHARED, _cpu, compose, fmt, run_inloop, summary_row  # noqa: E402
 from bench_real import table as real_table  # noqa: E402
 
 #: ``../shared/data`` (``DCLOOP_SHARED_DATA`` overrides it, e.g. for a copy of the repository).
@@ -229,18 +229,9 @@ def rows_of(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     for ds, st in keys:
         for m in METHODS:
             rs = [r for r in runs if (r["dataset"], r["setting"], r["method"]) == (ds, st, m)]
-            if not rs:
-                continue
-            acc, sd = mean_sd([r["acc"] for r in rs])
-            row = {"dataset": ds, "setting": st, "method": m, "n": len(rs), "acc": acc, "sd": sd}
-            for k in ("precision", "recall", "f1"):
-                row[k] = mean_sd([r.get("detection", {}).get(k) for r in rs])[0]
-            row["wall"] = mean_sd([r["wall_time_s"] for r in rs])[0]
-            row["cpu"] = mean_sd([r["cpu_time_s"] for r in rs])[0]
-            if m in ("detect", "inloop", "inloop_refit", "inloop_aug", "inloop_aug1"):
-                row["est"] = mean_sd([r["noise_rate_est"] for r in rs])[0]
-                row["true"] = mean_sd([r["noise_rate_true"] for r in rs])[0]
-            rows.append(row)
+            if rs:
+                cleaning = m in ("detect", "inloop", "inloop_refit", "inloop_aug", "inloop_aug1")
+                rows.append(summary_row(rs, (ds, st, m), estimate=cleaning))
     return rows
 
 
