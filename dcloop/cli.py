@@ -102,8 +102,40 @@ def optimized_value(cfg: DictConfig, metrics: dict) -> float:
     return float(value)
 
 
+#: Where the keys of the old flat ``model.optim`` block live in the shipped model configs.
+_OPTIM_MOVED = {
+    "lr": "model.optimizer.lr",
+    "weight_decay": "model.optimizer.weight_decay",
+    "scheduler": "model.scheduler",
+    "label_smoothing": "model.loss.label_smoothing",
+    "vectorize": "model.vectorize",
+}
+
+
+def _check_moved_keys(argv: list[str]) -> None:
+    """``model.optim.lr=...`` on a shipped model config (a command from before the partials):
+    one line naming the new key."""
+    model = next((a.partition("=")[2] for a in argv if a.startswith("model=")), "cnn")
+    shipped = Path(CONFIG_DIR) / "model" / f"{model}.yaml"
+    if not shipped.is_file() or "\noptim:" in "\n" + shipped.read_text():
+        return  # a model config of the user's own, which may still have the flat block
+    for arg in argv:
+        key, sep, value = arg.partition("=")
+        if sep and key.startswith("model.optim."):
+            new = _OPTIM_MOVED.get(key.removeprefix("model.optim."))
+            where = (
+                f"use {new}={value}" if new else f"its keys are now {list(_OPTIM_MOVED.values())}"
+            )
+            sys.stderr.write(
+                f"{PREFIX}{arg}: the model configs write the optimiser, schedule and loss as "
+                f"partials now (docs/models.md); {where}\n"
+            )
+            raise SystemExit(EXIT_USAGE)
+
+
 def main() -> None:
     """Entry point of the ``dcloop`` console script and ``python -m dcloop``."""
+    _check_moved_keys(sys.argv[1:])
     # Lightning 2.6 on torch 2.14 warns about its own pytree use on every batch.
     warnings.filterwarnings("ignore", message=".*LeafSpec.*")
     # ... and advertises a cloud logger at every Trainer start: not what the console is for.

@@ -26,13 +26,13 @@ Examples::
 
     # the main table of scripts/results/bench_noise.md (made when cnn.yaml's default
     # label_smoothing was 0.0; pass it explicitly to reproduce it under another default)
-    python scripts/bench_noise.py --overrides model.optim.label_smoothing=0.0
+    python scripts/bench_noise.py --overrides model.loss.label_smoothing=0.0
     # its supplementary tables: perfect-flag ceilings, and every row with label smoothing 0.1
     python scripts/bench_noise.py --settings sym40 asym40 --methods ceiling_retrain \\
-        ceiling_prune --overrides model.optim.label_smoothing=0.0 --out /tmp/bench_noise_ceiling_ls0
+        ceiling_prune --overrides model.loss.label_smoothing=0.0 --out /tmp/bench_noise_ceiling_ls0
     python scripts/bench_noise.py --settings sym40 asym40 --methods oracle baseline ensemble \\
         two_stage inloop_prune inloop_downweight ceiling_retrain ceiling_prune \\
-        --overrides model.optim.label_smoothing=0.1 --out /tmp/bench_noise_ls01
+        --overrides model.loss.label_smoothing=0.1 --out /tmp/bench_noise_ls01
     # smoke run
     python scripts/bench_noise.py --seeds 0 --settings sym20 --epochs 3 --out /tmp/bench_smoke
 """
@@ -69,7 +69,7 @@ import dcloop
 from dcloop.callbacks import OOFCollector
 from dcloop.data import EpochShuffleSampler
 from dcloop.metrics import detection_metrics
-from dcloop.models import Classifier, FoldEnsemble
+from dcloop.models import Classifier, FoldEnsemble, module_kwargs
 from dcloop.scale.sequential import fold_subsets, merge_shards
 from dcloop.train import net_factory, train
 
@@ -173,11 +173,6 @@ def trainer(cfg: DictConfig, run_dir: Path, callbacks=()) -> L.Trainer:
     )
 
 
-def optim(cfg: DictConfig) -> dict[str, Any]:
-    o = OmegaConf.to_container(cfg.model.optim)
-    return {k: o[k] for k in ("lr", "weight_decay", "scheduler", "label_smoothing")}
-
-
 def train_loader(dataset, batch_size: int, seed: int) -> DataLoader:
     """Like ``LabelNoiseDataModule.train_dataloader`` (epoch-seeded shuffle), on any dataset."""
     return DataLoader(
@@ -194,7 +189,7 @@ def fit_classifier(
 ) -> tuple[Classifier, float]:
     """One Classifier fit on ``train_ds``; returns the model and its test accuracy."""
     L.seed_everything(seed, workers=True, verbose=False)
-    model = Classifier(factory, dm.num_classes, seed=seed, **optim(cfg))
+    model = Classifier(factory, dm.num_classes, seed=seed, **module_kwargs(cfg.model, Classifier))
     tr = trainer(cfg, run_dir, callbacks)
     tr.fit(
         model,
@@ -235,7 +230,7 @@ def fit_fold_ensemble(cfg, dm, run_dir, *, weights=None, mask_folds=True) -> flo
         num_classes=dm.num_classes,
         seed=cfg.seed,
         mask_folds=mask_folds,
-        **OmegaConf.to_container(cfg.model.optim),
+        **module_kwargs(cfg.model, FoldEnsemble),
     )
     if weights is not None:
         model.samples.weights.copy_(torch.as_tensor(weights, dtype=torch.float32))
@@ -542,7 +537,7 @@ def parse_args(argv=None):
         nargs="*",
         default=[],
         metavar="KEY=VALUE",
-        help="extra Hydra overrides for every row, e.g. model.optim.label_smoothing=0.1",
+        help="extra Hydra overrides for every row, e.g. model.loss.label_smoothing=0.1",
     )
     p.add_argument(
         "--threads",

@@ -95,7 +95,7 @@ def data_overrides(dataset: str, setting: str, epochs: int) -> list[str]:
             "data.source.tokenizer.max_vocab=8000",  # 2,600 rows: 8k words cover them
             "data.batch_size=128",
             "model.net.dim=32",
-            "model.optim.lr=0.006",
+            "model.optimizer.lr=0.006",
         ]
     else:
         data = ["data=text_synth"]

@@ -311,3 +311,19 @@ def test_sweeps_optimise_validation_accuracy_not_test():
     assert optimized_value(OmegaConf.create({"optimized_metric": "detection/f1"}), metrics) == 0.5
     with pytest.raises(ValueError, match=r"optimized_metric='val/f2' is not in this run"):
         optimized_value(OmegaConf.create({"optimized_metric": "val/f2"}), metrics)
+
+
+def test_a_flat_optim_override_on_a_shipped_model_names_its_new_key(capsys, tmp_path):
+    from dcloop.cli import _check_moved_keys
+
+    with pytest.raises(SystemExit) as exc:
+        _check_moved_keys(["model=cnn", "model.optim.label_smoothing=0.0"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert (
+        err.startswith("dcloop: error: model.optim.label_smoothing=0.0")
+        and len(err.splitlines()) == 1
+    )
+    assert err.endswith("use model.loss.label_smoothing=0.0")
+    _check_moved_keys(["model=my_own_flat_model", "model.optim.lr=0.1"])  # a user's config: passes
+    _check_moved_keys(["model.optimizer.lr=0.1"])

@@ -17,7 +17,7 @@ def test_constant_model_trips_the_guard_and_the_warning_reaches_every_output(tmp
         "~model.net.hidden",
         "~model.net.dropout",
         "model.net._target_=weaknets.ConstantNet",
-        "model.optim.lr=0.0",
+        "model.optimizer.lr=0.0",
         "trainer.max_epochs=8",
         "cl.warmup_epochs=2",
     )
