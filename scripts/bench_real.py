@@ -371,13 +371,17 @@ def targets(rows) -> list[str]:
     return lines
 
 
-def write(out: Path, runs, meta) -> None:
-    rows = rows_of(runs)
+def write_json(out: Path, meta: dict, rows: list, runs: list) -> None:
+    """``<out>.json``: the run metadata, the summary rows and every run."""
     out.parent.mkdir(parents=True, exist_ok=True)
     payload = {**meta, "summary": rows, "runs": runs}
     out.with_suffix(".json").write_text(json.dumps(payload, indent=2, default=float) + "\n")
-    md = [
-        "# Safe in-loop cleaning on real data",
+
+
+def md_head(title: str, meta: dict, *lines: str) -> list[str]:
+    """A results page's head: title, the command that made it, date, machine and setup."""
+    return [
+        f"# {title}",
         "",
         "```",
         meta["command"],
@@ -385,8 +389,17 @@ def write(out: Path, runs, meta) -> None:
         "",
         f"- Date: {meta['date']}; machine: {meta['machine']}",
         f"- {meta['setup']}",
-        f"- Total wall time: {meta.get('total_time_s', math.nan) / 60:.1f} min",
+        *lines,
         "",
+    ]
+
+
+def write(out: Path, runs, meta) -> None:
+    rows = rows_of(runs)
+    write_json(out, meta, rows, runs)
+    wall = f"- Total wall time: {meta.get('total_time_s', math.nan) / 60:.1f} min"
+    md = [
+        *md_head("Safe in-loop cleaning on real data", meta, wall),
         table(rows),
         "",
         "Test accuracy: one network for plain, two-stage, refit and oracle; the mean softmax of "

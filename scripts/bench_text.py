@@ -59,7 +59,7 @@ import numpy as np  # noqa: E402
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from bench_real import SHARED, _cpu, compose, fmt, run_inloop, summary_row  # noqa: E402
+from bench_real import SHARED, _cpu, compose, fmt, md_head, run_inloop, summary_row, write_json  # noqa: E402
 from bench_real import table as real_table  # noqa: E402
 
 #: ``../shared/data`` (``DCLOOP_SHARED_DATA`` overrides it, e.g. for a copy of the repository).
@@ -277,22 +277,14 @@ def human_table(rows) -> str:
 
 def write(out: Path, runs, meta) -> None:
     rows = rows_of(runs)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    payload = {**meta, "summary": rows, "runs": runs}
-    out.with_suffix(".json").write_text(json.dumps(payload, indent=2, default=float) + "\n")
-    md = [
-        "# Text classification with in-loop confident learning",
-        "",
-        "```",
-        meta["command"],
-        "```",
-        "",
-        f"- Date: {meta['date']}; machine: {meta['machine']}",
-        f"- {meta['setup']}",
+    write_json(out, meta, rows, runs)
+    done = (
         f"- Finished runs: {len(runs)} of {meta['num_results']} "
         f"({'complete' if len(runs) >= meta['num_results'] else 'PARTIAL'}); total wall time "
-        f"{meta.get('total_time_s', math.nan) / 60:.1f} min",
-        "",
+        f"{meta.get('total_time_s', math.nan) / 60:.1f} min"
+    )
+    md = [
+        *md_head("Text classification with in-loop confident learning", meta, done),
         table(rows),
         "",
         "Test accuracy: one network for plain, two-stage, in-loop + refit and oracle; the mean "
