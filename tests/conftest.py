@@ -55,6 +55,8 @@ def fast_trainer(tmp_path, callbacks, max_epochs=3, **kw):
 CONF = str(Path(dcloop.__file__).parent / "conf")
 #: Overrides that keep a test run quiet and light.
 QUIET = ("logger=none", "trainer.enable_progress_bar=false")
+#: What the end-to-end tests add for a run: no logger, no checkpoints, no progress bar.
+RUN_QUIET = (*QUIET, "checkpoint=false")
 
 
 def compose_dcloop(output_dir, *overrides: str, hydra: bool = False):

@@ -1,19 +1,15 @@
-from pathlib import Path
-
 import lightning as L
 import pandas as pd
 import pytest
 import torch
 
-import dcloop
 from dcloop.augment import PolicySampler
 from dcloop.data import AudioSynth, LabelNoiseDataModule
 from dcloop.train import train
 
-from conftest import compose_dcloop
+from conftest import RUN_QUIET, compose_dcloop
 
-CONF = str(Path(dcloop.__file__).parent / "conf")
-QUIET = ["logger=none", "checkpoint=false", "trainer.enable_progress_bar=false", "++report=false"]
+QUIET = [*RUN_QUIET, "++report=false"]
 
 
 def cfg_for(tmp_path, *overrides):

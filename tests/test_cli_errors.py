@@ -9,14 +9,12 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 from hydra.utils import instantiate
 from PIL import Image
 
-import dcloop
 from dcloop._checks import check_resume_path, check_run_config
 from dcloop.beyond.ner import read_conll
 from dcloop.callbacks import ConfidentLearning
@@ -27,10 +25,9 @@ from dcloop.errors import PREFIX, UserInputError, user_error_message
 from dcloop.folds import check_num_folds
 from dcloop.train import train
 
-from conftest import compose_dcloop
+from conftest import RUN_QUIET, compose_dcloop
 
-CONF = str(Path(dcloop.__file__).parent / "conf")
-QUIET = ["logger=none", "checkpoint=false", "report=false", "trainer.enable_progress_bar=false"]
+QUIET = [*RUN_QUIET, "report=false"]
 
 
 def dcloop_cli(tmp_path, *overrides, env=None, multirun=False):

@@ -1,19 +1,15 @@
 """The whole loop through train(): run -> report + queue -> people -> import -> next run."""
 
-from pathlib import Path
-
 import pandas as pd
 import pytest
 
-import dcloop
 from dcloop.console import summarize
 from dcloop.people.cli import export_main, import_main
 from dcloop.train import train
 
-from conftest import compose_dcloop
+from conftest import RUN_QUIET, compose_dcloop
 
-CONF = str(Path(dcloop.__file__).parent / "conf")
-QUIET = ["logger=none", "checkpoint=false", "trainer.enable_progress_bar=false"]
+QUIET = [*RUN_QUIET]
 FAST = ["model=mlp", "trainer.max_epochs=3", "cl.warmup_epochs=1", "folds=3"]
 
 

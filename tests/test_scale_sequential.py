@@ -10,16 +10,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-import dcloop
 from dcloop.cl import verdict
 from dcloop.scale.fold_run import fingerprint, round_dir, run_fold
 from dcloop.scale.merge import find_round_dir, main, merge_round
 from dcloop.train import train
 
-from conftest import compose_dcloop
+from conftest import RUN_QUIET, compose_dcloop
 
-CONF = str(Path(dcloop.__file__).parent / "conf")
-QUIET = ["logger=none", "checkpoint=false", "trainer.enable_progress_bar=false", "report=false"]
+QUIET = [*RUN_QUIET, "report=false"]
 
 
 def cfg_for(tmp_path, *overrides):

@@ -1,18 +1,15 @@
 """An end-to-end text run through ``dcloop.train.train`` on the embedded synthetic texts."""
 
 import json
-from pathlib import Path
 
 import pandas as pd
 import pytest
 
-import dcloop
 from dcloop.train import train
 
-from conftest import compose_dcloop
+from conftest import RUN_QUIET, compose_dcloop
 
-CONF = str(Path(dcloop.__file__).parent / "conf")
-QUIET = ["logger=none", "checkpoint=false", "trainer.enable_progress_bar=false"]
+QUIET = [*RUN_QUIET]
 
 
 def cfg_for(tmp_path, *overrides):

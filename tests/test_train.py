@@ -15,10 +15,9 @@ from dcloop.console import summarize
 from dcloop.safety import bound_flags
 from dcloop.train import train
 
-from conftest import compose_dcloop
+from conftest import RUN_QUIET, compose_dcloop
 
-CONF = str(Path(dcloop.__file__).parent / "conf")
-QUIET = ["logger=none", "checkpoint=false", "trainer.enable_progress_bar=false"]
+QUIET = [*RUN_QUIET]
 
 
 def cfg_for(tmp_path, *overrides):
