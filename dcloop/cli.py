@@ -115,22 +115,21 @@ _OPTIM_MOVED = {
 def _check_moved_keys(argv: list[str]) -> None:
     """``model.optim.lr=...`` on a shipped model config (a command from before the partials):
     one line naming the new key."""
+    moved = [a for a in argv if a.startswith("model.optim.") and "=" in a]
+    if not moved:
+        return
     model = next((a.partition("=")[2] for a in argv if a.startswith("model=")), "cnn")
     shipped = Path(CONFIG_DIR) / "model" / f"{model}.yaml"
     if not shipped.is_file() or "\noptim:" in "\n" + shipped.read_text():
         return  # a model config of the user's own, which may still have the flat block
-    for arg in argv:
-        key, sep, value = arg.partition("=")
-        if sep and key.startswith("model.optim."):
-            new = _OPTIM_MOVED.get(key.removeprefix("model.optim."))
-            where = (
-                f"use {new}={value}" if new else f"its keys are now {list(_OPTIM_MOVED.values())}"
-            )
-            sys.stderr.write(
-                f"{PREFIX}{arg}: the model configs write the optimiser, schedule and loss as "
-                f"partials now (docs/models.md); {where}\n"
-            )
-            raise SystemExit(EXIT_USAGE)
+    key, _, value = moved[0].partition("=")
+    new = _OPTIM_MOVED.get(key.removeprefix("model.optim."))
+    where = f"use {new}={value}" if new else f"its keys are now {list(_OPTIM_MOVED.values())}"
+    sys.stderr.write(
+        f"{PREFIX}{moved[0]}: the model configs write the optimiser, schedule and loss as "
+        f"partials now (docs/models.md); {where}\n"
+    )
+    raise SystemExit(EXIT_USAGE)
 
 
 def main() -> None:

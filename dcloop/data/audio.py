@@ -15,7 +15,6 @@ the onset or glide).
 from __future__ import annotations
 
 import functools
-import logging
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -27,8 +26,6 @@ from torch import Tensor
 
 from dcloop._checks import check_float, check_int
 from dcloop.data.datasets import FileDataset, IndexedTensorDataset, class_folder
-
-logger = logging.getLogger(__name__)
 
 #: File extensions (lower case) that :func:`audio_folder` reads (with ``soundfile``).
 AUDIO_EXTENSIONS: tuple[str, ...] = (".wav", ".flac", ".ogg")

@@ -250,8 +250,6 @@ class ImageReader:
 
     image_size: tuple[int, int] | None = None
     mode: str = "RGB"
-    #: What :meth:`FileDataset.decoded` stores: 8-bit pixels (4x less memory, exact).
-    cache_dtype = torch.uint8
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "image_size", _normalize_image_size(self.image_size))
@@ -262,7 +260,8 @@ class ImageReader:
 
     @staticmethod
     def to_cache(x: Tensor) -> Tensor:
-        """``x`` as stored in memory; :class:`IndexedTensorDataset` divides uint8 by 255."""
+        """``x`` as :func:`decode_files` keeps it: 8-bit pixels (4x less memory, exact);
+        :class:`IndexedTensorDataset` divides uint8 by 255 on access."""
         return x.mul(255.0).round_().to(torch.uint8)
 
 
@@ -287,8 +286,8 @@ class FileDataset(Dataset):
     Args:
         paths: File paths, length N.
         labels: Given integer labels, array-like (N,).
-        reader: ``path -> Tensor`` (float32). A ``to_cache`` static method and ``cache_dtype``
-            attribute (optional) say how :meth:`decoded` stores its output.
+        reader: ``path -> Tensor`` (float32). An optional ``to_cache`` method says how
+            :func:`decode_files` stores its output in memory (images: uint8).
         transform: Optional callable applied to each item's tensor.
         num_classes: Number of classes C if known; labels are checked to lie in ``[0, C)``.
         class_names: Optional names of the C classes.
@@ -385,15 +384,6 @@ class FileDataset(Dataset):
             )
         return self._replace([self.paths[int(i)] for i in idx], self.labels[idx])
 
-    def decoded(self, max_bytes: int | None = None) -> IndexedTensorDataset | FileDataset:
-        """Every file decoded once into memory, sources kept; epochs then read no file again.
-
-        Returned unchanged (still read lazily, with a log line saying why) when files decode to
-        different shapes (e.g. images of several sizes without ``image_size``) or when the
-        decoded data would exceed ``max_bytes`` (default: a quarter of the machine's memory).
-        """
-        return decode_files(self, max_bytes=max_bytes)[0]
-
 
 def decode_files(
     dataset: FileDataset, *, on_bad_file: str = "error", cache: bool = True, max_bytes=None
@@ -430,8 +420,9 @@ def decode_files(
         good.append(i)
         if kept is None:
             continue
+        c = to_cache(x)
         if shape is None:
-            shape, item_bytes = x.shape, to_cache(x).nbytes
+            shape, item_bytes = x.shape, c.nbytes
             if item_bytes * len(dataset) > budget:
                 logger.warning(
                     "%d files decode to %.1f GB, over the %.1f GB memory budget: reading them "
@@ -453,7 +444,7 @@ def decode_files(
             )
             kept = None
             continue
-        kept.append(to_cache(x))
+        kept.append(c)
     if skipped:
         if on_bad_file == "error" or not good:
             raise bad_files_error(skipped, len(dataset), on_bad_file)
