@@ -1,6 +1,9 @@
-"""dcloop's data layer: sources, (x, y, index) datasets, label noise, the data module."""
+"""dcloop's data layer: sources, (x, y, index) datasets, label noise, the data module.
 
-from dcloop.data.datamodule import SOURCES, LabelNoiseDataModule
+The data module (``LabelNoiseDataModule``, ``SOURCES``) is imported on first use: it needs
+lightning, and reading inputs the way a run did (``dcloop.load_model``) must not.
+"""
+
 from dcloop.data.datasets import (
     IMAGE_EXTENSIONS,
     FileDataset,
@@ -64,3 +67,11 @@ __all__ = [
     "stratified_split_indices",
     "torchvision_dataset",
 ]
+
+
+def __getattr__(name: str):
+    if name in ("LabelNoiseDataModule", "SOURCES"):  # lightning: only when asked for
+        from dcloop.data import datamodule
+
+        return getattr(datamodule, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
