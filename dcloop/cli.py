@@ -54,6 +54,7 @@ def _app(cfg: DictConfig) -> float:
     if not sys.stdout.isatty() and "enable_progress_bar" in cfg.trainer:  # nohup, SLURM logs
         cfg.trainer.enable_progress_bar = False  # one log line per epoch instead of bar redraws
     try:
+        check_noise_choice(cfg)
         metrics = train(cfg)
         if metrics and cfg.get("mode", "parallel") == "parallel" and _rank_zero():
             emit(summarize(cfg.output_dir, metrics))
@@ -61,6 +62,21 @@ def _app(cfg: DictConfig) -> float:
     except Exception as exc:  # noqa: BLE001 - bad input becomes one line, the rest re-raises
         exit_on_user_error(exc)
         raise
+
+
+def check_noise_choice(cfg: DictConfig) -> None:
+    """``noise.rate=0.3`` while the noise kind is ``none`` (the default for a user's own data)
+    would inject nothing: one error naming the override to add instead of a silent no-op."""
+    noise = cfg.get("noise")
+    if noise is None or noise.get("kind") != "none":
+        return
+    rate = noise.get("rate") or 0.0
+    if float(rate) > 0:
+        raise UserInputError(
+            f"noise.rate={rate} has no effect with noise=none (the default for your own data, "
+            "whose labels are used as given); expected noise=symmetric, noise=asymmetric or "
+            "noise=random_matrix beside it to inject noise on purpose"
+        )
 
 
 def _rank_zero() -> bool:

@@ -28,6 +28,8 @@ def run_summary(metrics: dict[str, Any], run_dir: Path, top: list[dict[str, Any]
             f"  injected    {noise['kind']} noise, {noise['num_noisy']} labels "
             f"({noise['rate_actual']:.1%}) made wrong on purpose"
         )
+    else:
+        lines.append("  injected    no noise injected: your labels as given")
     lines.append(
         f"  found       {flagged} likely label errors ({flagged / n:.1%}); estimated "
         f"noise rate {metrics['noise']['rate']:.1%}; action={metrics['cleaning']['action']}"

@@ -283,6 +283,8 @@ def _summary(metrics: dict[str, Any], issues: pd.DataFrame) -> list[tuple[str, s
                 f"({inj['rate_actual']:.1%}) made wrong on purpose",
             )
         )
+    else:
+        pairs.append(("injected noise", "none: the labels as given"))
     pairs.append(("found", f"{flagged} likely label errors ({flagged / max(n, 1):.1%})"))
     if "noise" in metrics:
         pairs.append(("estimated noise rate", f"{metrics['noise']['rate']:.1%}"))
