@@ -19,6 +19,7 @@ from dcloop.data.noise import NOISE_KINDS, NoiseResult, inject_noise, resolve_ma
 from dcloop.data.sampling import train_sampler
 from dcloop.data.sources import BY_NAME, DataSource, check_source
 from dcloop.data.splits import _check_fracs
+from dcloop.data.truth import with_truth
 from dcloop.errors import UserInputError
 
 logger = logging.getLogger(__name__)
@@ -151,6 +152,7 @@ class LabelNoiseDataModule(L.LightningDataModule):
         self._class_names: list[str] = []
         self._train_sources: list[str] | None = None
         self._input_shape: tuple[int, ...] = ()
+        self._has_truth = False  # the source gave true labels (truth_manifest)
 
     # ------------------------------------------------------------------ loading
     def _load_splits(self) -> tuple[dict[str, SplitDataset], list[str]]:
@@ -208,6 +210,22 @@ class LabelNoiseDataModule(L.LightningDataModule):
                 "lower val_frac/test_frac, or fix num_classes."
             )
 
+    def _source_truth(self, train: SplitDataset, c: int) -> np.ndarray | None:
+        """The source's true labels of the training rows (``truth_manifest``), checked."""
+        get = getattr(self._source_obj, "true_labels", None)
+        truth = get(train) if callable(get) else None
+        if truth is None:
+            return None
+        truth = np.asarray(truth)
+        if truth.shape != train.labels.shape or not np.issubdtype(truth.dtype, np.integer):
+            raise ValueError(
+                f"{self._describe()}: true_labels() must give {len(train)} integer class ids, "
+                f"got {truth.dtype} of shape {truth.shape}"
+            )
+        if truth.size and (truth.min() < 0 or truth.max() >= c):
+            raise ValueError(f"{self._describe()}: true labels must lie in [0, {c})")
+        return truth.astype(np.int64)
+
     def setup(self, stage: str | None = None) -> None:
         """Loads the splits and injects noise into train; does the work only once.
 
@@ -245,6 +263,10 @@ class LabelNoiseDataModule(L.LightningDataModule):
             sparsity=spec["sparsity"],
             mapping=None if spec["mapping"] is None else resolve_mapping(spec["mapping"], names),
         )
+        truth = self._source_truth(train, len(names))
+        if truth is not None:  # a truth manifest: the ground truth of real (people's) noise
+            self.noise = with_truth(self.noise, truth)
+        self._has_truth = truth is not None
         if self.labels_file is not None:  # people's labels (dcloop.people) replace the given
             self.noise, self.label_override = apply_label_file(
                 self.noise, self.labels_file, train.sources, names
@@ -317,7 +339,7 @@ class LabelNoiseDataModule(L.LightningDataModule):
 
     @property
     def true_labels(self) -> np.ndarray:
-        """Training labels before noise, int64 (N,)."""
+        """Training labels before noise (or the truth manifest's), int64 (N,)."""
         self._require_setup()
         return self.noise.true_labels
 
@@ -329,9 +351,10 @@ class LabelNoiseDataModule(L.LightningDataModule):
 
     @property
     def has_ground_truth(self) -> bool:
-        """True when noise was injected, so ``true_labels``/``is_noisy`` are a known truth."""
+        """True when ``true_labels``/``is_noisy`` are a known truth: noise was injected, or the
+        source gave the true labels (``data.source.truth_manifest``)."""
         self._require_setup()
-        return self.noise.kind != "none"
+        return self.noise.kind != "none" or self._has_truth
 
     @property
     def source_object(self) -> DataSource:

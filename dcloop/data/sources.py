@@ -51,6 +51,7 @@ from dcloop.data.datasets import (
 )
 from dcloop.data.digits import DIGITS_CLASS_NAMES, load_digits_full
 from dcloop.data.splits import split_dataset, stratified_split_indices
+from dcloop.data.truth import read_truth_manifest, truth_of
 
 logger = logging.getLogger(__name__)
 
@@ -66,7 +67,9 @@ class DataSource(Protocol):
     :class:`~dcloop.data.datasets.IndexedTensorDataset`) and the class names. Optional
     attributes, read after ``load``: ``net_kwargs`` (passed to the network's constructor when
     it takes those keywords, e.g. text's ``vocab_size``), ``skipped_files`` (``(path,
-    reason)`` of files left out), ``sample_rate`` (audio, for augmentation).
+    reason)`` of files left out), ``sample_rate`` (audio, for augmentation), and
+    ``true_labels(train_dataset)`` (``(N,)`` true class ids or ``None``: the run's ground
+    truth for scoring, e.g. from ``truth_manifest``).
     """
 
     name: str
@@ -117,18 +120,29 @@ class _Files:
     name = "files"
     _how = ""
 
-    def __init__(self, root, test, on_bad_file: str, cache: bool) -> None:
+    def __init__(self, root, test, on_bad_file: str, cache: bool, truth=None) -> None:
         self.root = _need(root, "root", self._how, self.name)
         self._test = test
         self.on_bad_file = check_on_bad_file(on_bad_file)
         self.cache = check_bool("cache", cache)
         self.skipped_files: list[tuple[str, str]] = []
+        self.truth_manifest = truth
+        self._truth: dict[str, int] | None = None  # {file: true class id} once loaded
+
+    def true_labels(self, dataset) -> np.ndarray | None:
+        """``(N,)`` true class ids of ``dataset``'s rows (``truth_manifest``), else ``None``."""
+        return None if self._truth is None else truth_of(self._truth, dataset.sources)
 
     def _read(self, test: bool = False) -> tuple[FileDataset, list[str]]:
         raise NotImplementedError
 
     def load(self, *, seed: int, val_frac: float, test_frac: float) -> tuple[Splits, list[str]]:
         full, names = self._read()
+        if self.truth_manifest is not None:  # checked against every listed file, before decoding
+            listed = getattr(self, "manifest", None)
+            self._truth = read_truth_manifest(
+                self.truth_manifest, self.root, full.paths, names, listed_in=listed
+            )
         full, self.skipped_files = decode_files(
             full, on_bad_file=self.on_bad_file, cache=self.cache
         )
@@ -161,6 +175,9 @@ class ImageFolder(_Files):
         mode: ``"RGB"`` or ``"L"`` / ``"grayscale"``.
         on_bad_file: ``"error"`` names the unreadable files; ``"skip"`` leaves them out.
         cache: decode every image once into memory (uint8; 32x32 RGB is 3 KB an image).
+        truth_manifest: a CSV ``path,label`` (paths relative to ``root``) with the true label
+            of every image, when the folders hold people's labels: detection and the noise
+            estimate are then scored against it (:mod:`dcloop.data.truth`).
     """
 
     name = "folder"
@@ -175,8 +192,9 @@ class ImageFolder(_Files):
         mode: str = "RGB",
         on_bad_file: str = "error",
         cache: bool = True,
+        truth_manifest: str | os.PathLike | None = None,
     ) -> None:
-        super().__init__(root, test_root, on_bad_file, cache)
+        super().__init__(root, test_root, on_bad_file, cache, truth_manifest)
         self.test_root = test_root
         self.image_size, self.mode = _normalize_image_size(image_size), _normalize_mode(mode)
 
@@ -196,6 +214,9 @@ class CsvManifest(_Files):
         test_manifest: a separate test manifest (same root and classes); then ``test_frac``
             is unused.
         image_size, mode, on_bad_file, cache: as :class:`ImageFolder`.
+        truth_manifest: a CSV ``path,label`` listing the same files as ``manifest`` with their
+            true labels (e.g. CIFAR-10N's human labels as ``manifest``): with ``noise=none``
+            detection and the noise estimate are scored against it (:mod:`dcloop.data.truth`).
     """
 
     name = "csv"
@@ -211,8 +232,9 @@ class CsvManifest(_Files):
         mode: str = "RGB",
         on_bad_file: str = "error",
         cache: bool = True,
+        truth_manifest: str | os.PathLike | None = None,
     ) -> None:
-        super().__init__(root, test_manifest, on_bad_file, cache)
+        super().__init__(root, test_manifest, on_bad_file, cache, truth_manifest)
         self.manifest = _need(manifest, "manifest", "CSV file with columns path,label", "csv")
         self.test_manifest = test_manifest
         self._names: list[str] | None = None  # the training manifest's classes, for the test one
