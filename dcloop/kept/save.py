@@ -1,0 +1,249 @@
+"""Saving the kept model of a run: ``RUN/model/`` (see :mod:`dcloop.kept.spec` for the format).
+
+``train()`` calls :func:`save_kept_model` at its end with the network(s) it keeps: one
+(``kind="single"``: a student or a refit network) or the K fold replicas
+(``kind="ensemble"``: their softmax averaged). :func:`replica_nets` turns a
+:class:`~dcloop.models.FoldEnsemble` into K plain networks.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import json
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from omegaconf import OmegaConf
+from torch import nn
+from torch.export import Dim
+
+from dcloop.data.datasets import _normalize_mode
+from dcloop.data.sources import (
+    AudioFolder,
+    AudioSynth,
+    CsvManifest,
+    Digits,
+    ImageFolder,
+    Torchvision,
+)
+from dcloop.data.text import TextSource
+from dcloop.kept.prepare import HF_FILE, VOCAB_FILE, hf_json, tokenizer_spec
+from dcloop.kept.spec import AVERAGING, FORMAT, KINDS, SPEC_FILE, rebuildable
+from dcloop.models.factory import net_factory  # (lightning: saving runs inside training)
+
+if TYPE_CHECKING:
+    from omegaconf import DictConfig
+
+    from dcloop.models.fold_ensemble import FoldEnsemble
+
+log = logging.getLogger(__name__)
+
+MODEL_DIR = "model"
+
+
+def replica_nets(model: FoldEnsemble, factory) -> list[nn.Module]:
+    """The K fold replicas of ``model`` as K plain networks (copies, on the CPU, eval mode).
+
+    Args:
+        model: a :class:`~dcloop.models.FoldEnsemble`.
+        factory: builds one fresh network of the replicas' architecture
+            (``dcloop.train._net(cfg, dm)``).
+    """
+    params, buffers = model._stacked()
+    k = next(iter(params.values())).shape[0] if params else model.num_folds
+    nets = []
+    with torch.random.fork_rng(devices=[]):
+        for i in range(k):
+            net = factory()
+            state = {n: p[i].detach().cpu().clone() for n, p in params.items()}
+            state |= {n: b[i].detach().cpu().clone() for n, b in buffers.items()}
+            net.load_state_dict(state)
+            nets.append(net.eval())
+    return nets
+
+
+def save_kept_model(
+    run_dir: str | os.PathLike,
+    *,
+    cfg: DictConfig,
+    dm,
+    nets: list[nn.Module],
+    kind: str,
+    name: str,
+    test_accuracy: float | None,
+) -> Path:
+    """Write the kept model to ``run_dir/model/`` (replaced atomically if it exists).
+
+    Args:
+        run_dir: the run folder.
+        cfg: the run's config (``cfg.model.net`` is saved as the network's plain config).
+        dm: the run's data module, set up (class names, input shape, preprocessing).
+        nets: the kept network (``kind="single"``) or the K members (``"ensemble"``).
+        kind: ``"single"`` or ``"ensemble"``.
+        name: the model's name in ``metrics.json`` (e.g. ``"ensemble"``, ``"student"``).
+        test_accuracy: its test accuracy (``None`` when not measured).
+
+    Returns:
+        The model folder.
+
+    Raises:
+        ValueError: ``kind`` is not one of them, ``nets`` is empty, or ``"single"`` with
+            more than one network.
+    """
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {list(KINDS)}; got {kind!r}")
+    if not nets or not all(isinstance(n, nn.Module) for n in nets):
+        raise ValueError(f"nets must be a non-empty list of nn.Module; got {nets!r}")
+    if kind == "single" and len(nets) != 1:
+        raise ValueError(f"kind='single' takes one network; got {len(nets)}")
+    run_dir = Path(run_dir)
+    final = run_dir / MODEL_DIR
+    tmp = Path(tempfile.mkdtemp(prefix=".model-", dir=run_dir))
+    try:
+        _write(tmp, cfg=cfg, dm=dm, nets=nets, kind=kind, name=name, acc=test_accuracy)
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    log.info(
+        "kept model %r (%s, %d member%s) saved in %s",
+        name,
+        kind,
+        len(nets),
+        "s" if len(nets) > 1 else "",
+        final,
+    )
+    return final
+
+
+def _write(out: Path, *, cfg, dm, nets, kind, name, acc) -> dict[str, Any]:
+    example = dm.train_dataset[0][0]
+    input_shape = [int(d) for d in example.shape]
+    dtype = "int64" if example.dtype in (torch.int32, torch.int64) else "float32"
+    preprocess, extra_files = preprocess_of(dm, input_shape)
+    for fname, text in extra_files.items():
+        (out / fname).write_text(text, encoding="utf-8")
+    net_cfg = plain_net_config(cfg, dm)
+    members = []
+    for i, net in enumerate(nets):
+        fname = f"member_{i}.pt"
+        state = {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}
+        torch.save(state, out / fname)
+        members.append(fname)
+    exported = export_programs(out, nets, example, dtype)
+    spec = {
+        "format": FORMAT,
+        "kind": kind,
+        "averaging": AVERAGING[0],
+        "name": str(name),
+        "test_accuracy": None if acc is None else float(acc),
+        "class_names": [str(c) for c in dm.class_names],
+        "num_classes": int(dm.num_classes),
+        "input_shape": input_shape,
+        "input_dtype": dtype,
+        "net": net_cfg,
+        "members": members,
+        "exported": exported,
+        "preprocess": preprocess,
+    }
+    (out / SPEC_FILE).write_text(json.dumps(spec, indent=2) + "\n", encoding="utf-8")
+    return spec
+
+
+def plain_net_config(cfg, dm) -> dict[str, Any] | None:
+    """``cfg.model.net`` completed as the run built it (``in_shape``, ``num_classes``, the
+    data's ``vocab_size``...), as plain JSON, or ``None`` when it is not plain data or not a
+    network :func:`~dcloop.kept.load_model` may rebuild (then only the exported program
+    loads)."""
+    target = str(cfg.model.net.get("_target_"))
+    factory = net_factory(cfg.model.net, dm.input_shape, dm.num_classes, dm.net_kwargs, check=False)
+    kwargs: dict[str, Any] = {}
+    f = factory
+    while isinstance(f, functools.partial):  # innermost first: outer keywords win
+        kwargs = {**f.keywords, **kwargs}
+        f = f.func
+    kwargs = {k: list(v) if isinstance(v, tuple) else v for k, v in kwargs.items()}
+    net = {"_target_": target, **kwargs}
+    try:
+        net = json.loads(json.dumps(net))
+    except (TypeError, ValueError):
+        net = None
+    if net is None or not rebuildable(net):
+        log.info(
+            "kept model: the network %s is not one dcloop rebuilds from a config (%s); the "
+            "saved model loads from its exported program",
+            target,
+            OmegaConf.to_container(cfg.model.net),
+        )
+        return None
+    return net
+
+
+def preprocess_of(dm, input_shape: list[int]) -> tuple[dict[str, Any], dict[str, str]]:
+    """The ``preprocess`` entry for the run's data source, and extra files to write."""
+    src = dm.source_object
+    if isinstance(src, (ImageFolder, CsvManifest)):
+        size = list(src.image_size) if src.image_size else None
+        return {"kind": "image", "mode": src.mode, "size": size, "resize": "pil"}, {}
+    if isinstance(src, Torchvision):
+        mode = _normalize_mode("L" if input_shape[0] == 1 else "RGB")
+        return {"kind": "image", "mode": mode, "size": input_shape[-2:], "resize": "tensor"}, {}
+    if isinstance(src, Digits):
+        size = list(src.image_size) if src.image_size else None
+        return {"kind": "array", "scale": 16.0, "size": size}, {}
+    if isinstance(src, (AudioFolder, AudioSynth)):
+        rate = int(src.sample_rate)
+        return {"kind": "audio", "sample_rate": rate, "num_samples": int(input_shape[-1])}, {}
+    if isinstance(src, TextSource) and src.tokenizer is not None:
+        tok, vocab, _ = tokenizer_spec(src.tokenizer)
+        files = {VOCAB_FILE: json.dumps(vocab)} if vocab is not None else {}
+        if tok["kind"] == "hf":
+            files[HF_FILE] = hf_json(src.tokenizer)
+        return {"kind": "text", "tokenizer": tok}, files
+    log.info(
+        "kept model: no reader for data source %r; it predicts .npy arrays of shape %s",
+        getattr(src, "name", type(src).__name__),
+        input_shape,
+    )
+    return {"kind": "tensor", "dtype": "float32"}, {}
+
+
+def export_programs(out: Path, nets: list[nn.Module], example, dtype: str) -> list[str]:
+    """``torch.export`` programs of ``nets`` (``export/member_k.pt2``, any batch size), best
+    effort: a network that does not export, or whose program computes something else, is
+    logged and nothing is exported (the model then loads from its config and weights)."""
+    x = torch.stack([torch.as_tensor(example)] * 2)
+    x = x.to(torch.int64 if dtype == "int64" else torch.float32)
+    check = torch.cat([x] * 2)  # another batch size than the one exported with
+    (out / "export").mkdir()
+    names = []
+    for i, net in enumerate(nets):
+        fname = f"export/member_{i}.pt2"
+        net = copy.deepcopy(net).cpu().eval()  # the caller's network stays as it is
+        try:
+            with torch.no_grad():
+                program = torch.export.export(net, (x,), dynamic_shapes=({0: Dim.AUTO},))
+                same = torch.allclose(program.module()(check), net(check), atol=1e-5, rtol=1e-4)
+            if not same:
+                raise RuntimeError("the exported program's output differs from the network's")
+            torch.export.save(program, out / fname)
+            names.append(fname)
+        except Exception as err:  # noqa: BLE001 - any network may refuse to export
+            log.info(
+                "kept model: no exported program (%s does not export: %s: %s); it loads from "
+                "its config and weights",
+                type(net).__name__,
+                type(err).__name__,
+                str(err).splitlines()[0] if str(err) else "",
+            )
+            shutil.rmtree(out / "export", ignore_errors=True)
+            return []
+    return names
