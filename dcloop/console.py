@@ -40,10 +40,7 @@ def run_summary(metrics: dict[str, Any], run_dir: Path, top: list[dict[str, Any]
             f"  detection   precision {det['precision']:.3f}  recall {det['recall']:.3f}"
             f"  F1 {det['f1']:.3f}  AUROC {det['auroc']:.3f}"
         )
-    lines.append(
-        f"  test        accuracy {metrics['test']['accuracy']:.4f} (ensemble: mean softmax of "
-        f"the {metrics['cleaning']['num_folds']} fold replicas)"
-    )
+    lines.append(test_line(metrics))
     if "refit_accuracy" in metrics["test"]:
         lines.append(
             f"  refit       accuracy {metrics['test']['refit_accuracy']:.4f} "
@@ -69,7 +66,8 @@ def run_summary(metrics: dict[str, Any], run_dir: Path, top: list[dict[str, Any]
         lines.append(
             "  worst       "
             + "; ".join(
-                f"#{r['index']} {r['given_label']}->{r['suggested_label']} (q={r['quality']:.2f})"
+                f"#{r['index']} {_name(r, 'given')}->{_name(r, 'suggested')} "
+                f"(q={r['quality']:.2f})"
                 for r in top
             )
         )
@@ -78,6 +76,32 @@ def run_summary(metrics: dict[str, Any], run_dir: Path, top: list[dict[str, Any]
         "noise_matrix.csv, metrics.json)"
     )
     return "\n".join(lines)
+
+
+def _name(row: dict[str, Any], which: str) -> str:
+    """A class as a person reads it: its name from ``label_issues.csv`` (the id without)."""
+    name = row.get(f"{which}_name")
+    return str(name) if name not in (None, "") else str(row[f"{which}_label"])
+
+
+def test_line(metrics: dict[str, Any]) -> str:
+    """The kept model's test accuracy, named; the ensemble's beside it when it is not kept."""
+    test, kept = metrics["test"], metrics.get("kept") or {"model": "ensemble"}
+    k = metrics["cleaning"]["num_folds"]
+    ensemble = f"ensemble: mean softmax of the {k} fold replicas"
+    if kept["model"] != "student":
+        return f"  test        accuracy {test['accuracy']:.4f} ({ensemble}; the kept model)"
+    rule = {
+        "relabel": "flagged labels relabelled",
+        "soft": "flagged labels replaced by the replicas' softmax",
+        "prune": "flagged samples left out",
+        "given": "the given labels",
+    }.get(kept.get("targets"), kept.get("targets"))
+    line = f"  test        accuracy {test['accuracy']:.4f} (the kept model: student, one network; {rule})"
+    ens = test.get("ensemble_accuracy")
+    if ens is not None:
+        line += f"\n              {ensemble}: {ens:.4f}"
+    return line
 
 
 _PHASE_LABELS = {
@@ -89,6 +113,7 @@ _PHASE_LABELS = {
     "policy_update": "policy",
     "test": "test",
     "refit": "refit",
+    "student": "student",
     "result_files": "files",
     "other": "other",
 }

@@ -40,6 +40,7 @@ PHASES: tuple[str, ...] = (
     "policy_update",
     "test",
     "refit",
+    "student",
     "result_files",
 )
 _ATTR = "_dcloop_phase_times"

@@ -19,7 +19,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from dcloop._checks import check_int, check_run_config
+from dcloop._checks import check_choice, check_int, check_run_config
 from dcloop.callbacks import ConfidentLearning, RunResults
 from dcloop.callbacks.results import find_callback
 from dcloop.data import check_item
@@ -30,9 +30,15 @@ from dcloop.models.factory import check_net_keys, module_kwargs, net_factory
 from dcloop.scale.fold_run import run_fold
 from dcloop.signals import exit_on_signal
 from dcloop.state import digest
+from dcloop.student import StudentPolicy, student_targets
 from dcloop.timing import timed
 
 log = logging.getLogger(__name__)
+
+#: ``kept``: the model a run hands the user. ``student``: one network trained after the fold
+#: replicas on the targets of their verdict (:mod:`dcloop.student`); ``ensemble``: the K fold
+#: replicas' mean softmax.
+KEPT_MODELS = ("student", "ensemble")
 
 
 def instantiate_callbacks(callbacks_cfg: DictConfig | None) -> list[L.Callback]:
@@ -157,18 +163,37 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     run = build(cfg, run_dir)
     with exit_on_signal(run.trainer):  # SIGTERM / Ctrl+C: exit 143 / 130, naming the checkpoint
         run.trainer.fit(run.model, datamodule=run.dm, ckpt_path=cfg.get("resume"))
-    run.trainer.test(run.model, datamodule=run.dm, verbose=False)  # RunResults times it
     results = run.results
+    kept = cfg.get("kept", "student")
+    check_choice("kept", kept, KEPT_MODELS)
+    goes_on = results is not None and (kept == "student" or bool(cfg.get("refit")))
+    if goes_on:
+        results.hold = True  # metrics.json and report.html once the student is tested
+    run.trainer.test(run.model, datamodule=run.dm, verbose=False)  # RunResults times it
     metrics = dict(results.metrics) if results is not None else {}
     if run.trainer.is_global_zero:
         OmegaConf.save(cfg, run_dir / "config.yaml")
-    if cfg.get("refit") and metrics:
+    if not goes_on or not metrics:
+        return metrics
+    test = dict(metrics["test"])
+    if cfg.get("refit"):  # the older switch: one network on the loop's weights (prune)
         with timed(run.trainer, "refit"):
-            metrics["test"]["refit_accuracy"] = refit(cfg, run)
-        if run.trainer.is_global_zero:
-            results.write_metrics(run.trainer, test=metrics["test"])
-        metrics = dict(results.metrics)
-    return metrics
+            _, test["refit_accuracy"] = train_student(cfg, run, StudentPolicy(targets="prune"))
+    extra: dict[str, Any] = {"test": test}
+    if kept == "student":
+        policy = student_policy(cfg)
+        with timed(run.trainer, "student"):
+            _, acc = train_student(cfg, run, policy)
+        test.update(accuracy=acc, student_accuracy=acc)
+        extra["kept"] = {
+            "model": "student",
+            "test_accuracy": acc,
+            "targets": policy.targets,
+            "policy": policy.as_dict(),
+        }
+    results.hold = False
+    results.finish(run.trainer, **extra)
+    return dict(results.metrics)
 
 
 def _net(cfg: DictConfig, dm) -> Any:
@@ -178,13 +203,50 @@ def _net(cfg: DictConfig, dm) -> Any:
     return net_factory(cfg.model.net, dm.input_shape, dm.num_classes, extra, example=example)
 
 
-def refit(cfg: DictConfig, run: Run) -> float:
-    """Train one network on the cleaned data (the final weights); its test accuracy."""
-    dm = run.dm
+def student_policy(cfg: DictConfig) -> StudentPolicy:
+    """The ``student`` block of the config (``conf/config.yaml``) as a validated policy."""
+    block = cfg.get("student") or {}
+    fields = set(StudentPolicy.__dataclass_fields__)
+    unknown = sorted(set(block) - fields)
+    if unknown:
+        raise UserInputError(
+            f"unknown student option(s) {unknown}; the student block takes {sorted(fields)}"
+        )
+    try:
+        return StudentPolicy(**{k: block[k] for k in block})
+    except ValueError as err:
+        raise UserInputError(str(err)) from err
+
+
+def train_student(cfg: DictConfig, run: Run, policy: StudentPolicy) -> tuple[Classifier, float]:
+    """Train the kept network: one network from scratch, on all samples, on the targets the
+    fold replicas' final verdict gives (:func:`dcloop.student.student_targets`); the same
+    recipe (net, optimiser, schedule, epochs) as one plain run.
+
+    Returns:
+        The trained :class:`~dcloop.models.Classifier` and its test accuracy.
+    """
+    dm, table, cl = run.dm, run.model.samples, run.cl
+    evidence = None
+    if cl is not None:
+        evidence = cl.evidence if cl.evidence is not None else cl.collector.probs
+    if evidence is None or (cl is not None and cl.stopped):
+        if cl is not None and cl.stopped:
+            log.warning("cleaning was stopped for harm: the student trains on the given labels")
+        policy = StudentPolicy(targets="given")
+        evidence = torch.full((len(table), dm.num_classes), 1.0 / dm.num_classes)
+    targets, weights = student_targets(
+        table.labels.cpu(),
+        evidence.float().cpu(),
+        table.flagged.cpu(),
+        policy,
+        weights=table.weights.cpu(),
+    )
     model = Classifier(
         _net(cfg, dm),
         dm.num_classes,
-        weights=run.model.samples.weights.cpu(),
+        targets=targets,
+        weights=weights,
         seed=cfg.seed,
         **module_kwargs(cfg.model, Classifier),
     )
@@ -196,4 +258,4 @@ def refit(cfg: DictConfig, run: Run) -> float:
     )
     trainer.fit(model, datamodule=dm)
     test = trainer.test(model, datamodule=dm, verbose=False)
-    return float(test[0]["test/acc"])
+    return model, float(test[0]["test/acc"])

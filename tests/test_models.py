@@ -101,3 +101,42 @@ def test_bad_arguments():
         FoldEnsemble(3, LABELS)
     with pytest.raises(ValueError, match=r"labels must be in \[0, 2\)"):
         FoldEnsemble(partial(MLP, (16,), 2), LABELS, num_classes=2)
+
+
+def test_loop_skips_held_out_and_pruned_rows_with_the_same_gradients():
+    """The loop's training loss runs replica k on its own training rows only (not its held-out
+    fold, not the pruned rows) and gives the masked loss's value and gradients."""
+    x = torch.randn(30, 1, 4, 4)
+    index = torch.arange(30)
+    weights = torch.ones(30)
+    weights[:4] = 0.0  # pruned
+    weights[4:8] = 0.5  # down-weighted
+    grads = []
+    for mode in ("vmap", "loop"):
+        model = make()
+        model.train()
+        model.samples.weights.copy_(weights)
+        model._mode = mode
+        seen = []
+        hook = model._skeleton[0].register_forward_pre_hook(lambda m, a: seen.append(len(a[0])))
+        loss = model.training_step((x, model.samples.labels, index), 0)
+        hook.remove()
+        loss.backward()
+        grads.append([p.grad.clone() for p in model.replica_params.values()])
+        if mode == "loop":
+            folds = model.samples.folds
+            kept = weights > 0
+            assert seen == [int(((folds != k) & kept).sum()) for k in range(5)]
+            assert sum(seen) < 4 * 30  # each replica skips its held-out fifth and the pruned
+    for a, b in zip(*grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_auto_loops_on_cpu_at_fit_start():
+    model = make()
+    assert model.vectorized  # before fit: vmap, with the loop as fallback
+    model.on_fit_start()
+    assert not model.vectorized
+    pinned = make(vectorize="vmap")
+    pinned.on_fit_start()
+    assert pinned.vectorized

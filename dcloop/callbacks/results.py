@@ -59,6 +59,9 @@ class RunResults(L.Callback):
         self.report_path: Path | None = None
         self._start = time.perf_counter()  # reset at fit setup: wall time counts from there
         self._test_start: float | None = None
+        # True while the run goes on after the ensemble's test (the kept student): the
+        # files are then written by finish(), called by that run.
+        self.hold = False
 
     def run_dir(self, trainer: L.Trainer) -> Path:
         return self.output_dir if self.output_dir is not None else Path(trainer.default_root_dir)
@@ -111,12 +114,22 @@ class RunResults(L.Callback):
         cl = find_callback(trainer, ConfidentLearning)
         if cl is None or not self.metrics:
             return
-        acc = trainer.callback_metrics.get("test/acc")
-        self.metrics["test"] = {"accuracy": float("nan") if acc is None else float(acc)}
+        acc = float("nan") if trainer.callback_metrics.get("test/acc") is None else float(
+            trainer.callback_metrics["test/acc"]
+        )
+        self.metrics["test"] = {"accuracy": acc, "ensemble_accuracy": acc}
+        self.metrics["kept"] = {"model": "ensemble", "test_accuracy": acc}
+        if not self.hold:
+            self.finish(trainer)
+
+    def finish(self, trainer: L.Trainer, **extra: Any) -> None:
+        """``metrics.json`` (with ``extra`` top-level keys) and ``report.html``: after the test,
+        or, when a run goes on after it (``hold``: the kept student), when that run calls."""
         if not trainer.is_global_zero:
+            self.metrics.update(extra)
             return
         with timed(trainer, "result_files"):
-            self.write_metrics(trainer)
+            self.write_metrics(trainer, **extra)
             if self.report:
                 from dcloop.people.report import write_report  # (matplotlib: only when asked)
 

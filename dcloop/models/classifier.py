@@ -23,6 +23,9 @@ class Classifier(L.LightningModule):
         net: factory returning an ``nn.Module`` mapping ``(B, ...)`` to ``(B, C)``.
         num_classes: C.
         weights: ``(N,)`` per-sample loss weights keyed by index (``None`` = all 1).
+        targets: ``(N, C)`` per-sample target distributions keyed by index, in place of the
+            batch's labels (``None``: the labels). A student trains on them: relabelled or soft
+            targets from the fold replicas' held-out evidence (:mod:`dcloop.student`).
         seed: seeds the network's initialisation.
         lr, weight_decay, scheduler, label_smoothing, optimizer, loss: as in ``FoldEnsemble``
             (any optimiser works here: there is one network).
@@ -34,6 +37,7 @@ class Classifier(L.LightningModule):
         num_classes: int,
         *,
         weights=None,
+        targets=None,
         seed: int = 0,
         lr: float = 3e-3,
         weight_decay: float = 1e-4,
@@ -61,6 +65,7 @@ class Classifier(L.LightningModule):
             ignore=[
                 "net",
                 "weights",
+                "targets",
                 "optimizer",
                 "scheduler",
                 "loss",
@@ -72,13 +77,19 @@ class Classifier(L.LightningModule):
             self.net = net()
         w = torch.as_tensor(weights, dtype=torch.float32) if weights is not None else None
         self.register_buffer("weights", w, persistent=w is not None)
+        t = torch.as_tensor(targets, dtype=torch.float32) if targets is not None else None
+        if t is not None and (t.ndim != 2 or t.shape[1] != self.num_classes):
+            raise ValueError(
+                f"targets must have shape (N, {self.num_classes}); got {tuple(t.shape)}"
+            )
+        self.register_buffer("targets", t, persistent=t is not None)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
 
     def training_step(self, batch, batch_idx):
         x, y, index = batch
-        ce = self._loss_fn(self(x), y)
+        ce = self._loss_fn(self(x), y if self.targets is None else self.targets[index])
         if self.weights is None:
             loss = ce.mean()
         else:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import functools
 import logging
 import re
 from collections.abc import Callable
@@ -10,6 +11,7 @@ from typing import Any, Literal
 
 import lightning as L
 import torch
+import torch.nn.functional as F
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
 from torch.func import functional_call, stack_module_state
@@ -249,19 +251,30 @@ class FoldEnsemble(L.LightningModule):
         # Per-epoch seed: a run resumed from a checkpoint draws the same randomness.
         torch.manual_seed(self.hparams.seed * 100_003 + self.current_epoch)
 
+    def on_fit_start(self) -> None:
+        # vectorize="auto": a loop over replicas on CPU (a vmapped convolution cost about twice
+        # the loop there, scripts/results/bench_loop_overhead.md, and the loop skips each
+        # replica's held-out rows); vmap on accelerators, with the loop as its fallback.
+        if self._auto and self.device.type == "cpu":
+            self._mode = "loop"
+
     def training_step(self, batch, batch_idx):
         x, _, index = batch
         s = self.samples
-        logits = self(x)
-        loss, per_replica = fold_masked_loss(
-            logits,
-            s.labels[index],
-            s.folds[index] if self.hparams.mask_folds else torch.full_like(index, -1),
-            s.weights[index],
-            label_smoothing=self.hparams.label_smoothing,
-            normalizer=self._global_weight_sum if self._distributed else None,
-            loss_fn=self._loss_fn,
-        )
+        folds = s.folds[index] if self.hparams.mask_folds else torch.full_like(index, -1)
+        normalizer = self._global_weight_sum if self._distributed else None
+        if self._mode == "loop":
+            loss, per_replica = self._loop_loss(x, s.labels[index], folds, s.weights[index])
+        else:
+            loss, per_replica = fold_masked_loss(
+                self(x),
+                s.labels[index],
+                folds,
+                s.weights[index],
+                label_smoothing=self.hparams.label_smoothing,
+                normalizer=normalizer,
+                loss_fn=self._loss_fn,
+            )
         self.log(
             "train/loss",
             per_replica.mean(),
@@ -272,6 +285,39 @@ class FoldEnsemble(L.LightningModule):
             sync_dist=self._distributed,  # reduced once, at epoch end
         )
         return loss
+
+    def _loop_loss(self, x, targets, folds, weights) -> tuple[torch.Tensor, torch.Tensor]:
+        """:func:`fold_masked_loss` with each replica run on the rows it trains on only.
+
+        Replica k's forward and backward pass skips its held-out fold and the rows whose
+        weight is 0 (pruned): the same loss and gradients as masking them (for networks
+        without batch statistics), at about (K - 1) / K of the work. Selecting the rows asks
+        the device for their count once per replica (the loop's mode is for CPUs).
+        """
+        k_all = self.num_folds
+        replica = torch.arange(k_all, device=x.device).unsqueeze(1)
+        w = (folds.unsqueeze(0) != replica).to(torch.float32) * weights.float().unsqueeze(0)
+        den = w.sum(1)
+        if self._distributed:
+            den = self._global_weight_sum(den)
+        params, buffers = self._stacked()
+        skeleton = self._skeleton[0]
+        skeleton.train(self.training)
+        ce = self._loss_fn or functools.partial(
+            F.cross_entropy, reduction="none", label_smoothing=self.hparams.label_smoothing
+        )
+        per_replica = []
+        for k in range(k_all):
+            rows = (w[k] > 0).nonzero().squeeze(1)
+            if rows.numel() == 0:
+                per_replica.append(w.new_zeros(()))
+                continue
+            one = ({n: p[k] for n, p in params.items()}, {n: b[k] for n, b in buffers.items()})
+            logits = functional_call(skeleton, one, (x[rows],))
+            loss_k = ce(logits.float(), targets[rows])
+            per_replica.append((w[k, rows] * loss_k).sum() / den[k].clamp_min(1e-8))
+        stacked = torch.stack(per_replica)
+        return stacked.sum(), stacked
 
     @property
     def _distributed(self) -> bool:

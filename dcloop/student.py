@@ -1,0 +1,113 @@
+"""What the kept network (the student) trains on: targets from the fold replicas' verdict.
+
+The K fold replicas give every training sample a held-out softmax (the *evidence*: each
+sample seen only by replicas that never trained on it) and confident learning flags the
+labels it contradicts. Pruning the flagged samples throws away the images or texts along with
+their wrong labels. The student keeps them: one network, trained on all samples from scratch,
+on targets built here.
+
+Plain functions on tensors, tested without a Trainer.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+
+from dcloop._checks import check_choice, check_float
+
+#: ``relabel``: a confidently flagged sample trains on the evidence's argmax, an unconfident
+#: one is left out; ``soft``: a flagged sample trains on the evidence itself (its softmax);
+#: ``prune``: flagged samples are left out (the weights of the loop's action); ``given``:
+#: the given labels (a plain network: for baselines).
+TARGET_RULES = ("soft", "relabel", "prune", "given")
+
+
+@dataclass(frozen=True)
+class StudentPolicy:
+    """How the student's targets come from the verdict.
+
+    Attributes:
+        targets: one of :data:`TARGET_RULES`.
+        mix: every *unflagged* sample's target is ``(1 - mix) * onehot(given) + mix *
+            evidence`` (distillation from the held-out ensemble; 0: the given label).
+        min_confidence: ``relabel`` (and ``soft`` with ``drop_unsure``): a flagged sample whose
+            evidence gives its top class less than this is left out (weight 0).
+        drop_unsure: ``soft``: leave out flagged samples below ``min_confidence`` too.
+    """
+
+    targets: str = "soft"
+    mix: float = 0.0
+    min_confidence: float = 0.5
+    drop_unsure: bool = False
+
+    def __post_init__(self) -> None:
+        check_choice("student.targets", self.targets, TARGET_RULES)
+        check_float("student.mix", self.mix, low=0.0, high=1.0)
+        check_float("student.min_confidence", self.min_confidence, low=0.0, high=1.0)
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def student_targets(
+    labels: torch.Tensor,
+    evidence: torch.Tensor,
+    flags: torch.Tensor,
+    policy: StudentPolicy,
+    *,
+    weights: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The student's ``(N, C)`` target distributions and ``(N,)`` loss weights.
+
+    Args:
+        labels: ``(N,)`` given labels.
+        evidence: ``(N, C)`` held-out softmax of the fold replicas (rows sum to 1).
+        flags: ``(N,)`` bool, confident learning's verdict.
+        policy: the rule (:class:`StudentPolicy`).
+        weights: ``(N,)`` the loop's final weights (used by ``prune``; a label file's prior
+            weights are already in them). ``None``: ones.
+
+    Returns:
+        ``(targets, weights)``: ``targets[i]`` sums to 1.
+
+    Example:
+        >>> labels = torch.tensor([0, 1]); flags = torch.tensor([False, True])
+        >>> ev = torch.tensor([[0.9, 0.1], [0.8, 0.2]])
+        >>> t, w = student_targets(labels, ev, flags, StudentPolicy("relabel"))
+        >>> t.argmax(1).tolist(), w.tolist()
+        ([0, 0], [1.0, 1.0])
+    """
+    n, c = evidence.shape
+    if labels.shape != (n,) or flags.shape != (n,):
+        raise ValueError(
+            f"labels and flags must have shape ({n},) like evidence's rows; got "
+            f"{tuple(labels.shape)} and {tuple(flags.shape)}"
+        )
+    evidence = evidence.float()
+    flags = flags.to(evidence.device, torch.bool)
+    given = torch.nn.functional.one_hot(labels.to(evidence.device).long(), c).float()
+    w = (
+        torch.ones(n, device=evidence.device)
+        if weights is None
+        else weights.to(evidence.device).float().clone()
+    )
+    if policy.targets == "given":
+        return given, torch.ones_like(w) if weights is None else w
+    clean = (1 - policy.mix) * given + policy.mix * evidence if policy.mix else given
+    if policy.targets == "prune":
+        return clean, w
+    top, arg = evidence.max(1)
+    sure = top >= policy.min_confidence
+    if policy.targets == "relabel":
+        flagged_t = torch.nn.functional.one_hot(arg, c).float()
+        keep = sure
+    else:  # soft
+        flagged_t = evidence / evidence.sum(1, keepdim=True).clamp_min(1e-12)
+        keep = sure if policy.drop_unsure else torch.ones_like(sure)
+    targets = torch.where(flags.unsqueeze(1), flagged_t, clean)
+    # The student ignores the loop's ramp: a flagged sample is kept (relabelled) or left out.
+    base = torch.ones_like(w) if weights is None else torch.where(flags, torch.ones_like(w), w)
+    w = torch.where(flags & ~keep, torch.zeros_like(base), base)
+    return targets, w

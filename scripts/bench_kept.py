@@ -1,0 +1,315 @@
+"""Which model should a run keep? Students on the fold replicas' verdict, on real data.
+
+For each (dataset, noise, seed) the K fold replicas are trained once with the shipped
+cleaning defaults (the *teacher*; ``--teacher-epochs`` as fractions of the recipe's epochs),
+then one network (a *student*) is trained from scratch, with the same recipe as a plain run,
+on targets built from the teacher's held-out evidence and flags (:mod:`dcloop.student`):
+
+* ``given``: the given labels (= plain, the reference);
+* ``prune``: the loop's weights (flagged samples left out: today's ``refit=true``);
+* ``relabel``: flagged samples relabelled to the evidence's argmax when it is >= 0.5 sure;
+* ``soft``: flagged samples trained on the evidence's softmax;
+* ``soft_mixM``: ``soft``, and every unflagged sample's target mixed with its evidence
+  (``(1 - M) * onehot + M * evidence``: distillation from the held-out ensemble);
+* ``oracle``: the true labels.
+
+Also reported: the teacher ensemble's own test accuracy (mean softmax of the K replicas) and
+the share of the noise gap each recovers, ``(acc - plain) / (oracle - plain)``.
+
+Each task is one process with ``torch.set_num_threads(1)``; ``--jobs`` run at once.
+
+Example::
+
+    python scripts/bench_kept.py --datasets agnews --settings sym40 --seeds 0 1 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures as cf
+import contextlib
+import datetime as dt
+import io
+import json
+import math
+import multiprocessing as mp
+import os
+import shlex
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("MALLOC_MMAP_THRESHOLD_", "33554432")
+os.environ.setdefault("MALLOC_TRIM_THRESHOLD_", "4294967296")
+
+import numpy as np  # noqa: E402
+
+HERE = Path(__file__).resolve().parent
+RULES = ("given", "prune", "relabel", "soft", "soft_mix0.5", "oracle")
+
+
+def data_overrides(dataset: str, setting: str, workdir: Path, epochs: int | None) -> list[str]:
+    sys.path.insert(0, str(HERE))
+    if dataset == "agnews":
+        import bench_text
+
+        return bench_text.data_overrides("agnews", setting, epochs or 20)
+    import bench_real
+
+    return bench_real.data_overrides(dataset, setting, workdir, epochs or 20)
+
+
+def _cpu() -> float:
+    import resource
+
+    me = resource.getrusage(resource.RUSAGE_SELF)
+    return me.ru_utime + me.ru_stime
+
+
+def run_task(task: dict[str, Any]) -> list[dict[str, Any]]:
+    """One (dataset, setting, seed): teachers, then every student rule, in this process."""
+    import lightning as L
+    import torch
+    from hydra.utils import instantiate
+
+    torch.set_num_threads(1)
+    sys.path.insert(0, str(HERE))
+    import bench_noise as bn
+    import bench_real
+
+    from dcloop.models import Classifier
+    from dcloop.models.factory import module_kwargs
+    from dcloop.student import StudentPolicy, student_targets
+    from dcloop.train import _net, build
+
+    bn.quiet()
+    out: list[dict[str, Any]] = []
+    base = {k: task[k] for k in ("dataset", "setting", "seed")}
+    run_dir = Path(task["run_dir"])
+    epochs = task["epochs"]
+
+    def student(cfg, dm, targets, weights, name, extra=None) -> None:
+        t0 = _cpu()
+        L.seed_everything(cfg.seed, workers=True, verbose=False)
+        model = Classifier(
+            _net(cfg, dm),
+            dm.num_classes,
+            targets=targets,
+            weights=weights,
+            seed=cfg.seed,
+            **module_kwargs(cfg.model, Classifier),
+        )
+        tr = bn.trainer(cfg, run_dir / name)
+        tr.fit(model, datamodule=dm)
+        acc = float(tr.test(model, datamodule=dm, verbose=False)[0]["test/acc"])
+        out.append({**base, "method": name, "acc": acc, "cpu_s": _cpu() - t0, **(extra or {})})
+
+    cfg = bench_real.compose(run_dir / "plain", task["seed"], task["overrides"])
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    dm = instantiate(cfg.data)
+    dm.setup("fit")
+    n, c = len(dm.given_labels), dm.num_classes
+    labels = torch.as_tensor(dm.given_labels)
+    student(cfg, dm, None, None, "given")
+    if dm.has_ground_truth:
+        true = torch.nn.functional.one_hot(torch.as_tensor(dm.true_labels), c).float()
+        student(cfg, dm, true, None, "oracle")
+    for frac in task["teacher_epochs"]:
+        e_t = max(2, round(frac * epochs))
+        tcfg = bench_real.compose(
+            run_dir / f"teacher{frac}",
+            task["seed"],
+            [*task["overrides"], f"trainer.max_epochs={e_t}", *task["teacher_extra"]],
+        )
+        L.seed_everything(tcfg.seed, workers=True, verbose=False)
+        t0 = _cpu()
+        run = build(tcfg, run_dir / f"teacher{frac}")
+        with contextlib.redirect_stdout(io.StringIO()):
+            run.trainer.fit(run.model, datamodule=run.dm)
+            test = run.trainer.test(run.model, datamodule=run.dm, verbose=False)
+        cl, table = run.cl, run.model.samples
+        evidence = cl.evidence if cl.evidence is not None else cl.collector.probs.float()
+        flags = table.flagged.clone()
+        det = {}
+        if table.has_ground_truth:
+            from dcloop.metrics import detection_metrics
+
+            d = detection_metrics(flags, table.is_noisy, table.quality)
+            det = {k: d[k] for k in ("precision", "recall", "f1")}
+        est = cl.last_result.noise_rate if cl.last_result is not None else math.nan
+        t_cpu = _cpu() - t0
+        tag = f"@{frac}"
+        out.append(
+            {
+                **base,
+                "method": "ensemble" + tag,
+                "acc": float(test[0]["test/acc"]),
+                "cpu_s": t_cpu,
+                "noise_est": est,
+                "noise_true": float(table.is_noisy.float().mean()),
+                "num_flagged": int(flags.sum()),
+                **det,
+            }
+        )
+        assert len(run.dm.given_labels) == n
+        for rule in task["rules"]:
+            if rule in ("given", "oracle"):
+                continue
+            mix = float(rule.split("mix")[1]) if "mix" in rule else 0.0
+            policy = StudentPolicy(targets=rule.split("_")[0], mix=mix)
+            targets, weights = student_targets(
+                labels, evidence.cpu(), flags.cpu(), policy, weights=table.weights.cpu()
+            )
+            student(cfg, dm, targets, weights, rule + tag, {"teacher_cpu_s": t_cpu})
+    return out
+
+
+def summarize(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    rows = []
+    keys = sorted({(r["dataset"], r["setting"]) for r in runs})
+    for ds, st in keys:
+        rs = [r for r in runs if (r["dataset"], r["setting"]) == (ds, st)]
+        by_seed: dict[int, dict[str, float]] = {}
+        for r in rs:
+            by_seed.setdefault(r["seed"], {})[r["method"]] = r["acc"]
+        methods = sorted({r["method"] for r in rs}, key=_method_order)
+        plain_cpu = np.mean([r["cpu_s"] for r in rs if r["method"] == "given"])
+        for m in methods:
+            accs = [v[m] for v in by_seed.values() if m in v]
+            gaps = [
+                (v[m] - v["given"]) / (v["oracle"] - v["given"])
+                for v in by_seed.values()
+                if m in v and "oracle" in v and "given" in v and v["oracle"] != v["given"]
+            ]
+            mine = [r for r in rs if r["method"] == m]
+            cpu = np.mean([r["cpu_s"] + r.get("teacher_cpu_s", 0.0) for r in mine])
+            row = {
+                "dataset": ds,
+                "setting": st,
+                "method": m,
+                "n": len(accs),
+                "acc": float(np.mean(accs)),
+                "sd": float(np.std(accs, ddof=1)) if len(accs) > 1 else 0.0,
+                "gap": float(np.mean(gaps)) if gaps else math.nan,
+                "gap_min": float(np.min(gaps)) if gaps else math.nan,
+                "cpu_ratio": float(cpu / plain_cpu) if plain_cpu else math.nan,
+            }
+            for k in ("f1", "noise_est", "noise_true"):
+                vals = [r[k] for r in mine if k in r]
+                if vals:
+                    row[k] = float(np.mean(vals))
+            rows.append(row)
+    return rows
+
+
+def _method_order(m: str) -> tuple:
+    name, _, frac = m.partition("@")
+    order = ["given", "ensemble", "prune", "relabel", "soft", "soft_mix0.5", "oracle"]
+    return (float(frac or 0), order.index(name) if name in order else 99, name)
+
+
+def markdown(rows, meta) -> str:
+    lines = [
+        "# Which model to keep: students on the fold replicas' verdict",
+        "",
+        "```",
+        meta["command"],
+        "```",
+        "",
+        f"- Date: {meta['date']}; machine: {meta['machine']}; total wall {meta['wall_min']:.1f} min",
+        f"- {meta['setup']}",
+        "",
+        "| data | noise | model | test acc. % (mean ± sd, n) | gap recovered (mean, min) "
+        "| F1 | est./true noise % | CPU × plain |",
+        "|---|---|---|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        est = (
+            f"{100 * r['noise_est']:.1f} / {100 * r['noise_true']:.1f}"
+            if "noise_est" in r
+            else "—"
+        )
+        gap = "—" if math.isnan(r["gap"]) else f"{100 * r['gap']:.0f} % ({100 * r['gap_min']:.0f})"
+        f1 = f"{r['f1']:.3f}" if "f1" in r else "—"
+        lines.append(
+            f"| {r['dataset']} | {r['setting']} | {r['method']} | {100 * r['acc']:.1f} ± "
+            f"{100 * r['sd']:.1f} ({r['n']}) | {gap} | {f1} | {est} | {r['cpu_ratio']:.2f} |"
+        )
+    lines += [
+        "",
+        "Model names: `given` = plain (one network, noisy labels); `oracle` = one network on the "
+        "true labels; `ensemble@F` = the K fold replicas' mean softmax after a cleaning run of "
+        "F x the recipe's epochs (the teacher); `RULE@F` = one network trained from scratch for "
+        "the full recipe on that teacher's targets (dcloop.student). CPU x plain includes the "
+        "teacher for students.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--datasets", nargs="+", default=["fsdd", "agnews"])
+    p.add_argument("--settings", nargs="+", default=["sym40", "asym30"])
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    p.add_argument("--rules", nargs="+", default=list(RULES))
+    p.add_argument("--teacher-epochs", nargs="+", type=float, default=[1.0, 0.5])
+    p.add_argument("--teacher-extra", nargs="*", default=[], help="overrides of the teacher run")
+    p.add_argument("--epochs", type=int, default=None, help="recipe epochs (default: bench's)")
+    p.add_argument("--jobs", type=int, default=2)
+    p.add_argument("--workdir", type=Path, default=None)
+    p.add_argument("--out", type=Path, default=HERE / "results" / "bench_kept")
+    args = p.parse_args(argv)
+    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="bench_kept_"))
+    tasks = []
+    for ds in args.datasets:
+        for st in args.settings:
+            for seed in args.seeds:
+                ov = data_overrides(ds, st, workdir, args.epochs)
+                epochs = int(next(o for o in ov if o.startswith("trainer.max_epochs=")).split("=")[1])
+                tasks.append(
+                    {
+                        "dataset": ds,
+                        "setting": st,
+                        "seed": seed,
+                        "overrides": ov,
+                        "epochs": epochs,
+                        "rules": args.rules,
+                        "teacher_epochs": args.teacher_epochs,
+                        "teacher_extra": args.teacher_extra,
+                        "run_dir": str(workdir / f"{ds}_{st}_{seed}"),
+                    }
+                )
+    t0 = time.perf_counter()
+    runs: list[dict[str, Any]] = []
+    ctx = mp.get_context("spawn")
+    with cf.ProcessPoolExecutor(args.jobs, mp_context=ctx, max_tasks_per_child=1) as pool:
+        for fut in cf.as_completed([pool.submit(run_task, t) for t in tasks]):
+            got = fut.result()
+            runs += got
+            print(f"done {got[0]['dataset']} {got[0]['setting']} seed {got[0]['seed']}", flush=True)
+    meta = {
+        "command": "python scripts/bench_kept.py " + shlex.join(sys.argv[1:]),
+        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "machine": f"{os.cpu_count()} CPU cores, Python {sys.version.split()[0]}",
+        "setup": (
+            f"{args.jobs} tasks at a time, one process each with torch.set_num_threads(1); "
+            "recipes of bench_real (fsdd: AudioCNN, 20 epochs) and bench_text (agnews: TextBoW); "
+            f"K=5; teacher overrides: {args.teacher_extra or 'none'}"
+        ),
+        "wall_min": (time.perf_counter() - t0) / 60,
+    }
+    rows = summarize(runs)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    payload = {**meta, "summary": rows, "runs": runs}
+    args.out.with_suffix(".json").write_text(json.dumps(payload, indent=2, default=float) + "\n")
+    text = markdown(rows, meta)
+    args.out.with_suffix(".md").write_text(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
