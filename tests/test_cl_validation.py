@@ -124,7 +124,7 @@ def test_label_dtypes_and_containers_are_accepted():
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
-        ({"filter_by": "low_self_confidence"}, "filter_by must be one of"),
+        ({"filter_by": "low_confidence"}, "filter_by must be one of"),
         ({"return_indices_ranked_by": "margin"}, "return_indices_ranked_by must be one of"),
         ({"backend": "numpy"}, "backend must be one of \\['torch', 'cleanlab'\\]; got 'numpy'"),
         ({"ties": "random"}, "ties must be one of"),
@@ -134,10 +134,12 @@ def test_label_dtypes_and_containers_are_accepted():
             "min_examples_per_class must be an integer >= 0; got min_examples_per_class=-1",
         ),
         ({"chunk_size": 0}, "chunk_size must be an integer >= 1 .*or None.*; got chunk_size=0"),
-        ({"num_to_remove_per_class": [1, 2]}, "must be 4 non-negative ints"),
+        ({"num_to_remove_per_class": [1, 2]}, "one non-negative number or 4 of them"),
+        ({"num_to_remove_per_class": -1}, "one non-negative number or 4 of them"),
+        ({"n_jobs": 0}, "n_jobs must be an integer >= 1"),
         (
             {"filter_by": "confident_learning", "num_to_remove_per_class": [1, 1, 1, 1]},
-            "only supported with filter_by",
+            "not supported with filter_by='confident_learning'",
         ),
         ({"rank_by_kwargs": {"temperature": 2}}, "supports only 'adjust_pred_probs'"),
     ],

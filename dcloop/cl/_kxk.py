@@ -171,9 +171,9 @@ def _compute_noise_matrix_from_inverse(ps, inverse_noise_matrix, py) -> np.ndarr
 
 
 def estimate_latent(
-    confident_joint: np.ndarray, label_counts: np.ndarray, num_examples: int
+    confident_joint: np.ndarray, label_counts: np.ndarray, num_examples: int, converge: bool = True
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """cleanlab ``estimate_latent(..., py_method="cnt", converge_latent_estimates=True)``.
+    """cleanlab ``estimate_latent(..., py_method="cnt", converge_latent_estimates=converge)``.
 
     Returns:
         ``(py, noise_matrix, inverse_noise_matrix)`` with ``noise_matrix[i, j] = P(given=i |
@@ -189,6 +189,8 @@ def estimate_latent(
     py = _compute_py_cnt(ps, noise_matrix, inv_noise_matrix)
     noise_matrix = clip_noise_rates(noise_matrix)
     inv_noise_matrix = clip_noise_rates(inv_noise_matrix)
+    if not converge:
+        return py, noise_matrix, inv_noise_matrix
     for _ in range(3):  # cleanlab _converge_estimates: 3 noise-matrix x 5 inverse iterations
         for _ in range(5):
             inv_noise_matrix = _compute_inv_noise_matrix(py, noise_matrix, ps)

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from dcloop.cl import _kxk
+from dcloop.cl._compat import OOF_HINT, host_matrix, looks_like_x_labels, no_cross_validation
 from dcloop.cl._inputs import (
     PROB_RANGE_ATOL,
     ROW_SUM_ATOL,
@@ -235,9 +236,12 @@ def _scan_kernel(inputs: Inputs, bound: torch.Tensor) -> _Rows:
     return _Rows(*rows, False, by_guess, t(other_max))
 
 
-def scan(inputs: Inputs) -> Scan:
+def scan(inputs: Inputs, thresholds: np.ndarray | None = None) -> Scan:
     """One chunked pass over ``pred_probs`` computing everything the filters need, and
     validating it (``ValueError`` as :func:`dcloop.cl._inputs.prepare_inputs` raises).
+
+    ``thresholds``: ``(K,)`` per-class thresholds given by the caller (cleanlab's
+    ``thresholds=``), used as given instead of the mean self-confidences.
 
     The thresholds come from a gather of ``p[i, labels[i]]`` (no ``[N, K]`` pass), so the
     comparisons against them, the argmax, the row sums and the range check all share one read
@@ -248,7 +252,8 @@ def scan(inputs: Inputs) -> Scan:
     perm, starts, counts = class_layout(inputs)
     self_conf = self_confidence(inputs)
     with np.errstate(all="ignore"):  # invalid input gives NaN thresholds; it raises below
-        thresholds = thresholds_from(self_conf, perm, starts, counts)
+        if thresholds is None:
+            thresholds = thresholds_from(self_conf, perm, starts, counts)
         bound = comparison_thresholds(thresholds, inputs)
     if use_kernels(inputs):
         rows = _scan_kernel(inputs, bound)  # checks the probabilities itself
@@ -295,44 +300,118 @@ def confident_joint_from_scan(inputs: Inputs, s: Scan, *, calibrate: bool = True
     return _kxk.calibrate_confident_joint(cj, s.label_counts) if calibrate else cj
 
 
+def off_diagonal_indices(inputs: Inputs, s: Scan) -> torch.Tensor:
+    """``(M,)`` ascending indices of the confidently counted examples whose confident guess is
+    not their given label (cleanlab's ``return_indices_of_off_diagonals``)."""
+    return torch.nonzero(s.confident & (s.guess.long() != inputs.labels)).squeeze(1)
+
+
+def given_thresholds(thresholds: Any, k: int) -> np.ndarray | None:
+    """User ``thresholds=`` as a host ``(K,)`` array (``None`` stays ``None``)."""
+    return None if thresholds is None else host_matrix(thresholds, "thresholds", (k,))
+
+
 @public_entry
 def compute_confident_joint(
-    labels: Any, pred_probs: Any, *, calibrate: bool = True, chunk_size: int | None = None
-) -> torch.Tensor | np.ndarray:
+    labels: Any,
+    pred_probs: Any,
+    *,
+    thresholds: Any = None,
+    calibrate: bool = True,
+    multi_label: bool = False,
+    return_indices_of_off_diagonals: bool = False,
+    chunk_size: int | None = None,
+) -> Any:
     """Confident joint ``C[i, j]``: examples given label ``i`` confidently belonging to ``j``.
 
     Same result as ``cleanlab.count.compute_confident_joint`` (per-class thresholds = mean
     self-confidence, argmax among above-threshold classes, diagonal at least 1, optional
-    calibration to the label counts).
+    calibration to the label counts), with the same keywords.
 
     Args:
-        labels: ``(N,)`` int tensor/array of given labels in ``[0, K)``.
+        labels: ``(N,)`` int tensor/array of given labels in ``[0, K)``; with ``multi_label``,
+            a list of N lists of classes.
         pred_probs: ``(N, K)`` float tensor/array of out-of-sample predicted probabilities.
+        thresholds: ``(K,)`` per-class thresholds to use instead of the mean self-confidences
+            (multi-label: ``(2,)`` for every class or ``(K, 2)``, one row per class).
         calibrate: rescale rows to the given-label counts and the total to ``N``.
+        multi_label: one-vs-rest per class (cleanlab's multi-label format): a ``(K, 2, 2)``
+            result, one binary joint per class.
+        return_indices_of_off_diagonals: also return the indices of the examples counted off
+            the diagonal (ascending; multi-label: one array per class).
         chunk_size: rows per ``[chunk, K]`` block (``None``: automatic).
 
     Returns:
-        ``(K, K)`` int64 counts, rows = given label, columns = suspected true label; a torch
-        tensor on ``pred_probs``' device for torch input, else a numpy array.
+        ``(K, K)`` int64 counts, rows = given label, columns = suspected true label (a torch
+        tensor on ``pred_probs``' device for torch input, else numpy), or
+        ``(counts, indices)`` with ``return_indices_of_off_diagonals``.
     """
+    if multi_label:
+        from dcloop.cl import multilabel
+
+        return multilabel.confident_joints(
+            labels,
+            pred_probs,
+            thresholds=thresholds,
+            calibrate=calibrate,
+            return_indices_of_off_diagonals=return_indices_of_off_diagonals,
+            chunk_size=chunk_size,
+        )
     inputs = prepare_inputs(labels, pred_probs, chunk_size=chunk_size, check_probs=False)
-    return inputs.out_matrix(confident_joint_from_scan(inputs, scan(inputs), calibrate=calibrate))
+    s = scan(inputs, given_thresholds(thresholds, inputs.k))
+    cj = inputs.out_matrix(confident_joint_from_scan(inputs, s, calibrate=calibrate))
+    if return_indices_of_off_diagonals:
+        return cj, inputs.out(off_diagonal_indices(inputs, s))
+    return cj
+
+
+def joint_from_confident_joint(confident_joint: Any, labels: Any, k: int) -> np.ndarray:
+    """cleanlab ``estimate_joint`` from a given confident joint: calibrated to ``labels``
+    (unless ``None``), then normalised to sum to 1."""
+    cj = host_matrix(confident_joint, "confident_joint", (k, k))
+    if labels is not None:
+        lab = labels.detach().cpu().numpy() if isinstance(labels, torch.Tensor) else labels
+        counts = np.bincount(np.asarray(lab).astype(np.int64, copy=False), minlength=k)[:k]
+        cj = _kxk.calibrate_confident_joint(cj, counts)
+    return cj / np.clip(float(np.sum(cj)), a_min=_kxk.TINY_VALUE, a_max=None)
 
 
 @public_entry
 def estimate_joint(
-    labels: Any, pred_probs: Any, *, chunk_size: int | None = None
-) -> torch.Tensor | np.ndarray:
+    labels: Any,
+    pred_probs: Any = None,
+    *,
+    confident_joint: Any = None,
+    multi_label: bool = False,
+    chunk_size: int | None = None,
+) -> Any:
     """Estimated joint ``P(given=i, true=j)`` as ``cleanlab.count.estimate_joint``.
 
     Args:
-        labels: ``(N,)`` int tensor/array of given labels.
-        pred_probs: ``(N, K)`` float tensor/array of predicted probabilities.
+        labels: ``(N,)`` int tensor/array of given labels (multi-label: list of lists); may be
+            ``None`` when ``confident_joint`` is given (then used as is, not calibrated).
+        pred_probs: ``(N, K)`` float tensor/array of predicted probabilities (not read when
+            ``confident_joint`` is given, single-label).
+        confident_joint: a precomputed ``(K, K)`` confident joint (multi-label ``(K, 2, 2)``);
+            as in cleanlab it is calibrated to ``labels`` before normalising.
+        multi_label: one-vs-rest per class: ``(K, 2, 2)`` result.
         chunk_size: rows per ``[chunk, K]`` block (``None``: automatic).
 
     Returns:
         ``(K, K)`` float64 matrix summing to 1 (torch for torch input, else numpy).
     """
+    if multi_label:
+        from dcloop.cl import multilabel
+
+        return multilabel.estimate_joint(
+            labels, pred_probs, confident_joint=confident_joint, chunk_size=chunk_size
+        )
+    if confident_joint is not None:
+        k = int(np.shape(confident_joint)[0]) if np.ndim(confident_joint) == 2 else -1
+        joint = joint_from_confident_joint(confident_joint, labels, k)
+        if isinstance(pred_probs, torch.Tensor):
+            return torch.from_numpy(joint).to(pred_probs.device)
+        return torch.from_numpy(joint) if isinstance(confident_joint, torch.Tensor) else joint
     inputs = prepare_inputs(labels, pred_probs, chunk_size=chunk_size, check_probs=False)
     cj = confident_joint_from_scan(inputs, scan(inputs), calibrate=True)
     joint = cj / np.clip(float(np.sum(cj)), a_min=_kxk.TINY_VALUE, a_max=None)
@@ -341,25 +420,62 @@ def estimate_joint(
 
 @public_entry
 def estimate_noise_matrices(
-    labels: Any, pred_probs: Any, *, chunk_size: int | None = None
-) -> tuple[torch.Tensor | np.ndarray, torch.Tensor | np.ndarray]:
-    """Noise and inverse noise matrices from predicted probabilities.
+    labels: Any = None,
+    pred_probs: Any = None,
+    *,
+    thresholds: Any = None,
+    converge_latent_estimates: bool = True,
+    X: Any = None,  # noqa: N803 - cleanlab's name
+    clf: Any = None,
+    cv_n_folds: int | None = None,
+    seed: Any = None,
+    clf_kwargs: dict | None = None,
+    validation_func: Any = None,
+    chunk_size: int | None = None,
+) -> tuple[Any, Any]:
+    """Noise and inverse noise matrices from out-of-fold predicted probabilities.
 
-    Same as ``cleanlab.count.estimate_py_and_noise_matrices_from_probabilities`` with its
-    defaults (calibrated confident joint, ``py_method="cnt"``, converged latent estimates).
+    Same as ``cleanlab.count.estimate_py_and_noise_matrices_from_probabilities`` (calibrated
+    confident joint, ``py_method="cnt"``). cleanlab's own ``estimate_noise_matrices(X, labels,
+    clf)`` first cross-validates an sklearn model to get those probabilities: here ``X``,
+    ``clf``, ``cv_n_folds``, ``seed``, ``clf_kwargs`` and ``validation_func`` (and a positional
+    ``(X, labels)`` call) raise one ``ValueError`` naming the dcloop way to get them (a k-fold
+    run's ``oof_probs.npy``, or :class:`dcloop.callbacks.OOFCollector`).
 
     Args:
         labels: ``(N,)`` int tensor/array of given labels.
-        pred_probs: ``(N, K)`` float tensor/array of predicted probabilities.
+        pred_probs: ``(N, K)`` float tensor/array of out-of-fold predicted probabilities.
+        thresholds: ``(K,)`` per-class thresholds (default: mean self-confidence per class).
+        converge_latent_estimates: iterate the latent estimates to agree (cleanlab's default
+            here, ``True``); ``False`` returns the first estimates.
+        X, clf, cv_n_folds, seed, clf_kwargs, validation_func: cleanlab's cross-validation;
+            not run here (``ValueError``).
         chunk_size: rows per ``[chunk, K]`` block (``None``: automatic).
 
     Returns:
         ``(noise_matrix, inverse_noise_matrix)``, each ``(K, K)`` float64:
         ``noise_matrix[i, j] = P(given=i | true=j)`` (columns sum to 1) and
         ``inverse_noise_matrix[i, j] = P(true=i | given=j)``.
+
+    Raises:
+        ValueError: cleanlab's cross-validation options, or invalid inputs.
     """
+    name = "estimate_noise_matrices"
+    no_cross_validation(
+        name,
+        X=X,
+        clf=clf,
+        cv_n_folds=cv_n_folds,
+        seed=seed,
+        clf_kwargs=clf_kwargs,
+        validation_func=validation_func,
+    )
+    if pred_probs is None or looks_like_x_labels(labels, pred_probs):
+        raise ValueError(f"{name}: needs labels and pred_probs; " + OOF_HINT.format(name=name))
     inputs = prepare_inputs(labels, pred_probs, chunk_size=chunk_size, check_probs=False)
-    s = scan(inputs)
+    s = scan(inputs, given_thresholds(thresholds, inputs.k))
     cj = confident_joint_from_scan(inputs, s, calibrate=True)
-    _, noise, inverse = _kxk.estimate_latent(cj, s.label_counts, inputs.n)
+    _, noise, inverse = _kxk.estimate_latent(
+        cj, s.label_counts, inputs.n, converge=bool(converge_latent_estimates)
+    )
     return inputs.out_matrix(noise), inputs.out_matrix(inverse)

@@ -25,6 +25,7 @@ calibration, prune counts, the final reduction) is computed with cleanlab's exac
 from __future__ import annotations
 
 import logging
+import warnings
 from typing import Any
 
 import numpy as np
@@ -32,20 +33,17 @@ import torch
 
 from dcloop._checks import check_choice, check_float, check_int
 from dcloop.cl import _kxk
+from dcloop.cl._compat import check_n_jobs, host_matrix, report
 from dcloop.cl._inputs import Inputs, prepare_inputs, public_entry
 from dcloop.cl._prune import TIES, prune_by_class, prune_by_noise_rate
 from dcloop.cl.count import Scan, confident_joint_from_scan, scan
-from dcloop.cl.rank import SCORE_METHODS, order_issues
+from dcloop.cl.rank import SCORE_METHODS, order_issues, quality_scores
 
 logger = logging.getLogger(__name__)
 
-FILTER_BY = (
-    "prune_by_noise_rate",
-    "prune_by_class",
-    "both",
-    "confident_learning",
-    "predicted_neq_given",
-)
+PRUNE_FILTERS = ("prune_by_noise_rate", "prune_by_class", "both")
+LOW_FILTERS = ("low_self_confidence", "low_normalized_margin")
+FILTER_BY = (*PRUNE_FILTERS, "confident_learning", "predicted_neq_given", *LOW_FILTERS)
 BACKENDS = ("torch", "cleanlab")
 
 
@@ -108,7 +106,51 @@ def mask_from_scan(
     return mask & ~s.near_given
 
 
-def _check_options(
+def low_score_mask(inputs: Inputs, s: Scan, method: str, ties: str = "index") -> torch.Tensor:
+    """cleanlab's ``low_self_confidence`` / ``low_normalized_margin`` filters: the examples with
+    the lowest scores, as many as ``count.num_label_issues`` estimates (the confident-learning
+    off-diagonal count); no final reduction, as in cleanlab."""
+    n_issues = int(mask_from_scan(inputs, s, filter_by="confident_learning").sum())
+    scores = quality_scores(inputs, method)
+    if ties == "cleanlab":
+        pick = torch.from_numpy(np.argsort(scores.cpu().numpy())[:n_issues]).to(inputs.device)
+    else:
+        pick = torch.sort(scores, stable=True).indices[:n_issues]
+    mask = torch.zeros(inputs.n, dtype=torch.bool, device=inputs.device)
+    mask[pick] = True
+    return mask
+
+
+def mask_for(
+    inputs: Inputs,
+    *,
+    filter_by: str,
+    frac_noise: float = 1.0,
+    num_to_remove_per_class: np.ndarray | None = None,
+    min_examples_per_class: int = 1,
+    ties: str = "index",
+    confident_joint: np.ndarray | None = None,
+) -> torch.Tensor:
+    """``(N,)`` bool mask for any ``filter_by`` (inputs and options already validated); a given
+    ``confident_joint`` drives the pruning filters as in cleanlab (not recalibrated)."""
+    s = scan(inputs)
+    if filter_by in LOW_FILTERS:
+        return low_score_mask(inputs, s, filter_by[4:], ties)
+    if filter_by == "confident_learning":
+        confident_joint = None
+    return mask_from_scan(
+        inputs,
+        s,
+        filter_by=filter_by,
+        frac_noise=frac_noise,
+        num_to_remove_per_class=num_to_remove_per_class,
+        min_examples_per_class=min_examples_per_class,
+        ties=ties,
+        confident_joint=confident_joint,
+    )
+
+
+def check_options(
     filter_by,
     return_indices_ranked_by,
     rank_by_kwargs,
@@ -116,11 +158,14 @@ def _check_options(
     min_examples_per_class,
     backend,
     ties,
+    n_jobs=None,
 ) -> bool:
+    """Validate the options of :func:`find_label_issues`; returns ``adjust_pred_probs``."""
     check_choice("filter_by", filter_by, FILTER_BY)
     check_choice("ties", ties, TIES)
     check_choice("return_indices_ranked_by", return_indices_ranked_by, (None, *SCORE_METHODS))
     check_choice("backend", backend, BACKENDS)
+    check_n_jobs(n_jobs)
     unknown = set(rank_by_kwargs or {}) - {"adjust_pred_probs"}
     if unknown:
         raise ValueError(f"rank_by_kwargs supports only 'adjust_pred_probs'; got {sorted(unknown)}")
@@ -132,20 +177,44 @@ def _check_options(
     return adjust
 
 
-def _remove_per_class(value: Any, filter_by: str, k: int) -> np.ndarray | None:
+def remove_per_class(value: Any, filter_by: str, k: int) -> np.ndarray | None:
+    """``num_to_remove_per_class`` as cleanlab takes it: one number for every class or ``K`` of
+    them (non-negative, finite), as a host ``(K,)`` array (ints stay int64)."""
     if value is None:
         return None
-    if filter_by not in ("prune_by_noise_rate", "prune_by_class", "both"):
+    if filter_by not in PRUNE_FILTERS:
         raise ValueError(
-            "num_to_remove_per_class is only supported with filter_by 'prune_by_noise_rate', "
-            f"'prune_by_class' or 'both'; got filter_by={filter_by!r}"
+            f"num_to_remove_per_class is not supported with filter_by={filter_by!r}; it needs "
+            "filter_by 'prune_by_noise_rate', 'prune_by_class' or 'both'"
         )
     arr = np.asarray(value.cpu() if isinstance(value, torch.Tensor) else value)
-    if arr.shape != (k,) or not np.issubdtype(arr.dtype, np.integer) or (arr < 0).any():
+    numeric = np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)
+    if arr.ndim == 0 and numeric:
+        arr = np.full(k, arr[()])
+    if arr.shape != (k,) or not numeric or not np.isfinite(arr).all() or (arr < 0).any():
         raise ValueError(
-            f"num_to_remove_per_class must be {k} non-negative ints (one per class); got {value!r}"
+            f"num_to_remove_per_class must be one non-negative number or {k} of them (one per "
+            f"class); got {value!r}"
         )
-    return arr.astype(np.int64)
+    return arr.astype(np.int64 if np.issubdtype(arr.dtype, np.integer) else np.float64)
+
+
+def _warn_ignored(filter_by: str, frac_noise: float, remove: Any, confident_joint: Any) -> None:
+    """cleanlab's warnings for options a filter ignores (``UserWarning``, same conditions)."""
+    if filter_by not in PRUNE_FILTERS and (frac_noise != 1.0 or remove is not None):
+        warnings.warn(
+            "frac_noise and num_to_remove_per_class parameters are only supported for filter_by "
+            f"'prune_by_noise_rate', 'prune_by_class', and 'both'; ignored with {filter_by!r}",
+            UserWarning,
+            stacklevel=3,
+        )
+    if filter_by == "confident_learning" and confident_joint is not None:
+        warnings.warn(
+            "The supplied `confident_joint` is ignored when `filter_by = 'confident_learning'`; "
+            "the confident joint is re-estimated from the given labels",
+            UserWarning,
+            stacklevel=3,
+        )
 
 
 @public_entry
@@ -153,32 +222,57 @@ def find_label_issues(
     labels: Any,
     pred_probs: Any,
     *,
-    filter_by: str = "prune_by_noise_rate",
     return_indices_ranked_by: str | None = None,
     rank_by_kwargs: dict | None = None,
+    filter_by: str = "prune_by_noise_rate",
     frac_noise: float = 1.0,
     num_to_remove_per_class: Any = None,
     min_examples_per_class: int = 1,
+    confident_joint: Any = None,
+    n_jobs: int | None = None,
+    verbose: bool = False,
+    multi_label: bool = False,
     backend: str = "torch",
     chunk_size: int | None = None,
     ties: str = "index",
 ) -> torch.Tensor | np.ndarray:
     """Find likely label errors with confident learning (``cleanlab.filter.find_label_issues``).
 
+    Takes every keyword of cleanlab 2.9's ``find_label_issues``, with its semantics, plus
+    ``backend``, ``chunk_size`` and ``ties``.
+
     Args:
-        labels: ``(N,)`` int tensor/array of given labels in ``[0, K)``.
+        labels: ``(N,)`` int tensor/array of given labels in ``[0, K)``; with ``multi_label``,
+            a list of N lists of classes (cleanlab's multi-label format).
         pred_probs: ``(N, K)`` float16/bfloat16/float32/float64 tensor/array of out-of-sample
             predicted probabilities on any device; rows must sum to 1 (within
-            ``dcloop.cl._inputs.ROW_SUM_ATOL``). Half inputs are upcast to float32 one chunk
-            at a time; results equal cleanlab's on ``pred_probs`` cast to float32.
-        filter_by: ``"prune_by_noise_rate"`` (default), ``"prune_by_class"``, ``"both"``,
-            ``"confident_learning"`` or ``"predicted_neq_given"``.
+            ``dcloop.cl._inputs.ROW_SUM_ATOL``; not with ``multi_label``). Half inputs are
+            upcast to float32 one chunk at a time; results equal cleanlab's on ``pred_probs``
+            cast to float32.
         return_indices_ranked_by: ``None`` for a mask, else a score method of
             :func:`dcloop.cl.get_label_quality_scores` to return flagged indices ranked by it.
         rank_by_kwargs: ``{"adjust_pred_probs": bool}`` for the ranking scores.
-        frac_noise: fraction of the estimated noise to flag (prune filters only).
-        num_to_remove_per_class: ``(K,)`` ints, how many to flag per class (prune filters only).
+        filter_by: ``"prune_by_noise_rate"`` (default), ``"prune_by_class"``, ``"both"``,
+            ``"confident_learning"``, ``"predicted_neq_given"``, ``"low_self_confidence"`` or
+            ``"low_normalized_margin"`` (the lowest-scoring examples, as many as
+            ``cleanlab.count.num_label_issues`` estimates).
+        frac_noise: fraction of the estimated noise to flag (prune filters only; otherwise
+            ignored with cleanlab's ``UserWarning``).
+        num_to_remove_per_class: how many to flag per class, one number for all classes or
+            ``K`` of them (prune filters only).
         min_examples_per_class: classes with at most this many examples are not pruned.
+        confident_joint: a precomputed ``(K, K)`` confident joint (multi-label: ``(K, 2, 2)``)
+            for the prune filters, used as given; ignored with a ``UserWarning`` by
+            ``"confident_learning"``, as in cleanlab.
+        n_jobs: accepted as cleanlab does (``None`` or an int >= 1). It changes nothing here:
+            the engine runs in this process, on the host single-threaded (see
+            ``DCLOOP_CL_THREADS``), and results never depend on it.
+        verbose: log the number of issues found (INFO, logger ``dcloop.cl._compat``); cleanlab
+            prints it.
+        multi_label: labels are lists of classes; one-vs-rest per class exactly as cleanlab
+            does it (one ``(N, 2)`` column pair at a time), a row is flagged if any class
+            flags it. Warns ``DeprecationWarning`` as cleanlab 2.9 does (kept for parity:
+            callers' tests expect it; dcloop keeps supporting the keyword).
         backend: ``"torch"`` (this engine) or ``"cleanlab"`` (cleanlab itself, on host numpy
             copies; ``chunk_size`` and ``ties`` do not apply).
         chunk_size: rows per ``[chunk, K]`` block (``None``: automatic).
@@ -195,7 +289,7 @@ def find_label_issues(
     Raises:
         ValueError: invalid option or input (see ``dcloop.cl._inputs.prepare_inputs``).
     """
-    adjust = _check_options(
+    adjust = check_options(
         filter_by,
         return_indices_ranked_by,
         rank_by_kwargs,
@@ -203,33 +297,64 @@ def find_label_issues(
         min_examples_per_class,
         backend,
         ties,
+        n_jobs,
     )
-    # The engine's first pass (count.scan) checks the probabilities itself; cleanlab gets them
-    # checked here.
-    inputs = prepare_inputs(
-        labels, pred_probs, chunk_size=chunk_size, check_probs=backend == "cleanlab"
-    )
-    remove = _remove_per_class(num_to_remove_per_class, filter_by, inputs.k)
-    if filter_by in ("confident_learning", "predicted_neq_given") and frac_noise != 1.0:
-        logger.warning("frac_noise is ignored with filter_by=%r", filter_by)
+    if multi_label:
+        warnings.warn(
+            "The multi_label argument to filter.find_label_issues() is deprecated in cleanlab "
+            "2.9 (there: multilabel_classification.filter.find_label_issues()); dcloop.cl keeps "
+            "it and warns for parity with cleanlab",
+            DeprecationWarning,
+            stacklevel=3,
+        )
     if backend == "cleanlab":
         return _with_cleanlab(
-            inputs,
+            labels,
+            pred_probs,
             filter_by=filter_by,
             return_indices_ranked_by=return_indices_ranked_by,
             rank_by_kwargs=dict(rank_by_kwargs or {}),
             frac_noise=frac_noise,
-            num_to_remove_per_class=remove,
+            num_to_remove_per_class=num_to_remove_per_class,
             min_examples_per_class=int(min_examples_per_class),
+            confident_joint=confident_joint,
+            verbose=verbose,
+            multi_label=multi_label,
+            chunk_size=chunk_size,
         )
-    mask = issues_mask(
+    if multi_label:
+        from dcloop.cl import multilabel
+
+        return multilabel.find_label_issues(
+            labels,
+            pred_probs,
+            filter_by=filter_by,
+            return_indices_ranked_by=return_indices_ranked_by,
+            adjust_pred_probs=adjust,
+            frac_noise=float(frac_noise),
+            num_to_remove_per_class=num_to_remove_per_class,
+            min_examples_per_class=int(min_examples_per_class),
+            confident_joint=confident_joint,
+            ties=ties,
+            chunk_size=chunk_size,
+            verbose=verbose,
+        )
+    inputs = prepare_inputs(labels, pred_probs, chunk_size=chunk_size, check_probs=False)
+    remove = remove_per_class(num_to_remove_per_class, filter_by, inputs.k)
+    cj = None
+    if confident_joint is not None:
+        cj = host_matrix(confident_joint, "confident_joint", (inputs.k, inputs.k))
+    _warn_ignored(filter_by, frac_noise, remove, cj)
+    mask = mask_for(
         inputs,
         filter_by=filter_by,
         frac_noise=float(frac_noise),
         num_to_remove_per_class=remove,
         min_examples_per_class=int(min_examples_per_class),
         ties=ties,
+        confident_joint=cj,
     )
+    report(verbose, "find_label_issues", mask)
     if return_indices_ranked_by is None:
         return inputs.out(mask)
     ranked = order_issues(
@@ -238,13 +363,24 @@ def find_label_issues(
     return inputs.out(ranked)
 
 
-def _with_cleanlab(inputs: Inputs, **options: Any) -> torch.Tensor | np.ndarray:
+def _with_cleanlab(labels: Any, pred_probs: Any, *, chunk_size: Any, **options: Any) -> Any:
     """Run ``cleanlab.filter.find_label_issues`` on host numpy copies of the inputs."""
     from cleanlab.filter import find_label_issues as cleanlab_find_label_issues
 
-    probs = inputs.probs.to("cpu", inputs.compute_dtype).numpy()
-    labels = inputs.labels.cpu().numpy()
+    if options["multi_label"]:
+        probs_in = pred_probs
+        probs = probs_in.detach().cpu().numpy() if isinstance(probs_in, torch.Tensor) else probs_in
+        lab = labels
+    else:
+        inputs = prepare_inputs(labels, pred_probs, chunk_size=chunk_size, check_probs=True)
+        probs = inputs.probs.to("cpu", inputs.compute_dtype).numpy()
+        lab = inputs.labels.cpu().numpy()
+    for key in ("confident_joint", "num_to_remove_per_class"):
+        if isinstance(options[key], torch.Tensor):
+            options[key] = options[key].cpu().numpy()
     # n_jobs=1: cleanlab's default forks a multiprocessing pool, which can deadlock inside a
     # process that already runs torch threads (seen in a Lightning run).
-    result = cleanlab_find_label_issues(labels, probs, n_jobs=1, **options)
-    return inputs.out(torch.from_numpy(np.asarray(result)).to(inputs.device))
+    result = np.asarray(cleanlab_find_label_issues(lab, probs, n_jobs=1, **options))
+    if isinstance(pred_probs, torch.Tensor):
+        return torch.from_numpy(result).to(pred_probs.device)
+    return result

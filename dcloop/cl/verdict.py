@@ -19,7 +19,14 @@ from dcloop._checks import check_choice, check_float
 from dcloop.cl import _kxk
 from dcloop.cl._inputs import prepare_inputs, public_entry
 from dcloop.cl.count import confident_joint_from_scan, scan
-from dcloop.cl.filter import BACKENDS, FILTER_BY, find_label_issues, mask_from_scan
+from dcloop.cl.filter import (
+    BACKENDS,
+    FILTER_BY,
+    LOW_FILTERS,
+    find_label_issues,
+    low_score_mask,
+    mask_from_scan,
+)
 from dcloop.cl.rank import SCORE_METHODS, quality_scores
 
 
@@ -95,6 +102,8 @@ def verdict(
             ),
             device=device,
         )
+    elif filter_by in LOW_FILTERS:
+        flags = low_score_mask(inputs, s, filter_by[4:])
     else:
         flags = mask_from_scan(
             inputs, s, filter_by=filter_by, frac_noise=frac_noise, confident_joint=cj
