@@ -26,6 +26,14 @@ from dcloop.errors import UserInputError
 from dcloop.kept.prepare import EXTENSIONS
 
 TABLE_SUFFIXES = (".csv", *JSONL_SUFFIXES)
+#: What a model of each preprocessing kind reads, for messages.
+WHAT = {
+    "image": "an image file",
+    "array": "a .npy array file",
+    "audio": "a sound file",
+    "text": "a text file",
+    "tensor": "a .npy array file",
+}
 
 
 @dataclass(frozen=True)
@@ -73,7 +81,7 @@ def _folder(p: Path, kind: str) -> list[Item]:
         and not any(part.startswith(".") for part in f.relative_to(p).parts)
     )
     if not found:
-        raise UserInputError(f"INPUTS: folder {str(p)!r} holds no {kind} file ({', '.join(exts)})")
+        raise UserInputError(f"INPUTS: folder {str(p)!r} holds no {WHAT[kind]} ({', '.join(exts)})")
     out: list[Item] = []
     for f in found:
         out += _one(f, kind)
@@ -90,7 +98,7 @@ def _file(p: Path, kind: str, text_column: str) -> list[Item]:
     if suffix not in EXTENSIONS[kind]:
         table = "a CSV/JSONL of texts" if kind == "text" else "a CSV/JSONL manifest (path column)"
         raise UserInputError(
-            f"INPUTS: {str(p)!r} is not a {kind} file ({', '.join(EXTENSIONS[kind])}), "
+            f"INPUTS: {str(p)!r} is not {WHAT[kind]} ({', '.join(EXTENSIONS[kind])}), "
             f"a folder or {table}"
         )
     return _one(p, kind)
@@ -117,7 +125,7 @@ def _manifest(p: Path, kind: str) -> list[Item]:
             raise UserInputError(f"{str(p)!r} row {i} (0-based): no such file {str(f)!r}")
         if f.suffix.lower() not in EXTENSIONS[kind]:
             raise UserInputError(
-                f"{str(p)!r} row {i} (0-based): {str(f)!r} is not a {kind} file "
+                f"{str(p)!r} row {i} (0-based): {str(f)!r} is not {WHAT[kind]} "
                 f"({', '.join(EXTENSIONS[kind])})"
             )
         out += _one(f, kind)

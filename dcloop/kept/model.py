@@ -191,13 +191,24 @@ class KeptModel:
             that class), and with ``all_probs`` the probability of every class.
         """
         items = self.items(inputs, texts=texts, text_column=text_column)
+        probs = self.predict_items(items, batch_size=batch_size, progress=progress)
+        return self.table([it.source for it in items], probs, all_probs=all_probs)
+
+    def predict_items(
+        self,
+        items: Sequence[Item],
+        *,
+        batch_size: int = 256,
+        progress: Callable[[int], Any] | None = None,
+    ) -> Tensor:
+        """``(N, C)`` probabilities of listed inputs, read and run ``batch_size`` at a time."""
         probs = []
         for start in range(0, len(items), int(batch_size)):
             chunk = items[start : start + int(batch_size)]
             probs.append(self.predict_proba(self.prepare(chunk), batch_size=batch_size))
             if progress is not None:
                 progress(len(chunk))
-        return self.table([it.source for it in items], torch.cat(probs), all_probs=all_probs)
+        return torch.cat(probs) if probs else torch.zeros(0, self.num_classes)
 
     def items(self, inputs=None, *, texts=None, text_column: str = "text") -> list[Item]:
         """The inputs as :class:`~dcloop.kept.inputs.Item` rows (nothing read yet)."""
