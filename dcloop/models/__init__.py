@@ -7,6 +7,7 @@ saved model rebuilds its network without lightning (``dcloop.load_model``).
 
 from dcloop.models.losses import fold_masked_loss
 from dcloop.models.nets import MLP, SmallCNN
+from dcloop.models.resnet_small import ResNetSmall
 from dcloop.models.text import PretrainedText, TextBoW, TextCNN
 from dcloop.models.torchvision_nets import torchvision_net
 
@@ -15,6 +16,7 @@ __all__ = [
     "Classifier",
     "FoldEnsemble",
     "PretrainedText",
+    "ResNetSmall",
     "SmallCNN",
     "TextBoW",
     "TextCNN",
