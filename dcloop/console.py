@@ -66,8 +66,7 @@ def run_summary(metrics: dict[str, Any], run_dir: Path, top: list[dict[str, Any]
         lines.append(
             "  worst       "
             + "; ".join(
-                f"#{r['index']} {_name(r, 'given')}->{_name(r, 'suggested')} "
-                f"(q={r['quality']:.2f})"
+                f"#{r['index']} {_name(r, 'given')}->{_name(r, 'suggested')} (q={r['quality']:.2f})"
                 for r in top
             )
         )

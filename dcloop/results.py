@@ -82,12 +82,17 @@ def write_json(obj: Any, path: Path) -> Path:
     return atomic_write(path, dump)
 
 
-def issue_table(table: SampleTable, sources: Sequence[str] | None = None) -> pd.DataFrame:
+def issue_table(
+    table: SampleTable,
+    sources: Sequence[str] | None = None,
+    class_names: Sequence[str] | None = None,
+) -> pd.DataFrame:
     """One row per sample, flagged first, then worst label quality first.
 
-    Columns: ``index, given_label, suggested_label, quality, flagged, weight, source,
-    first_flagged_epoch, last_flagged_epoch`` and, with ground truth,
-    ``true_label, is_noisy``.
+    Columns: ``index, given_label, given_name, suggested_label, suggested_name, quality,
+    flagged, weight, source, first_flagged_epoch, last_flagged_epoch`` and, with ground
+    truth, ``true_label, is_noisy``. The ``*_name`` columns (the class names a person reads
+    beside the ids) are there when ``class_names`` is given.
     """
     t = {k: v.detach().cpu().numpy() for k, v in table.state_dict().items()}
     n = len(t["labels"])
@@ -104,6 +109,10 @@ def issue_table(table: SampleTable, sources: Sequence[str] | None = None) -> pd.
             "last_flagged_epoch": t["last_flagged"],
         }
     )
+    if class_names is not None:
+        names = np.asarray([str(c) for c in class_names], dtype=object)
+        df.insert(2, "given_name", names[t["labels"]])
+        df.insert(4, "suggested_name", names[t["suggested"]])
     if table.has_ground_truth:
         df["true_label"] = t["true_labels"]
         df["is_noisy"] = t["labels"] != t["true_labels"]
@@ -112,8 +121,8 @@ def issue_table(table: SampleTable, sources: Sequence[str] | None = None) -> pd.
     ).reset_index(drop=True)
 
 
-def write_issue_table(path: Path, table: SampleTable, sources=None) -> Path:
-    return write_csv(issue_table(table, sources), path)
+def write_issue_table(path: Path, table: SampleTable, sources=None, class_names=None) -> Path:
+    return write_csv(issue_table(table, sources, class_names), path)
 
 
 def class_report(
@@ -172,7 +181,7 @@ def write_run_files(
 ) -> None:
     """Write a run's result files (see README, "Results") into ``run_dir``."""
     run_dir = Path(run_dir)
-    write_csv(issue_table(table, sources), run_dir / "label_issues.csv")
+    write_csv(issue_table(table, sources, class_names), run_dir / "label_issues.csv")
     write_csv(
         class_report(table, probs, result.class_noise_rate, class_names, weak_epochs),
         run_dir / "class_report.csv",

@@ -38,7 +38,8 @@ h1{margin-bottom:4px} h2{border-bottom:1px solid #ddd;padding-bottom:4px;margin-
 table{border-collapse:collapse;margin:8px 0} td,th{border:1px solid #ddd;padding:3px 8px;
 text-align:right;font-size:13px} th{background:#f4f4f4} td.l,th.l{text-align:left}
 .gallery{display:flex;flex-wrap:wrap;gap:10px}
-.card{border:1px solid #ccc;border-radius:6px;padding:6px;width:150px;font-size:12px}
+.card{border:1px solid #ccc;border-radius:6px;padding:6px;width:150px;font-size:12px;
+overflow-wrap:anywhere;word-break:break-word}
 .card img{display:block;margin:0 auto 4px;image-rendering:pixelated;max-width:140px}
 .card.noisy{border-color:#c0392b;background:#fff5f4} .card.clean{border-color:#27ae60}
 .muted{color:#777} .charts img{max-width:100%;vertical-align:top;margin-right:8px}
@@ -132,13 +133,35 @@ def _figure(w: float = 6.0, h: float = 3.2):
     return Figure(figsize=(w, h))
 
 
+#: Class names on chart axes are cut to this many characters (the tables keep them whole).
+AXIS_NAME_CHARS = 18
+
+
+def axis_names(names: Sequence[str], limit: int = AXIS_NAME_CHARS) -> list[str]:
+    """Class names as matplotlib draws them literally: ``$`` escaped (a name such as
+    ``price $5 and $6`` is not mathtext), cut to ``limit`` characters with an ellipsis."""
+    out = []
+    for name in names:
+        name = str(name)
+        if len(name) > limit:
+            name = name[: limit - 1] + "\u2026"
+        out.append(name.replace("$", r"\$"))
+    return out
+
+
+def _xtick_rotation(names: Sequence[str]) -> int:
+    """Vertical labels when there are many classes or any long name (no overlap)."""
+    return 90 if len(names) > 12 or max((len(n) for n in names), default=0) > 4 else 0
+
+
 def heatmap_png(matrix: np.ndarray, names: Sequence[str], title: str) -> bytes:
     """The ``P(given=i | true=j)`` matrix as an annotated heatmap."""
     c = matrix.shape[0]
+    names = axis_names(names)
     fig = _figure(0.36 * c + 1.8, 0.32 * c + 1.6)
     ax = fig.add_subplot()
     im = ax.imshow(matrix, cmap="Blues", vmin=0, vmax=1)
-    ax.set_xticks(range(c), names, rotation=90 if c > 12 else 0)
+    ax.set_xticks(range(c), names, rotation=_xtick_rotation(names))
     ax.set_yticks(range(c), names)
     ax.set_xlabel("true label j")
     ax.set_ylabel("given label i")
@@ -157,12 +180,13 @@ def heatmap_png(matrix: np.ndarray, names: Sequence[str], title: str) -> bytes:
                     color="white" if v > 0.5 else "black",
                 )
     fig.colorbar(im, ax=ax, fraction=0.046)
+    fig.tight_layout()
     return _fig_png(fig)
 
 
 def class_charts_png(report: pd.DataFrame) -> bytes:
     """Per class: estimated (and true) noise rate, flagged count, OOF accuracy."""
-    names = report["name"].astype(str).tolist()
+    names = axis_names(report["name"].astype(str).tolist())
     x = np.arange(len(names))
     fig = _figure(max(8.0, 0.5 * len(names) + 4), 3.2)
     a1, a2, a3 = fig.subplots(1, 3)
@@ -179,7 +203,7 @@ def class_charts_png(report: pd.DataFrame) -> bytes:
     a3.set_ylim(0, 1)
     a3.set_title("OOF accuracy vs given label", fontsize=10)
     for a in (a1, a2, a3):
-        a.set_xticks(x, names, rotation=90 if len(names) > 12 else 0, fontsize=8)
+        a.set_xticks(x, names, rotation=_xtick_rotation(names), fontsize=8)
     fig.tight_layout()
     return _fig_png(fig)
 
@@ -427,13 +451,24 @@ def _gallery(
                 f"({'label was wrong' if noisy else 'label was right'})"
             )
         flag = "flagged" if bool(r.flagged) else "not flagged"
+        source = str(r.source)
         cards.append(
-            f'<div class="card {cls}">{img}#{int(r.index)} <span class="muted">'
-            f"{escape(str(r.source))}</span><br>given: <b>{escape(names[int(r.given_label)])}"
+            f'<div class="card {cls}">{img}#{int(r.index)} <span class="muted" '
+            f'title="{escape(source)}">{escape(short_source(source))}</span><br>'
+            f"given: <b>{escape(names[int(r.given_label)])}"
             f"</b> &rarr; suggested: <b>{escape(names[int(r.suggested_label)])}</b><br>"
             f"quality {float(r.quality):.3f} &middot; {flag}{truth}</div>"
         )
     return f'<div class="gallery">{"".join(cards)}</div>', len(cards)
+
+
+#: Longest source path a card shows (its start is cut; the full path is the tooltip).
+SOURCE_CHARS = 60
+
+
+def short_source(source: str, limit: int = SOURCE_CHARS) -> str:
+    """``source`` cut from the left to ``limit`` characters (the file name stays visible)."""
+    return source if len(source) <= limit else "\u2026" + source[-(limit - 1) :]
 
 
 def _guard_section(metrics: dict[str, Any]) -> list[str]:

@@ -142,7 +142,7 @@ def merge_round(round_dir: str | Path, *, device: str = "auto") -> dict[str, Any
     write_run_files(d, table, probs, result, sources, meta.get("class_names"))
     metrics = _metrics(d, meta, arrays, table, result)
     write_json(metrics, d / "metrics.json")
-    top = issue_table(table, sources).head(5).to_dict("records")
+    top = issue_table(table, sources, meta.get("class_names")).head(5).to_dict("records")
     emit(run_summary(metrics, d, [r for r in top if r["flagged"]]))
     return metrics
 
