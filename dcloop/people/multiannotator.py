@@ -7,7 +7,10 @@ Two consensus methods side by side:
   probabilities by its agreement with the people;
 * a plain majority vote (ties broken at random, seeded), for comparison.
 
-Input is a long table, one row per (item, annotator, label).
+Input is a long table, one row per (item, annotator, label), or a wide one: the item first,
+then one column per annotator (CIFAR-10N's ``path,annotator_1,annotator_2,annotator_3``).
+An item is a training index or a sample's source: its file path, or the end of it (a path
+relative to the data's root, ``train/cat/0001.jpg``).
 """
 
 from __future__ import annotations
@@ -30,6 +33,47 @@ from dcloop.data.labelfile import check_columns
 log = logging.getLogger(__name__)
 
 LONG_COLUMNS = ("item", "annotator", "label")
+#: First columns that make a table without ``annotator`` and ``label`` columns a wide one.
+WIDE_ITEM_COLUMNS = ("item", "path", "source", "index")
+
+
+def _melt(df: pd.DataFrame) -> pd.DataFrame:
+    """A wide table (item column first, one column per annotator, blank: not labelled) as
+    long rows ``item, annotator, label``, item by item."""
+    item, annotators = df.columns[0], list(df.columns[1:])
+    long = df.melt(id_vars=[item], value_vars=annotators, var_name="annotator", value_name="label")
+    long = long.rename(columns={item: "item"})
+    long["_row"] = np.tile(np.arange(len(df)), len(annotators))
+    long = long[long["label"].str.strip() != ""].sort_values("_row", kind="stable")
+    return long.drop(columns="_row").reset_index(drop=True)
+
+
+def _path_suffixes(sources: Sequence[str]) -> dict[str, int]:
+    """``{trailing part of a source's path: row}``, ``-1`` where the part is ambiguous."""
+    out: dict[str, int] = {}
+    for i, s in enumerate(sources):
+        parts = os.path.normpath(str(s)).replace(os.sep, "/").split("/")
+        for k in range(len(parts)):
+            tail = "/".join(parts[k:])
+            out[tail] = i if out.get(tail, i) == i else -1
+    return out
+
+
+def _item_rows(raw: pd.Series, items: pd.Series, sources, num_items: int) -> np.ndarray:
+    """Each item's training row: a source first, then an index, then the end of a path."""
+    pos = {str(s): i for i, s in enumerate(sources)} if sources is not None else {}
+    tails: dict[str, int] | None = None
+    index = np.full(len(raw), -1, dtype=np.int64)
+    for k, (exact, item) in enumerate(zip(raw, items, strict=True)):
+        if exact in pos or item in pos:
+            index[k] = pos[exact] if exact in pos else pos[item]
+        elif item.lstrip("-").isdigit():
+            index[k] = int(item) if 0 <= int(item) < num_items else -1
+        elif sources is not None and item:
+            if tails is None:
+                tails = _path_suffixes(sources)
+            index[k] = tails.get(os.path.normpath(item).replace(os.sep, "/"), -1)
+    return index
 
 
 def read_annotations(
@@ -41,9 +85,13 @@ def read_annotations(
     """Check a long annotation table; return it with ``index`` and class-id ``label``.
 
     Args:
-        path_or_frame: a CSV path or a frame with columns ``item, annotator, label``.
-            ``item`` is a training row index, or a source (file path / dataset id) when
-            ``sources`` is given; ``label`` is a class name or id.
+        path_or_frame: a CSV path or a frame with columns ``item, annotator, label``, or a
+            wide one: no ``annotator`` and ``label`` columns, the first column (``item``,
+            ``path``, ``source`` or ``index``) the item and every other column an annotator
+            (a blank cell: not labelled). ``item`` is a training row index, or, when
+            ``sources`` is given, a source (file path / dataset id) or the end of a source's
+            path (a path relative to the data's root; it must fit one source only); ``label``
+            is a class name or id.
         class_names: the C class names.
         num_items: N, the number of training rows.
         sources: ``(N,)`` sources, to match items given by source.
@@ -64,30 +112,46 @@ def read_annotations(
             raise FileNotFoundError(f"annotations file not found: {path}")
         what = f"annotations file {path}"
         df = pd.read_csv(path, dtype=str, keep_default_na=False)
-    check_columns(df, LONG_COLUMNS, what=what)
+    df.columns = [str(c).strip() for c in df.columns]
+    wide = (
+        "annotator" not in df.columns
+        and "label" not in df.columns
+        and len(df.columns) >= 2
+        and df.columns[0] in WIDE_ITEM_COLUMNS
+    )
+    first = df.columns[0]
+    if wide:
+        df = _melt(df)
+    else:
+        check_columns(df, LONG_COLUMNS, what=what)
     if df.empty:
         raise ValueError(f"{what}: no annotations")
     raw = df["item"].map(unescape_cell)  # a source copied from a dcloop CSV
     items = raw.str.strip()
-    pos = {str(s): i for i, s in enumerate(sources)} if sources is not None else {}
-    index = np.full(len(df), -1, dtype=np.int64)
-    for k, (exact, item) in enumerate(zip(raw, items, strict=True)):
-        if exact in pos or item in pos:  # a source (file path, dataset id) first, then an index
-            index[k] = pos[exact] if exact in pos else pos[item]
-        elif item.lstrip("-").isdigit() and 0 <= int(item) < num_items:
-            index[k] = int(item)
+    index = _item_rows(raw, items, sources, num_items)
     bad = sorted(set(items[index < 0]))
     if bad:
         shown = ", ".join(repr(b) for b in bad[:5])
         raise ValueError(
             f"{what}: unknown item(s) {shown}{' ...' if len(bad) > 5 else ''} ({len(bad)} in "
-            f"all); an item is a training index in [0, {num_items}) or a sample's source"
+            f"all); an item is a training index in [0, {num_items}) or a sample's source (its "
+            "path, or the end of it)"
         )
     ann = df["annotator"].str.strip()
     if (ann == "").any():
         rows = np.flatnonzero((ann == "").to_numpy())[:5].tolist()
         raise ValueError(f"{what}: empty annotator in data row(s) {rows}")
-    labels, _ = parse_class_labels(df["label"].tolist(), class_names, where=what)
+    try:
+        labels, _ = parse_class_labels(df["label"].tolist(), class_names, where=what)
+    except ValueError as err:
+        if not wide:
+            raise
+        raise ValueError(
+            f"{err}; the file was read as a wide table (no 'annotator' and 'label' columns, "
+            f"so column {first!r} is the item and each other column an annotator); "
+            f"a long table has missing column(s) ['annotator', 'label'], expected at least "
+            f"{list(LONG_COLUMNS)}"
+        ) from err
     out = pd.DataFrame({"index": index, "annotator": ann.to_numpy(), "label": labels})
     dup = out.duplicated(["index", "annotator"], keep=False)
     if dup.any():
