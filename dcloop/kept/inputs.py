@@ -81,7 +81,9 @@ def _folder(p: Path, kind: str) -> list[Item]:
         and not any(part.startswith(".") for part in f.relative_to(p).parts)
     )
     if not found:
-        raise UserInputError(f"INPUTS: folder {str(p)!r} holds no {WHAT[kind]} ({', '.join(exts)})")
+        raise UserInputError(
+            f"INPUTS: folder {str(p)!r} holds no input file of this model ({', '.join(exts)})"
+        )
     out: list[Item] = []
     for f in found:
         out += _one(f, kind)
