@@ -284,7 +284,7 @@ class LabelNoiseDataModule(L.LightningDataModule):
         self._input_shape = tuple(int(s) for s in self.train_dataset[0][0].shape)
         self._is_setup = True
         logger.info(
-            "data %s: %d train / %d val / %d test, %d classes, input %s, noise %s (%d flipped)",
+            "data %s: %d train / %d val / %d test, %d classes, input %s, noise %s (%d %s)",
             self.source,
             len(self.train_dataset),
             len(self.val_dataset),
@@ -293,6 +293,7 @@ class LabelNoiseDataModule(L.LightningDataModule):
             self._input_shape,
             spec["kind"],
             self.noise.num_noisy,
+            "wrong by the truth manifest" if self._has_truth else "flipped",
         )
 
     # ---------------------------------------------------------------- accessors
