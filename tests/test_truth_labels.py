@@ -233,3 +233,37 @@ def test_a_real_noise_run_reports_detection(data, tmp_path):
     assert metrics["noise_injected"]["num_noisy"] > 0
     labels = pd.read_csv(tmp_path / "run" / "labels.csv")
     assert labels["is_noisy"].sum() == metrics["noise_injected"]["num_noisy"]
+
+
+class _OwnSource:
+    """A source of one's own that knows the truth: ``true_labels(train_dataset)``."""
+
+    name = "own"
+
+    def __init__(self, truth):
+        self.truth = truth
+
+    def load(self, *, seed, val_frac, test_frac):
+        from dcloop.data.digits import load_digits_full
+        from dcloop.data.splits import split_dataset
+
+        full = load_digits_full()
+        return split_dataset(full, seed=seed, val_frac=val_frac, test_frac=test_frac), [
+            str(k) for k in range(10)
+        ]
+
+    def true_labels(self, dataset):
+        return self.truth(dataset)
+
+
+def test_a_source_of_your_own_gives_the_truth():
+    dm = LabelNoiseDataModule(_OwnSource(lambda ds: (ds.labels + 1) % 10))
+    dm.setup()
+    assert dm.has_ground_truth and dm.is_noisy.all()
+    assert (dm.true_labels == (dm.given_labels + 1) % 10).all()
+    bad = LabelNoiseDataModule(_OwnSource(lambda ds: ds.labels[:-1]))
+    with pytest.raises(ValueError, match=r"true_labels\(\) must give \d+ integer class ids"):
+        bad.setup()
+    bad = LabelNoiseDataModule(_OwnSource(lambda ds: ds.labels + 10))
+    with pytest.raises(ValueError, match=r"true labels must lie in \[0, 10\)"):
+        bad.setup()
