@@ -16,11 +16,15 @@ import warnings
 from pathlib import Path
 
 import hydra
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from dcloop.errors import EXIT_USAGE, PREFIX, UserInputError, user_error_message
 
 CONFIG_DIR = str(Path(__file__).resolve().parent / "conf")
+
+# Default run folders end in the process id (conf/config.yaml): two runs started in the
+# same second from one directory get two folders.
+OmegaConf.register_new_resolver("dcloop_pid", os.getpid, replace=True)
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +59,7 @@ def _app(cfg: DictConfig) -> float:
         cfg.trainer.enable_progress_bar = False  # one log line per epoch instead of bar redraws
     try:
         check_noise_choice(cfg)
+        _claim_run_folder(cfg)
         metrics = train(cfg)
         if metrics and cfg.get("mode", "parallel") == "parallel" and _rank_zero():
             emit(summarize(cfg.output_dir, metrics))
@@ -62,6 +67,19 @@ def _app(cfg: DictConfig) -> float:
     except Exception as exc:  # noqa: BLE001 - bad input becomes one line, the rest re-raises
         exit_on_user_error(exc)
         raise
+
+
+def _claim_run_folder(cfg: DictConfig) -> None:
+    """Lock the run folder and refuse an earlier run's files (:mod:`dcloop.runfolder`); rank
+    0 does it for every rank a launcher starts."""
+    from dcloop.runfolder import check_run_folder, is_launched_rank, lock_run_folder
+
+    if is_launched_rank():
+        return
+    lock_run_folder(cfg.output_dir)
+    check_run_folder(
+        cfg.output_dir, resume=cfg.get("resume"), overwrite=cfg.get("overwrite", False)
+    )
 
 
 def check_noise_choice(cfg: DictConfig) -> None:

@@ -35,6 +35,25 @@ _PATH_ERRORS = (FileNotFoundError, IsADirectoryError, NotADirectoryError, Permis
 _OS_ERRNOS = (errno.ENOSPC, errno.EROFS, errno.EDQUOT)
 
 
+#: The most characters of one value an error line quotes.
+QUOTE_CHARS = 200
+
+
+def quote(value: object, limit: int = QUOTE_CHARS) -> str:
+    """``value`` as an error line shows it: its text, cut in the middle past ``limit``
+    characters (a 10 MB path or label gives a readable line, not a 10 MB one).
+
+    Example:
+        >>> quote("x" * 500, limit=20)
+        'xxxxxxxxx...[500 chars]...xxxxxxxxx'
+    """
+    text = str(value)
+    if len(text) <= limit:
+        return text
+    keep = max(limit // 2 - 1, 1)
+    return f"{text[:keep]}...[{len(text)} chars]...{text[-keep:]}"
+
+
 class UserInputError(ValueError):
     """A value or file the user gave is not what dcloop expects.
 

@@ -32,7 +32,9 @@ QUIET = [*RUN_QUIET, "report=false"]
 
 def dcloop_cli(tmp_path, *overrides, env=None, multirun=False):
     """Run ``python -m dcloop`` (nothing trains: every case fails at its input)."""
-    where = f"hydra.sweep.dir={tmp_path / 'multi'}" if multirun else f"hydra.run.dir={tmp_path}"
+    where = (
+        f"hydra.sweep.dir={tmp_path / 'multi'}" if multirun else f"hydra.run.dir={tmp_path / 'run'}"
+    )
     return subprocess.run(
         [sys.executable, "-m", "dcloop", *(["-m"] if multirun else []), *overrides, *QUIET, where],
         cwd=tmp_path,

@@ -132,3 +132,134 @@ def test_dollar_and_long_class_names_do_not_crash_the_charts(tmp_path):
     assert "price $5 and $6" in html  # the tables and cards keep the whole name
     assert ">\u2026" + "d" * 40 in html and ">/" + "d" * 300 not in html  # the path's end
     assert "overflow-wrap:anywhere" in html
+
+
+# 3. Run folders.
+
+
+def test_default_run_folders_end_in_the_process_id(tmp_path):
+    import os
+
+    from omegaconf import OmegaConf
+
+    import dcloop.cli  # noqa: F401 - registers the resolver the config uses
+
+    cfg = compose_dcloop(tmp_path, hydra=True)
+    run_dir = OmegaConf.to_container(cfg.hydra.run, resolve=True)["dir"]
+    assert run_dir.startswith("outputs/") and run_dir.endswith(f"-{os.getpid()}")
+
+
+def test_a_folder_another_live_run_holds_is_one_error(tmp_path):
+    import subprocess
+    import sys
+
+    from dcloop.runfolder import lock_run_folder
+
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from dcloop.runfolder import lock_run_folder; "
+            f"lock_run_folder({str(tmp_path)!r}); print('locked', flush=True); time.sleep(60)",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(
+            UserInputError, match=rf"in use by another dcloop run \(pid {holder.pid}\)"
+        ):
+            lock_run_folder(tmp_path)
+    finally:
+        holder.kill()
+        holder.wait()
+    lock_run_folder(tmp_path)  # free once that run has ended, however it ended
+
+
+def _earlier_run(folder):
+    (folder / ".hydra").mkdir(parents=True)
+    (folder / "cli.log").write_text("")
+    (folder / "annotators").mkdir()
+    (folder / "annotators" / "annotator_stats.csv").write_text("annotator\n")
+    (folder / "label_issues.csv").write_text("index\n")
+    (folder / "metrics.json").write_text("{}")
+
+
+def test_a_folder_with_an_earlier_run_is_refused_unless_resumed_or_overwritten(tmp_path):
+    from dcloop.runfolder import check_run_folder
+
+    check_run_folder(tmp_path / "new")  # missing: fine
+    (tmp_path / "fresh" / ".hydra").mkdir(parents=True)
+    check_run_folder(tmp_path / "fresh")  # only what Hydra wrote before the run
+    run = tmp_path / "run"
+    _earlier_run(run)
+    with pytest.raises(UserInputError, match=r"is not empty \(annotators, label_issues.csv"):
+        check_run_folder(run)
+    check_run_folder(run, resume=str(run / "checkpoints" / "last.ckpt"))  # continues it
+    check_run_folder(run, overwrite=True)
+    assert sorted(p.name for p in run.iterdir()) == [".hydra", "cli.log"]
+
+
+def test_overwrite_never_removes_what_a_run_does_not_write(tmp_path):
+    from dcloop.runfolder import check_run_folder
+
+    _earlier_run(tmp_path)
+    (tmp_path / "my_photos").mkdir()
+    with pytest.raises(UserInputError, match="also holds my_photos"):
+        check_run_folder(tmp_path, overwrite=True)
+    assert (tmp_path / "metrics.json").exists()
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "labels.csv").write_text("path,label\n")  # a user's CSV, no run beside it
+    with pytest.raises(UserInputError, match="also holds labels.csv"):
+        check_run_folder(data, overwrite=True)
+
+
+def _cli(cwd, *overrides):
+    import os
+    import subprocess
+    import sys
+
+    return subprocess.Popen(
+        [sys.executable, "-m", "dcloop", *overrides],
+        cwd=cwd,
+        env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+TINY = (
+    "model=mlp",
+    "trainer.max_epochs=1",
+    "folds=2",
+    "report=false",
+    "checkpoint=false",
+    "kept=ensemble",
+    "trainer.enable_progress_bar=false",
+)
+
+
+@pytest.mark.slow
+def test_two_runs_started_in_one_second_get_two_folders(tmp_path):
+    procs = [_cli(tmp_path, *TINY) for _ in range(2)]
+    outs = [p.communicate(timeout=600) for p in procs]
+    for p, (_out, err) in zip(procs, outs, strict=True):
+        assert p.returncode == 0, err[-3000:]
+    runs = sorted((tmp_path / "outputs").glob("*/*"))
+    assert len(runs) == 2 and all((r / "metrics.json").is_file() for r in runs)
+
+
+@pytest.mark.slow
+def test_a_reused_run_folder_is_one_error_and_overwrite_replaces_it(tmp_path):
+    run = tmp_path / "run"
+    _earlier_run(run)
+    p = _cli(tmp_path, *TINY, f"hydra.run.dir={run}")
+    out, err = p.communicate(timeout=600)
+    assert p.returncode == 2 and "is not empty" in err.strip().splitlines()[-1], err[-3000:]
+    p = _cli(tmp_path, *TINY, f"hydra.run.dir={run}", "overwrite=true")
+    out, err = p.communicate(timeout=600)
+    assert p.returncode == 0, err[-3000:]
+    assert not (run / "annotators").exists() and (run / "metrics.json").is_file()
