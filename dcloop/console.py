@@ -28,6 +28,11 @@ def run_summary(metrics: dict[str, Any], run_dir: Path, top: list[dict[str, Any]
             f"  injected    {noise['kind']} noise, {noise['num_noisy']} labels "
             f"({noise['rate_actual']:.1%}) made wrong on purpose"
         )
+    elif noise and noise.get("num_noisy"):  # a truth manifest: real noise, scored
+        lines.append(
+            f"  injected    no noise injected; {noise['num_noisy']} labels "
+            f"({noise['rate_actual']:.1%}) wrong by the truth manifest"
+        )
     else:
         lines.append("  injected    no noise injected: your labels as given")
     lines.append(

@@ -14,10 +14,11 @@ from hydra.utils import instantiate
 import dcloop
 from dcloop.data.datasets import IndexedTensorDataset
 from dcloop.data.sources import _resize
+from dcloop.data.tokenize import NgramTokenizer, make_tokenizer
 from dcloop.errors import UserInputError
 from dcloop.kept import load_model, save_kept_model
 from dcloop.kept.cli import predict_main
-from dcloop.kept.prepare import Preparer
+from dcloop.kept.prepare import Preparer, hf_json, tokenizer_spec
 from dcloop.models.nets import SmallCNN
 
 from conftest import RUN_QUIET, compose_dcloop
@@ -193,3 +194,34 @@ def test_predict_writes_the_csv_and_one_line(saved, tmp_path, capsys):
     assert "\n" not in line and "4 inputs" in line and "'ensemble' (3 members" in line
     head = out.read_text().splitlines()[0].split(",")
     assert head == ["source", "predicted", "probability"] + [f"prob_{k}" for k in range(10)]
+
+
+def _saved_tokenizer(tmp_path, tok):
+    spec, vocab, _ = tokenizer_spec(tok)
+    if vocab is not None:
+        (tmp_path / "vocab.json").write_text(json.dumps(vocab))
+    if spec["kind"] == "hf":
+        (tmp_path / "tokenizer.json").write_text(hf_json(tok))
+    return Preparer({"kind": "text", "tokenizer": spec}, tmp_path, (tok.max_len,))
+
+
+def test_text_inputs_are_tokenised_with_the_runs_own_vocabulary(tmp_path):
+    train = ["the cat sat on the mat", "a dog ran", "cats and dogs, again!"]
+    tok = NgramTokenizer(ngrams=(1, 2), char_ngrams=(3,), hash_buckets=7, max_len=12)
+    tok.fit(train)
+    new = ["the cat ran again", "unseen words here", "Dog sat"]
+    got = _saved_tokenizer(tmp_path, tok).texts(new)
+    assert torch.equal(got, tok.encode_batch(new))
+
+
+def test_a_hugging_face_tokenizer_is_saved_with_the_model(tmp_path):
+    tokenizers = pytest.importorskip("tokenizers")
+    from tokenizers import models, pre_tokenizers
+
+    hf = tokenizers.Tokenizer(models.WordLevel({"[UNK]": 0, "cat": 1, "dog": 2}, "[UNK]"))
+    hf.pre_tokenizer = pre_tokenizers.Whitespace()
+    hf.save(str(tmp_path / "source.json"))
+    tok = make_tokenizer({"kind": "hf", "path": str(tmp_path / "source.json"), "max_len": 4})
+    (tmp_path / "saved").mkdir()
+    got = _saved_tokenizer(tmp_path / "saved", tok).texts(["dog cat bird"])
+    assert got.tolist() == [[3, 2, 1, 0]]

@@ -13,7 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
-from dcloop.kept import replica_nets, save_kept_model
+from dcloop.kept import load_model, replica_nets, save_kept_model
 from dcloop.train import _net, build
 
 from conftest import RUN_QUIET, compose_dcloop
@@ -159,3 +159,7 @@ def test_text_run_saved_reloaded_predicts_its_test_set(tmp_path):
     sources, probs = reload_and_predict(run_dir, table)
     assert sources == [f"{table}:row {i}" for i in range(len(test))]
     torch.testing.assert_close(probs.float(), expected, atol=1e-5, rtol=1e-4)
+    # raw texts through the Python API: the same
+    df = load_model(run_dir).predict(texts=test.texts[:5], all_probs=True)
+    got = torch.tensor(df[[f"prob_{c}" for c in spec["class_names"]]].to_numpy()).float()
+    torch.testing.assert_close(got, expected[:5], atol=1e-5, rtol=1e-4)

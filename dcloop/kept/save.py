@@ -171,6 +171,8 @@ def plain_net_config(cfg, dm) -> dict[str, Any] | None:
         kwargs = {**f.keywords, **kwargs}
         f = f.func
     kwargs = {k: list(v) if isinstance(v, tuple) else v for k, v in kwargs.items()}
+    if kwargs.get("weights_path") is not None:  # the member files hold the weights
+        kwargs["weights_path"] = None
     net = {"_target_": target, **kwargs}
     try:
         net = json.loads(json.dumps(net))
