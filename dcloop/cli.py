@@ -19,6 +19,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from dcloop.errors import EXIT_USAGE, PREFIX, UserInputError, user_error_message
+from dcloop.runfolder import check_run_folder, is_launched_rank, lock_run_folder
 
 CONFIG_DIR = str(Path(__file__).resolve().parent / "conf")
 
@@ -72,8 +73,6 @@ def _app(cfg: DictConfig) -> float:
 def _claim_run_folder(cfg: DictConfig) -> None:
     """Lock the run folder and refuse an earlier run's files (:mod:`dcloop.runfolder`); rank
     0 does it for every rank a launcher starts."""
-    from dcloop.runfolder import check_run_folder, is_launched_rank, lock_run_folder
-
     if is_launched_rank():
         return
     lock_run_folder(cfg.output_dir)
