@@ -267,3 +267,18 @@ def test_a_source_of_your_own_gives_the_truth():
     bad = LabelNoiseDataModule(_OwnSource(lambda ds: ds.labels + 10))
     with pytest.raises(ValueError, match=r"true labels must lie in \[0, 10\)"):
         bad.setup()
+
+
+def test_the_run_summary_names_real_noise(tmp_path):
+    from dcloop.console import run_summary
+
+    metrics = {
+        "data": {"source": "csv", "num_train": 100, "num_classes": 3},
+        "cleaning": {"num_flagged": 40, "num_folds": 5, "action": "prune"},
+        "noise": {"rate": 0.4},
+        "test": {"accuracy": 0.5},
+        "noise_injected": {"kind": "none", "rate": 0.0, "num_noisy": 42, "rate_actual": 0.42},
+    }
+    text = run_summary(metrics, tmp_path, [])
+    assert "42 labels (42.0%) wrong by the truth manifest" in text
+    assert "made wrong on purpose" not in text
