@@ -1,0 +1,48 @@
+"""Data health beside label errors: outliers, near-duplicates, train/test leakage,
+underperforming groups, test-only patterns and class imbalance, from embeddings.
+
+Pure functions, torch in and torch out (numpy is accepted and becomes a CPU tensor), shaped
+like :mod:`dcloop.cl`; :class:`dcloop.callbacks.DataHealth` gathers the embeddings in the
+training loop and writes ``data_issues/*.csv``. See ``docs/health.md``.
+
+* :func:`knn` -- exact k-nearest neighbours in row chunks (bounded memory, any device).
+* :func:`find_outliers` -- mean kNN distance, Datalab's IQR cutoff.
+* :func:`find_near_duplicates`, :func:`find_leakage` -- pairs inside a set, and test samples
+  with a near-duplicate in training (distance and nearest/second-nearest ratio).
+* :func:`pixel_leakage` -- the same for images from their pixels (no model needed).
+* :func:`underperforming_groups` -- k-means clusters with low held-out accuracy.
+* :func:`test_only_patterns` -- test samples far from all training samples, grouped.
+* :func:`class_imbalance` -- the rarest class, Datalab's rule.
+"""
+
+from dcloop.health.duplicates import Leakage, NearDuplicates, find_leakage, find_near_duplicates
+from dcloop.health.features import outputs, replica_outputs
+from dcloop.health.groups import Groups, kmeans, underperforming_groups
+from dcloop.health.imbalance import Imbalance, class_imbalance
+from dcloop.health.knn import Neighbours, knn
+from dcloop.health.outliers import Outliers, find_outliers
+from dcloop.health.pixels import PixelPairs, pixel_leakage, pixel_signature
+from dcloop.health.test_only import TestOnly, test_only_patterns
+
+__all__ = [
+    "Groups",
+    "Imbalance",
+    "Leakage",
+    "NearDuplicates",
+    "Neighbours",
+    "Outliers",
+    "PixelPairs",
+    "TestOnly",
+    "class_imbalance",
+    "find_leakage",
+    "find_near_duplicates",
+    "find_outliers",
+    "kmeans",
+    "knn",
+    "outputs",
+    "pixel_leakage",
+    "pixel_signature",
+    "replica_outputs",
+    "test_only_patterns",
+    "underperforming_groups",
+]
