@@ -18,6 +18,7 @@ from torch.func import functional_call, stack_module_state
 
 from dcloop._checks import check_all_classes_present, check_callable, check_labels
 from dcloop.folds import assign_folds
+from dcloop.health.features import replica_outputs
 from dcloop.models import optim
 from dcloop.models.losses import fold_masked_loss
 from dcloop.models.user_module import Init, optimizer_from_module, replica_factory
@@ -372,6 +373,19 @@ class FoldEnsemble(L.LightningModule):
         skeleton.train(self.training)
         one = ({n: p[fold] for n, p in params.items()}, {n: b[fold] for n, b in buffers.items()})
         return functional_call(skeleton, one, (x,)).float().softmax(-1)
+
+    def held_out_outputs(self, x: torch.Tensor, fold: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Replica ``fold``'s softmax and penultimate embedding: ``(B, C)``, ``(B, D)``.
+
+        One forward pass, as :meth:`held_out_probs` (the embedding is caught on the way, see
+        :mod:`dcloop.health.features` for the hook a network can offer); for data health.
+        """
+        params, buffers = self._stacked()
+        skeleton = self._skeleton[0]
+        skeleton.train(self.training)
+        one = ({n: p[fold] for n, p in params.items()}, {n: b[fold] for n, b in buffers.items()})
+        logits, feats = replica_outputs(skeleton, one[0], one[1], x)
+        return logits.float().softmax(-1), feats.float()
 
     # ------------------------------------------------------------- checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
