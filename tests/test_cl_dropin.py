@@ -334,3 +334,29 @@ def test_real_cifar10_one_vs_rest_multilabel():
         dc.compute_confident_joint(ml, probs, multi_label=True),
         cleanlab.count.compute_confident_joint(ml, probs, multi_label=True),
     )
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_binary_engine_equals_the_general_engine_default_ties(seed):
+    """The vectorised per-class engine of multi_label gives what the general engine gives on
+    each class's (N, 2) problem, with the default tie rule too (probabilities clipped to 0 and
+    1 tie)."""
+    from dcloop.cl import _binary
+
+    labels, probs = multilabel_problem(seed=seed)
+    y_one = np.zeros(probs.shape, bool)
+    for i, row in enumerate(labels):
+        y_one[i, row] = True
+    for c in range(probs.shape[1]):
+        y, p = y_one[:, c], probs[:, c]
+        binary = np.vstack((1 - p, p)).T
+        s = _binary.scan(p, y)
+        for fb in dc.FILTER_BY:
+            for kw in ({}, {"frac_noise": 0.6}, {"min_examples_per_class": 250}):
+                if kw and fb not in PRUNE:
+                    continue
+                np.testing.assert_array_equal(
+                    _binary.mask(s, filter_by=fb, **kw),
+                    dc.find_label_issues(y.astype(int), binary, filter_by=fb, **kw),
+                    err_msg=f"class {c} {fb} {kw}",
+                )

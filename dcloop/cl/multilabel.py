@@ -7,28 +7,29 @@ combines: a row is a label issue if any class flags it; joints are ``(K, 2, 2)``
 output and the ``low_*`` filters use cleanlab's multi-label score (``MultilabelScorer``: the
 per-class binary scores, sorted, folded by an exponential moving average with ``alpha=0.8``).
 
-Here each binary problem runs through this package's single-label engine (same arithmetic, so
-the same masks), one ``(N, 2)`` column pair at a time: the working memory is that pair, an
-``(N,)`` label vector and the ``(pairs,)`` label list in sparse form (cleanlab holds an
-``(N, K)`` int64 one-hot matrix and, per class, ``(N, 2)`` copies in each worker). The
-multi-label scores are computed in row blocks on the host.
+Here each binary problem runs through :mod:`dcloop.cl._binary` (cleanlab's arithmetic on the
+two columns, vectorised) on the host, one class column at a time (columns are transposed 16 at
+a time): the working memory is a few ``(N,)`` vectors, a ``(16, N)`` block and the labels in
+sparse form (cleanlab holds an ``(N, K)`` int64 one-hot matrix and, per class, ``(N, 2)``
+copies in each worker process). Torch input on an accelerator is read to the host a block of
+columns at a time; results go back to its device. The multi-label scores are computed in row
+blocks on the host.
 """
 
 from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
+from itertools import chain
 from typing import Any
 
 import numpy as np
 import torch
-from scipy.special import xlogy
 
-from dcloop.cl import _kxk
+from dcloop.cl import _binary, _kxk
 from dcloop.cl._compat import host_matrix, report
-from dcloop.cl._inputs import CPU_CHUNK_ELEMENTS, prepare_inputs
-from dcloop.cl.count import confident_joint_from_scan, off_diagonal_indices, scan
-from dcloop.cl.filter import LOW_FILTERS, mask_for, remove_per_class
+from dcloop.cl._inputs import CPU_CHUNK_ELEMENTS
+from dcloop.cl.filter import LOW_FILTERS, remove_per_class
 
 #: cleanlab's default multi-label aggregator: exponential moving average with this alpha.
 EMA_ALPHA = 0.8
@@ -76,8 +77,8 @@ def parse_labels(labels: Any, n: int, k: int) -> Labels:
             f"{n} rows of pred_probs"
         )
     try:
-        lengths = np.fromiter((len(row) for row in labels), np.int64, count=n)
-        classes = np.fromiter((c for row in labels for c in row), np.int64, count=lengths.sum())
+        lengths = np.fromiter(map(len, labels), np.int64, count=n)
+        classes = np.fromiter(chain.from_iterable(labels), np.int64, count=int(lengths.sum()))
     except (TypeError, ValueError) as exc:
         raise ValueError(
             "labels must be a list of N lists of integer classes when multi_label=True, e.g. "
@@ -108,14 +109,6 @@ def _probs(pred_probs: Any) -> tuple[torch.Tensor, bool]:
     if not probs.dtype.is_floating_point:
         raise TypeError(f"pred_probs must be floating point; got {probs.dtype}")
     return probs, as_numpy
-
-
-def _binary(probs: torch.Tensor, c: int) -> torch.Tensor:
-    """cleanlab ``stack_complement(pred_probs[:, c])``: ``(N, 2)`` ``[1 - p, p]``."""
-    p = probs[:, c]
-    if p.dtype in (torch.float16, torch.bfloat16):  # cleanlab's semantics on float32 values
-        p = p.float()
-    return torch.stack((1 - p, p), dim=1)
 
 
 def _host(x: torch.Tensor) -> np.ndarray:
@@ -198,6 +191,17 @@ def find_label_issues(
     return _out(idx[_argsort(scores, ties)], as_numpy, probs.device)
 
 
+def columns(probs: torch.Tensor, block: int = 16):
+    """Yield ``(c, p)``: class ``c``'s probabilities as a contiguous host ``(N,)`` array (half
+    types as float32), transposing ``block`` columns at a time (one cache-friendly read)."""
+    for c0 in range(0, probs.shape[1], block):
+        part = probs[:, c0 : c0 + block]
+        if part.dtype in (torch.float16, torch.bfloat16):
+            part = part.float()
+        host = np.ascontiguousarray(part.cpu().numpy().T)
+        yield from ((c0 + i, host[i]) for i in range(host.shape[0]))
+
+
 def issues_any(
     ml: Labels,
     probs: torch.Tensor,
@@ -211,19 +215,17 @@ def issues_any(
     cjs: np.ndarray | None = None,
 ) -> torch.Tensor:
     """``(N,)`` bool: rows flagged by the binary problem of at least one class."""
-    mask = torch.zeros(ml.n, dtype=torch.bool, device=probs.device)
-    for c in range(ml.k):
-        y = torch.from_numpy(ml.column(c)).to(probs.device)
-        inputs = prepare_inputs(y, _binary(probs, c), chunk_size=chunk_size, check_probs=False)
-        if filter_by == "confident_learning" and cjs is not None:
-            warnings.warn(
-                "The supplied `confident_joint` is ignored when `filter_by = "
-                "'confident_learning'`; the confident joint is re-estimated from the labels",
-                UserWarning,
-                stacklevel=4,
-            )
-        mask |= mask_for(
-            inputs,
+    if filter_by == "confident_learning" and cjs is not None:
+        warnings.warn(
+            "The supplied `confident_joint` is ignored when `filter_by = "
+            "'confident_learning'`; the confident joint is re-estimated from the labels",
+            UserWarning,
+            stacklevel=4,
+        )
+    out = np.zeros(ml.n, np.bool_)
+    for c, p in columns(probs):
+        out |= _binary.mask(
+            _binary.scan(p, ml.column(c).astype(np.bool_)),
             filter_by=filter_by,
             frac_noise=frac_noise,
             num_to_remove_per_class=None if remove is None else np.array([remove[c], 0]),
@@ -231,7 +233,7 @@ def issues_any(
             ties=ties,
             confident_joint=None if cjs is None else cjs[c],
         )
-    return mask
+    return torch.from_numpy(out).to(probs.device)
 
 
 def _argsort(scores: np.ndarray, ties: str) -> np.ndarray:
@@ -295,6 +297,8 @@ def _binary_scores(y: np.ndarray, p: np.ndarray, method: str, thr: np.ndarray | 
         return sc
     if method == "normalized_margin":
         return (sc - np.where(y, b0, b1) + 1) / 2
+    from scipy.special import xlogy  # cleanlab's entropy; imported only when needed (~1 s)
+
     entropy = -(xlogy(b0, b0) + xlogy(b1, b1)) / np.log(2)
     sc = np.clip(sc, a_min=_kxk.CLIPPING_LOWER_BOUND, a_max=None)
     ratio = entropy / sc
@@ -377,13 +381,12 @@ def confident_joints(
     thr = _binary_thresholds_arg(thresholds, k)
     joints = np.empty((k, 2, 2), np.int64)
     indices = []
-    for c in range(k):
-        y = torch.from_numpy(ml.column(c)).to(probs.device)
-        inputs = prepare_inputs(y, _binary(probs, c), chunk_size=chunk_size, check_probs=False)
-        s = scan(inputs, None if thr is None else host_matrix(thr[c], "thresholds", (2,)))
-        joints[c] = confident_joint_from_scan(inputs, s, calibrate=calibrate)
+    for c, p in columns(probs):
+        given = None if thr is None else host_matrix(thr[c], "thresholds", (2,))
+        s = _binary.scan(p, ml.column(c).astype(np.bool_), given)
+        joints[c] = s.confident_joint(calibrate)
         if return_indices_of_off_diagonals:
-            indices.append(_out(off_diagonal_indices(inputs, s), as_numpy, probs.device))
+            indices.append(_out(s.off_diagonal(), as_numpy, probs.device))
     out = _out(joints, as_numpy, probs.device)
     return (out, indices) if return_indices_of_off_diagonals else out
 
