@@ -9,6 +9,7 @@ retrains one network on the cleaned data.
 from __future__ import annotations
 
 import logging
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +20,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from dcloop._checks import check_choice, check_int, check_run_config
+from dcloop._checks import check_choice, check_float, check_int, check_run_config
 from dcloop.callbacks import ConfidentLearning, RunResults
 from dcloop.callbacks.results import find_callback
 from dcloop.data import check_item
@@ -140,8 +141,23 @@ def build(cfg: DictConfig, run_dir: Path) -> Run:
         logger=logger,
         enable_checkpointing=bool(cfg.checkpoint),
         default_root_dir=str(run_dir),
+        max_epochs=replica_epochs(cfg),
     )
     return Run(dm, model, trainer)
+
+
+def replica_epochs(cfg: DictConfig) -> int:
+    """Epochs of the K fold replicas. With the student kept (``kept=student``) they only
+    have to reach a verdict: ``replica_epochs`` (a fraction of ``trainer.max_epochs``, at least
+    ``cl.warmup_epochs``) with a schedule of their own; the student then trains for the full
+    ``trainer.max_epochs``. With the ensemble kept they train for ``trainer.max_epochs``."""
+    epochs = int(cfg.trainer.max_epochs)
+    if cfg.get("kept", "student") != "student":
+        return epochs
+    frac = cfg.get("replica_epochs", 1.0)
+    check_float("replica_epochs", frac, low=0.0, high=1.0, low_open=True)
+    warmup = int((cfg.get("cl") or {}).get("warmup_epochs", 1))
+    return max(1, min(epochs, max(warmup, math.ceil(frac * epochs))))
 
 
 def train(cfg: DictConfig) -> dict[str, Any]:

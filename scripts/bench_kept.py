@@ -228,9 +228,7 @@ def markdown(rows, meta) -> str:
     ]
     for r in rows:
         est = (
-            f"{100 * r['noise_est']:.1f} / {100 * r['noise_true']:.1f}"
-            if "noise_est" in r
-            else "—"
+            f"{100 * r['noise_est']:.1f} / {100 * r['noise_true']:.1f}" if "noise_est" in r else "—"
         )
         gap = "—" if math.isnan(r["gap"]) else f"{100 * r['gap']:.0f} % ({100 * r['gap_min']:.0f})"
         f1 = f"{r['f1']:.3f}" if "f1" in r else "—"
@@ -269,7 +267,9 @@ def main(argv=None) -> None:
         for st in args.settings:
             for seed in args.seeds:
                 ov = data_overrides(ds, st, workdir, args.epochs)
-                epochs = int(next(o for o in ov if o.startswith("trainer.max_epochs=")).split("=")[1])
+                epochs = int(
+                    next(o for o in ov if o.startswith("trainer.max_epochs=")).split("=")[1]
+                )
                 tasks.append(
                     {
                         "dataset": ds,

@@ -184,3 +184,40 @@ def test_installed_wheel_finds_its_configs(tmp_path):
     assert res.returncode == 0, res.stderr[-2000:]
     assert str(target) in res.stdout.splitlines()[0]
     assert "warmup_epochs" in res.stdout and "SmallCNN" in res.stdout
+
+
+@pytest.mark.slow
+def test_the_kept_student_is_trained_after_shorter_replicas(tmp_path, capsys):
+    """kept=student (the default): the K replicas run replica_epochs of the schedule, then one
+    network trains for trainer.max_epochs on the relabelled data; metrics.json names it."""
+    from dcloop.train import replica_epochs
+
+    cfg = cfg_for(tmp_path, "trainer.max_epochs=4", "replica_epochs=0.5", "cl.warmup_epochs=2")
+    assert replica_epochs(cfg) == 2
+    metrics = train(cfg)
+    kept = metrics["kept"]
+    assert kept["model"] == "student" and kept["targets"] == "relabel"
+    assert (
+        metrics["test"]["accuracy"] == kept["test_accuracy"] == metrics["test"]["student_accuracy"]
+    )
+    assert 0.5 < metrics["test"]["ensemble_accuracy"] <= 1.0
+    assert metrics["timing"]["student"] > 0
+    assert [e["epoch"] for e in metrics["safety"]["epochs"]] == [1, 2]  # the replicas' epochs
+    saved = json.loads((tmp_path / "metrics.json").read_text())
+    assert saved["kept"]["model"] == "student"
+    text = summarize(tmp_path, saved)
+    assert "the kept model: student" in text and "ensemble: mean softmax" in text
+
+
+def test_replica_epochs_and_student_options_are_checked(tmp_path):
+    from dcloop.errors import UserInputError
+    from dcloop.train import replica_epochs, student_policy
+
+    assert replica_epochs(cfg_for(tmp_path, "trainer.max_epochs=10", "replica_epochs=0.3")) == 3
+    assert replica_epochs(cfg_for(tmp_path, "trainer.max_epochs=10", "kept=ensemble")) == 10
+    with pytest.raises(ValueError, match="replica_epochs"):
+        replica_epochs(cfg_for(tmp_path, "replica_epochs=1.5"))
+    with pytest.raises(UserInputError, match="student.targets"):
+        student_policy(cfg_for(tmp_path, "student.targets=magic"))
+    with pytest.raises(UserInputError, match="unknown student option"):
+        student_policy(cfg_for(tmp_path, "+student.temperature=2"))

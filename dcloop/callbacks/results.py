@@ -114,8 +114,10 @@ class RunResults(L.Callback):
         cl = find_callback(trainer, ConfidentLearning)
         if cl is None or not self.metrics:
             return
-        acc = float("nan") if trainer.callback_metrics.get("test/acc") is None else float(
-            trainer.callback_metrics["test/acc"]
+        acc = (
+            float("nan")
+            if trainer.callback_metrics.get("test/acc") is None
+            else float(trainer.callback_metrics["test/acc"])
         )
         self.metrics["test"] = {"accuracy": acc, "ensemble_accuracy": acc}
         self.metrics["kept"] = {"model": "ensemble", "test_accuracy": acc}

@@ -53,3 +53,62 @@ def fold_masked_loss(
     den = w.sum(1) if normalizer is None else normalizer(w.sum(1))
     per_replica = (w * ce).sum(1) / den.clamp_min(1e-8)
     return per_replica.sum(), per_replica
+
+
+def _as_distribution(targets: torch.Tensor, num_classes: int, dtype) -> torch.Tensor:
+    """``(n,)`` class ids or ``(n, C)`` distributions as ``(n, C)`` distributions."""
+    if targets.ndim == 1:
+        return F.one_hot(targets.long(), num_classes).to(dtype)
+    return targets.to(dtype)
+
+
+def gce_loss(
+    logits: torch.Tensor, targets: torch.Tensor, q: float = 0.7, reduction: str = "none"
+) -> torch.Tensor:
+    """Generalized cross-entropy (Zhang & Sabuncu, 2018): ``(1 - p_y ** q) / q``.
+
+    Between cross-entropy (``q -> 0``) and the mean absolute error (``q = 1``): a sample the
+    network finds unlikely (often a wrong label) pulls less on the gradient than under
+    cross-entropy. ``targets``: ``(n,)`` ids or ``(n, C)`` distributions (the student's soft
+    targets: the loss is their expectation). As ``model.loss``::
+
+        loss: {_target_: dcloop.models.losses.gce_loss, _partial_: true, q: 0.7}
+    """
+    if not 0.0 < q <= 1.0:
+        raise ValueError(f"gce_loss: q must be in (0, 1]; got {q!r}")
+    probs = logits.float().softmax(-1).clamp_min(1e-7)
+    t = _as_distribution(targets, logits.shape[-1], probs.dtype)
+    loss = (t * (1.0 - probs.pow(q)) / q).sum(-1)
+    return _reduce(loss, reduction)
+
+
+def sce_loss(
+    logits: torch.Tensor,
+    targets: torch.Tensor,
+    alpha: float = 0.1,
+    beta: float = 1.0,
+    reduction: str = "none",
+) -> torch.Tensor:
+    """Symmetric cross-entropy (Wang et al., 2019): ``alpha * CE + beta * RCE``.
+
+    The reverse cross-entropy ``-sum_c p_c log t_c`` (``log 0`` clipped to ``-4``, as the
+    paper) is bounded, so wrong labels cannot dominate. ``targets``: ``(n,)`` ids or
+    ``(n, C)`` distributions. As ``model.loss``::
+
+        loss: {_target_: dcloop.models.losses.sce_loss, _partial_: true, alpha: 0.1, beta: 1.0}
+    """
+    logp = logits.float().log_softmax(-1)
+    t = _as_distribution(targets, logits.shape[-1], logp.dtype)
+    ce = -(t * logp).sum(-1)
+    rce = -(logp.exp() * t.clamp_min(1e-4).log()).sum(-1)
+    return _reduce(alpha * ce + beta * rce, reduction)
+
+
+def _reduce(loss: torch.Tensor, reduction: str) -> torch.Tensor:
+    if reduction == "none":
+        return loss
+    if reduction == "mean":
+        return loss.mean()
+    if reduction == "sum":
+        return loss.sum()
+    raise ValueError(f"reduction must be 'none', 'mean' or 'sum'; got {reduction!r}")

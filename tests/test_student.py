@@ -1,0 +1,64 @@
+import pytest
+import torch
+
+from dcloop.models.losses import gce_loss, sce_loss
+from dcloop.student import StudentPolicy, student_targets
+
+LABELS = torch.tensor([0, 1, 2, 1])
+FLAGS = torch.tensor([False, True, True, False])
+EVIDENCE = torch.tensor([[0.8, 0.1, 0.1], [0.7, 0.2, 0.1], [0.4, 0.3, 0.3], [0.1, 0.8, 0.1]])
+
+
+def test_relabel_takes_the_evidence_where_sure_and_leaves_out_the_unsure():
+    t, w = student_targets(LABELS, EVIDENCE, FLAGS, StudentPolicy("relabel"))
+    assert t.argmax(1)[[0, 1, 3]].tolist() == [0, 0, 1]  # row 1 relabelled to 0
+    assert w.tolist() == [1.0, 1.0, 0.0, 1.0]  # row 2: evidence 0.4 < 0.5, left out
+    torch.testing.assert_close(t.sum(1), torch.ones(4))
+
+
+def test_soft_trains_flagged_rows_on_the_evidence():
+    t, w = student_targets(LABELS, EVIDENCE, FLAGS, StudentPolicy("soft"))
+    torch.testing.assert_close(t[1], EVIDENCE[1])
+    torch.testing.assert_close(t[2], EVIDENCE[2])
+    assert t[0].tolist() == [1.0, 0.0, 0.0] and w.tolist() == [1.0] * 4
+    _, w2 = student_targets(LABELS, EVIDENCE, FLAGS, StudentPolicy("soft", drop_unsure=True))
+    assert w2.tolist() == [1.0, 1.0, 0.0, 1.0]
+
+
+def test_mix_distils_the_unflagged_rows():
+    t, _ = student_targets(LABELS, EVIDENCE, FLAGS, StudentPolicy("relabel", mix=0.5))
+    torch.testing.assert_close(t[0], 0.5 * torch.tensor([1.0, 0, 0]) + 0.5 * EVIDENCE[0])
+
+
+def test_prune_and_given_keep_the_given_labels():
+    weights = torch.tensor([1.0, 0.0, 0.5, 1.0])
+    t, w = student_targets(LABELS, EVIDENCE, FLAGS, StudentPolicy("prune"), weights=weights)
+    assert t.argmax(1).tolist() == LABELS.tolist() and w.tolist() == weights.tolist()
+    t, w = student_targets(LABELS, EVIDENCE, FLAGS, StudentPolicy("given"))
+    assert t.argmax(1).tolist() == LABELS.tolist() and w.tolist() == [1.0] * 4
+
+
+def test_bad_policy_and_shapes():
+    with pytest.raises(ValueError, match="student.targets"):
+        StudentPolicy("distill")
+    with pytest.raises(ValueError, match="student.mix"):
+        StudentPolicy(mix=2.0)
+    with pytest.raises(ValueError, match="shape"):
+        student_targets(LABELS[:3], EVIDENCE, FLAGS, StudentPolicy())
+
+
+@pytest.mark.parametrize("loss", [gce_loss, sce_loss])
+def test_robust_losses_take_ids_or_distributions(loss):
+    logits = torch.randn(4, 3)
+    hard = loss(logits, LABELS)
+    soft = loss(logits, torch.nn.functional.one_hot(LABELS, 3).float())
+    assert hard.shape == (4,)
+    torch.testing.assert_close(hard, soft)
+
+
+def test_gce_pulls_less_on_an_unlikely_label_than_cross_entropy():
+    logits = torch.tensor([[4.0, 0.0, 0.0]], requires_grad=True)
+    wrong = torch.tensor([2])
+    (g_ce,) = torch.autograd.grad(torch.nn.functional.cross_entropy(logits, wrong), logits)
+    (g_gce,) = torch.autograd.grad(gce_loss(logits, wrong).sum(), logits)
+    assert g_gce.abs().sum() < 0.2 * g_ce.abs().sum()
