@@ -36,11 +36,10 @@ from dcloop.data.text import TextSource
 from dcloop.kept.prepare import HF_FILE, VOCAB_FILE, hf_json, tokenizer_spec
 from dcloop.kept.spec import AVERAGING, FORMAT, KINDS, SPEC_FILE, rebuildable
 from dcloop.models.factory import net_factory  # (lightning: saving runs inside training)
+from dcloop.models.fold_ensemble import FoldEnsemble
 
 if TYPE_CHECKING:
     from omegaconf import DictConfig
-
-    from dcloop.models.fold_ensemble import FoldEnsemble
 
 log = logging.getLogger(__name__)
 
