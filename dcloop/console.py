@@ -101,7 +101,10 @@ def test_line(metrics: dict[str, Any]) -> str:
         "prune": "flagged samples left out",
         "given": "the given labels",
     }.get(kept.get("targets"), kept.get("targets"))
-    line = f"  test        accuracy {test['accuracy']:.4f} (the kept model: student, one network; {rule})"
+    line = (
+        f"  test        accuracy {test['accuracy']:.4f} "
+        f"(the kept model: student, one network; {rule})"
+    )
     ens = test.get("ensemble_accuracy")
     if ens is not None:
         line += f"\n              {ensemble}: {ens:.4f}"

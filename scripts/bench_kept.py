@@ -219,7 +219,8 @@ def markdown(rows, meta) -> str:
         meta["command"],
         "```",
         "",
-        f"- Date: {meta['date']}; machine: {meta['machine']}; total wall {meta['wall_min']:.1f} min",
+        f"- Date: {meta['date']}; machine: {meta['machine']}; "
+        f"total wall {meta['wall_min']:.1f} min",
         f"- {meta['setup']}",
         "",
         "| data | noise | model | test acc. % (mean ± sd, n) | gap recovered (mean, min) "

@@ -117,8 +117,10 @@ def test_loop_skips_held_out_and_pruned_rows_with_the_same_gradients():
         model.train()
         model.samples.weights.copy_(weights)
         model._mode = mode
-        seen = []
-        hook = model._skeleton[0].register_forward_pre_hook(lambda m, a: seen.append(len(a[0])))
+        seen: list[int] = []
+        hook = model._skeleton[0].register_forward_pre_hook(
+            lambda m, a, seen=seen: seen.append(len(a[0]))
+        )
         loss = model.training_step((x, model.samples.labels, index), 0)
         hook.remove()
         loss.backward()
