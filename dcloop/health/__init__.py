@@ -11,7 +11,7 @@ training loop and writes ``data_issues/*.csv``. See ``docs/health.md``.
   with a near-duplicate in training (distance and nearest/second-nearest ratio).
 * :func:`pixel_leakage` -- the same for images from their pixels (no model needed).
 * :func:`underperforming_groups` -- k-means clusters with low held-out accuracy.
-* :func:`test_only_patterns` -- test samples far from all training samples, grouped.
+* :func:`find_test_only` -- test samples far from all training samples, grouped.
 * :func:`class_imbalance` -- the rarest class, Datalab's rule.
 """
 
@@ -22,7 +22,7 @@ from dcloop.health.imbalance import Imbalance, class_imbalance
 from dcloop.health.knn import Neighbours, knn
 from dcloop.health.outliers import Outliers, find_outliers
 from dcloop.health.pixels import PixelPairs, pixel_leakage, pixel_signature
-from dcloop.health.test_only import TestOnly, test_only_patterns
+from dcloop.health.test_only import OnlyInTest, find_test_only
 
 __all__ = [
     "Groups",
@@ -32,7 +32,7 @@ __all__ = [
     "Neighbours",
     "Outliers",
     "PixelPairs",
-    "TestOnly",
+    "OnlyInTest",
     "class_imbalance",
     "find_leakage",
     "find_near_duplicates",
@@ -43,6 +43,6 @@ __all__ = [
     "pixel_leakage",
     "pixel_signature",
     "replica_outputs",
-    "test_only_patterns",
+    "find_test_only",
     "underperforming_groups",
 ]

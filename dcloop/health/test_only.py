@@ -19,7 +19,7 @@ from dcloop.health._inputs import as_features
 from dcloop.health.knn import knn
 
 
-class TestOnly(NamedTuple):
+class OnlyInTest(NamedTuple):
     """Per test sample: ``score (M,)``, ``pattern (M,)`` (-1: none) and ``flags (M,)``
     (in a kept pattern); ``cutoff`` the training quantile distance."""
 
@@ -40,7 +40,7 @@ def _components(adj: torch.Tensor) -> torch.Tensor:
         label = new
 
 
-def test_only_patterns(
+def find_test_only(
     train: Any,
     test: Any,
     *,
@@ -48,7 +48,7 @@ def test_only_patterns(
     quantile: float = 0.99,
     min_size: int = 3,
     max_flagged: int = 4096,
-) -> TestOnly:
+) -> OnlyInTest:
     """Test samples far from every training sample, grouped into patterns.
 
     Args:
@@ -61,7 +61,7 @@ def test_only_patterns(
             ``(F, F)`` grouping matrix).
 
     Returns:
-        :class:`TestOnly`.
+        :class:`OnlyInTest`.
     """
     check_float("quantile", quantile, low=0.0, high=1.0)
     check_int("min_size", min_size, minimum=1)
@@ -87,4 +87,4 @@ def test_only_patterns(
         keep = sizes[comp] >= min_size
         _, dense = torch.unique(comp[keep], return_inverse=True)
         pattern[far[keep]] = dense
-    return TestOnly(score, pattern, pattern >= 0, cutoff)
+    return OnlyInTest(score, pattern, pattern >= 0, cutoff)

@@ -1,0 +1,287 @@
+"""Data health in the loop: outliers, near-duplicates, leakage, weak patterns (issue 22)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import pandas as pd
+import torch
+
+from dcloop._checks import check_bool, check_choice, check_float, check_int
+from dcloop.callbacks.confident_learning import ConfidentLearning
+from dcloop.callbacks.oof import OOFCollector
+from dcloop.callbacks.results import find_callback
+from dcloop.health import (
+    class_imbalance,
+    find_leakage,
+    find_near_duplicates,
+    find_outliers,
+    find_test_only,
+    knn,
+    replica_outputs,
+    underperforming_groups,
+)
+from dcloop.health._inputs import METRICS, as_features
+from dcloop.results import write_csv, write_json
+from dcloop.timing import timed
+
+log = logging.getLogger(__name__)
+
+#: Files of ``data_issues/``.
+FILES = (
+    "outliers",
+    "near_duplicates",
+    "leakage",
+    "underperforming_groups",
+    "test_only",
+    "class_imbalance",
+)
+
+
+@torch.inference_mode()
+def ensemble_features(model: Any, loader: Any) -> torch.Tensor:
+    """``(N, D)`` mean over the fold replicas of their penultimate embedding, in loader order:
+    one map for train and test alike (a held-out replica per sample would put the samples of
+    different folds in different coordinate systems)."""
+    params, buffers = model._stacked()
+    skeleton = model._skeleton[0]
+    was = skeleton.training
+    skeleton.eval()
+    out = []
+    try:
+        for batch in loader:
+            x = (batch[0] if isinstance(batch, (tuple, list)) else batch).to(model.device)
+            feats = 0.0
+            for k in range(model.num_folds):
+                one = ({n: p[k] for n, p in params.items()}, {n: b[k] for n, b in buffers.items()})
+                feats = feats + replica_outputs(skeleton, one[0], one[1], x)[1].float()
+            out.append(feats / model.num_folds)
+    finally:
+        skeleton.train(was)
+    return torch.cat(out)
+
+
+class DataHealth(L.Callback):
+    """At the end of fit: outliers, near-duplicates, underperforming groups and class imbalance
+    of the training set, from the held-out embeddings the OOF pass kept
+    (:attr:`OOFCollector.features`). After the test: train/test leakage and test-only
+    patterns from the replicas' mean embedding of both sets (one pass over each). Writes
+    ``data_issues/*.csv`` in the run folder and ``data_issues/summary.json``.
+
+    Args:
+        output_dir: the run folder (default: the trainer's ``default_root_dir``).
+        k: neighbours of the kNN (outliers, near-duplicates).
+        metric: ``cosine`` (Datalab's, for D > 3) or ``euclidean``.
+        duplicate_threshold: near-duplicate radius as a fraction of the median
+            nearest-neighbour distance (Datalab: 0.13).
+        leakage_ratio: a test sample whose nearest / second-nearest training distance is
+            below this is flagged as leakage too (0: distance rule only).
+        group_threshold: clusters below this share of the overall held-out accuracy.
+        save_features: also save ``features_train.npy`` / ``features_test.npy``.
+    """
+
+    def __init__(
+        self,
+        output_dir: str | Path | None = None,
+        *,
+        k: int = 10,
+        metric: str = "cosine",
+        duplicate_threshold: float = 0.13,
+        leakage_ratio: float = 0.5,
+        group_threshold: float = 0.5,
+        save_features: bool = True,
+    ) -> None:
+        check_int("health.k", k, minimum=1)
+        check_choice("health.metric", metric, METRICS)
+        check_float("health.duplicate_threshold", duplicate_threshold, low=0.0)
+        check_float("health.leakage_ratio", leakage_ratio, low=0.0, high=1.0)
+        check_float("health.group_threshold", group_threshold, low=0.0, high=1.0, low_open=True)
+        self.output_dir = Path(output_dir) if output_dir is not None else None
+        self.k, self.metric = k, metric
+        self.duplicate_threshold = duplicate_threshold
+        self.leakage_ratio = leakage_ratio
+        self.group_threshold = group_threshold
+        self.save_features = check_bool("health.save_features", save_features)
+        self.summary: dict[str, Any] = {}
+        self._train_pairs: pd.DataFrame | None = None
+
+    @classmethod
+    def when(cls, enabled: bool, **kwargs: Any) -> DataHealth | None:
+        """The callback when ``enabled`` (config ``health``), else ``None`` (left out)."""
+        return cls(**kwargs) if check_bool("health", enabled) else None
+
+    def folder(self, trainer: L.Trainer) -> Path:
+        root = self.output_dir if self.output_dir is not None else Path(trainer.default_root_dir)
+        return root / "data_issues"
+
+    # ------------------------------------------------------------------ hooks
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.sanity_checking or trainer.fast_dev_run or not trainer.is_global_zero:
+            return
+        samples = getattr(pl_module, "samples", None)
+        cl = find_callback(trainer, ConfidentLearning)
+        oof = cl.collector if cl is not None else find_callback(trainer, OOFCollector)
+        if samples is None or oof is None or oof.probs is None:
+            return
+        with timed(trainer, "data_health"):
+            feats = oof.features
+            if feats is None:  # not kept (too large, or no held_out_outputs): one pass
+                feats = ensemble_features(pl_module, trainer.datamodule.oof_dataloader())
+            self._train_issues(trainer, feats, samples.labels, oof.probs, self._sources(trainer))
+
+    def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.fast_dev_run or not trainer.is_global_zero:
+            return
+        dm = trainer.datamodule
+        if not hasattr(pl_module, "_stacked") or dm is None or not hasattr(dm, "oof_dataloader"):
+            return
+        with timed(trainer, "data_health"):
+            train = ensemble_features(pl_module, dm.oof_dataloader())
+            test = ensemble_features(pl_module, dm.test_dataloader())
+            test_sources = getattr(getattr(dm, "test_dataset", None), "sources", None)
+            self._test_issues(trainer, train, test, self._sources(trainer), test_sources)
+
+    # ---------------------------------------------------------------- private
+    @staticmethod
+    def _sources(trainer: L.Trainer) -> list[str] | None:
+        dm = trainer.datamodule
+        return list(dm.train_sources) if hasattr(dm, "train_sources") else None
+
+    def _train_issues(self, trainer, feats, labels, probs, sources) -> None:
+        x = as_features(feats, "held-out embeddings")
+        n = x.shape[0]
+        src = sources if sources is not None else [f"row {i}" for i in range(n)]
+        k = min(self.k, n - 1)
+        nb = knn(x, k=k, metric=self.metric)
+        out = find_outliers(x, k=k, neighbours=nb)
+        dup = find_near_duplicates(x, k=k, threshold=self.duplicate_threshold, neighbours=nb)
+        num_classes = probs.shape[1]
+        groups = underperforming_groups(x, labels, probs.float(), threshold=self.group_threshold)
+        imb = class_imbalance(labels.cpu(), num_classes)
+        folder = self.folder(trainer)
+        folder.mkdir(parents=True, exist_ok=True)
+        rows = out.flags.nonzero().flatten().cpu().numpy()
+        order = rows[np.argsort(-out.score.cpu().numpy()[rows], kind="stable")]
+        write_csv(_rows(order, src, out.score.cpu().numpy(), "score"), folder / "outliers.csv")
+        pairs = dup.pairs.cpu().numpy()
+        self._train_pairs = pd.DataFrame(
+            {
+                "split_a": "train",
+                "source_a": [src[i] for i in pairs[:, 0]],
+                "split_b": "train",
+                "source_b": [src[j] for j in pairs[:, 1]],
+                "distance": dup.distance.cpu().numpy(),
+                "index_a": pairs[:, 0],
+                "index_b": pairs[:, 1],
+            }
+        )
+        write_csv(self._train_pairs, folder / "near_duplicates.csv")
+        cluster, acc = groups.cluster.cpu().numpy(), groups.accuracy.cpu().numpy()
+        weak = groups.flags.cpu().numpy().nonzero()[0]
+        g = pd.DataFrame(
+            {
+                "index": weak,
+                "source": [src[i] for i in weak],
+                "group": cluster[weak],
+                "score": acc[cluster[weak]],
+            }
+        )
+        write_csv(
+            g.sort_values(["score", "group", "index"], kind="stable"),
+            folder / "underperforming_groups.csv",
+        )
+        counts = imb.counts.cpu().numpy()
+        write_csv(
+            pd.DataFrame(
+                {
+                    "class": np.arange(num_classes),
+                    "count": counts,
+                    "share": imb.share.cpu().numpy(),
+                    "flagged": (np.arange(num_classes) == imb.rarest) & imb.imbalanced,
+                }
+            ),
+            folder / "class_imbalance.csv",
+        )
+        if self.save_features:
+            np.save(folder / "features_train_held_out.npy", x.cpu().numpy())
+        self.summary.update(
+            {
+                "outliers": int(out.flags.sum()),
+                "near_duplicate_pairs": int(pairs.shape[0]),
+                "underperforming_groups": int(groups.flagged.sum()),
+                "underperforming_samples": int(len(weak)),
+                "class_imbalance": bool(imb.imbalanced),
+                "rarest_class": imb.rarest,
+            }
+        )
+        write_json(self.summary, folder / "summary.json")
+
+    def _test_issues(self, trainer, train, test, sources, test_sources) -> None:
+        a = as_features(train, "train embeddings")
+        t = as_features(test, "test embeddings", min_rows=1)
+        src = sources if sources is not None else [f"row {i}" for i in range(a.shape[0])]
+        tsrc = (
+            test_sources
+            if test_sources is not None
+            else [f"test row {i}" for i in range(t.shape[0])]
+        )
+        leak = find_leakage(
+            a,
+            t,
+            metric=self.metric,
+            threshold=self.duplicate_threshold,
+            ratio_threshold=self.leakage_ratio,
+        )
+        only = find_test_only(a, t, metric=self.metric)
+        folder = self.folder(trainer)
+        folder.mkdir(parents=True, exist_ok=True)
+        hit = leak.flags.cpu().numpy().nonzero()[0]
+        tr = leak.train.cpu().numpy()
+        lk = pd.DataFrame(
+            {
+                "split_a": "test",
+                "source_a": [tsrc[i] for i in hit],
+                "split_b": "train",
+                "source_b": [src[tr[i]] for i in hit],
+                "distance": leak.distance.cpu().numpy()[hit],
+                "index_a": hit,
+                "index_b": tr[hit],
+                "ratio": leak.ratio.cpu().numpy()[hit],
+            }
+        ).sort_values("distance", kind="stable")
+        write_csv(lk, folder / "leakage.csv")
+        parts = [p for p in (self._train_pairs, lk.drop(columns="ratio")) if p is not None]
+        pairs = pd.concat([p for p in parts if len(p)] or parts[-1:])
+        write_csv(pairs.sort_values("distance", kind="stable"), folder / "near_duplicates.csv")
+        flagged = only.flags.cpu().numpy().nonzero()[0]
+        score = only.score.cpu().numpy()
+        write_csv(
+            pd.DataFrame(
+                {
+                    "index": flagged,
+                    "source": [tsrc[i] for i in flagged],
+                    "pattern": only.pattern.cpu().numpy()[flagged],
+                    "score": score[flagged],
+                }
+            ),
+            folder / "test_only.csv",
+        )
+        if self.save_features:
+            np.save(folder / "features_train.npy", a.cpu().numpy())
+            np.save(folder / "features_test.npy", t.cpu().numpy())
+        self.summary.update(
+            {
+                "leakage": int(len(hit)),
+                "test_only": int(len(flagged)),
+                "find_test_only": int(only.pattern.max()) + 1 if len(flagged) else 0,
+            }
+        )
+        write_json(self.summary, folder / "summary.json")
+
+
+def _rows(rows: np.ndarray, sources: list[str], score: np.ndarray, name: str) -> pd.DataFrame:
+    return pd.DataFrame({"index": rows, "source": [sources[i] for i in rows], name: score[rows]})

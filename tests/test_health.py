@@ -1,0 +1,180 @@
+"""dcloop.health: each detector on small constructed cases (torch in, torch out)."""
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from dcloop.errors import UserInputError
+from dcloop.health import (
+    class_imbalance,
+    find_leakage,
+    find_near_duplicates,
+    find_outliers,
+    find_test_only,
+    knn,
+    outputs,
+    pixel_leakage,
+    underperforming_groups,
+)
+
+
+def _blobs(n=200, d=8, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, d, generator=g)
+
+
+@pytest.mark.parametrize("metric", ["euclidean", "cosine"])
+def test_knn_matches_brute_force_across_chunks(metric):
+    x, r = _blobs(37, 5, 1), _blobs(53, 5, 2)
+    d, i = knn(x, r, k=4, metric=metric, chunk_elements=100)  # 1 row per chunk
+    if metric == "cosine":
+        xn, rn = nn.functional.normalize(x, dim=1), nn.functional.normalize(r, dim=1)
+        full = 1 - xn @ rn.T
+    else:
+        full = torch.cdist(x, r)
+    ref_d, ref_i = full.topk(4, dim=1, largest=False)
+    assert torch.equal(i, ref_i)
+    assert torch.allclose(d, ref_d, atol=1e-5)
+
+
+def test_knn_leaves_each_row_out_of_its_own_neighbours():
+    x = _blobs(30, 3)
+    _, i = knn(x, k=5, metric="euclidean")
+    assert not (i == torch.arange(30)[:, None]).any()
+
+
+def test_knn_distance_of_an_exact_copy_is_zero():
+    x = _blobs(50, 64) * 100
+    x[9] = x[4]
+    d, i = knn(x, k=1, metric="euclidean")
+    assert i[4, 0] == 9 and d[4, 0] == 0.0
+
+
+def test_outliers_flag_the_far_samples_only():
+    x = _blobs(300, 4)
+    x[[3, 77]] += 25.0
+    r = find_outliers(x, k=10, metric="euclidean")
+    assert r.flags[[3, 77]].all()
+    assert sorted(r.score.topk(2).indices.tolist()) == [3, 77]
+    assert r.flags.sum() < 30  # the Gaussian's tail only, beside them
+
+
+def test_outliers_match_datalab_rule_on_the_same_knn():
+    x = _blobs(400, 6)
+    x[:5] *= 6
+    d, _ = knn(x, k=10, metric="cosine")
+    avg = d.double().mean(1).numpy()
+    q1, q3 = np.percentile(avg, [25, 75])
+    expected = avg > q3 + (1 / 0.37037 - 1) * (q3 - q1)
+    assert find_outliers(x).flags.numpy().tolist() == expected.tolist()
+
+
+def test_near_duplicates_pair_the_planted_copies_smallest_first():
+    x = _blobs(120, 16)
+    x[50] = x[10] + 1e-3
+    x[99] = x[20] + 1e-4
+    r = find_near_duplicates(x, metric="euclidean")
+    assert r.pairs.tolist() == [[20, 99], [10, 50]]
+    assert r.distance[0] < r.distance[1] < r.radius
+    assert r.flags.nonzero().flatten().tolist() == [10, 20, 50, 99]
+
+
+def test_leakage_finds_test_copies_of_training_samples():
+    train = _blobs(200, 16)
+    test = _blobs(30, 16, seed=5)
+    test[4] = train[123] * 1.01  # a brightened copy: cosine distance ~0
+    r = find_leakage(train, test, ratio_threshold=0.0)
+    assert r.flags.nonzero().flatten().tolist() == [4]
+    assert int(r.train[4]) == 123
+    assert r.ratio[4] < 0.01
+
+
+def test_pixel_leakage_sees_through_shift_and_colour_cast():
+    g = torch.Generator().manual_seed(0)
+    smooth = nn.functional.avg_pool2d(torch.rand(40, 3, 40, 40, generator=g), 5, 1)[..., :32, :32]
+    train = smooth[:30]
+    test = smooth[30:].clone()
+    test[2] = torch.roll(train[7], shifts=(2, -1), dims=(1, 2)) * 0.8 + 0.1  # moved, darker
+    r = pixel_leakage(test, train, candidates=5)
+    assert int(r.reference[2]) == 7
+    assert int(r.ratio.argmin()) == 2 and float(r.ratio[2]) < 0.2
+
+
+def test_underperforming_group_is_the_cluster_the_model_gets_wrong():
+    g = torch.Generator().manual_seed(0)
+    centres = torch.eye(6) * 10
+    cluster = torch.arange(600) % 6
+    x = centres[cluster] + torch.randn(600, 6, generator=g)
+    labels = cluster % 3
+    probs = nn.functional.one_hot(labels, 3).float()
+    wrong = cluster == 4  # the held-out replicas miss this pattern
+    probs[wrong] = nn.functional.one_hot((labels[wrong] + 1) % 3, 3).float()
+    r = underperforming_groups(x, labels, probs, n_clusters=6)
+    assert r.flagged.sum() == 1
+    assert torch.equal(r.flags, wrong)
+
+
+def test_test_only_pattern_groups_the_new_kind_of_sample():
+    train = _blobs(300, 4)
+    test = torch.cat([_blobs(40, 4, seed=3), torch.randn(6, 4) * 0.05 + 20])
+    r = find_test_only(train, test, metric="euclidean")
+    assert r.flags.nonzero().flatten().tolist() == list(range(40, 46))
+    assert set(r.pattern[40:].tolist()) == {0}
+
+
+def test_class_imbalance_datalab_rule():
+    r = class_imbalance(torch.tensor([0] * 98 + [1] * 2 + [2] * 100), 3)
+    assert (r.rarest, r.imbalanced, int(r.flags.sum())) == (1, True, 2)
+    assert not class_imbalance(torch.tensor([0] * 50 + [1] * 40), 2).imbalanced
+
+
+def test_nan_features_are_one_clear_error():
+    x = _blobs(20, 3)
+    x[7, 1] = float("nan")
+    with pytest.raises(UserInputError, match="NaN or inf.*first row 7"):
+        find_outliers(x)
+    with pytest.raises(UserInputError, match=r"2-D \(N, D\)"):
+        knn(torch.zeros(5))
+
+
+class _Tuple(nn.Module):
+    def __init__(self, width=3):
+        super().__init__()
+        self.body, self.head, self.width = nn.Linear(4, 6), nn.Linear(6, 2), width
+
+    def forward(self, x):
+        h = self.body(x)
+        return self.head(h), h[:, : self.width]
+
+
+class _Features(nn.Module):
+    def __init__(self, bad=False):
+        super().__init__()
+        self.body, self.head, self.bad = nn.Linear(4, 6), nn.Linear(6, 2), bad
+
+    def features(self, x):
+        h = self.body(x)
+        return h[:1] if self.bad else h
+
+    def forward(self, x):
+        return self.head(self.features(x))
+
+
+def test_embedding_hooks_tuple_features_method_and_last_linear():
+    x = torch.randn(5, 4)
+    logits, f = outputs(_Tuple(), x)
+    assert logits.shape == (5, 2) and f.shape == (5, 3)
+    net = _Features()
+    logits, f = outputs(net, x)
+    assert torch.allclose(f, net.body(x))
+    plain = nn.Sequential(nn.Linear(4, 7), nn.ReLU(), nn.Linear(7, 2))
+    logits, f = outputs(plain, x)
+    assert f.shape == (5, 7) and torch.allclose(logits, plain(x))
+
+
+def test_embedding_hook_with_wrong_shape_is_one_clear_error():
+    with pytest.raises(UserInputError, match=r"_Features.features\(x\) gave .*\(1, 6\).*\(5, D\)"):
+        outputs(_Features(bad=True), torch.randn(5, 4))
+    with pytest.raises(UserInputError, match="no nn.Linear head"):
+        outputs(nn.Sequential(nn.Flatten()), torch.randn(5, 4))
