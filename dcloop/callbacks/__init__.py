@@ -2,8 +2,16 @@
 
 from dcloop.callbacks.checkpoint import EpochCheckpoint
 from dcloop.callbacks.confident_learning import ConfidentLearning
+from dcloop.callbacks.data_health import DataHealth
 from dcloop.callbacks.oof import OOFCollector
 from dcloop.callbacks.results import RunResults
 from dcloop.callbacks.weak_classes import WeakClasses
 
-__all__ = ["ConfidentLearning", "EpochCheckpoint", "OOFCollector", "RunResults", "WeakClasses"]
+__all__ = [
+    "ConfidentLearning",
+    "DataHealth",
+    "EpochCheckpoint",
+    "OOFCollector",
+    "RunResults",
+    "WeakClasses",
+]

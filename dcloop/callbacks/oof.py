@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -84,6 +85,10 @@ class OOFCollector(L.Callback):
         dtype: of the buffer (``torch.float16`` halves memory at ImageNet scale).
         mode: ``"held_out"`` (each sample through its held-out replica only) or ``"all"``
             (every replica on every sample, one output kept: the slower reference path).
+        keep_features: also keep each sample's held-out penultimate embedding in an
+            ``[N, D]`` buffer (``features``), from the same forward pass, for data health
+            (``held_out`` mode, one process, a module with ``held_out_outputs``); left off
+            with a log line when the buffer would not fit (see :meth:`_features_fit`).
 
     Example:
         >>> oof = OOFCollector(num_samples=N, num_classes=C, dataloader=held_out_loader,
@@ -102,6 +107,7 @@ class OOFCollector(L.Callback):
         require_full_coverage: bool = True,
         dtype: torch.dtype = torch.float32,
         mode: str = "held_out",
+        keep_features: bool = True,
     ) -> None:
         if mode not in OOF_MODES:
             raise ValueError(f"mode must be one of {list(OOF_MODES)}; got {mode!r}")
@@ -124,6 +130,8 @@ class OOFCollector(L.Callback):
         self._pending: dict[str, Any] | None = None
         self._folds: np.ndarray | None = None  # host copy of the folds (fold-grouped batches)
         self._misrouted: torch.Tensor | None = None  # device flag of the last pass
+        self.keep_features = bool(keep_features)
+        self.features: torch.Tensor | None = None  # [N, D] held-out embeddings (data health)
 
     @property
     def state_key(self) -> str:
@@ -214,6 +222,10 @@ class OOFCollector(L.Callback):
                     index = batch[2].long()
                     if batch_folds is None:
                         probs = self._predict(pl_module, batch)
+                    elif self._wants_features(pl_module, distributed):
+                        probs, feats = pl_module.held_out_outputs(batch[0], batch_folds[i])
+                        self._write_features(index, feats)
+                        self._note_routing(pl_module, index, batch_folds[i])
                     else:  # a batch of fold k: replica k alone, k read on the host
                         probs = pl_module.held_out_probs(batch[0], batch_folds[i])
                         self._note_routing(pl_module, index, batch_folds[i])
@@ -254,6 +266,49 @@ class OOFCollector(L.Callback):
             self.probs.copy_(self._pending["probs"])
             self.seen.copy_(self._pending["seen"])
         self._pending = None
+
+    # ------------------------------------------------- held-out embeddings (data health)
+    def _wants_features(self, pl_module, distributed: bool) -> bool:
+        return (
+            self.keep_features
+            and not distributed
+            and callable(getattr(pl_module, "held_out_outputs", None))
+        )
+
+    def _features_fit(self, dim: int, device: torch.device) -> bool:
+        """Whether an ``[N, dim]`` float32 buffer fits: a quarter of the free device memory
+        on an accelerator, an eighth of the available RAM on the host."""
+        need = self.num_samples * dim * 4
+        if device.type == "cuda":
+            free = torch.cuda.mem_get_info(device)[0] // 4
+        else:
+            try:
+                free = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 8
+            except (ValueError, OSError, AttributeError):
+                free = 1 << 30
+        if need > free:
+            log.info(
+                "held-out embeddings [%d, %d] need %d MB: not kept",
+                self.num_samples,
+                dim,
+                need >> 20,
+            )
+            self.keep_features = False
+        return need <= free
+
+    def _write_features(self, index: torch.Tensor, feats: torch.Tensor) -> None:
+        if self.features is None or self.features.device != feats.device:
+            if not self._features_fit(feats.shape[1], feats.device):
+                return
+            self.features = torch.zeros(
+                self.num_samples, feats.shape[1], dtype=torch.float32, device=feats.device
+            )
+        if feats.shape[1] != self.features.shape[1]:
+            raise ValueError(
+                f"the network's features changed width from {self.features.shape[1]} to "
+                f"{feats.shape[1]} between batches; expected one (B, D) embedding"
+            )
+        self.features.index_copy_(0, index, feats.to(torch.float32))
 
     def _note_routing(self, pl_module, index: torch.Tensor, fold: int) -> None:
         """Accumulate, on the device, whether some row of the batch is not of ``fold``."""
