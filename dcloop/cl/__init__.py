@@ -5,10 +5,16 @@ same family: torch in -> torch on the same device, numpy in -> numpy.
 
 * :func:`find_label_issues` -- boolean mask or ranked indices of likely label errors
   (``filter_by``: ``prune_by_noise_rate``, ``prune_by_class``, ``both``, ``confident_learning``,
-  ``predicted_neq_given``); ``backend="cleanlab"`` runs cleanlab itself.
+  ``predicted_neq_given``, ``low_self_confidence``, ``low_normalized_margin``);
+  ``backend="cleanlab"`` runs cleanlab itself.
 * :func:`get_label_quality_scores` -- ``self_confidence``, ``normalized_margin``,
   ``confidence_weighted_entropy``.
 * :func:`compute_confident_joint`, :func:`estimate_joint`, :func:`estimate_noise_matrices`.
+* Every keyword of the cleanlab 2.9 namesakes is accepted with its semantics (a drop-in:
+  ``multi_label=True`` one-vs-rest via :mod:`dcloop.cl.multilabel`, precomputed
+  ``confident_joint=``, ``thresholds=``, ``return_indices_of_off_diagonals=``, ``n_jobs=`` and
+  ``verbose=``); cleanlab's ``X=`` / ``clf=`` cross-validation raises one error naming the dcloop
+  way to get out-of-fold probabilities.
 * :func:`verdict` -- all of it at once (flags, quality, suggested label, joint, noise matrix)
   from one scan of the matrix (plus the pruning pass): what the training loop calls.
 
