@@ -14,20 +14,9 @@ from dcloop.callbacks.distributed import broadcast_result
 from dcloop.callbacks.oof import OOFCollector
 from dcloop.cl import CLResult
 from dcloop.data.labelfile import attach_label_file
-from dcloop.metrics import detection_metrics
 from dcloop.results import write_issue_table
-from dcloop.safety import (
-    CleaningPolicy,
-    SafetyPolicy,
-    bound_flags,
-    confident,
-    ema,
-    harm_checks,
-    oof_accuracy,
-    ramp_weights,
-    readiness,
-    update_streak,
-)
+from dcloop.safety import bound_flags, ema, oof_accuracy, readiness
+from dcloop.step import Evidence, StepPolicy, StepState, clean_step
 from dcloop.timing import timed_hook
 
 log = logging.getLogger(__name__)
@@ -62,62 +51,34 @@ class ConfidentLearning(L.Callback):
     :meth:`add_listener` and get ``on_verdict(trainer, pl_module, cl)`` after every step.
 
     Args:
-        warmup_epochs: earliest epoch (1-based) at which confident learning may run.
-        every_n_epochs: run every n-th epoch once ready.
-        filter_by: cleanlab's ``filter_by`` method.
-        quality_method: label-quality score.
-        action: ``"prune"``, ``"downweight"`` or ``"detect"``.
-        frac_noise: fraction of the estimated number of issues to flag.
-        downweight_floor, downweight_power: see :func:`dcloop.safety.action_weights`.
-        backend: ``"torch"`` (dcloop's engine on the device) or ``"cleanlab"``.
         output_dir: where ``label_issues.csv`` is rewritten (atomically) each time.
         sources: ``(N,)`` file paths or dataset ids for the issue table (default: the
             datamodule's ``source_of(i)`` when it has one).
         oof: the collector to own (default: ``OOFCollector()``), unless the trainer lists one.
-        **safety: fields of :class:`dcloop.safety.SafetyPolicy` (``ready``,
-            ``smoothing``, ``max_class_frac``, ``ramp_steps``, ``guard``, ...).
+        **options: the ``cl`` config group's keys, read by
+            :meth:`dcloop.step.StepPolicy.from_options`: ``warmup_epochs`` (earliest epoch,
+            1-based, at which confident learning may run), ``every_n_epochs``, the fields of
+            :class:`dcloop.safety.CleaningPolicy` (``filter_by``, ``quality_method``,
+            ``action``: ``"prune"``, ``"downweight"`` or ``"detect"``, ``frac_noise``,
+            ``downweight_floor``, ``downweight_power``, ``backend``) and of
+            :class:`dcloop.safety.SafetyPolicy` (``ready``, ``smoothing``,
+            ``max_class_frac``, ``min_confidence``, ``ramp_steps``, ``guard``, ...).
     """
 
     def __init__(
         self,
         *,
-        warmup_epochs: int = 3,
-        every_n_epochs: int = 1,
-        filter_by: str = "prune_by_noise_rate",
-        quality_method: str = "self_confidence",
-        action: str = "prune",
-        frac_noise: float = 1.0,
-        downweight_floor: float = 0.1,
-        downweight_power: float = 1.0,
-        backend: str = "torch",
         output_dir: str | Path | None = None,
         sources=None,
         oof: OOFCollector | None = None,
-        **safety: Any,
+        **options: Any,
     ) -> None:
-        self.cleaning = CleaningPolicy(  # method, action, floors: validated once
-            filter_by=filter_by,
-            quality_method=quality_method,
-            frac_noise=frac_noise,
-            backend=backend,
-            action=action,
-            downweight_floor=downweight_floor,
-            downweight_power=downweight_power,
-        )
-        if warmup_epochs < 1:
-            raise ValueError(f"warmup_epochs must be >= 1; got {warmup_epochs}")
-        if every_n_epochs < 1:
-            raise ValueError(f"every_n_epochs must be >= 1; got {every_n_epochs}")
-        known = set(SafetyPolicy.__dataclass_fields__)
-        unknown = sorted(set(safety) - known)
-        if unknown:
-            raise ValueError(
-                f"unknown confident-learning option(s) {unknown}; safety options are "
-                f"{sorted(known)}"
-            )
-        self.policy = SafetyPolicy(**safety)
-        self.warmup_epochs = warmup_epochs
-        self.every_n_epochs = every_n_epochs
+        # every cl option, validated once (the defaults live in the policies, not here)
+        self.step_policy = StepPolicy.from_options(options)
+        self.cleaning = self.step_policy.cleaning  # method, action, floors
+        self.policy = self.step_policy.safety  # readiness, smoothing, bounds, gate, guard
+        self.warmup_epochs = self.step_policy.warmup_epochs
+        self.every_n_epochs = self.step_policy.every_n_epochs
         self.output_dir = Path(output_dir) if output_dir is not None else None
         self.sources = sources
         self.history: list[dict[str, Any]] = []  # one row per confident-learning step
@@ -158,7 +119,7 @@ class ConfidentLearning(L.Callback):
     @property
     def stopped(self) -> bool:
         """Cleaning was stopped for the rest of the run after repeated harm."""
-        return self.backoffs >= self.policy.guard_max_backoffs
+        return self.step_policy.stopped(self.backoffs)
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if not hasattr(pl_module, "samples"):
@@ -281,26 +242,39 @@ class ConfidentLearning(L.Callback):
             result = broadcast_result(mine, len(table), self._oof.num_classes, table.labels.device)
         else:
             result = self.run(table.labels, self.evidence, confirmed=table.confirmed)
-        raw_flagged = int(result.flags.sum())
-        result.flags = self.bound(result, table.labels)
-        problems = self._harm(pl_module, probs, result) if self.policy.guard else []
-        act = torch.zeros_like(result.flags)
-        if problems:
-            table.apply(result, epoch)
-            self._back_off(trainer, table, epoch, problems)
-        else:
-            act = confident(result.flags, self.evidence, self.policy.min_confidence)
-            table.flag_streak.copy_(update_streak(table.flag_streak, act))
-            target = self.cleaning.weights(act, result.quality)
-            weights = ramp_weights(
-                act, table.flag_streak, target, ramp_steps=self.policy.ramp_steps
-            )
-            table.apply(result, epoch, weights)  # x the label file's weights (people)
-            if self.start_epoch is None and self.action != "detect":
-                self.start_epoch = epoch
+        state = StepState.of_table(
+            table,
+            start_epoch=self.start_epoch,
+            noise_rate=self.history[-1]["noise_rate_est"] if self.history else None,
+            backoffs=self.backoffs,
+            paused_until=self.paused_until,
+        )
+        evidence = Evidence(
+            self.evidence,
+            epoch,
+            current=probs,
+            val_acc=self.epochs[-1]["val_acc"],
+            best_val_before=self.best_val_before,
+        )
+        new, report = clean_step(state, evidence, self.step_policy, verdict=result)
+        result = report.result
+        table.record_flags(result.flags, result.quality, result.suggested, epoch)
+        table.weights.copy_(new.weights)
+        table.flag_streak.copy_(new.flag_streak)
+        self.start_epoch = new.start_epoch
+        self.backoffs, self.paused_until = new.backoffs, new.paused_until
+        if report.event is not None:
+            self.guard_events.append(report.event)
+            if trainer.is_global_zero:
+                log.warning(
+                    "dcloop guard, epoch %d: %s; %s",
+                    epoch,
+                    "; ".join(report.problems),
+                    report.event["action"],
+                )
         self.last_result = result
-        row = self._summarise(epoch, result, table)
-        row.update(num_flagged_unbounded=raw_flagged, num_acted=int(act.sum()), harm=len(problems))
+        true = table.true_labels if table.has_ground_truth else None
+        row = report.row(new, true)
         self.history.append(row)
         pl_module.log_dict(
             {f"cl/{k}": float(v) for k, v in row.items() if k != "epoch"},
@@ -314,48 +288,13 @@ class ConfidentLearning(L.Callback):
                 "(confident), estimated noise %.3f",
                 epoch,
                 row["num_flagged"],
-                raw_flagged,
+                row["num_flagged_unbounded"],
                 row["num_acted"],
                 row["noise_rate_est"],
             )
         if self.output_dir is not None and trainer.is_global_zero:
             write_issue_table(self.output_dir / "label_issues.csv", table, self.sources)
         trainer.strategy.barrier("dcloop_cl")
-
-    def _harm(self, pl_module, probs: torch.Tensor, result: CLResult) -> list[str]:
-        table = pl_module.samples
-        previous = self.history[-1]["noise_rate_est"] if self.history else None
-        started = self.start_epoch is not None
-        return harm_checks(
-            probs=probs,
-            labels=table.labels,
-            folds=table.folds,
-            num_classes=self._oof.num_classes,
-            num_folds=int(table.folds.max()) + 1,
-            noise_rate=result.noise_rate,
-            previous_noise_rate=previous if started else None,
-            val_acc=self.epochs[-1]["val_acc"] if started else None,
-            best_val_before=self.best_val_before,
-            policy=self.policy,
-        )
-
-    def _back_off(self, trainer, table, epoch: int, problems: list[str]) -> None:
-        table.weights.copy_(table.prior_weights)
-        table.flag_streak.zero_()
-        if self.action == "detect":  # nothing to undo: report only
-            what = "reported only (action=detect changes no weights)"
-        else:
-            self.backoffs += 1
-            self.paused_until = epoch + self.policy.guard_pause
-            restored = "weights restored" if self.start_epoch is not None else "nothing acted yet"
-            if self.stopped:
-                what = f"{restored}; cleaning stopped for the rest of the run"
-            else:
-                what = f"{restored}; cleaning paused until epoch {self.paused_until}"
-        event = {"epoch": epoch, "problems": problems, "action": what}
-        self.guard_events.append(event)
-        if trainer.is_global_zero:
-            log.warning("dcloop guard, epoch %d: %s; %s", epoch, "; ".join(problems), what)
 
     def run(self, labels, probs, confirmed=None) -> CLResult:
         """Confident learning on ``(labels, probs)`` with this callback's settings; rows in
@@ -394,20 +333,6 @@ class ConfidentLearning(L.Callback):
             "guard_events": list(self.guard_events),
             "epochs": list(self.epochs),
         }
-
-    @staticmethod
-    def _summarise(epoch: int, result: CLResult, table) -> dict[str, Any]:
-        row: dict[str, Any] = {
-            "epoch": epoch,
-            "num_flagged": int(result.flags.sum()),
-            "noise_rate_est": result.noise_rate,
-            "weight_mean": float(table.weights.mean()),
-            "quality_mean": float(result.quality.mean()),
-        }
-        if table.has_ground_truth:
-            det = detection_metrics(result.flags, table.is_noisy, result.quality)
-            row.update({k: det[k] for k in ("precision", "recall", "f1", "auroc")})
-        return row
 
     _STATE = (
         "history",
