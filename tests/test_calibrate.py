@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
-from dcloop.calibrate import CALIBRATE_METHODS, calibrate, calibrated_evidence
+from dcloop.calibrate import CALIBRATE_METHODS, calibrate, noise_fields
 from dcloop.cl import verdict
 from dcloop.errors import UserInputError
 
@@ -60,7 +62,9 @@ def test_outputs_shapes_and_sums():
     )
     assert cal.posterior_clean.shape == (600,)
     assert 0 <= float(cal.posterior_clean.min()) <= float(cal.posterior_clean.max()) <= 1
-    assert cal.noise_rate == pytest.approx(1 - float(cal.posterior_clean.double().mean()))
+    joint = cal.noise_matrix * cal.prior.unsqueeze(0)
+    assert cal.noise_rate == pytest.approx(1 - float(joint.trace()))
+    assert float(cal.prior.sum()) == pytest.approx(1.0)
     assert 1 <= cal.iterations <= 30
 
 
@@ -76,14 +80,29 @@ def test_deterministic():
     assert torch.equal(a.probs, b.probs) and a.noise_rate == b.noise_rate
 
 
-def test_calibrated_evidence_methods():
-    evidence, given, folds, _ = make(n=500)
-    assert calibrated_evidence(evidence, given, folds, method="none") is evidence
-    out = calibrated_evidence(evidence, given, folds, method="noise_aware")
-    torch.testing.assert_close(out, calibrate(evidence, given, folds).probs)
+def test_noise_fields_fit_a_verdict():
+    """The estimate goes into a verdict as one consistent set of fields."""
+    evidence, given, folds, _ = make(n=900, c=4, rate=0.3)
+    cal = calibrate(evidence, given, folds)
+    fields = noise_fields(cal)
+    result = dataclasses.replace(verdict(given, evidence), **fields)
+    assert result.noise_rate == pytest.approx(cal.noise_rate, abs=1e-6)
+    assert float(result.joint.sum()) == pytest.approx(1.0, abs=1e-5)
+    assert result.noise_matrix.dtype == torch.float32 and result.class_noise_rate.shape == (4,)
+    low, high = cal.noise_rate_range
+    assert low <= cal.noise_rate <= high
     assert set(CALIBRATE_METHODS) == {"noise_aware", "none"}
-    with pytest.raises(UserInputError, match="calibrate must be one of .*got 'platt'"):
-        calibrated_evidence(evidence, given, folds, method="platt")
+
+
+def test_counted_matrix_without_confident_rows_is_identity():
+    """No row reaches ``confident``: the counted matrix says nothing (identity), and the
+    estimate is half the likelihood's."""
+    evidence, given, folds, _ = make(n=600, c=3, rate=0.3)
+    cal = calibrate(evidence, given, folds, confident=1.0)
+    assert torch.equal(cal.counted_matrix, torch.eye(3, dtype=torch.float64))
+    torch.testing.assert_close(cal.noise_matrix, (cal.likelihood_matrix + torch.eye(3)) / 2)
+    with pytest.raises(UserInputError, match="confident"):
+        calibrate(evidence, given, folds, confident=0)
 
 
 @pytest.mark.parametrize(
