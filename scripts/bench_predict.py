@@ -107,7 +107,7 @@ def setup_case(case: str, data: Path, work: Path, n: int) -> dict:
     return {"run": run, "inputs": inputs, "spec": spec, "members": len(nets)}
 
 
-def dcloop_predict(setup: dict, work: Path, batch_size: int) -> tuple[float, list[str]]:
+def dcloop_predict(setup: dict, work: Path, batch_size: int) -> tuple[float, pd.DataFrame]:
     from dcloop.kept.cli import predict_main
 
     out = work / "predictions.csv"
@@ -115,10 +115,10 @@ def dcloop_predict(setup: dict, work: Path, batch_size: int) -> tuple[float, lis
     start = time.perf_counter()
     predict_main([*args, "--batch-size", str(batch_size)])
     seconds = time.perf_counter() - start
-    return seconds, pd.read_csv(out)["predicted"].astype(str).tolist()
+    return seconds, pd.read_csv(out, dtype={"predicted": str})
 
 
-def plain_loop(setup: dict, batch_size: int) -> tuple[float, list[str]]:
+def plain_loop(setup: dict, batch_size: int) -> tuple[float, list[str], list[float]]:
     """The loop a user writes by hand over the saved network (no dcloop.kept)."""
     import importlib
 
@@ -169,13 +169,16 @@ def plain_loop(setup: dict, batch_size: int) -> tuple[float, list[str]]:
         read = tok.encode
         rows = table["text"].tolist()
     preds: list[int] = []
+    conf: list[float] = []
     with torch.inference_mode():
         for i in range(0, len(rows), batch_size):
             x = torch.stack([read(r) for r in rows[i : i + batch_size]])
             probs = sum(net(x).softmax(-1) for net in nets) / len(nets)
-            preds += probs.argmax(-1).tolist()
+            best = probs.max(-1)
+            preds += best.indices.tolist()
+            conf += best.values.tolist()
     seconds = time.perf_counter() - start
-    return seconds, [spec["class_names"][k] for k in preds]
+    return seconds, [spec["class_names"][k] for k in preds], conf
 
 
 def main() -> None:
@@ -206,9 +209,10 @@ def main() -> None:
                     if who == "dcloop":
                         s, got = dcloop_predict(setup, work, a.batch_size)
                     else:
-                        s, want = plain_loop(setup, a.batch_size)
+                        s, want, want_p = plain_loop(setup, a.batch_size)
                     times[who].append(s)
-            agree = float(np.mean(np.asarray(got) == np.asarray(want)))
+            agree = float(np.mean(got["predicted"].to_numpy() == np.asarray(want)))
+            diff = float(np.max(np.abs(got["probability"].to_numpy() - np.asarray(want_p))))
             med = {k: statistics.median(v) for k, v in times.items()}
             row = {
                 "case": case,
@@ -222,6 +226,7 @@ def main() -> None:
                 "plain_median_s": med["plain"],
                 "ratio": med["dcloop"] / med["plain"],
                 "same_predictions": agree,
+                "max_prob_diff": diff,
             }
             rows.append(row)
             print(json.dumps(row), flush=True)
@@ -259,7 +264,9 @@ def markdown(r: dict) -> str:
         "listing, reading and preparing, forward, predictions.csv and the summary line. Plain "
         "loop = the network built and its weights loaded by hand, inputs read with PIL / "
         "soundfile / the run's tokenizer, softmax averaged, predicted classes in a list (no "
-        "CSV). *same* = share of inputs both predict the same class.",
+        "CSV). *same* = share of inputs both predict the same class; *max abs diff* = largest "
+        "difference of the predicted class's probability (fresh weights give most inputs "
+        "one class, so the probabilities are the sharper check).",
         "",
         f"Machine: {r['machine']}; torch {r['torch']}. Load average before "
         f"{la[0]:.2f} {la[1]:.2f} {la[2]:.2f}, after {lb[0]:.2f} {lb[1]:.2f} {lb[2]:.2f}. "
@@ -267,15 +274,15 @@ def markdown(r: dict) -> str:
         "the ratio.",
         "",
         "| case | inputs | network | members | dcloop-predict (s) | plain loop (s) | ratio | "
-        f"≤ {TARGET}x? | same |",
-        "|---|---|---|---:|---:|---:|---:|:---:|---:|",
+        f"≤ {TARGET}x? | same | max abs diff |",
+        "|---|---|---|---:|---:|---:|---:|:---:|---:|---:|",
     ]
     for row in r["rows"]:
         lines.append(
             f"| {row['case']} | {row['n']:,} {row['preprocess']} | {row['net']} | "
             f"{row['members']} | {row['dcloop_median_s']:.1f} | {row['plain_median_s']:.1f} | "
             f"{row['ratio']:.2f}x | {'yes' if row['ratio'] <= TARGET else 'no'} | "
-            f"{row['same_predictions']:.1%} |"
+            f"{row['same_predictions']:.1%} | {row['max_prob_diff']:.1e} |"
         )
     return "\n".join(lines) + "\n"
 
