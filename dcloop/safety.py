@@ -22,11 +22,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import torch
 
 from dcloop._checks import check_bool, check_choice, check_float, check_int
+from dcloop.calibrate import CALIBRATE_METHODS, calibrate, noise_fields
 from dcloop.cl import BACKENDS, FILTER_BY, SCORE_METHODS, verdict
 
 #: Readiness rules: ``plateau`` (OOF accuracy stopped improving, or ``ready_max_frac`` of
@@ -383,6 +384,12 @@ class CleaningPolicy:
         backend: ``"torch"`` (dcloop's engine) or ``"cleanlab"``.
         action: ``"prune"``, ``"downweight"`` or ``"detect"`` (:func:`action_weights`).
         downweight_floor, downweight_power: the down-weighting map.
+        calibrate: ``"noise_aware"``: the verdict's noise estimate (``noise_rate``,
+            ``noise_matrix``, ``joint``, ``class_noise_rate``) comes from
+            :func:`dcloop.calibrate.calibrate` (temperature per fold fitted with the noise;
+            confident learning's own estimate counts the model's mistakes as noise, +5 to
+            +57 % high in ``scripts/results/bench_calibration.md``); the flags are
+            confident learning's either way. ``"none"``: confident learning's estimate.
     """
 
     filter_by: str = "prune_by_noise_rate"
@@ -392,6 +399,7 @@ class CleaningPolicy:
     action: str = "prune"
     downweight_floor: float = 0.1
     downweight_power: float = 1.0
+    calibrate: str = "none"
 
     def __post_init__(self) -> None:
         check_choice("filter_by", self.filter_by, FILTER_BY)
@@ -401,10 +409,13 @@ class CleaningPolicy:
         check_float("frac_noise", self.frac_noise, low=0, high=1, low_open=True)
         check_float("downweight_floor", self.downweight_floor, low=0, high=1)
         check_float("downweight_power", self.downweight_power, low=0, low_open=True)
+        check_choice("calibrate", self.calibrate, CALIBRATE_METHODS)
 
-    def verdict(self, labels, probs, confirmed=None):
-        """:func:`dcloop.cl.verdict` with this policy's method settings."""
-        return verdict(
+    def verdict(self, labels, probs, confirmed=None, folds=None):
+        """:func:`dcloop.cl.verdict` with this policy's method settings; with ``calibrate``
+        set, its noise estimate from :func:`dcloop.calibrate.calibrate` (``folds``: ``(N,)``
+        fold of each row, one temperature per fold replica; ``None``: one for all rows)."""
+        result = verdict(
             labels,
             probs,
             filter_by=self.filter_by,
@@ -413,6 +424,10 @@ class CleaningPolicy:
             backend=self.backend,
             confirmed=confirmed,
         )
+        if self.calibrate == "none":
+            return result
+        cal = calibrate(probs, labels, folds)
+        return replace(result, **noise_fields(cal, result.flags.device))
 
     def weights(self, flags: torch.Tensor, quality: torch.Tensor) -> torch.Tensor:
         """The action's target weights for these flags (:func:`action_weights`)."""

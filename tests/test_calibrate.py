@@ -120,3 +120,19 @@ def test_bad_input_is_one_clear_error(change, message):
     evidence, given, folds, _ = make(n=500)
     with pytest.raises(ValueError, match=message):
         calibrate(*change(evidence, given, folds))
+
+
+def test_cleaning_policy_calibrate():
+    """cl.calibrate=noise_aware: the verdict's noise estimate is calibrate's, the flags and
+    scores are confident learning's; none: the verdict as it was."""
+    from dcloop.safety import CleaningPolicy
+
+    evidence, given, folds, true_rate = make(rate=0.2)
+    plain = CleaningPolicy().verdict(given, evidence)
+    assert CleaningPolicy().calibrate == "none"
+    fixed = CleaningPolicy(calibrate="noise_aware").verdict(given, evidence, folds=folds)
+    assert torch.equal(fixed.flags, plain.flags) and torch.equal(fixed.quality, plain.quality)
+    assert fixed.noise_rate == pytest.approx(calibrate(evidence, given, folds).noise_rate)
+    assert abs(fixed.noise_rate / true_rate - 1) < 0.1 < abs(plain.noise_rate / true_rate - 1)
+    with pytest.raises(UserInputError, match="calibrate must be one of .*got 'platt'"):
+        CleaningPolicy(calibrate="platt")
