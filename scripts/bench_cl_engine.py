@@ -13,6 +13,9 @@ Examples::
 
     # CPU, everything (what scripts/results/bench_cl_engine.md was made with)
     python scripts/bench_cl_engine.py --half
+    # only the multi-label row, keeping the other sections of the committed results
+    python scripts/bench_cl_engine.py --sizes '' --no-real --multilabel 100000x100 \
+        --label multi-label --merge scripts/results/bench_cl_engine.json
     # GPU check: synthetic sizes only, dcloop on CUDA (cleanlab still runs on the host)
     python scripts/bench_cl_engine.py --device cuda --sizes 1281167x1000,100000x100 --no-real \\
         --out scripts/results/bench_cl_engine_cuda
@@ -69,6 +72,28 @@ def synthetic(n: int, k: int, seed: int = 0, rows: int = 16384):
     return labels, probs
 
 
+def multilabel_synthetic(n: int, k: int, seed: int = 0, rows: int = 16384):
+    """Seeded multi-label ``(labels, pred_probs)`` in cleanlab's format: each row has each
+    class with probability 3/K (about 3 labels), per-class sigmoid probabilities with a logit
+    boost of U(3, 8) on the true classes, and 0.5 % of the (row, class) entries flipped in the
+    given labels. ``labels`` is a list of N lists; ``pred_probs`` float32 ``(N, K)``."""
+    import torch
+
+    gen = torch.Generator().manual_seed(seed)
+    probs = torch.empty(n, k)
+    labels: list[list[int]] = []
+    for s in range(0, n, rows):
+        m = min(n, s + rows) - s
+        truth = torch.rand(m, k, generator=gen) < 3.0 / k
+        logits = (
+            torch.randn(m, k, generator=gen) - 3 + truth * (3 + 5 * torch.rand(m, k, generator=gen))
+        )
+        torch.sigmoid(logits, out=probs[s : s + m])
+        given = (truth ^ (torch.rand(m, k, generator=gen) < 0.005)).numpy()
+        labels += [np.flatnonzero(row).tolist() for row in given]
+    return labels, probs
+
+
 def real_set(name: str):
     """``(labels int64, pred_probs float64 renormalised)`` of a label-errors set."""
     probs = np.load(DATA_DIR / f"{name}_pred_probs.npy").astype(np.float64)
@@ -115,9 +140,15 @@ def worker(spec: dict) -> dict:
 
     import torch
 
+    multi = spec["case"].startswith("ml:")
+    ml_labels, kw = None, {"multi_label": True} if multi else {}
     if spec["case"].startswith("real:"):
         labels, probs = real_set(spec["case"][5:])
         labels_t, probs_t = torch.from_numpy(labels), torch.from_numpy(probs)
+    elif multi:
+        n, k = (int(v) for v in spec["case"][3:].split("x"))
+        ml_labels, probs_t = multilabel_synthetic(n, k, spec["seed"])
+        labels_t = torch.zeros(0, dtype=torch.int64)  # placeholder: the labels are lists
     else:
         n, k = (int(v) for v in spec["case"].split("x"))
         labels_t, probs_t = synthetic(n, k, spec["seed"])
@@ -135,13 +166,14 @@ def worker(spec: dict) -> dict:
     if spec["engine"] == "cleanlab":
         from cleanlab.filter import find_label_issues as cl_find
 
-        labels_np, probs_np = labels_t.numpy(), probs_t.numpy()
-        run = lambda: cl_find(labels_np, probs_np, filter_by=fb)  # noqa: E731
+        labels_np, probs_np = ml_labels or labels_t.numpy(), probs_t.numpy()
+        run = lambda: cl_find(labels_np, probs_np, filter_by=fb, **kw)  # noqa: E731
         sync = lambda: None  # noqa: E731
     else:
         from dcloop.cl import find_label_issues
 
-        run = lambda: find_label_issues(labels_t, probs_t, filter_by=fb)  # noqa: E731
+        labels_in = ml_labels or labels_t
+        run = lambda: find_label_issues(labels_in, probs_t, filter_by=fb, **kw)  # noqa: E731
         sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
         warm = torch.zeros(64, 4, device=device).add_(0.25)  # kernels / lazy init, tiny input
         t0 = time.perf_counter()  # on the host: numba import and kernel load (or compile)
@@ -166,7 +198,7 @@ def worker(spec: dict) -> dict:
     peak_kb = _status_kb("VmHWM") if reset else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     np.save(spec["mask_path"], mask)
     if spec["engine"] == "dcloop":  # untimed: the bit-exact tie mode, for the parity column
-        exact = find_label_issues(labels_t, probs_t, filter_by=fb, ties="cleanlab")
+        exact = find_label_issues(labels_in, probs_t, filter_by=fb, ties="cleanlab", **kw)
         exact = exact.cpu().numpy() if isinstance(exact, torch.Tensor) else exact
         np.save(spec["mask_path"].replace(".npy", "_exact.npy"), exact)
     out = {
@@ -333,7 +365,10 @@ NOTES = [
     "reported separately (`warmup_s` in the JSON).  ",
     '*same mask*: dcloop default (ties broken by row index) / `ties="cleanlab"` (replays '
     "cleanlab's own tie order), each compared with cleanlab's mask; differences are examples "
-    "tied at a pruning cut-off.",
+    "tied at a pruning cut-off.  ",
+    "*ml:NxK* rows: multi-label (`multi_label=True`, labels as lists of classes; "
+    "`multilabel_synthetic` in the script: about 3 labels per row, 0.5 % of the (row, class) "
+    "entries flipped), float32; both engines get the same list and matrix.",
 ]
 
 
@@ -397,6 +432,15 @@ def _section(run: dict) -> list[str]:
             f"| {r['case']} | {r['filter_by']} | {r['dtype']} | {t_c} | {t_d} | {speed} | "
             f"{m_c} | {m_d} | {(d or c)['flagged']} | {same} |"
         )
+    for r in rows:
+        if r["case"].startswith("ml:") and r.get("cleanlab") and r.get("dcloop"):
+            speed = r["cleanlab"]["wall_s"] / r["dcloop"]["wall_s"]
+            lines += [
+                "",
+                f"- multi-label {r['case'][3:]} ({r['filter_by']}): {speed:.1f}x faster "
+                f"(target >= 5x: {'met' if speed >= 5 else 'missed'}); masks: "
+                + _mask_verdict(r["n_diff"], r["n_diff_exact"]),
+            ]
     first = meta.get("first_size")
     big = [r for r in rows if r["case"] == first and r.get("cleanlab") and r.get("dcloop")]
     if big:
@@ -504,6 +548,9 @@ def markdown(run: dict, merged: list[dict]) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--sizes", default="1281167x1000,100000x100", help="NxK,... ('' for none)")
+    ap.add_argument(
+        "--multilabel", default="", help="NxK,... multi-label cases (e.g. 100000x100; '' none)"
+    )
     ap.add_argument("--real", dest="real", action="store_true", default=True)
     ap.add_argument("--no-real", dest="real", action="store_false")
     ap.add_argument("--device", default="cpu", help="device for dcloop (cpu, cuda, cuda:1, ...)")
@@ -550,6 +597,7 @@ def main() -> None:
     cases = [(s, args.filter_by, "float32") for s in args.sizes.split(",") if s]
     if args.half:
         cases += [(s, args.filter_by, "float16") for s in args.sizes.split(",") if s]
+    cases += [(f"ml:{s}", args.filter_by, "float32") for s in args.multilabel.split(",") if s]
     if args.real:
         cases += [
             (f"real:{n}", fb, "float64") for n in REAL_SETS for fb in args.real_filters.split(",")
