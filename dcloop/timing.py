@@ -42,6 +42,7 @@ PHASES: tuple[str, ...] = (
     "refit",
     "student",
     "result_files",
+    "data_health",
 )
 _ATTR = "_dcloop_phase_times"
 

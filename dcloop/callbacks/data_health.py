@@ -31,6 +31,9 @@ from dcloop.timing import timed
 
 log = logging.getLogger(__name__)
 
+#: ``space`` of :class:`DataHealth`.
+SPACES = ("mean", "held_out")
+
 #: Files of ``data_issues/``.
 FILES = (
     "outliers",
@@ -67,9 +70,10 @@ def ensemble_features(model: Any, loader: Any) -> torch.Tensor:
 
 class DataHealth(L.Callback):
     """At the end of fit: outliers, near-duplicates, underperforming groups and class imbalance
-    of the training set, from the held-out embeddings the OOF pass kept
-    (:attr:`OOFCollector.features`). After the test: train/test leakage and test-only
-    patterns from the replicas' mean embedding of both sets (one pass over each). Writes
+    of the training set, from the replicas' mean embedding (or, ``space="held_out"``, the
+    held-out embeddings the OOF pass kept, :attr:`OOFCollector.features`). After the test:
+    train/test leakage and test-only patterns from the replicas' mean embedding of both sets
+    (the training set's reused from the end of fit, the test set's one pass). Writes
     ``data_issues/*.csv`` in the run folder and ``data_issues/summary.json``.
 
     Args:
@@ -82,6 +86,10 @@ class DataHealth(L.Callback):
             below this is flagged as leakage too (0: distance rule only).
         group_threshold: clusters below this share of the overall held-out accuracy.
         save_features: also save ``features_train.npy`` / ``features_test.npy``.
+        space: the training set's embedding for the fit-end detectors: ``mean`` (the
+            replicas' mean embedding, one extra pass over the training set; one map for every
+            sample, and for the test set) or ``held_out`` (the OOF pass's buffer, no extra
+            pass; each fold's samples in its own replica's coordinates).
     """
 
     def __init__(
@@ -94,6 +102,7 @@ class DataHealth(L.Callback):
         leakage_ratio: float = 0.5,
         group_threshold: float = 0.5,
         save_features: bool = True,
+        space: str = "mean",
     ) -> None:
         check_int("health.k", k, minimum=1)
         check_choice("health.metric", metric, METRICS)
@@ -107,7 +116,10 @@ class DataHealth(L.Callback):
         self.group_threshold = group_threshold
         self.save_features = check_bool("health.save_features", save_features)
         self.summary: dict[str, Any] = {}
+        check_choice("health.space", space, SPACES)
+        self.space = space
         self._train_pairs: pd.DataFrame | None = None
+        self._train_shared: torch.Tensor | None = None  # the training set's mean embedding
 
     @classmethod
     def when(cls, enabled: bool, **kwargs: Any) -> DataHealth | None:
@@ -128,9 +140,10 @@ class DataHealth(L.Callback):
         if samples is None or oof is None or oof.probs is None:
             return
         with timed(trainer, "data_health"):
-            feats = oof.features
-            if feats is None:  # not kept (too large, or no held_out_outputs): one pass
+            feats = oof.features if self.space == "held_out" else None
+            if feats is None:  # the replicas' mean embedding: one pass over the training set
                 feats = ensemble_features(pl_module, trainer.datamodule.oof_dataloader())
+                self._train_shared = feats
             self._train_issues(trainer, feats, samples.labels, oof.probs, self._sources(trainer))
 
     def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -140,7 +153,9 @@ class DataHealth(L.Callback):
         if not hasattr(pl_module, "_stacked") or dm is None or not hasattr(dm, "oof_dataloader"):
             return
         with timed(trainer, "data_health"):
-            train = ensemble_features(pl_module, dm.oof_dataloader())
+            train = self._train_shared
+            if train is None:
+                train = ensemble_features(pl_module, dm.oof_dataloader())
             test = ensemble_features(pl_module, dm.test_dataloader())
             test_sources = getattr(getattr(dm, "test_dataset", None), "sources", None)
             self._test_issues(trainer, train, test, self._sources(trainer), test_sources)
@@ -207,7 +222,7 @@ class DataHealth(L.Callback):
             folder / "class_imbalance.csv",
         )
         if self.save_features:
-            np.save(folder / "features_train_held_out.npy", x.cpu().numpy())
+            np.save(folder / f"features_train_{self.space}.npy", x.cpu().numpy())
         self.summary.update(
             {
                 "outliers": int(out.flags.sum()),

@@ -592,6 +592,7 @@ def render_report(
         ]
 
     parts += _annotator_sections(run_dir / "annotators")
+    parts += _health_sections(run_dir / "data_issues", dataset, worst)
     body = "\n".join(parts)
     return (
         "<!DOCTYPE html>\n<html lang=en><head><meta charset=utf-8>"
@@ -617,6 +618,85 @@ def _annotator_sections(folder: Path) -> list[str]:
             "<h2>Human-model agreement per class</h2>",
             _table(read_csv(classes, dtype={"name": str}), left=("name",)),
         ]
+    return parts
+
+
+def _health_preview(dataset, index: int | None, source: str) -> str:
+    """A thumbnail or text snippet of training row ``index`` (else the source's name)."""
+    label = f'<span class="muted" title="{escape(source)}">{escape(short_source(source))}</span>'
+    if dataset is None or index is None:
+        return label
+    try:
+        if hasattr(dataset, "texts"):
+            return text_snippet(dataset.texts[index]) + label
+        uri = png_uri(thumbnail_png(dataset[index][0]))
+        return _img(uri, f"thumbnail of sample {index}") + label
+    except Exception as err:  # noqa: BLE001 - a missing file must not kill the report
+        log.warning("no preview for sample %s: %s", index, err)
+        return label
+
+
+def _health_sections(folder: Path, dataset, worst: int) -> list[str]:
+    """Data health (``data_issues/``, dcloop.callbacks.DataHealth): one summary line per
+    issue type, then a section per type with thumbnails or snippets of the training rows."""
+    summary = folder / "summary.json"
+    if not summary.is_file():
+        return []
+    s = json.loads(summary.read_text())
+    lines = [
+        ("outliers", f"{s.get('outliers', 0)} training samples far from all others"),
+        ("near-duplicates", f"{s.get('near_duplicate_pairs', 0)} pairs inside training"),
+        ("train/test leakage", f"{s.get('leakage', 'not checked (no test)')} test samples"),
+        (
+            "underperforming groups",
+            f"{s.get('underperforming_groups', 0)} clusters, "
+            f"{s.get('underperforming_samples', 0)} samples",
+        ),
+        ("test-only patterns", f"{s.get('test_only_patterns', 'not checked')} patterns"),
+        (
+            "class imbalance",
+            f"rarest class {s.get('rarest_class')}: "
+            + ("imbalanced" if s.get("class_imbalance") else "no imbalance"),
+        ),
+    ]
+    parts = ["<h2>Data health</h2>", _kv(lines)]
+    out = folder / "outliers.csv"
+    if out.is_file():
+        df = read_csv(out, dtype={"source": str}).head(worst)
+        cards = [
+            f'<div class="card">{_health_preview(dataset, int(r.index), str(r.source))}'
+            f"<br>#{int(r.index)} &middot; kNN distance {float(r.score):.3f}</div>"
+            for r in df.itertuples(index=False)
+        ]
+        parts += ["<h3>Outliers</h3>", f'<div class="gallery">{"".join(cards)}</div>']
+    pairs = folder / "near_duplicates.csv"
+    if pairs.is_file():
+        df = read_csv(pairs, dtype={"source_a": str, "source_b": str}).head(worst)
+        cards = []
+        for r in df.itertuples(index=False):
+            a = int(r.index_a) if r.split_a == "train" else None
+            b = int(r.index_b) if r.split_b == "train" else None
+            cards.append(
+                f'<div class="card">{r.split_a}: {_health_preview(dataset, a, str(r.source_a))}'
+                f"<br>{r.split_b}: {_health_preview(dataset, b, str(r.source_b))}"
+                f"<br>distance {float(r.distance):.4f}</div>"
+            )
+        parts += [
+            "<h3>Near-duplicates and train/test leakage</h3>",
+            '<p class="muted">Smallest distance first (data_issues/near_duplicates.csv).</p>',
+            f'<div class="gallery">{"".join(cards)}</div>',
+        ]
+    groups = folder / "underperforming_groups.csv"
+    if groups.is_file():
+        df = read_csv(groups, dtype={"source": str})
+        if len(df):
+            table = df.groupby("group").agg(size=("index", "size"), accuracy=("score", "first"))
+            parts += ["<h3>Underperforming groups</h3>", _table(table.reset_index())]
+    only = folder / "test_only.csv"
+    if only.is_file():
+        df = read_csv(only, dtype={"source": str})
+        if len(df):
+            parts += ["<h3>Test-only patterns</h3>", _table(df.head(worst), left=("source",))]
     return parts
 
 

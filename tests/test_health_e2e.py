@@ -1,0 +1,96 @@
+"""Data health in a run: the OOF pass keeps held-out embeddings, and a run on an image folder
+with a planted duplicate names it in data_issues/near_duplicates.csv and report.html."""
+
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+
+from dcloop.callbacks import ConfidentLearning, DataHealth, OOFCollector
+from dcloop.models import FoldEnsemble
+from dcloop.models.nets import MLP
+
+from conftest import RUN_QUIET, compose_dcloop, fast_trainer
+
+CLASSES = ("cat", "dog", "frog")
+
+
+def test_oof_pass_keeps_held_out_embeddings_of_its_own_replica(blobs, tmp_path):
+    net = MLP((8,), 3, hidden=(16,))
+    model = FoldEnsemble.from_module(net, blobs.labels, num_folds=3)
+    oof = OOFCollector()
+    fast_trainer(tmp_path, [ConfidentLearning(oof=oof)], max_epochs=1).fit(model, blobs)
+    assert oof.features is not None and oof.features.shape == (blobs.n, 16)
+    params, buffers = model._stacked()
+    row = 5
+    k = int(model.samples.folds[row])
+    one = ({n: p[k] for n, p in params.items()}, {n: b[k] for n, b in buffers.items()})
+    from dcloop.health import replica_outputs
+
+    model.eval()
+    _, f = replica_outputs(model._skeleton[0], one[0], one[1], blobs.x[row : row + 1])
+    assert torch.allclose(oof.features[row], f[0], atol=1e-5)
+
+
+def test_oof_pass_without_features_leaves_no_buffer(blobs, tmp_path):
+    net = MLP((8,), 3, hidden=(16,))
+    model = FoldEnsemble.from_module(net, blobs.labels, num_folds=3)
+    oof = OOFCollector(keep_features=False)
+    fast_trainer(tmp_path, [ConfidentLearning(oof=oof)], max_epochs=1).fit(model, blobs)
+    assert oof.features is None
+
+
+def test_data_health_options_are_checked():
+    with pytest.raises(ValueError, match="health.metric"):
+        DataHealth(metric="manhattan")
+    assert DataHealth.when(False) is None
+
+
+@pytest.fixture
+def folder(tmp_path):
+    rng = np.random.default_rng(0)
+    root = tmp_path / "images"
+    for c, name in enumerate(CLASSES):
+        (root / name).mkdir(parents=True)
+        for i in range(24):
+            base = np.zeros((16, 16, 3))
+            base[..., c] = 0.6
+            img = np.clip(base + rng.normal(0, 0.25, base.shape), 0, 1)
+            Image.fromarray((img * 255).astype(np.uint8)).save(root / name / f"{i}.png")
+    shutil.copy(root / "dog" / "3.png", root / "dog" / "3_copy.png")  # the planted duplicate
+    return root
+
+
+@pytest.mark.slow
+def test_a_run_names_a_planted_duplicate(folder, tmp_path):
+    run = tmp_path / "run"
+    cfg = compose_dcloop(
+        run,
+        *RUN_QUIET,
+        "data=folder",
+        f"data.source.root={folder}",
+        "data.source.image_size=16",
+        "data.num_workers=0",
+        "data.test_frac=0.2",
+        "data.val_frac=0.0",
+        "model=mlp",
+        "folds=2",
+        "trainer.max_epochs=2",
+        "cl.warmup_epochs=1",
+        "kept=ensemble",
+    )
+    from dcloop.train import train
+
+    train(cfg)
+    pairs = pd.read_csv(run / "data_issues" / "near_duplicates.csv")
+    assert list(pairs.columns[:5]) == ["split_a", "source_a", "split_b", "source_b", "distance"]
+    first = {pairs.loc[0, "source_a"], pairs.loc[0, "source_b"]}
+    assert first == {str(folder / "dog" / "3.png"), str(folder / "dog" / "3_copy.png")}
+    assert pairs["distance"].is_monotonic_increasing
+    for name in ("outliers", "underperforming_groups", "class_imbalance", "leakage", "test_only"):
+        assert (run / "data_issues" / f"{name}.csv").exists(), name
+    html = (run / "report.html").read_text()
+    assert "Near-duplicates" in html and "3_copy.png" in html
