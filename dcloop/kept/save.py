@@ -37,6 +37,7 @@ from dcloop.kept.prepare import HF_FILE, VOCAB_FILE, hf_json, tokenizer_spec
 from dcloop.kept.spec import AVERAGING, FORMAT, KINDS, SPEC_FILE, rebuildable
 from dcloop.models.factory import net_factory  # (lightning: saving runs inside training)
 from dcloop.models.fold_ensemble import FoldEnsemble
+from dcloop.results import _umask
 
 if TYPE_CHECKING:
     from omegaconf import DictConfig
@@ -60,9 +61,9 @@ def replica_nets(model: FoldEnsemble, factory) -> list[nn.Module]:
     with torch.random.fork_rng(devices=[]):
         for i in range(k):
             net = factory()
-            state = {n: p[i].detach().cpu().clone() for n, p in params.items()}
-            state |= {n: b[i].detach().cpu().clone() for n, b in buffers.items()}
-            net.load_state_dict(state)
+            own = net.state_dict()  # (non-persistent buffers are stacked, not saved)
+            stacked = {**params, **buffers}
+            net.load_state_dict({n: stacked[n][i].detach().cpu().clone() for n in own})
             nets.append(net.eval())
     return nets
 
@@ -78,6 +79,8 @@ def save_kept_model(
     test_accuracy: float | None,
 ) -> Path:
     """Write the kept model to ``run_dir/model/`` (replaced atomically if it exists).
+
+    Call it on one process (global rank zero under DDP).
 
     Args:
         run_dir: the run folder.
@@ -105,6 +108,7 @@ def save_kept_model(
     final = run_dir / MODEL_DIR
     tmp = Path(tempfile.mkdtemp(prefix=".model-", dir=run_dir))
     try:
+        os.chmod(tmp, 0o777 & ~_umask())  # as a plain mkdir would (mkdtemp: 0o700)
         _write(tmp, cfg=cfg, dm=dm, nets=nets, kind=kind, name=name, acc=test_accuracy)
         if final.exists():
             shutil.rmtree(final)
