@@ -152,13 +152,13 @@ class DataHealth(L.Callback):
         dm = trainer.datamodule
         if not hasattr(pl_module, "_stacked") or dm is None or not hasattr(dm, "oof_dataloader"):
             return
-        with timed(trainer, "data_health"):
-            train = self._train_shared
-            if train is None:
-                train = ensemble_features(pl_module, dm.oof_dataloader())
-            test = ensemble_features(pl_module, dm.test_dataloader())
-            test_sources = getattr(getattr(dm, "test_dataset", None), "sources", None)
-            self._test_issues(trainer, train, test, self._sources(trainer), test_sources)
+        # (not timed apart: RunResults counts on_test_start..teardown as the test phase)
+        train = self._train_shared
+        if train is None:
+            train = ensemble_features(pl_module, dm.oof_dataloader())
+        test = ensemble_features(pl_module, dm.test_dataloader())
+        test_sources = getattr(getattr(dm, "test_dataset", None), "sources", None)
+        self._test_issues(trainer, train, test, self._sources(trainer), test_sources)
 
     # ---------------------------------------------------------------- private
     @staticmethod
