@@ -1,6 +1,9 @@
-"""Detection metrics of flags and scores against known noise (functional, on tensors)."""
+"""Detection metrics of flags and scores against known noise, and the blocks of a run's
+``metrics.json`` both ways of running share (functional, on tensors)."""
 
 from __future__ import annotations
+
+from typing import Any
 
 import torch
 from torchmetrics.functional.classification import (
@@ -49,3 +52,78 @@ def auroc(scores: torch.Tensor, positive: torch.Tensor) -> float:
     if n_pos == 0 or n_pos == positive.numel():
         return float("nan")
     return float(binary_auroc(scores, positive.long()))
+
+
+def min_class_kept(table, num_classes: int) -> float:
+    """The smallest fraction of a class's given labels still trained on (weight > 0)."""
+    given = torch.bincount(table.labels, minlength=num_classes).float()
+    kept = torch.bincount(table.labels[table.weights > 0], minlength=num_classes).float()
+    return float((kept / given.clamp_min(1)).min())
+
+
+def injected_noise(dm) -> dict[str, Any] | None:
+    """``metrics.json``'s ``noise_injected`` block from a data module that knows the truth
+    (``None`` when it does not)."""
+    if dm is None or not getattr(dm, "has_ground_truth", False):
+        return None
+    return {
+        "kind": dm.noise.kind,
+        "rate": dm.noise.rate,
+        "num_noisy": int(dm.is_noisy.sum()),
+        "rate_actual": float(dm.is_noisy.mean()),
+    }
+
+
+def run_metrics(
+    *,
+    mode: str,
+    source: str | None,
+    table,
+    num_classes: int,
+    num_folds: int,
+    policy,
+    noise_rate: float,
+    history: list[dict[str, Any]],
+    safety: dict[str, Any],
+    guard_events: list[dict[str, Any]],
+    noise_injected: dict[str, Any] | None = None,
+    unit: str = "epoch",
+) -> dict[str, Any]:
+    """The ``metrics.json`` both ways of running write (fold-parallel ``RunResults`` and the
+    sequential merge), before each adds its own blocks (validation, test, folds).
+
+    Args:
+        mode: ``"parallel"`` or ``"sequential"``.
+        source: the data source's name.
+        table: the run's :class:`~dcloop.state.SampleTable` after the last step.
+        num_classes, num_folds: C and K.
+        policy: the run's :class:`~dcloop.step.StepPolicy`.
+        noise_rate: the last verdict's estimated noise rate.
+        history: one row per cleaning step (:meth:`dcloop.step.StepReport.row`).
+        safety: readiness and guard state (the policy's settings included).
+        guard_events: ``{"epoch", "problems", "action"}`` per back-off, as warnings.
+        noise_injected: :func:`injected_noise`'s block, when the truth is known.
+        unit: what a step's ``epoch`` counts in the warnings (``"round"`` in sequential mode).
+    """
+    metrics: dict[str, Any] = {
+        "data": {"source": source, "num_train": len(table), "num_classes": num_classes},
+        "cleaning": {
+            "mode": mode,
+            "num_folds": num_folds,
+            "action": policy.cleaning.action,
+            "filter_by": policy.cleaning.filter_by,
+            "num_flagged": int(table.flagged.sum()),
+            "min_class_kept_frac": min_class_kept(table, num_classes),
+        },
+        "noise": {"rate": noise_rate},
+        "history": history,
+        "safety": safety,
+        "warnings": [
+            f"{unit} {e['epoch']}: {'; '.join(e['problems'])} ({e['action']})" for e in guard_events
+        ],
+    }
+    if table.has_ground_truth:
+        metrics["detection"] = detection_metrics(table.flagged, table.is_noisy, table.quality)
+    if noise_injected:
+        metrics["noise_injected"] = noise_injected
+    return metrics

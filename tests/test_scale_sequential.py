@@ -86,14 +86,35 @@ def test_folds_write_shards_and_the_last_one_merges(tmp_path, capsys):
     again = pd.read_csv(d / "label_issues.csv").sort_values("index")
     np.testing.assert_array_equal(again["flagged"].to_numpy(), issues["flagged"].to_numpy())
 
-    # round 1 prunes round 0's flags: they leave the training folds, not the OOF pass
+    # the merge ran the loop's step: confidence gate and ramp (prune, 2 steps: 0.5 first)
+    step = np.load(d / "step_state.npz")
+    weights = issues["weight"].to_numpy()
+    np.testing.assert_allclose(step["weights"], weights)
+    assert set(np.unique(weights)) <= {0.5, 1.0} and (weights == 0.5).sum() > 0
+    assert (weights[~issues["flagged"].to_numpy().astype(bool)] == 1).all()
+    assert (step["flag_streak"] == (weights == 0.5)).all()
+    # round 1 trains with those weights (the Classifier takes them; none is 0 yet)
     r1 = run_fold(cfg_for(tmp_path, "fold=0", "round=1"))
     info = pd.read_json(Path(r1["shard"]).parent / "fold0.json", typ="series")
     folds = np.load(d / "folds.npy")
+    assert info["num_excluded"] == 0
+    assert info["num_train"] == int((folds != 0).sum())
+    assert info["num_held_out"] == int((folds == 0).sum())
+
+
+def test_rounds_ramp_to_the_action_and_prune_from_the_step_state(tmp_path):
+    """Without the gate and with a one-step ramp, round 1 leaves round 0's flags out."""
+    raw = ("cl.ramp_steps=1", "cl.min_confidence=0")
+    run_fold(cfg_for(tmp_path, "fold=0", *raw))
+    d = Path(run_fold(cfg_for(tmp_path, "fold=1", *raw))["shard"]).parent
+    issues = pd.read_csv(d / "label_issues.csv").sort_values("index")
     flagged = issues["flagged"].to_numpy().astype(bool)
+    np.testing.assert_array_equal(np.load(d / "step_state.npz")["weights"], ~flagged)
+    r1 = run_fold(cfg_for(tmp_path, "fold=0", "round=1", *raw))
+    info = pd.read_json(Path(r1["shard"]).parent / "fold0.json", typ="series")
+    folds = np.load(d / "folds.npy")
     assert info["num_excluded"] == int((flagged & (folds != 0)).sum()) > 0
     assert info["num_train"] == int(((folds != 0) & ~flagged).sum())
-    assert info["num_held_out"] == int((folds == 0).sum())
 
 
 def test_users_own_module_and_merge_errors(tmp_path, capsys):

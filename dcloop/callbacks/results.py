@@ -9,11 +9,11 @@ from typing import Any
 
 import lightning as L
 import numpy as np
-import torch
 
 from dcloop.callbacks.confident_learning import ConfidentLearning
 from dcloop.callbacks.weak_classes import WeakClasses
-from dcloop.metrics import detection_metrics
+from dcloop.metrics import injected_noise, run_metrics
+from dcloop.people.report import write_report
 from dcloop.results import write_json, write_run_files
 from dcloop.timing import phase_times, timed
 
@@ -24,13 +24,6 @@ def find_callback(trainer: L.Trainer, kind: type) -> Any:
     """The last callback of type ``kind`` in ``trainer.callbacks`` (``None`` if there is none)."""
     found = [c for c in getattr(trainer, "callbacks", []) if isinstance(c, kind)]
     return found[-1] if found else None
-
-
-def min_class_kept(table, num_classes: int) -> float:
-    """The smallest fraction of a class's given labels still trained on (weight > 0)."""
-    given = torch.bincount(table.labels, minlength=num_classes).float()
-    kept = torch.bincount(table.labels[table.weights > 0], minlength=num_classes).float()
-    return float((kept / given.clamp_min(1)).min())
 
 
 class RunResults(L.Callback):
@@ -132,9 +125,7 @@ class RunResults(L.Callback):
             return
         with timed(trainer, "result_files"):
             self.write_metrics(trainer, **extra)
-            if self.report:
-                from dcloop.people.report import write_report  # (matplotlib: only when asked)
-
+            if self.report:  # (matplotlib is imported only here, by write_report)
                 dm = trainer.datamodule
                 dataset = getattr(dm, "train_dataset", None)
                 self.report_path = write_report(self.run_dir(trainer), dataset=dataset)
@@ -149,41 +140,23 @@ class RunResults(L.Callback):
 
     def _metrics(self, trainer, pl_module, cl: ConfidentLearning) -> dict[str, Any]:
         table, dm = pl_module.samples, trainer.datamodule
-        num_classes = int(cl.collector.num_classes)
-        metrics: dict[str, Any] = {
-            "data": {
-                "source": getattr(dm, "source", None),
-                "num_train": len(table),
-                "num_classes": num_classes,
-            },
-            "cleaning": {
-                "num_folds": int(getattr(pl_module, "num_folds", int(table.folds.max()) + 1)),
-                "action": cl.action,
-                "filter_by": cl.filter_by,
-                "num_flagged": int(table.flagged.sum()),
-                "min_class_kept_frac": min_class_kept(table, num_classes),
-                "vectorized": getattr(pl_module, "vectorized", None),
-            },
-            "noise": {"rate": cl.last_result.noise_rate},
-            # The last epoch's validation accuracy (the ensemble): what sweeps optimise.
-            "val": {"accuracy": cl.epochs[-1]["val_acc"] if cl.epochs else None},
-            "test": {"accuracy": float("nan")},  # filled in after the test
-            "history": cl.history,
-            "safety": cl.summary(),
-            "warnings": [
-                f"epoch {e['epoch']}: {'; '.join(e['problems'])} ({e['action']})"
-                for e in cl.guard_events
-            ],
-        }
-        if table.has_ground_truth:
-            metrics["detection"] = detection_metrics(table.flagged, table.is_noisy, table.quality)
-        if dm is not None and getattr(dm, "has_ground_truth", False):
-            metrics["noise_injected"] = {
-                "kind": dm.noise.kind,
-                "rate": dm.noise.rate,
-                "num_noisy": int(dm.is_noisy.sum()),
-                "rate_actual": float(dm.is_noisy.mean()),
-            }
+        metrics = run_metrics(
+            mode="parallel",
+            source=getattr(dm, "source", None),
+            table=table,
+            num_classes=int(cl.collector.num_classes),
+            num_folds=int(getattr(pl_module, "num_folds", int(table.folds.max()) + 1)),
+            policy=cl.step_policy,
+            noise_rate=cl.last_result.noise_rate,
+            history=cl.history,
+            safety=cl.summary(),
+            guard_events=cl.guard_events,
+            noise_injected=injected_noise(dm),
+        )
+        metrics["cleaning"]["vectorized"] = getattr(pl_module, "vectorized", None)
+        # The last epoch's validation accuracy (the ensemble): what sweeps optimise.
+        metrics["val"] = {"accuracy": cl.epochs[-1]["val_acc"] if cl.epochs else None}
+        metrics["test"] = {"accuracy": float("nan")}  # filled in after the test
         if dm is not None and hasattr(dm, "skipped_files"):
             metrics["data"]["num_skipped_files"] = len(dm.skipped_files or [])
         for cb in trainer.callbacks:  # other callbacks' sections (e.g. augment)

@@ -17,8 +17,10 @@ folder (not the per-job Hydra folder), so that the merge step
 (``outputs/sequential`` for a single run). ``<fingerprint>`` hashes everything that
 must agree between the folds of one cleaning run (data, noise, model, K, seed, cl,
 epochs), so a sweep over other keys keeps its groups apart. Round ``r > 0`` reads
-round ``r - 1``'s ``label_issues.csv`` (or ``sequential.issues``) and prunes or
-down-weights the flagged samples; the last fold to finish merges (``auto_merge``).
+round ``r - 1``'s weights (its merge's ``step_state.npz``: the cleaning step's, with the
+confidence gate and the ramp, as between epochs in fold-parallel mode) or, with
+``sequential.issues``, prunes or down-weights the flagged samples of that issue table; the
+last fold to finish merges (``auto_merge``).
 """
 
 from __future__ import annotations
@@ -42,13 +44,15 @@ from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader, Subset
 
 from dcloop._checks import check_int
-from dcloop.callbacks import ConfidentLearning, OOFCollector
+from dcloop.callbacks import OOFCollector
 from dcloop.data import EpochShuffleSampler, check_item
 from dcloop.folds import assign_folds
 from dcloop.models import Classifier
 from dcloop.models.factory import module_kwargs, net_factory
 from dcloop.results import atomic_write, write_json
+from dcloop.scale.merge import STEP_STATE, load_npz, merge_if_complete
 from dcloop.signals import exit_on_signal
+from dcloop.step import StepPolicy
 
 log = logging.getLogger(__name__)
 
@@ -102,13 +106,37 @@ def check_fold_cfg(cfg: DictConfig) -> tuple[int, int, int]:
     return fold, k, rnd
 
 
-def previous_weights(cfg: DictConfig, rnd: int, num_samples: int) -> np.ndarray:
-    """``(N,)`` loss weights for round ``rnd`` from the previous round's issue table.
+def step_policy(cfg: DictConfig) -> StepPolicy:
+    """The run's ``cl`` settings, checked (before any training)."""
+    return StepPolicy.from_options(OmegaConf.to_container(cfg.cl, resolve=True))
 
-    ``prune`` gives flagged samples weight 0 (they leave the training folds);
-    ``downweight`` gives them ``max(floor, quality ** power)``; ``detect`` keeps all 1.
+
+def previous_weights(
+    cfg: DictConfig,
+    rnd: int,
+    num_samples: int,
+    policy: StepPolicy,
+    prior: np.ndarray | None = None,
+) -> np.ndarray:
+    """``(N,)`` loss weights for round ``rnd``, from round ``rnd - 1``, ``prior`` included.
+
+    By default the weights the previous round's merge gave (``step_state.npz``: its
+    cleaning step, with the confidence gate and the ramp; they already hold the label
+    file's weights). With ``sequential.issues`` (or a round merged by an older dcloop), from
+    that issue table's flags: ``prune`` gives flagged samples weight 0 (they leave the
+    training folds), ``downweight`` ``max(floor, quality ** power)``, ``detect`` 1; times
+    ``prior``.
     """
     seq = cfg.get("sequential") or {}
+    state = round_dir(cfg, rnd - 1) / STEP_STATE
+    if not seq.get("issues") and state.is_file():
+        weights = load_npz(state, ("weights",), "the previous round's step state")["weights"]
+        if weights.shape != (num_samples,):
+            raise ValueError(
+                f"{state} has {weights.shape[0]} weights, this run {num_samples} training "
+                "samples: it belongs to another data set"
+            )
+        return weights.astype(np.float32)
     path = Path(seq.issues) if seq.get("issues") else round_dir(cfg, rnd - 1) / "label_issues.csv"
     if not path.is_file():
         raise FileNotFoundError(
@@ -123,8 +151,8 @@ def previous_weights(cfg: DictConfig, rnd: int, num_samples: int) -> np.ndarray:
         )
     flags = torch.as_tensor(df["flagged"].to_numpy().astype(bool))
     quality = torch.as_tensor(df["quality"].to_numpy(), dtype=torch.float32).nan_to_num(1.0)
-    cl = ConfidentLearning(**OmegaConf.to_container(cfg.cl, resolve=True))
-    return cl.cleaning.weights(flags, quality).numpy()
+    weights = policy.cleaning.weights(flags, quality).numpy()
+    return weights if prior is None else weights * prior
 
 
 def build_module(cfg: DictConfig, dm, weights: np.ndarray | None, fold: int) -> L.LightningModule:
@@ -153,11 +181,13 @@ def build_module(cfg: DictConfig, dm, weights: np.ndarray | None, fold: int) -> 
         if w is not None:
             known["weights"] = w
         kw = {k: v for k, v in known.items() if k in params and k not in made.keywords}
-        if w is not None and "weights" not in kw and not bool((w == 1).all()):
+        # weight 0 leaves the training folds; weights strictly between need the module
+        if w is not None and "weights" not in kw and bool(((w > 0) & (w < 1)).any()):
             raise ValueError(
-                f"cl.action={cfg.cl.action!r} needs per-sample weights, but "
-                f"{made.func.__name__} takes no `weights` argument: add one (an (N,) tensor "
-                "keyed by index, as dcloop.models.Classifier), or use cl.action=prune"
+                f"cl.action={cfg.cl.action!r} with cl.ramp_steps={cfg.cl.ramp_steps} needs "
+                f"per-sample weights (some are between 0 and 1), but {made.func.__name__} "
+                "takes no `weights` argument: add one (an (N,) tensor keyed by index, as "
+                "dcloop.models.Classifier), or use cl.action=prune with cl.ramp_steps=1"
             )
         made = made(**kw)
     if not isinstance(made, L.LightningModule):
@@ -239,8 +269,7 @@ def run_fold(cfg: DictConfig) -> dict[str, Any]:
     """
     start = time.perf_counter()
     fold, k, rnd = check_fold_cfg(cfg)
-    # checks the cl settings now, not after K trainings at merge time
-    ConfidentLearning(**OmegaConf.to_container(cfg.cl, resolve=True))
+    policy = step_policy(cfg)  # checks the cl settings now, not after K trainings
     augment = (cfg.get("augment") or {}).get("kind", "none")
     if augment != "none":
         log.warning(
@@ -254,10 +283,9 @@ def run_fold(cfg: DictConfig) -> dict[str, Any]:
     check_item(dm.train_dataset[0])
     n = dm.num_train
     folds = assign_folds(dm.given_labels, k, seed=cfg.seed)  # the FoldEnsemble's folds
-    weights = previous_weights(cfg, rnd, n) if rnd > 0 else None
-    if getattr(dm, "label_override", None) is not None:  # label-file weights (dcloop.people)
-        prior = dm.label_override.weights
-        weights = prior if weights is None else weights * prior
+    over = getattr(dm, "label_override", None)  # label-file weights (dcloop.people)
+    prior = None if over is None else np.asarray(over.weights, dtype=np.float32)
+    weights = previous_weights(cfg, rnd, n, policy, prior) if rnd > 0 else prior
     keep = folds != fold if weights is None else (folds != fold) & (weights > 0)
     train_idx, held_idx = np.flatnonzero(keep), np.flatnonzero(folds == fold)
 
@@ -330,8 +358,6 @@ def run_fold(cfg: DictConfig) -> dict[str, Any]:
         shard = _save_npz(out / f"oof_fold{fold}.npz", index=index, probs=probs)
         seq = cfg.get("sequential") or {}
         if seq.get("auto_merge", True):
-            from dcloop.scale.merge import merge_if_complete
-
             merged = merge_if_complete(out)
     else:
         shard, test_acc = out / f"oof_fold{fold}.npz", float("nan")

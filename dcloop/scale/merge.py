@@ -2,10 +2,13 @@
 
 ``dcloop-merge DIR`` (or automatically, by the fold run that completes the set) checks
 that every training index is covered by exactly one shard (and by the shard of its own
-fold), runs confident learning on the merged ``(N, C)`` matrix with the run's ``cl``
-settings, and writes the same files as fold-parallel mode into the round folder:
-``label_issues.csv``, ``class_report.csv``, ``noise_matrix.csv``, ``oof_probs.npy``,
-``folds.npy``, ``sample_table.pt`` and ``metrics.json``.
+fold), runs the cleaning step (:func:`dcloop.step.clean_step`, the one fold-parallel mode
+runs between epochs: bounds, guard, confidence gate, ramp) on the merged ``(N, C)`` matrix
+with the run's ``cl`` settings, and writes the same files as fold-parallel mode into the
+round folder: ``label_issues.csv``, ``class_report.csv``, ``noise_matrix.csv``,
+``oof_probs.npy``, ``folds.npy``, ``sample_table.pt`` and ``metrics.json``, plus
+``step_state.npz``: the weights the next round trains with and what the next round's step
+reads (the ramp's streak, the guard's counters).
 """
 
 from __future__ import annotations
@@ -25,17 +28,18 @@ from typing import Any
 import numpy as np
 import torch
 
-from dcloop.callbacks import ConfidentLearning
-from dcloop.cl import CLResult
 from dcloop.console import emit, run_summary
-from dcloop.metrics import detection_metrics
-from dcloop.results import issue_table, write_json, write_run_files
+from dcloop.metrics import run_metrics
+from dcloop.results import atomic_write, issue_table, write_json, write_run_files
 from dcloop.scale.sequential import merge_shards
 from dcloop.state import SampleTable
+from dcloop.step import Evidence, StepPolicy, StepReport, StepState, clean_step
 
 log = logging.getLogger(__name__)
 
 LOCK = ".merge.lock"
+#: The cleaning step's state after a round's merge (read by the next round).
+STEP_STATE = "step_state.npz"
 
 
 def shard_paths(round_dir: Path, num_folds: int) -> list[Path]:
@@ -50,7 +54,7 @@ def shard_paths(round_dir: Path, num_folds: int) -> list[Path]:
     return paths
 
 
-def _load_npz(path: Path, keys: tuple[str, ...], what: str) -> dict[str, np.ndarray]:
+def load_npz(path: Path, keys: tuple[str, ...], what: str) -> dict[str, np.ndarray]:
     """The arrays ``keys`` (and any others) of one ``.npz`` written by a fold run.
 
     Raises:
@@ -113,12 +117,12 @@ def merge_round(round_dir: str | Path, *, device: str = "auto") -> dict[str, Any
     if not (d / "meta.json").is_file():
         raise FileNotFoundError(f"{d / 'meta.json'} does not exist: not a sequential round folder")
     meta = _load_json(d / "meta.json", "the round's metadata (written by the first fold run)")
-    arrays = _load_npz(d / "meta.npz", ("labels", "folds", "sources"), "the round's labels")
+    arrays = load_npz(d / "meta.npz", ("labels", "folds", "sources"), "the round's labels")
     n, k = meta["num_samples"], meta["num_folds"]
     folds = arrays["folds"]
     shards = []  # each shard read once
     for fold, path in enumerate(shard_paths(d, k)):
-        z = _load_npz(path, ("index", "probs"), f"fold {fold}'s OOF shard")
+        z = load_npz(path, ("index", "probs"), f"fold {fold}'s OOF shard")
         index, p = z["index"], z["probs"]
         stray = index[folds[index] != fold]
         if stray.size:
@@ -129,59 +133,137 @@ def merge_round(round_dir: str | Path, *, device: str = "auto") -> dict[str, Any
         shards.append((index, p))
     probs = torch.from_numpy(merge_shards(shards, n))
     dev = _device(device)
-    cl = ConfidentLearning(**meta["cl"])  # the run's cl settings, checked
+    policy = StepPolicy.from_options(meta["cl"])  # the run's cl settings, checked
     truth = arrays["true_labels"]
     table = SampleTable(arrays["labels"], folds, truth if (truth >= 0).all() else None).to(dev)
     if "confirmed" in arrays:  # a label file's checked rows and weights (dcloop.people)
         table.confirmed.copy_(torch.as_tensor(arrays["confirmed"]))
         table.prior_weights.copy_(torch.as_tensor(arrays["prior_weights"]))
-    result = cl.run(table.labels, probs.to(dev), confirmed=table.confirmed)
-    result.flags = cl.bound(result, table.labels)  # at most max_class_frac of a class, ...
-    table.apply(result, int(meta["round"]), cl.cleaning.weights(result.flags, result.quality))
+    rnd = int(meta["round"])
+    state = read_step_state(d.parent / f"round_{rnd - 1}", table) if rnd > 0 else None
+    if state is None:  # round 0, or a previous round without one (sequential.issues)
+        state = StepState.of_table(table)
+    state, report = clean_step(state, Evidence(probs.to(dev), rnd), policy)
+    result = report.result
+    table.record_flags(result.flags, result.quality, result.suggested, rnd)
+    table.weights.copy_(state.weights)
+    table.flag_streak.copy_(state.flag_streak)
+    if report.event is not None:
+        log.warning(
+            "dcloop guard, round %d: %s; %s",
+            rnd,
+            "; ".join(report.problems),
+            report.event["action"],
+        )
+    write_step_state(d / STEP_STATE, state)
     sources = arrays["sources"].tolist()
     write_run_files(d, table, probs, result, sources, meta.get("class_names"))
-    metrics = _metrics(d, meta, arrays, table, result)
+    metrics = _metrics(d, meta, arrays, table, policy, state, report)
     write_json(metrics, d / "metrics.json")
     top = issue_table(table, sources, meta.get("class_names")).head(5).to_dict("records")
     emit(run_summary(metrics, d, [r for r in top if r["flagged"]]))
     return metrics
 
 
-def _metrics(d: Path, meta, arrays, table: SampleTable, result: CLResult) -> dict[str, Any]:
+def write_step_state(path: Path, state: StepState) -> Path:
+    """The step state's tensors and counters as plain arrays (no pickles), atomically."""
+    arrays = {
+        "weights": state.weights.float().cpu().numpy(),
+        "flag_streak": state.flag_streak.cpu().numpy(),
+        "start_epoch": np.int64(-1 if state.start_epoch is None else state.start_epoch),
+        "noise_rate": np.float64(np.nan if state.noise_rate is None else state.noise_rate),
+        "backoffs": np.int64(state.backoffs),
+        "paused_until": np.int64(state.paused_until),
+    }
+
+    def save(tmp):
+        with open(tmp, "wb") as f:  # a file object: np.savez would append ".npz" to a path
+            np.savez(f, **arrays)
+
+    return atomic_write(path, save)
+
+
+def read_step_state(round_dir: Path, table: SampleTable) -> StepState | None:
+    """The step state a round's merge left (``None`` when it left none), on ``table``'s
+    labels, folds and label file.
+
+    Raises:
+        ValueError: a corrupt file, or one for another number of samples; names the file.
+    """
+    path = Path(round_dir) / STEP_STATE
+    if not path.is_file():
+        return None
+    z = load_npz(path, ("weights", "flag_streak", "backoffs", "paused_until"), "a step state")
+    n = len(table)
+    if z["weights"].shape != (n,) or z["flag_streak"].shape != (n,):
+        raise ValueError(
+            f"{path}: holds {z['weights'].shape[0]} samples, this round {n}: it belongs to "
+            "another data set"
+        )
+    start, rate = int(z["start_epoch"]), float(z["noise_rate"])
+    dev = table.labels.device
+    return StepState(
+        labels=table.labels,
+        folds=table.folds,
+        flag_streak=torch.as_tensor(z["flag_streak"], dtype=torch.long, device=dev),
+        weights=torch.as_tensor(z["weights"], dtype=torch.float32, device=dev),
+        confirmed=table.confirmed,
+        prior_weights=table.prior_weights,
+        start_epoch=None if start < 0 else start,
+        noise_rate=None if np.isnan(rate) else rate,
+        backoffs=int(z["backoffs"]),
+        paused_until=int(z["paused_until"]),
+    )
+
+
+def _metrics(
+    d: Path,
+    meta,
+    arrays,
+    table: SampleTable,
+    policy: StepPolicy,
+    state: StepState,
+    report: StepReport,
+) -> dict[str, Any]:
     k = meta["num_folds"]
     test = np.mean(
         [
-            _load_npz(d / f"test_fold{f}.npz", ("probs",), f"fold {f}'s test predictions")["probs"]
+            load_npz(d / f"test_fold{f}.npz", ("probs",), f"fold {f}'s test predictions")["probs"]
             for f in range(k)
         ],
         axis=0,
     )
     folds = [_load_json(d / f"fold{f}.json", f"fold {f}'s summary") for f in range(k)]
-    metrics: dict[str, Any] = {
-        "data": {
-            "source": meta["source"],
-            "num_train": meta["num_samples"],
-            "num_classes": meta["num_classes"],
+    events = [] if report.event is None else [report.event]
+    true = table.true_labels if table.has_ground_truth else None
+    metrics = run_metrics(
+        mode="sequential",
+        source=meta["source"],
+        table=table,
+        num_classes=meta["num_classes"],
+        num_folds=k,
+        policy=policy,
+        noise_rate=report.result.noise_rate,
+        history=[report.row(state, true)],
+        safety={
+            "policy": policy.safety.as_dict(),
+            "start_round": state.start_epoch,
+            "backoffs": state.backoffs,
+            "stopped": policy.stopped(state.backoffs),
+            "paused_until_round": state.paused_until,
+            "skipped": report.skipped,
+            "guard_events": events,
         },
-        "cleaning": {
-            "mode": "sequential",
-            "round": meta["round"],
-            "num_folds": k,
-            "action": meta["cl"].get("action", "prune"),
-            "filter_by": meta["cl"].get("filter_by", "prune_by_noise_rate"),
-            "num_flagged": int(table.flagged.sum()),
-        },
-        "noise": {"rate": result.noise_rate},
-        "test": {
-            "accuracy": float((test.argmax(1) == arrays["test_labels"]).mean()),
-            "fold_accuracy": [f["test_accuracy"] for f in folds],
-        },
-        "folds": folds,
+        guard_events=events,
+        noise_injected=meta.get("noise_injected"),
+        unit="round",
+    )
+    metrics["cleaning"]["round"] = meta["round"]
+    metrics["test"] = {
+        "accuracy": float((test.argmax(1) == arrays["test_labels"]).mean()),
+        "fold_accuracy": [f["test_accuracy"] for f in folds],
     }
-    if table.has_ground_truth:
-        metrics["detection"] = detection_metrics(table.flagged, table.is_noisy, table.quality)
-    if meta.get("noise_injected"):
-        metrics["noise_injected"] = meta["noise_injected"]
+    metrics["folds"] = folds
     return metrics
 
 
