@@ -26,6 +26,7 @@ from dcloop.callbacks.results import find_callback
 from dcloop.data import check_item
 from dcloop.errors import UserInputError
 from dcloop.folds import check_num_folds
+from dcloop.kept.save import replica_nets, save_kept_model
 from dcloop.models import Classifier, FoldEnsemble
 from dcloop.models.factory import check_net_keys, module_kwargs, net_factory
 from dcloop.scale.fold_run import run_fold
@@ -189,7 +190,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     metrics = dict(results.metrics) if results is not None else {}
     if run.trainer.is_global_zero:
         OmegaConf.save(cfg, run_dir / "config.yaml")
-    if not goes_on or not metrics:
+    if not metrics:
         return metrics
     test = dict(metrics["test"])
     if cfg.get("refit"):  # the older switch: one network on the loop's weights (prune)
@@ -199,7 +200,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     if kept == "student":
         policy = student_policy(cfg)
         with timed(run.trainer, "student"):
-            _, acc = train_student(cfg, run, policy)
+            student, acc = train_student(cfg, run, policy)
         test.update(accuracy=acc, student_accuracy=acc)
         extra["kept"] = {
             "model": "student",
@@ -207,8 +208,26 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             "targets": policy.targets,
             "policy": policy.as_dict(),
         }
-    results.hold = False
-    results.finish(run.trainer, **extra)
+        nets, kind = [student.net], "single"
+    else:
+        nets, kind = replica_nets(run.model, _net(cfg, run.dm)), "ensemble"
+    if run.trainer.is_global_zero:
+        with timed(run.trainer, "result_files"):
+            where = save_kept_model(
+                run_dir,
+                cfg=cfg,
+                dm=run.dm,
+                nets=nets,
+                kind=kind,
+                name=kept,
+                test_accuracy=test["accuracy"],
+            )
+        extra["kept"] = {**(extra.get("kept") or metrics["kept"]), "path": str(where)}
+    if goes_on:
+        results.hold = False
+        results.finish(run.trainer, **extra)
+    elif run.trainer.is_global_zero:
+        results.write_metrics(run.trainer, **extra)
     return dict(results.metrics)
 
 
