@@ -171,6 +171,8 @@ def main(argv: list[str] | None = None) -> dict:
     aggre = pd.read_csv(data / "cifar10n" / "aggre.csv", dtype=str).set_index("path")["label"]
     aggre = np.array([lookup[aggre[p]] for p in sub["path"]])
     model = probs[rows].argmax(1)
+    manifest = [o.split("=", 1)[1] for o in overrides if o.startswith("data.source.manifest=")]
+    given_name = Path(manifest[0]).name if manifest else "labels.csv"
 
     t2 = time.time()
     direct, direct_stats, direct_w = crowdlab(wide, probs[rows])
@@ -191,7 +193,7 @@ def main(argv: list[str] | None = None) -> dict:
         "CIFAR-10N aggre (published majority)": aggre,
         "model alone (OOF argmax)": model,
         **{f"single annotator: {c}": wide[:, j] for j, c in enumerate(cols)},
-        "given labels of the run (aggre.csv)": given[rows],
+        f"given labels of the run ({given_name})": given[rows],
     }
     table = [
         {
@@ -204,6 +206,7 @@ def main(argv: list[str] | None = None) -> dict:
     ]
     true_acc = {c: acc(wide[:, j], truth) for j, c in enumerate(cols)}
     ann = stats.assign(
+        worst_class=[names[int(k)] for k in stats["worst_class"]],
         true_accuracy=stats["annotator"].map(true_acc),
         direct_cleanlab_quality=direct_stats["annotator_quality"].to_numpy(),
     )
@@ -267,7 +270,7 @@ def render(r: dict) -> str:
         "Model: the OOF probabilities of the dcloop run "
         f"`dcloop {' '.join(r['dcloop_run_overrides'])}`"
         f" (OOF accuracy {r['model_oof_accuracy_vs_truth']:.3f} against the truth, "
-        f"{r['model_oof_accuracy_vs_given']:.3f} against its given aggre labels). "
+        f"{r['model_oof_accuracy_vs_given']:.3f} against its given labels). "
         f"{r['items']} training images of `cifar10-subset`, {len(r['annotators'])} CIFAR-10N "
         f"annotators each (`cifar10n/annotators.csv`); the truth is each image's folder. "
         f"The annotators disagree on {r['items_disagreed']} items, all three differ on "
