@@ -21,7 +21,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from dcloop._checks import check_choice, check_float, check_int, check_run_config
-from dcloop.callbacks import ConfidentLearning, RunResults
+from dcloop.callbacks import ConfidentLearning, EpochCheckpoint, RunResults
 from dcloop.callbacks.results import find_callback
 from dcloop.data import check_item
 from dcloop.errors import UserInputError
@@ -222,6 +222,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
                 name=kept,
                 test_accuracy=test["accuracy"],
             )
+        where = where.relative_to(run_dir) if where.is_relative_to(run_dir) else where
         extra["kept"] = {**(extra.get("kept") or metrics["kept"]), "path": str(where)}
     if goes_on:
         results.hold = False
@@ -285,12 +286,30 @@ def train_student(cfg: DictConfig, run: Run, policy: StudentPolicy) -> tuple[Cla
         seed=cfg.seed,
         **module_kwargs(cfg.model, Classifier),
     )
+    ckpt = StudentCheckpoint(Path(cfg.output_dir) / "checkpoints", policy.targets)
     trainer = instantiate(
         cfg.trainer,
+        callbacks=[ckpt] if cfg.get("checkpoint") else [],
         logger=False,
-        enable_checkpointing=False,
+        enable_checkpointing=bool(cfg.get("checkpoint")),
         default_root_dir=str(cfg.output_dir),
     )
-    trainer.fit(model, datamodule=dm)
+    # A run resumed after a kill in this phase goes on from the student's own checkpoint,
+    # beside the replicas' checkpoint it was resumed from.
+    resume = Path(cfg.resume).with_name(ckpt.FILE_NAME) if cfg.get("resume") else None
+    resume = resume if resume is not None and resume.is_file() else None
+    if resume is not None:
+        log.info("resuming the student from %s", resume)
+    trainer.fit(model, datamodule=dm, ckpt_path=resume)
     test = trainer.test(model, datamodule=dm, verbose=False)
     return model, float(test[0]["test/acc"])
+
+
+class StudentCheckpoint(EpochCheckpoint):
+    """``student-<targets>.ckpt`` beside the replicas' ``last.ckpt``, after every student
+    epoch: ``resume=<run>/checkpoints/last.ckpt`` after a kill in the student phase restores
+    the replicas' final state, then the student from here."""
+
+    def __init__(self, dirpath: str | Path, targets: str) -> None:
+        super().__init__(dirpath)
+        self.FILE_NAME = f"student-{targets}.ckpt"

@@ -277,3 +277,29 @@ def test_checkpoint_without_a_newer_sample_buffer_warns_and_resumes(tmp_path):
     with pytest.warns(UserWarning, match="no per-sample last_flagged"):
         _, _, trainer = fit_blobs(tmp_path / "b", epochs=2, ckpt_path=tmp_path / "old.ckpt")
     assert trainer.current_epoch == 2
+
+
+@pytest.mark.slow
+def test_kill_in_the_student_phase_then_resume_gives_the_same_kept_model(tmp_path, uninterrupted):
+    """Killed while the kept student trains: resume=<last.ckpt> restores the replicas' final
+    state, goes on from the student's own checkpoint, and ends with the same saved model."""
+    killed, resumed = tmp_path / "killed", tmp_path / "resumed"
+    proc = dcloop(killed)
+    student = killed / "checkpoints" / "student-relabel.ckpt"
+    deadline = time.monotonic() + 600
+    while not (student.exists() and checkpoint_epoch(student) >= 1):
+        assert proc.poll() is None, proc.communicate()[0][-3000:]
+        assert time.monotonic() < deadline, "no student checkpoint in time"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    assert finish(proc)[0] == -signal.SIGKILL
+    assert not (killed / "model").exists()
+    rc, out = finish(dcloop(resumed, f"resume={killed / 'checkpoints' / 'last.ckpt'}"))
+    assert rc == 0, out[-3000:]
+    assert "resuming the student from" in out
+    assert metrics_of(resumed) == metrics_of(uninterrupted)
+    mine = torch.load(resumed / "model" / "member_0.pt", weights_only=True)
+    theirs = torch.load(uninterrupted / "model" / "member_0.pt", weights_only=True)
+    assert mine.keys() == theirs.keys()
+    for key in mine:
+        torch.testing.assert_close(mine[key], theirs[key], rtol=0, atol=0)

@@ -87,6 +87,10 @@ class Classifier(L.LightningModule):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
 
+    def on_train_epoch_start(self) -> None:
+        # Per-epoch seed, as FoldEnsemble: a resumed run draws the same randomness.
+        torch.manual_seed(self.hparams.seed * 100_003 + self.current_epoch)
+
     def training_step(self, batch, batch_idx):
         x, y, index = batch
         ce = self._loss_fn(self(x), y if self.targets is None else self.targets[index])
