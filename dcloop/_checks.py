@@ -331,12 +331,17 @@ def _distinct(texts: Sequence[str], rows: Sequence[int]) -> str:
 
 
 def parse_class_labels(
-    raw: Sequence[Any], class_names: Sequence[str] | None = None, *, where: str
+    raw: Sequence[Any],
+    class_names: Sequence[str] | None = None,
+    *,
+    where: str,
+    row_offset: int = 0,
 ) -> tuple[np.ndarray, list[str]]:
     """Class ids from the label column of a file (csv manifest, text file, label file).
 
     Values are read as stripped strings; integers and integral floats (``"3.0"``, as pandas
-    writes an int column with blanks) are class ids. Rows are 0-based data rows.
+    writes an int column with blanks) are class ids. A message names data row ``i`` as row
+    ``i + row_offset``: 2 for a CSV file with a header (the row number a spreadsheet shows).
 
     * With ``class_names``: a value equal to a class name maps to it (names win over ids),
       else it must be an integer id in ``[0, C)``.
@@ -347,6 +352,7 @@ def parse_class_labels(
         raw: ``(N,)`` the raw labels.
         class_names: the C class names, in class-id order, or ``None``.
         where: what is being read, for the messages (``"label file l.csv"``).
+        row_offset: the row number of the first data row in the messages.
 
     Returns:
         ``(ids, class_names)``: ``(N,)`` int64 ids and the class names.
@@ -382,16 +388,16 @@ def parse_class_labels(
                 bad.append(i)
         if bad:
             raise UserInputError(
-                f"{where}: row {bad[0]} has label {texts[bad[0]]!r}, which is not a known class "
-                f"(unknown labels in {_distinct(texts, bad)}); expected a class name "
+                f"{where}: row {bad[0] + row_offset} has label {texts[bad[0]]!r}, which is not a "
+                f"known class (unknown labels in {_distinct(texts, bad)}); expected a class name "
                 f"({preview(names, 10)}) or a class id in [0, {len(names)})"
             )
         return out, names
     empty = [i for i, s in enumerate(texts) if not s]
     if empty:
         raise UserInputError(
-            f"{where}: row {empty[0]} has an empty label ({len(empty)} such row(s)); expected "
-            "a class name or a class id >= 0"
+            f"{where}: row {empty[0] + row_offset} has an empty label ({len(empty)} such "
+            "row(s)); expected a class name or a class id >= 0"
         )
     id_rows = [i for i, k in enumerate(ids) if k is not None]
     name_rows = [i for i, k in enumerate(ids) if k is None]
@@ -402,7 +408,8 @@ def parse_class_labels(
         raise UserInputError(
             f"{where}: the label column mixes class ids ({preview(id_values)}) and class names "
             f"({preview(name_values)}) in {len(id_rows)} and {len(name_rows)} row(s), e.g. "
-            f"row {i}: {texts[i]!r} and row {j}: {texts[j]!r}; use one or the other for every row"
+            f"row {i + row_offset}: {texts[i]!r} and row {j + row_offset}: {texts[j]!r}; use one "
+            "or the other for every row"
         )
     if name_rows:
         names = sorted(set(texts))
@@ -412,7 +419,7 @@ def parse_class_labels(
     neg = np.flatnonzero(out < 0).tolist()
     if neg:
         raise UserInputError(
-            f"{where}: row {neg[0]} has label {texts[neg[0]]!r}, a negative class id "
+            f"{where}: row {neg[0] + row_offset} has label {texts[neg[0]]!r}, a negative class id "
             f"(negative ids in {_distinct(texts, neg)}); expected class ids >= 0 or class names"
         )
     return out, [str(k) for k in range(int(out.max()) + 1 if out.size else 0)]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import sys
 import warnings
 from pathlib import Path
@@ -18,7 +19,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from dcloop.errors import EXIT_USAGE, PREFIX, UserInputError, user_error_message
+from dcloop.errors import EXIT_USAGE, PREFIX, UserInputError, quote, user_error_message
 from dcloop.runfolder import check_run_folder, is_launched_rank, lock_run_folder
 
 CONFIG_DIR = str(Path(__file__).resolve().parent / "conf")
@@ -35,15 +36,18 @@ def _full_error() -> bool:
     return os.environ.get("HYDRA_FULL_ERROR", "") not in ("", "0")
 
 
-def exit_on_user_error(exc: BaseException) -> None:
+def exit_on_user_error(exc: BaseException, cfg: DictConfig | None = None) -> None:
     """Print ``dcloop: error: <message>`` and exit 2 if ``exc`` is bad input; else return.
 
-    Returns without doing anything when ``HYDRA_FULL_ERROR`` is set, so the caller's
-    ``raise`` shows the traceback.
+    With the run's ``cfg``, a key the message names bare (``root=``) is named as the user
+    types it (``data.source.root=``). Returns without doing anything when
+    ``HYDRA_FULL_ERROR`` is set, so the caller's ``raise`` shows the traceback.
     """
     message = user_error_message(exc)
     if message is None or _full_error():
         return
+    if cfg is not None:
+        message = as_typed(message, cfg)
     log.debug("bad input", exc_info=exc)
     sys.stderr.write(f"{PREFIX}{message}\n")
     sys.stderr.flush()
@@ -66,7 +70,7 @@ def _app(cfg: DictConfig) -> float:
             emit(summarize(cfg.output_dir, metrics))
         return optimized_value(cfg, metrics)
     except Exception as exc:  # noqa: BLE001 - bad input becomes one line, the rest re-raises
-        exit_on_user_error(exc)
+        exit_on_user_error(exc, cfg)
         raise
 
 
@@ -94,6 +98,47 @@ def check_noise_choice(cfg: DictConfig) -> None:
             "whose labels are used as given); expected noise=symmetric, noise=asymmetric or "
             "noise=random_matrix beside it to inject noise on purpose"
         )
+
+
+#: Where a bare key in a message is looked up first (the first section that has it wins).
+_KEY_SECTIONS = ("data.source", "data", "model", "cl", "trainer", "noise", "augment")
+
+
+def as_typed(message: str, cfg: DictConfig) -> str:
+    """``message`` with each bare ``key=`` that the library wrote (``root=``, ``manifest=``)
+    named as the override the user types (``data.source.root=``), looked up in ``cfg``'s
+    sections in :data:`_KEY_SECTIONS` order; top-level keys (``folds=``) stay as they are."""
+
+    def typed(match: re.Match) -> str:
+        key = match.group(1)
+        if key in cfg.keys():
+            return match.group(0)
+        for section in _KEY_SECTIONS:
+            node = OmegaConf.select(cfg, section, throw_on_resolution_failure=False)
+            if isinstance(node, DictConfig) and key in node.keys():
+                return f"{section}.{key}="
+        return match.group(0)
+
+    return re.sub(r"(?<![\w.\-/])([a-z_][a-z0-9_]*)=", typed, message)
+
+
+def _check_group_choices(argv: list[str]) -> None:
+    """``model=nosuch``: one line naming the choices and exit 2 (Hydra's own message is a
+    dozen lines and exit 1), before Hydra or torch start."""
+    for arg in argv:
+        group, sep, choice = arg.partition("=")
+        if not sep or group.startswith(("+", "~", "hydra", "-")) or "." in group or not choice:
+            continue
+        folder = Path(CONFIG_DIR) / group
+        if not folder.is_dir() or "," in choice or choice == "null" or "/" in choice:
+            continue
+        if not (folder / f"{choice}.yaml").is_file():
+            options = sorted(p.stem for p in folder.glob("*.yaml"))
+            sys.stderr.write(
+                f"{PREFIX}{group}={quote(choice)} is not a {group} config; expected one of "
+                f"{', '.join(options)}\n"
+            )
+            raise SystemExit(EXIT_USAGE)
 
 
 def _rank_zero() -> bool:
@@ -168,6 +213,7 @@ def _check_moved_keys(argv: list[str]) -> None:
 def main() -> None:
     """Entry point of the ``dcloop`` console script and ``python -m dcloop``."""
     _check_moved_keys(sys.argv[1:])
+    _check_group_choices(sys.argv[1:])
     # Lightning 2.6 on torch 2.14 warns about its own pytree use on every batch.
     warnings.filterwarnings("ignore", message=".*LeafSpec.*")
     # ... and advertises a cloud logger at every Trainer start: not what the console is for.

@@ -253,7 +253,7 @@ def test_manifest_mixing_names_and_ids_is_an_error(tmp_path, images):
 def test_manifest_duplicate_path_with_two_labels_is_an_error(tmp_path, images, caplog):
     man = _manifest(tmp_path, ["0.png,cat", "1.png,dog", "./0.png,dog"])
     text = message(csv_manifest, images, man)
-    assert "0.png" in text and "'cat' (data row 0)" in text and "'dog' (data row 2)" in text
+    assert "0.png" in text and "'cat' (row 2)" in text and "'dog' (row 4," in text
     man = _manifest(tmp_path, ["0.png,cat", "1.png,dog", "0.png,cat"])
     ds, _ = csv_manifest(images, man)  # same label twice: a warning
     assert len(ds) == 3 and "more than once" in caplog.text

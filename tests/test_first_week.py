@@ -263,3 +263,137 @@ def test_a_reused_run_folder_is_one_error_and_overwrite_replaces_it(tmp_path):
     out, err = p.communicate(timeout=600)
     assert p.returncode == 0, err[-3000:]
     assert not (run / "annotators").exists() and (run / "metrics.json").is_file()
+
+
+# 4. The last tracebacks become one line, exit 2.
+
+
+def test_a_decompression_bomb_is_a_bad_file_that_skip_leaves_out(tmp_path, monkeypatch):
+    from PIL import Image
+
+    from dcloop.data.datasets import decode_files, image_folder
+
+    for cls in ("cat", "dog"):
+        (tmp_path / cls).mkdir()
+        for i in range(3):
+            Image.new("RGB", (8, 8), (i * 40, 0, 0)).save(tmp_path / cls / f"{i}.png")
+    Image.new("L", (120, 120)).save(tmp_path / "dog" / "bomb.png")
+    # A 19000 x 19000 PNG is > 2 x PIL's limit; here the limit shrinks instead of the file.
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 3000)
+    ds, _ = image_folder(tmp_path, image_size=8)
+    kept, skipped = decode_files(ds, on_bad_file="skip")
+    assert len(kept) == 6 and [p for p, _ in skipped] == [str(tmp_path / "dog" / "bomb.png")]
+    assert "decompression bomb" in skipped[0][1].lower()
+
+
+def test_a_full_disk_is_one_line(tmp_path):
+    import errno
+
+    from dcloop.errors import user_error_message
+    from dcloop.results import write_json
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    import json
+
+    real = json.dump
+    json.dump = full
+    try:
+        with pytest.raises(OSError) as info:
+            write_json({"a": 1}, tmp_path / "metrics.json")
+    finally:
+        json.dump = real
+    message = user_error_message(info.value)
+    assert message is not None and "\n" not in message
+    assert "metrics.json" in message and "free some space" in message
+    # torch.save wraps the OSError in its own RuntimeError: still one line
+    wrapped = RuntimeError("PytorchStreamWriter failed writing file data/0")
+    wrapped.__cause__ = OSError(errno.ENOSPC, "No space left on device")
+    assert "no space left" in user_error_message(wrapped)
+
+
+def test_a_negative_learning_rate_is_one_line():
+    import torch
+
+    from dcloop.errors import user_error_message
+
+    with pytest.raises(ValueError) as info:
+        torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=-1)
+    assert user_error_message(info.value) == (
+        "Invalid learning rate: -1: expected a valid model.optimizer.* setting"
+    )
+
+
+def test_a_garbage_or_hostile_checkpoint_is_one_line(tmp_path):
+    import zipfile
+
+    import torch
+
+    from dcloop.errors import user_error_message
+
+    class Evil:
+        def __reduce__(self):
+            return (print, ("pwned",))
+
+    torch.save({"state_dict": {}, "x": Evil()}, tmp_path / "hostile.ckpt")
+    with zipfile.ZipFile(tmp_path / "zip.ckpt", "w") as z:
+        z.writestr("a.txt", "not a checkpoint")
+    for name, expected in (("hostile", "objects other than tensors"), ("zip", "not a readable")):
+        with pytest.raises(Exception) as info:
+            torch.load(tmp_path / f"{name}.ckpt", weights_only=True)
+        message = user_error_message(info.value)
+        assert message is not None and expected in message and "\n" not in message
+
+
+def test_a_10_mb_value_is_quoted_short():
+    from dcloop.errors import user_error_message
+
+    huge = "/data/" + "x" * 10_000_000
+    message = user_error_message(UserInputError(f"data.source.root={huge!r} does not exist"))
+    assert len(message) < 400 and "chars]" in message and message.endswith("does not exist")
+
+
+def test_bare_keys_are_named_as_typed_and_a_missing_root_says_which(tmp_path):
+    from omegaconf import OmegaConf
+
+    from dcloop.cli import as_typed
+    from dcloop.errors import user_error_message
+
+    cfg = compose_dcloop(tmp_path, "data=folder")
+    text = as_typed("root not found: Pass root=<folder>; folds=1 is too few", cfg)
+    assert text == "root not found: Pass data.source.root=<folder>; folds=1 is too few"
+    with pytest.raises(Exception) as info:
+        OmegaConf.to_container(cfg.data, throw_on_missing=True)
+    message = user_error_message(info.value)
+    assert message.startswith("data.source.root is not set") and "object_type" not in message
+
+
+def test_manifest_rows_are_numbered_as_a_spreadsheet_shows_them(tmp_path):
+    from PIL import Image
+
+    from dcloop.data.datasets import csv_manifest
+
+    for name in ("a.png", "b.png", "c.png"):
+        Image.new("RGB", (4, 4)).save(tmp_path / name)
+    (tmp_path / "m.csv").write_text("path,label\na.png,0\nb.png,1\nc.png,-1\n")
+    with pytest.raises(UserInputError, match="row 4 has label .-1."):
+        csv_manifest(tmp_path, tmp_path / "m.csv")
+
+
+def test_an_unknown_config_choice_is_exit_2(tmp_path):
+    import subprocess
+    import sys
+
+    res = subprocess.run(
+        [sys.executable, "-m", "dcloop", "model=nosuch"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert res.returncode == 2, res.stderr[-2000:]
+    assert (
+        res.stderr.strip().splitlines() == [res.stderr.strip().splitlines()[0]]
+        and "model=nosuch is not a model config; expected one of" in res.stderr
+    )

@@ -231,6 +231,8 @@ def _load_image(path: str, mode: str, size: tuple[int, int] | None) -> Tensor:
         raise FileNotFoundError(f"image file not found: {path}") from err
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as err:
         raise OSError(f"could not read image file {path}: {err}") from err
+    except Image.DecompressionBombError as err:  # a bomb is a bad file (on_bad_file=skip)
+        raise OSError(f"could not read image file {path}: {err}") from err
     if arr.ndim == 2:
         arr = arr[None, :, :]
     else:
@@ -569,7 +571,8 @@ def _check_duplicate_paths(full: Sequence[str], raw: Sequence[str], mpath: Path)
         if lab != lab0:
             raise UserInputError(
                 f"manifest {str(mpath)!r}: {key!r} is listed twice with different labels, "
-                f"{lab0!r} (data row {row0}) and {lab!r} (data row {row}); list each file once"
+                f"{lab0!r} (row {row0 + 2}) and {lab!r} (row {row + 2}, as a spreadsheet numbers "
+                "them); list each file once"
             )
         repeated += 1
     if repeated:
@@ -652,10 +655,11 @@ def csv_manifest(
     if blank:
         raise ValueError(
             f"manifest {str(mpath)!r} has empty path or label in {len(blank)} row(s), "
-            f"first data rows (0-based): {blank[:5]}"
+            f"rows {[i + 2 for i in blank[:5]]} (as a spreadsheet numbers them, header row 1)"
         )
 
-    labels, names = parse_class_labels(raw, class_names, where=f"manifest {str(mpath)!r}")
+    where = f"manifest {str(mpath)!r}"
+    labels, names = parse_class_labels(raw, class_names, where=where, row_offset=2)
 
     full = [p if os.path.isabs(p) else str(base / p) for p in paths]
     _check_duplicate_paths(full, raw, mpath)

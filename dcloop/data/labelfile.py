@@ -161,7 +161,7 @@ def read_label_file(
     blank = df["label"].isna()
     if blank.any():
         raise ValueError(f"{what}: empty label for index {_shown(idx[blank.to_numpy()].tolist())}")
-    new, _ = parse_class_labels(df["label"].tolist(), class_names, where=what)
+    new, _ = parse_class_labels(df["label"].tolist(), class_names, where=what, row_offset=2)
     if sources is not None and "source" in df.columns:
         check_sources(idx, df["source"].tolist(), sources, what=what)
     out = labels.copy()

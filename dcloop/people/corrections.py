@@ -151,7 +151,7 @@ def read_corrections_csv(
     keep = (df["label"].str.strip() != "").to_numpy()
     # blank labels (no decision) are left out; a placeholder keeps the rows of the messages
     filled = df["label"].where(keep, str(class_names[0])).tolist()
-    labels = parse_class_labels(filled, class_names, where=what)[0][keep]
+    labels = parse_class_labels(filled, class_names, where=what, row_offset=2)[0][keep]
     who = by or f"csv:{path.name}"
     if "annotator" in df.columns:
         names = df["annotator"].str.strip()
