@@ -133,6 +133,12 @@ def annotators_main(argv: Sequence[str] | None = None) -> int:
         help="add the consensus quality as a 'weight' column to consensus_labels.csv",
     )
     p.add_argument("--seed", type=int, default=0, help="majority-vote tie-break seed")
+    p.add_argument(
+        "--skip-unknown",
+        action="store_true",
+        help="leave out annotated items that are not training rows of the run (e.g. files it "
+        "held out for validation) instead of failing",
+    )
     p.add_argument("--no-report", action="store_true", help="do not re-render report.html")
 
     def body(a):
@@ -146,7 +152,13 @@ def annotators_main(argv: Sequence[str] | None = None) -> int:
         names = run_class_names(run_dir)
         base = base_labels(run_dir)
         probs = np.load(probs_path)
-        long = read_annotations(a.annotations, names, len(base), base["source"].tolist())
+        long = read_annotations(
+            a.annotations,
+            names,
+            len(base),
+            base["source"].tolist(),
+            skip_unknown=a.skip_unknown,
+        )
         cons = consensus(long, probs, names, seed=a.seed)
         out = Path(a.out) if a.out else run_dir / "annotators"
         src, orig = base["source"].tolist(), base["label"].to_numpy()
