@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -39,6 +40,15 @@ def run_summary(metrics: dict[str, Any], run_dir: Path, top: list[dict[str, Any]
         f"  found       {flagged} likely label errors ({flagged / n:.1%}); estimated "
         f"noise rate {metrics['noise']['rate']:.1%}; action={metrics['cleaning']['action']}"
     )
+    health = Path(run_dir) / "data_issues" / "summary.json"
+    if health.is_file():  # the data_health callback (health=true)
+        h = json.loads(health.read_text())
+        lines.append(
+            f"  health      {h.get('outliers', 0)} outliers, {h.get('near_duplicate_pairs', 0)} "
+            f"near-duplicate pairs, {h.get('leakage', '-')} test samples leaked, "
+            f"{h.get('underperforming_groups', 0)} weak groups, {h.get('test_only', '-')} "
+            f"test-only samples ({Path(run_dir) / 'data_issues'}/)"
+        )
     det = metrics.get("detection")
     if det:
         lines.append(
