@@ -117,6 +117,31 @@ def run_task(task: dict[str, Any]) -> list[dict[str, Any]]:
     if dm.has_ground_truth:
         true = torch.nn.functional.one_hot(torch.as_tensor(dm.true_labels), c).float()
         student(cfg, dm, true, None, "oracle")
+    if "two_stage" in task["rules"]:
+        t0 = _cpu()
+        two = bn.run_two_stage(cfg, run_dir / "two_stage")
+        out.append({**base, "method": "two_stage", "acc": two["acc"], "cpu_s": _cpu() - t0})
+    if "default" in task["rules"]:
+        from dcloop.train import train
+
+        dcfg = bench_real.compose(run_dir / "default", task["seed"], task["overrides"])
+        t0 = _cpu()
+        with contextlib.redirect_stdout(io.StringIO()):
+            m = train(dcfg)
+        det = m.get("detection") or {}
+        row = {**base, "cpu_s": _cpu() - t0, "noise_est": m["noise"]["rate"]}
+        row.update({k: det[k] for k in ("precision", "recall", "f1") if k in det})
+        if "noise_injected" in m:
+            row["noise_true"] = m["noise_injected"]["rate_actual"]
+        out.append({**row, "method": "default_kept", "acc": m["kept"]["test_accuracy"]})
+        out.append(
+            {
+                **base,
+                "method": "default_ensemble",
+                "acc": m["test"]["ensemble_accuracy"],
+                "cpu_s": math.nan,
+            }
+        )
     for frac in task["teacher_epochs"]:
         e_t = max(2, round(frac * epochs))
         tcfg = bench_real.compose(
@@ -156,7 +181,7 @@ def run_task(task: dict[str, Any]) -> list[dict[str, Any]]:
         )
         assert len(run.dm.given_labels) == n
         for rule in task["rules"]:
-            if rule in ("given", "oracle"):
+            if rule in ("given", "oracle", "two_stage", "default"):
                 continue
             mix = float(rule.split("mix")[1]) if "mix" in rule else 0.0
             policy = StudentPolicy(targets=rule.split("_")[0], mix=mix)
@@ -186,6 +211,7 @@ def summarize(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
             ]
             mine = [r for r in rs if r["method"] == m]
             cpu = np.mean([r["cpu_s"] + r.get("teacher_cpu_s", 0.0) for r in mine])
+            cpu = math.nan if math.isnan(cpu) else cpu
             row = {
                 "dataset": ds,
                 "setting": st,
@@ -207,7 +233,18 @@ def summarize(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def _method_order(m: str) -> tuple:
     name, _, frac = m.partition("@")
-    order = ["given", "ensemble", "prune", "relabel", "soft", "soft_mix0.5", "oracle"]
+    order = [
+        "given",
+        "two_stage",
+        "default_ensemble",
+        "default_kept",
+        "ensemble",
+        "prune",
+        "relabel",
+        "soft",
+        "soft_mix0.5",
+        "oracle",
+    ]
     return (float(frac or 0), order.index(name) if name in order else 99, name)
 
 
@@ -235,7 +272,7 @@ def markdown(rows, meta) -> str:
         f1 = f"{r['f1']:.3f}" if "f1" in r else "—"
         lines.append(
             f"| {r['dataset']} | {r['setting']} | {r['method']} | {100 * r['acc']:.1f} ± "
-            f"{100 * r['sd']:.1f} ({r['n']}) | {gap} | {f1} | {est} | {r['cpu_ratio']:.2f} |"
+            f"{100 * r['sd']:.1f} ({r['n']}) | {gap} | {f1} | {est} | {_ratio(r['cpu_ratio'])} |"
         )
     lines += [
         "",
@@ -249,13 +286,17 @@ def markdown(rows, meta) -> str:
     return "\n".join(lines)
 
 
+def _ratio(x: float) -> str:
+    return "—" if math.isnan(x) else f"{x:.2f}"
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--datasets", nargs="+", default=["fsdd", "agnews"])
     p.add_argument("--settings", nargs="+", default=["sym40", "asym30"])
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--rules", nargs="+", default=list(RULES))
-    p.add_argument("--teacher-epochs", nargs="+", type=float, default=[1.0, 0.5])
+    p.add_argument("--teacher-epochs", nargs="*", type=float, default=[1.0, 0.5])
     p.add_argument("--teacher-extra", nargs="*", default=[], help="overrides of the teacher run")
     p.add_argument("--epochs", type=int, default=None, help="recipe epochs (default: bench's)")
     p.add_argument("--jobs", type=int, default=2)
@@ -291,6 +332,9 @@ def main(argv=None) -> None:
         for fut in cf.as_completed([pool.submit(run_task, t) for t in tasks]):
             got = fut.result()
             runs += got
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            partial = args.out.with_suffix(".partial.json")
+            partial.write_text(json.dumps(runs, default=float) + "\n")  # kept if a run dies
             print(f"done {got[0]['dataset']} {got[0]['setting']} seed {got[0]['seed']}", flush=True)
     meta = {
         "command": "python scripts/bench_kept.py " + shlex.join(sys.argv[1:]),
@@ -309,6 +353,7 @@ def main(argv=None) -> None:
     args.out.with_suffix(".json").write_text(json.dumps(payload, indent=2, default=float) + "\n")
     text = markdown(rows, meta)
     args.out.with_suffix(".md").write_text(text)
+    args.out.with_suffix(".partial.json").unlink(missing_ok=True)
     print(text)
 
 
