@@ -41,6 +41,7 @@ import lightning as L
 import numpy as np
 import torch
 
+from dcloop.augment import Augmenter
 from dcloop.callbacks import ConfidentLearning, OOFCollector, WeakClasses
 from dcloop.data import LabelNoiseDataModule, NoiseResult, empirical_noise_matrix
 from dcloop.models import FoldEnsemble, SmallCNN
@@ -106,7 +107,7 @@ def run_one(method: str, seed: int, args) -> dict:
         minority_noise=args.minority_noise,
         majority_noise=args.majority_noise,
         seed=seed,
-        augment=spec,
+        augment=Augmenter.from_config(spec),
     )
     dm.setup()
     L.seed_everything(seed, workers=True, verbose=False)

@@ -3,7 +3,7 @@ import pandas as pd
 import pytest
 import torch
 
-from dcloop.augment import PolicySampler
+from dcloop.augment import Augmenter, PolicySampler
 from dcloop.data import AudioSynth, LabelNoiseDataModule
 from dcloop.train import train
 
@@ -17,11 +17,13 @@ def cfg_for(tmp_path, *overrides):
 
 
 def test_augment_none_keeps_todays_loader_and_targeted_uses_the_policy_sampler():
-    plain = LabelNoiseDataModule("digits", augment={"kind": "none"})
+    plain = LabelNoiseDataModule("digits", augment=Augmenter.from_config({"kind": "none"}))
     plain.setup()
     assert plain.augmenter is None
     assert not isinstance(plain.train_dataloader().sampler, PolicySampler)
-    dm = LabelNoiseDataModule("digits", augment={"kind": "targeted", "level": 0})
+    dm = LabelNoiseDataModule(
+        "digits", augment=Augmenter.from_config({"kind": "targeted", "level": 0})
+    )
     dm.setup()
     loader = dm.train_dataloader()
     assert isinstance(loader.sampler, PolicySampler) and dm.augmenter.modality == "image"
@@ -32,7 +34,7 @@ def test_augment_none_keeps_todays_loader_and_targeted_uses_the_policy_sampler()
 def test_audio_batch_augmentation_follows_the_levels_by_index():
     dm = LabelNoiseDataModule(
         AudioSynth(num_per_class=4, clip_seconds=0.5),
-        augment={"kind": "targeted", "level": 0, "p": 1.0},
+        augment=Augmenter.from_config({"kind": "targeted", "level": 0, "p": 1.0}),
     )
     dm.setup()
     policy = dm.augmenter.policy
@@ -64,7 +66,9 @@ class Spy(L.LightningModule):
 def test_lightning_calls_the_device_batch_augmentation_in_training_only(tmp_path):
     dm = LabelNoiseDataModule(
         AudioSynth(num_per_class=4, clip_seconds=0.25),
-        augment={"kind": "uniform", "level": 2, "p": 1.0, "audio_ops": ["noise"]},
+        augment=Augmenter.from_config(
+            {"kind": "uniform", "level": 2, "p": 1.0, "audio_ops": ["noise"]}
+        ),
         batch_size=8,
     )
     spy = Spy()
@@ -130,3 +134,11 @@ def test_digits_targeted_with_two_persistent_workers(tmp_path):
     first = {int(r["class"]): int(r["weak"]) for _, r in report.iterrows() if r["weak"] >= 0}
     assert first[hist[0]["weak"][0]] == 1  # epochs are 1-based
     assert metrics["test"]["accuracy"] > 0.5
+
+
+def test_the_data_module_takes_an_augmenter_not_a_config():
+    # the data layer does not import dcloop.augment: a config is built above it first
+    with pytest.raises(ValueError, match=r"augment must be None or an augmenter.*from_config"):
+        LabelNoiseDataModule("digits", augment={"kind": "targeted", "level": 0})
+    with pytest.raises(ValueError, match=r"augment must be None.*got 3: it has no"):
+        LabelNoiseDataModule("digits", augment=3)

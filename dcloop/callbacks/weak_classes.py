@@ -96,7 +96,8 @@ class WeakClasses(L.Callback):
         if self.policy is None:
             raise ValueError(
                 "WeakClasses needs an AugmentPolicy: pass policy=, or use a data module with "
-                "an `augmenter` (LabelNoiseDataModule(augment={'kind': 'targeted', ...}))"
+                "an `augmenter` (LabelNoiseDataModule(augment=Augmenter.from_config("
+                "{'kind': 'targeted', ...})))"
             )
         c = self.policy.num_classes
         if self.rule == "bottom_k" and self.k > c:

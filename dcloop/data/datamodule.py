@@ -20,7 +20,7 @@ from dcloop.data.sampling import train_sampler
 from dcloop.data.sources import BY_NAME, DataSource, check_source
 from dcloop.data.splits import _check_fracs
 from dcloop.data.truth import with_truth
-from dcloop.errors import UserInputError
+from dcloop.errors import UserInputError, quote
 
 logger = logging.getLogger(__name__)
 
@@ -31,6 +31,32 @@ SOURCES: tuple[str, ...] = tuple(BY_NAME)
 _NOISE_KEYS = ("kind", "rate", "sparsity", "mapping")
 
 SplitDataset = IndexedTensorDataset | FileDataset
+
+
+#: What the data module calls on an augmenter (dcloop.augment.Augmenter has them all).
+_AUGMENTER_METHODS = ("bind", "train_loader", "on_batch")
+
+
+def _check_augmenter(augment: Any) -> Any:
+    """``augment`` if it is ``None`` or an augmenter; a config mapping is named as an error.
+
+    The data layer does not build augmenters (dcloop.augment is built on it): a mapping
+    goes through :meth:`dcloop.augment.Augmenter.from_config` first.
+    """
+    if augment is None:
+        return None
+    missing = [m for m in _AUGMENTER_METHODS if not callable(getattr(augment, m, None))]
+    if missing:
+        hint = (
+            "an augment config: build it with dcloop.augment.Augmenter.from_config(...) first"
+            if isinstance(augment, Mapping)
+            else f"it has no {missing}"
+        )
+        raise UserInputError(
+            f"augment must be None or an augmenter (dcloop.augment.Augmenter); got "
+            f"{quote(augment)}: {hint}"
+        )
+    return augment
 
 
 def _parse_noise(noise: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -97,9 +123,11 @@ class LabelNoiseDataModule(L.LightningDataModule):
             :mod:`dcloop.data.labelfile`) that replaces the training split's given labels
             after noise injection; with injected noise the dataset's labels stay the ground
             truth. Rows with status ``confirmed``/``corrected`` are never flagged.
-        augment: an ``augment`` config (``kind: none|uniform|targeted``, see
-            :class:`dcloop.augment.Augmenter`); the training loader then carries
-            ``(index, level)`` keys from the policy sampler to the workers.
+        augment: an augmenter, built above the data layer from an ``augment`` config
+            (``kind: none|uniform|targeted``) by
+            :meth:`dcloop.augment.Augmenter.from_config` (the data configs do it with a
+            ``_target_``), or ``None``; the training loader then carries ``(index, level)``
+            keys from the policy sampler to the workers.
     """
 
     def __init__(
@@ -138,9 +166,7 @@ class LabelNoiseDataModule(L.LightningDataModule):
         self.labels_file = labels
         self.label_override = None  # dcloop.people.LabelOverride once setup() read the file
         self.skipped_files: list[tuple[str, str]] = []  # (path, reason) with on_bad_file=skip
-        from dcloop.augment.pipeline import Augmenter  # (lazy: albumentations, torchaudio)
-
-        self.augmenter = Augmenter.from_config(augment)  # None: train loader as before
+        self.augmenter = _check_augmenter(augment)  # None: train loader as before
 
         self._is_setup = False
         self.noise: NoiseResult | None = None
