@@ -126,3 +126,30 @@ def test_cifar10n_majority_vote_matches_the_published_aggregate():
     assert (ann["path"] == aggre["path"]).all()
     published = np.array([names.index(v) for v in aggre["label"]])
     assert (vote[clear] == published[clear]).all()
+
+
+def test_items_the_run_held_out_are_an_error_unless_skipped(tmp_path, caplog):
+    (tmp_path / "w.csv").write_text("path,a1,a2\ntrain/cat/0.png,cat,dog\nval/eel/9.png,eel,eel\n")
+    with pytest.raises(ValueError, match=r"unknown item.*'val/eel/9.png'.*--skip-unknown"):
+        read_annotations(tmp_path / "w.csv", NAMES, 3, sources=SOURCES)
+    long = read_annotations(tmp_path / "w.csv", NAMES, 3, sources=SOURCES, skip_unknown=True)
+    assert long["index"].tolist() == [0, 0] and long["label"].tolist() == [0, 1]
+    assert "1 item(s) are not training rows" in caplog.text
+    (tmp_path / "none.csv").write_text("path,a1\nval/eel/9.png,eel\n")
+    with pytest.raises(ValueError, match="no annotated item is a training row"):
+        read_annotations(tmp_path / "none.csv", NAMES, 3, sources=SOURCES, skip_unknown=True)
+
+
+def test_the_console_script_skips_held_out_items_when_asked(tmp_path, capsys):
+    paths = [f"/d/train/{c}/{k}.png" for c in NAMES for k in range(4)]
+    truth = np.repeat(np.arange(3), 4)
+    fake_run(tmp_path / "run", paths, truth, NAMES)
+    rows = [f"train/{c}/{k}.png,{c},{c}" for c in NAMES for k in range(4)]
+    (tmp_path / "w.csv").write_text("path,a1,a2\n" + "\n".join(rows) + "\nval/cat/9.png,cat,dog\n")
+    args = [str(tmp_path / "run"), str(tmp_path / "w.csv"), "--no-report"]
+    with pytest.raises(SystemExit) as err:
+        annotators_main([*args, "--out", str(tmp_path / "o1")])
+    assert err.value.code == 2
+    assert "val/cat/9.png" in capsys.readouterr().err
+    assert annotators_main([*args, "--out", str(tmp_path / "o2"), "--skip-unknown"]) == 0
+    assert json.loads((tmp_path / "o2" / "summary.json").read_text())["items"] == 12

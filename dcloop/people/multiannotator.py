@@ -81,6 +81,8 @@ def read_annotations(
     class_names: Sequence[str],
     num_items: int,
     sources: Sequence[str] | None = None,
+    *,
+    skip_unknown: bool = False,
 ) -> pd.DataFrame:
     """Check a long annotation table; return it with ``index`` and class-id ``label``.
 
@@ -95,6 +97,8 @@ def read_annotations(
         class_names: the C class names.
         num_items: N, the number of training rows.
         sources: ``(N,)`` sources, to match items given by source.
+        skip_unknown: leave out (with a warning) the items that are not training rows, e.g.
+            files the run held out for validation or test; by default they are an error.
 
     Returns:
         A frame with columns ``index`` (int64), ``annotator`` (str), ``label`` (int64).
@@ -130,12 +134,24 @@ def read_annotations(
     items = raw.str.strip()
     index = _item_rows(raw, items, sources, num_items)
     bad = sorted(set(items[index < 0]))
+    if bad and skip_unknown:  # e.g. the run held some annotated files out for validation
+        log.warning(
+            "%s: %d item(s) are not training rows of the run and are left out, e.g. %r",
+            what,
+            len(bad),
+            bad[0],
+        )
+        keep = index >= 0
+        df, index = df[keep].reset_index(drop=True), index[keep]
+        bad = []
+        if df.empty:
+            raise ValueError(f"{what}: no annotated item is a training row of the run")
     if bad:
         shown = ", ".join(repr(b) for b in bad[:5])
         raise ValueError(
             f"{what}: unknown item(s) {shown}{' ...' if len(bad) > 5 else ''} ({len(bad)} in "
             f"all); an item is a training index in [0, {num_items}) or a sample's source (its "
-            "path, or the end of it)"
+            "path, or the end of it); skip_unknown (--skip-unknown) leaves such items out"
         )
     ann = df["annotator"].str.strip()
     if (ann == "").any():
