@@ -40,7 +40,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--exported",
         action="store_true",
-        help="run the exported programs (torch.export) instead of rebuilding the network",
+        help="run the exported program (torch.export) instead of rebuilding the network",
     )
     return p
 

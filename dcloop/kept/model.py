@@ -15,6 +15,7 @@ Example:
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 from collections.abc import Callable, Sequence
@@ -52,8 +53,9 @@ def load_model(
 
     Args:
         run: the run folder (or its ``model/`` folder).
-        exported: load the exported programs (TorchScript) instead of rebuilding the
-            network from its config; needed for a network dcloop does not know.
+        exported: run the exported program (``torch.export``) with each member's weights
+            instead of rebuilding the network from its config; needed for a network dcloop
+            does not know.
         device: where the network runs.
 
     Raises:
@@ -61,27 +63,25 @@ def load_model(
     """
     mdir = model_dir_of(run)
     spec = read_spec(mdir)
-    nets: list[nn.Module]
+    program = None
     if exported or spec["net"] is None:
         if not spec["exported"]:
             raise UserInputError(
-                f"{str(mdir)!r}: no exported program was saved (its network could not be "
-                "traced); load it without exported=True"
+                f"{str(mdir)!r}: no exported program was saved (its network did not "
+                "export); load it without exported=True"
             )
-        nets = [_exported(mdir / f) for f in spec["exported"]]
-    else:
-        nets = []
-        for f in spec["members"]:
-            net = build_net(spec["net"])
-            state = torch.load(mdir / f, map_location="cpu", weights_only=True)
-            try:
-                net.load_state_dict(state)
-            except RuntimeError as err:
-                raise UserInputError(
-                    f"{str(mdir / f)!r} does not fit the saved network config: "
-                    f"{str(err).splitlines()[0]}"
-                ) from None
-            nets.append(net)
+        program = _exported(mdir / spec["exported"])
+    nets = []
+    for f in spec["members"]:
+        net = build_net(spec["net"]) if program is None else copy.deepcopy(program)
+        state = torch.load(mdir / f, map_location="cpu", weights_only=True)
+        try:
+            net.load_state_dict(state)
+        except RuntimeError as err:
+            raise UserInputError(
+                f"{str(mdir / f)!r} does not fit the saved network: {str(err).splitlines()[0]}"
+            ) from None
+        nets.append(net)
     return KeptModel(nets, spec, mdir, device=device)
 
 
@@ -93,7 +93,7 @@ def _eval(net: nn.Module) -> nn.Module:
 
 
 def _exported(path: Path) -> nn.Module:
-    """One member's ``torch.export`` program as a module."""
+    """The ``torch.export`` program as a module (weights loaded per member after)."""
     try:
         return torch.export.load(path).module()
     except Exception as err:  # noqa: BLE001 - a damaged or foreign file

@@ -15,6 +15,7 @@ import logging
 import os
 import shutil
 import tempfile
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -141,7 +142,7 @@ def _write(out: Path, *, cfg, dm, nets, kind, name, acc) -> dict[str, Any]:
         state = {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}
         torch.save(state, out / fname)
         members.append(fname)
-    exported = export_programs(out, nets, example, dtype)
+    exported = export_program(out, nets, example, dtype)
     spec = {
         "format": FORMAT,
         "kind": kind,
@@ -221,34 +222,43 @@ def preprocess_of(dm, input_shape: list[int]) -> tuple[dict[str, Any], dict[str,
     return {"kind": "tensor", "dtype": "float32"}, {}
 
 
-def export_programs(out: Path, nets: list[nn.Module], example, dtype: str) -> list[str]:
-    """``torch.export`` programs of ``nets`` (``export/member_k.pt2``, any batch size), best
-    effort: a network that does not export, or whose program computes something else, is
-    logged and nothing is exported (the model then loads from its config and weights)."""
+EXPORT_FILE = "export/net.pt2"
+
+
+def export_program(out: Path, nets: list[nn.Module], example, dtype: str) -> str | None:
+    """The network as one ``torch.export`` program (``export/net.pt2``, any batch size).
+
+    One program serves every member: its module loads each ``member_k.pt`` (the state_dict
+    keys are the network's), so the cost is one export whatever K. Best effort: a network
+    that does not export, or whose program computes something else than a member with that
+    member's weights, is logged and nothing is exported (the model then loads from its
+    config and weights).
+    """
     x = torch.stack([torch.as_tensor(example)] * 2)
     x = x.to(torch.int64 if dtype == "int64" else torch.float32)
     check = torch.cat([x] * 2)  # another batch size than the one exported with
-    (out / "export").mkdir()
-    names = []
-    for i, net in enumerate(nets):
-        fname = f"export/member_{i}.pt2"
-        net = copy.deepcopy(net).cpu().eval()  # the caller's network stays as it is
-        try:
-            with torch.no_grad():
-                program = torch.export.export(net, (x,), dynamic_shapes=({0: Dim.AUTO},))
-                same = torch.allclose(program.module()(check), net(check), atol=1e-5, rtol=1e-4)
-            if not same:
-                raise RuntimeError("the exported program's output differs from the network's")
-            torch.export.save(program, out / fname)
-            names.append(fname)
-        except Exception as err:  # noqa: BLE001 - any network may refuse to export
-            log.info(
-                "kept model: no exported program (%s does not export: %s: %s); it loads from "
-                "its config and weights",
-                type(net).__name__,
-                type(err).__name__,
-                str(err).splitlines()[0] if str(err) else "",
-            )
-            shutil.rmtree(out / "export", ignore_errors=True)
-            return []
-    return names
+    first = copy.deepcopy(nets[0]).cpu().eval()  # the caller's networks stay as they are
+    try:
+        with torch.no_grad():
+            program = torch.export.export(first, (x,), dynamic_shapes=({0: Dim.AUTO},))
+            module = program.module()
+            for net in nets:
+                net = copy.deepcopy(net).cpu().eval()
+                module.load_state_dict(net.state_dict())
+                if not torch.allclose(module(check), net(check), atol=1e-5, rtol=1e-4):
+                    raise RuntimeError("the exported program's output differs from the network's")
+        (out / EXPORT_FILE).parent.mkdir()
+        with warnings.catch_warnings():  # constants outside the state_dict (AudioCNN's mel)
+            warnings.filterwarnings("ignore", message="No complete tensor found")
+            torch.export.save(program, out / EXPORT_FILE)
+    except Exception as err:  # noqa: BLE001 - any network may refuse to export
+        log.info(
+            "kept model: no exported program (%s does not export: %s: %s); it loads from its "
+            "config and weights",
+            type(first).__name__,
+            type(err).__name__,
+            str(err).splitlines()[0] if str(err) else "",
+        )
+        shutil.rmtree(out / "export", ignore_errors=True)
+        return None
+    return EXPORT_FILE

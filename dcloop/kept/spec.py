@@ -6,7 +6,7 @@
      "name": ..., "test_accuracy": ..., "class_names": [...], "num_classes": C,
      "input_shape": [...], "input_dtype": "float32" | "int64",
      "net": {"_target_": "dcloop.models.nets.SmallCNN", "in_channels": 3, ...} | null,
-     "members": ["member_0.pt", ...], "exported": ["export/member_0.pt", ...] | [],
+     "members": ["member_0.pt", ...], "exported": "export/net.pt2" | null,
      "preprocess": {"kind": "image" | "array" | "audio" | "text" | "tensor", ...}}
 
 Nothing in it is instantiated blindly: the network is rebuilt only when ``net._target_`` is
@@ -98,15 +98,17 @@ def read_spec(model_dir: Path) -> dict[str, Any]:
         "a list of positive ints",
     )
     need("input_dtype", lambda v: v in ("float32", "int64"), "'float32' or 'int64'")
-    for key in ("members", "exported"):
-        need(
-            key,
-            lambda v: isinstance(v, list) and all(_inside(model_dir, f) for f in v),
-            "a list of file names inside the model folder",
-        )
-    if not spec["members"] and not spec["exported"]:
-        raise UserInputError(f"{str(path)!r}: lists no member weights and no exported program")
-    if spec["kind"] == "single" and max(len(spec["members"]), len(spec["exported"])) != 1:
+    need(
+        "members",
+        lambda v: isinstance(v, list) and v and all(_inside(model_dir, f) for f in v),
+        "a non-empty list of file names inside the model folder",
+    )
+    need(
+        "exported",
+        lambda v: v is None or _inside(model_dir, v),
+        "null or a file name inside the model folder",
+    )
+    if spec["kind"] == "single" and len(spec["members"]) != 1:
         raise UserInputError(f"{str(path)!r}: kind 'single' needs exactly one member")
     need("net", lambda v: v is None or isinstance(v, dict), "null or a mapping")
     need(
