@@ -178,3 +178,13 @@ def test_embedding_hook_with_wrong_shape_is_one_clear_error():
         outputs(_Features(bad=True), torch.randn(5, 4))
     with pytest.raises(UserInputError, match="no nn.Linear head"):
         outputs(nn.Sequential(nn.Flatten()), torch.randn(5, 4))
+
+
+def test_pixel_near_duplicates_inside_one_set_leave_each_image_out():
+    g = torch.Generator().manual_seed(1)
+    imgs = nn.functional.avg_pool2d(torch.rand(30, 3, 36, 36, generator=g), 5, 1)
+    imgs[21] = torch.roll(imgs[4], shifts=(1, 2), dims=(1, 2)) * 1.2  # a moved, brighter copy
+    r = pixel_leakage(imgs, candidates=4, crop=20, max_shift=3)
+    assert int(r.reference[21]) == 4 and int(r.reference[4]) == 21
+    assert set(r.ratio.argsort()[:2].tolist()) == {4, 21}
+    assert not (r.reference == torch.arange(30)).any()

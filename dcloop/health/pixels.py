@@ -99,7 +99,7 @@ def aligned_distance(
 
 def pixel_leakage(
     query: Any,
-    reference: Any,
+    reference: Any = None,
     *,
     candidates: int = 10,
     size: int = 8,
@@ -110,7 +110,9 @@ def pixel_leakage(
 
     Args:
         query: ``(M, C, H, W)`` images (e.g. the test set), values in any fixed range.
-        reference: ``(N, C, H, W)`` images (e.g. the training set), ``N >= 2``.
+        reference: ``(N, C, H, W)`` images (e.g. the training set), ``N >= 2``; ``None``:
+            the query images themselves, each image's own entry left out (near-duplicates
+            inside one set).
         candidates: reference images compared at full resolution per query image.
         size: side of the signature thumbnails.
         crop, max_shift: of :func:`aligned_distance`.
@@ -118,14 +120,16 @@ def pixel_leakage(
     Returns:
         :class:`PixelPairs`.
     """
-    q, r = _images(query, "query images"), _images(reference, "reference images")
-    k = min(candidates, r.shape[0])
+    q = _images(query, "query images")
+    within = reference is None
+    r = q if within else _images(reference, "reference images")
+    k = min(candidates, r.shape[0] - (1 if within else 0))
     check_int("candidates", candidates, minimum=2)
     if k < 2:
         raise UserInputError(f"reference images need at least 2 rows; got {r.shape[0]}")
-    cand = knn(
-        pixel_signature(q, size=size), pixel_signature(r, size=size), k=k, metric="euclidean"
-    ).index
+    sig = pixel_signature(q, size=size)
+    cand = knn(sig, None if within else pixel_signature(r, size=size), k=k, metric="euclidean")
+    cand = cand.index
     dist = aligned_distance(q, r, cand, crop=crop, max_shift=max_shift)
     dist, order = dist.sort(dim=1)
     best = cand.gather(1, order)[:, 0]
