@@ -1,6 +1,10 @@
-"""ResNetSmall, the random crop + flip transform, and the CIFAR recipe's configs."""
+"""ResNetSmall, the random crop + flip transform, the CIFAR recipe's configs, and the
+pieces of scripts/gpu_cifar_resnet18.py that run without a GPU."""
 
+import importlib.util
 from functools import partial
+from pathlib import Path
+from types import SimpleNamespace
 
 import lightning as L
 import numpy as np
@@ -231,3 +235,73 @@ def test_one_cycle_steps_per_batch_over_the_whole_run(tmp_path):
     sched = trainer.lr_scheduler_configs[0]
     assert sched.interval == "step" and sched.scheduler.total_steps == 12
     assert len(lrs) == 12 and max(lrs) == pytest.approx(0.1, rel=0.05) and lrs[0] < 0.01
+
+
+# ------------------------------------------------------- scripts/gpu_cifar_resnet18.py
+
+GPU_SCRIPT = Path(__file__).parent.parent / "scripts" / "gpu_cifar_resnet18.py"
+SUBSET = Path(__file__).parent.parent.parent / "shared" / "data" / "cifar10-subset"
+
+
+def _gpu_script():
+    spec = importlib.util.spec_from_file_location("gpu_cifar_resnet18", GPU_SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_gpu_script_augments_a_batch_like_random_crop_flip():
+    gpu = _gpu_script()
+    x = torch.rand(16, 3, 12, 12)
+    torch.manual_seed(0)
+    y = gpu.augment(x, pad=3)
+    assert y.shape == x.shape
+    padded = torch.nn.functional.pad(x, (3, 3, 3, 3))
+    for k in range(16):
+        windows = [padded[k, :, i : i + 12, j : j + 12] for i in range(7) for j in range(7)]
+        assert any(torch.equal(y[k], w) or torch.equal(y[k], w.flip(-1)) for w in windows)
+    assert not torch.equal(y, x)
+
+
+def test_gpu_script_manifests_and_config(tmp_path):
+    gpu = _gpu_script()
+    data = tmp_path / "subset"
+    for split, n in (("train", 3), ("test", 2)):
+        for cls in ("cat", "dog"):
+            (data / split / cls).mkdir(parents=True)
+            for i in range(n):
+                (data / split / cls / f"{i:04d}.jpg").write_bytes(b"")
+    (data / "cifar10n").mkdir()
+    rows = [
+        f"train/{c}/{i:04d}.jpg,{'dog' if c == 'cat' else c}"
+        for c in ("cat", "dog")
+        for i in range(3)
+    ]
+    for name in gpu.CIFAR10N:
+        (data / "cifar10n" / f"{name}.csv").write_text("path,label\n" + "\n".join(rows) + "\n")
+    out = gpu.write_manifests(data, tmp_path / "m", per_class=2)
+    assert (out["clean"].read_text().splitlines()[1]) == "train/cat/0000.jpg,cat"
+    assert len(out["worst"].read_text().splitlines()) == 1 + 4  # header + 2 a class
+    assert len(out["test"].read_text().splitlines()) == 1 + 2
+    args = SimpleNamespace(seed=0, data=data, batch=64, lr=0.1, epochs=3, smoke=False, folds=None)
+    cfg = gpu.compose(gpu.overrides("sym40", out, args, tmp_path / "run"))
+    assert cfg.model.net.cifar_stem and cfg.noise.rate == 0.4 and cfg.data.val_frac == 0.0
+    assert cfg.data.train_transform._target_.endswith("RandomCropFlip")
+    kwargs = module_kwargs(cfg.model)
+    assert kwargs["optimizer"].func is torch.optim.SGD
+    assert kwargs["optimizer"].keywords["nesterov"] is True
+    assert kwargs["scheduler"].func is torch.optim.lr_scheduler.OneCycleLR
+    assert cfg.trainer.precision == "bf16-mixed" and cfg.trainer.accelerator == "gpu"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not (SUBSET / "cifar10n").is_dir(), reason="needs ../shared/data")
+def test_gpu_script_smoke_runs_on_cpu(tmp_path):
+    """Every path of the GPU script (plain, oracle, one dcloop row with K=2) on the CPU."""
+    import json
+
+    gpu = _gpu_script()
+    assert gpu.main(["--smoke", "--data", str(SUBSET), "--work", str(tmp_path)]) == 0
+    rows = json.loads((tmp_path / "smoke" / "gpu_cifar_resnet18.json").read_text())["rows"]
+    assert {"oracle", "plain/worst", "plain/sym40", "dcloop/worst"} <= set(rows)
+    assert rows["dcloop/worst"]["kept_model"] in ("student", "ensemble")
