@@ -33,6 +33,7 @@ import argparse
 import contextlib
 import io
 import json
+import logging
 import os
 import platform
 import shlex
@@ -122,6 +123,7 @@ def main(argv: list[str] | None = None) -> dict:
         raise SystemExit(f"{ann_csv} not found: this benchmark needs ../shared/data")
     t0 = time.time()
     tmp = Path(tempfile.mkdtemp(prefix="bench_cifar10n_"))
+    logging.getLogger("dcloop.people.multiannotator").setLevel(logging.ERROR)
     if a.run is None:
         run_dir = tmp / "run"
         cmd = dcloop_command(data, run_dir, a.epochs)
@@ -143,15 +145,13 @@ def main(argv: list[str] | None = None) -> dict:
 
     wide_df = pd.read_csv(ann_csv, dtype=str, keep_default_na=False)
     rows = rows_of(wide_df["path"].tolist(), sources)
-    ann_file = ann_csv
-    if (rows < 0).any():  # the run held images out (val/test): annotate its training rows only
-        ann_file = tmp / "annotators_train.csv"
-        wide_df[rows >= 0].to_csv(ann_file, index=False)
-        rows = rows[rows >= 0]
+    sub = wide_df[rows >= 0].reset_index(drop=True)  # images the run held out have no OOF
+    rows = rows[rows >= 0]
     out_tool = tmp / "annotators"
     t1 = time.time()
     with contextlib.redirect_stdout(io.StringIO()) as console:
-        code = annotators_main([str(run_dir), str(ann_file), "--out", str(out_tool), "--no-report"])
+        args = [str(run_dir), str(ann_csv), "--out", str(out_tool), "--no-report", "--skip-unknown"]
+        code = annotators_main(args)
     tool_s = time.time() - t1
     if code:
         raise SystemExit(f"dcloop-annotators failed ({code})")
@@ -164,7 +164,6 @@ def main(argv: list[str] | None = None) -> dict:
     maj_file = pd.read_csv(out_tool / "majority_labels.csv").set_index("index")
 
     cols = [c for c in wide_df.columns if c != "path"]
-    sub = pd.read_csv(ann_file, dtype=str, keep_default_na=False)
     lookup = {n: k for k, n in enumerate(names)}
     wide = np.array([[lookup[v] for v in sub[c]] for c in cols]).T  # (M, A)
     truth = np.array([lookup[Path(p).parent.name] for p in sub["path"]])
