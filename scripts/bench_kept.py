@@ -121,10 +121,13 @@ def run_task(task: dict[str, Any]) -> list[dict[str, Any]]:
         t0 = _cpu()
         two = bn.run_two_stage(cfg, run_dir / "two_stage")
         out.append({**base, "method": "two_stage", "acc": two["acc"], "cpu_s": _cpu() - t0})
-    if "default" in task["rules"]:
+    for variant in task["defaults"] if "default" in task["rules"] else ():
         from dcloop.train import train
 
-        dcfg = bench_real.compose(run_dir / "default", task["seed"], task["overrides"])
+        tag = "" if not variant else "[" + ",".join(variant) + "]"
+        dcfg = bench_real.compose(
+            run_dir / f"default{len(out)}", task["seed"], [*task["overrides"], *variant]
+        )
         t0 = _cpu()
         with contextlib.redirect_stdout(io.StringIO()):
             m = train(dcfg)
@@ -133,11 +136,11 @@ def run_task(task: dict[str, Any]) -> list[dict[str, Any]]:
         row.update({k: det[k] for k in ("precision", "recall", "f1") if k in det})
         if "noise_injected" in m:
             row["noise_true"] = m["noise_injected"]["rate_actual"]
-        out.append({**row, "method": "default_kept", "acc": m["kept"]["test_accuracy"]})
+        out.append({**row, "method": "default_kept" + tag, "acc": m["kept"]["test_accuracy"]})
         out.append(
             {
                 **base,
-                "method": "default_ensemble",
+                "method": "default_ensemble" + tag,
                 "acc": m["test"]["ensemble_accuracy"],
                 "cpu_s": math.nan,
             }
@@ -232,7 +235,7 @@ def summarize(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def _method_order(m: str) -> tuple:
-    name, _, frac = m.partition("@")
+    name, _, frac = m.split("[")[0].partition("@")
     order = [
         "given",
         "two_stage",
@@ -245,7 +248,7 @@ def _method_order(m: str) -> tuple:
         "soft_mix0.5",
         "oracle",
     ]
-    return (float(frac or 0), order.index(name) if name in order else 99, name)
+    return (float(frac or 0), order.index(name) if name in order else 99, m)
 
 
 def markdown(rows, meta) -> str:
@@ -298,6 +301,13 @@ def main(argv=None) -> None:
     p.add_argument("--rules", nargs="+", default=list(RULES))
     p.add_argument("--teacher-epochs", nargs="*", type=float, default=[1.0, 0.5])
     p.add_argument("--teacher-extra", nargs="*", default=[], help="overrides of the teacher run")
+    p.add_argument(
+        "--defaults",
+        nargs="*",
+        default=[""],
+        help="with rule 'default': variants of the default run, each a comma-separated list "
+        "of overrides ('' = the shipped defaults)",
+    )
     p.add_argument("--epochs", type=int, default=None, help="recipe epochs (default: bench's)")
     p.add_argument("--jobs", type=int, default=2)
     p.add_argument("--workdir", type=Path, default=None)
@@ -322,6 +332,7 @@ def main(argv=None) -> None:
                         "rules": args.rules,
                         "teacher_epochs": args.teacher_epochs,
                         "teacher_extra": args.teacher_extra,
+                        "defaults": [[o for o in v.split(",") if o] for v in args.defaults],
                         "run_dir": str(workdir / f"{ds}_{st}_{seed}"),
                     }
                 )
