@@ -43,8 +43,8 @@ def _resolve(manifest: str | os.PathLike, root: str | os.PathLike) -> Path:
     return path
 
 
-def _read(path: Path) -> tuple[list[str], list[str]]:
-    what = f"truth manifest {str(path)!r}"
+def _read(path: Path, kind: str = "truth manifest") -> tuple[list[str], list[str]]:
+    what = f"{kind} {str(path)!r}"
     try:
         df = pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=True)
     except pd.errors.EmptyDataError as err:
@@ -201,7 +201,7 @@ def folder_truth(manifest: str | os.PathLike, out: str | os.PathLike) -> Path:
         ``out`` as a ``Path``.
     """
     src = Path(manifest)
-    rel, _ = _read(src)
+    rel, _ = _read(src, "manifest")
     labels = [Path(p).parent.name for p in rel]
     if any(not lab for lab in labels):
         i = next(k for k, lab in enumerate(labels) if not lab)
