@@ -178,6 +178,10 @@ def worker(spec: dict) -> dict:
         warm = torch.zeros(64, 4, device=device).add_(0.25)  # kernels / lazy init, tiny input
         t0 = time.perf_counter()  # on the host: numba import and kernel load (or compile)
         find_label_issues(torch.arange(64, device=device) % 4, warm)
+        if device == "cpu":  # the tiny call runs the torch code: load the kernels explicitly
+            from dcloop.cl._inputs import _kernels_importable
+
+            _kernels_importable()
         sync()
         warmup = time.perf_counter() - t0
     first = None
@@ -190,10 +194,14 @@ def worker(spec: dict) -> dict:
     gpu_base = torch.cuda.memory_allocated() if device.startswith("cuda") else 0
     base_kb = _status_kb("VmRSS")
     reset = _reset_peak()
-    t0, c0 = time.perf_counter(), time.process_time()
-    mask = run()
-    sync()
-    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+    walls, cpus = [], []
+    for _ in range(spec.get("repeat", 1)):  # the fastest of the repeats is reported
+        t0, c0 = time.perf_counter(), time.process_time()
+        mask = run()
+        sync()
+        walls.append(time.perf_counter() - t0)
+        cpus.append(time.process_time() - c0)
+    wall, cpu = min(walls), cpus[walls.index(min(walls))]
     mask = mask.cpu().numpy() if isinstance(mask, torch.Tensor) else np.asarray(mask)
     peak_kb = _status_kb("VmHWM") if reset else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     np.save(spec["mask_path"], mask)
@@ -204,6 +212,8 @@ def worker(spec: dict) -> dict:
     out = {
         **spec,
         "wall_s": wall,
+        "walls_s": walls,
+        "cpus_s": cpus,
         "cpu_s": cpu,  # this process only (cleanlab's pool children not included)
         "warmup_s": warmup if spec["engine"] == "dcloop" else None,
         "input": "numpy" if numpy_in or spec["engine"] == "cleanlab" else "torch",
@@ -559,6 +569,9 @@ def main() -> None:
     ap.add_argument("--real-filters", default=",".join(FILTERS), help="filter_by on real sets")
     ap.add_argument("--half", action="store_true", help="also run float16 input at each size")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument(
+        "--repeat", type=int, default=1, help="timed calls per worker; the fastest is reported"
+    )
     ap.add_argument("--pause", type=float, default=5.0, help="seconds before each synthetic run")
     ap.add_argument("--out", default="scripts/results/bench_cl_engine", help="path without ext")
     ap.add_argument(
@@ -615,6 +628,7 @@ def main() -> None:
                     seed=args.seed,
                     device=args.device,
                     input=args.input,
+                    repeat=args.repeat,
                     mask_path=f"{tmp}/{i}_{engine}.npy",
                 )
                 if not case.startswith("real:"):

@@ -185,6 +185,7 @@ def test_estimate_noise_matrices_options_and_the_cross_validation_error():
         lambda: dc.estimate_noise_matrices(X=x, labels=labels),
         lambda: dc.estimate_noise_matrices(labels, probs, clf=object()),
         lambda: dc.estimate_noise_matrices(x, labels),  # cleanlab's positional (X, labels)
+        lambda: dc.estimate_noise_matrices(x, labels, object()),  # (X, labels, clf)
     ):
         with pytest.raises(ValueError, match="OOFCollector") as err:
             call()
@@ -360,3 +361,21 @@ def test_binary_engine_equals_the_general_engine_default_ties(seed):
                     dc.find_label_issues(y.astype(int), binary, filter_by=fb, **kw),
                     err_msg=f"class {c} {fb} {kw}",
                 )
+
+
+def test_verdict_and_the_cleanlab_backend_take_the_new_options():
+    labels, probs = noisy_problem()
+    for fb in ("low_self_confidence", "low_normalized_margin"):
+        np.testing.assert_array_equal(
+            dc.verdict(labels, probs, filter_by=fb).flags.numpy(),
+            dc.find_label_issues(labels, probs, filter_by=fb),
+        )
+    ml, ml_probs = multilabel_problem()
+    with pytest.warns(DeprecationWarning):
+        via_cleanlab = dc.find_label_issues(ml, ml_probs, multi_label=True, backend="cleanlab")
+    np.testing.assert_array_equal(via_cleanlab, cl_find(ml, ml_probs, multi_label=True))
+    cj = cleanlab.count.compute_confident_joint(labels, probs, calibrate=False)
+    np.testing.assert_array_equal(
+        dc.find_label_issues(labels, probs, confident_joint=cj, backend="cleanlab"),
+        cl_find(labels, probs, confident_joint=cj),
+    )

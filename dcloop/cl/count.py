@@ -422,11 +422,11 @@ def estimate_joint(
 def estimate_noise_matrices(
     labels: Any = None,
     pred_probs: Any = None,
+    clf: Any = None,
     *,
     thresholds: Any = None,
     converge_latent_estimates: bool = True,
     X: Any = None,  # noqa: N803 - cleanlab's name
-    clf: Any = None,
     cv_n_folds: int | None = None,
     seed: Any = None,
     clf_kwargs: dict | None = None,
@@ -439,8 +439,8 @@ def estimate_noise_matrices(
     confident joint, ``py_method="cnt"``). cleanlab's own ``estimate_noise_matrices(X, labels,
     clf)`` first cross-validates an sklearn model to get those probabilities: here ``X``,
     ``clf``, ``cv_n_folds``, ``seed``, ``clf_kwargs`` and ``validation_func`` (and a positional
-    ``(X, labels)`` call) raise one ``ValueError`` naming the dcloop way to get them (a k-fold
-    run's ``oof_probs.npy``, or :class:`dcloop.callbacks.OOFCollector`).
+    ``(X, labels[, clf])`` call) raise one ``ValueError`` naming the dcloop way to get them (a
+    k-fold run's ``oof_probs.npy``, or :class:`dcloop.callbacks.OOFCollector`).
 
     Args:
         labels: ``(N,)`` int tensor/array of given labels.
