@@ -23,6 +23,18 @@ def run_summary(metrics: dict[str, Any], run_dir: Path, top: list[dict[str, Any]
         f"  data        {metrics['data']['source']}: {n} training samples, "
         f"{metrics['data']['num_classes']} classes, K={metrics['cleaning']['num_folds']} folds",
     ]
+    skipped = metrics["data"].get("num_skipped_files")
+    if skipped:
+        lines.append(
+            f"  skipped     {skipped} unreadable file(s) left out (on_bad_file=skip); the list: "
+            f"{Path(run_dir) / 'skipped_files.csv'}"
+        )
+    stop = metrics.get("early_stopping")
+    if stop:
+        lines.append(
+            f"  stopped     early, at epoch {stop['epoch']} (EarlyStopping on {stop['monitor']}"
+            + (f", best {stop['best']:.4f})" if stop.get("best") is not None else ")")
+        )
     noise = metrics.get("noise_injected")
     if noise and noise.get("kind") != "none":
         lines.append(

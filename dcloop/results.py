@@ -82,6 +82,11 @@ def write_json(obj: Any, path: Path) -> Path:
     return atomic_write(path, dump)
 
 
+def _epochs(values: np.ndarray) -> pd.Series:
+    """Epoch numbers with ``-1`` (no step) as a missing value: an empty cell in the CSV."""
+    return pd.Series(values, dtype="Int64").mask(values < 0)
+
+
 def issue_table(
     table: SampleTable,
     sources: Sequence[str] | None = None,
@@ -105,8 +110,9 @@ def issue_table(
             "flagged": t["flagged"],
             "weight": t["weights"],
             "source": list(sources) if sources is not None else [f"row:{i}" for i in range(n)],
-            "first_flagged_epoch": t["first_flagged"],
-            "last_flagged_epoch": t["last_flagged"],
+            # empty (not -1) when no confident-learning step flagged the row
+            "first_flagged_epoch": _epochs(t["first_flagged"]),
+            "last_flagged_epoch": _epochs(t["last_flagged"]),
         }
     )
     if class_names is not None:

@@ -397,3 +397,85 @@ def test_an_unknown_config_choice_is_exit_2(tmp_path):
         res.stderr.strip().splitlines() == [res.stderr.strip().splitlines()[0]]
         and "model=nosuch is not a model config; expected one of" in res.stderr
     )
+
+
+# 5. Say what happened.
+
+
+def test_summary_says_skipped_files_and_early_stopping(tmp_path):
+    metrics = _metrics(early_stopping={"epoch": 7, "monitor": "val/acc", "best": 0.91})
+    metrics["data"]["num_skipped_files"] = 3
+    text = run_summary(metrics, tmp_path, [])
+    assert f"3 unreadable file(s) left out (on_bad_file=skip); the list: {tmp_path}" in text
+    assert "early, at epoch 7 (EarlyStopping on val/acc, best 0.9100)" in text
+
+
+def test_a_run_too_weak_to_judge_says_so(tmp_path):
+    from types import SimpleNamespace
+
+    from lightning.pytorch.callbacks import EarlyStopping
+
+    from dcloop.callbacks.results import _what_happened
+
+    stop = EarlyStopping(monitor="val/acc", mode="max")
+    stop.stopped_epoch = 4
+    trainer = SimpleNamespace(callbacks=[stop], fast_dev_run=False)
+    near_chance = SimpleNamespace(epochs=[{"oof_acc": 0.15}])
+    out = _what_happened(trainer, near_chance, _metrics(warnings=["epoch 3: x"]))
+    assert out["early_stopping"]["epoch"] == 5 and out["early_stopping"]["monitor"] == "val/acc"
+    assert "near chance" in out["weak_run"]["reason"]
+    assert out["warnings"][0] == "epoch 3: x" and "too weak to judge" in out["warnings"][1]
+    strong = SimpleNamespace(epochs=[{"oof_acc": 0.8}])
+    assert "weak_run" not in _what_happened(SimpleNamespace(callbacks=[]), strong, _metrics())
+    smoke = SimpleNamespace(callbacks=[], fast_dev_run=1)
+    assert "fast_dev_run" in _what_happened(smoke, strong, _metrics())["weak_run"]["reason"]
+
+
+def test_first_flagged_epoch_is_empty_when_no_step_flagged_the_row(tmp_path):
+    from dcloop.csvsafe import read_csv
+
+    _named_run(tmp_path)
+    df = read_csv(tmp_path / "label_issues.csv")
+    assert df.loc[df["flagged"], "first_flagged_epoch"].eq(0).all()
+    assert df.loc[~df["flagged"], "first_flagged_epoch"].isna().all()
+    assert ",-1," not in (tmp_path / "label_issues.csv").read_text()
+
+
+def test_export_says_what_label_studio_can_show(tmp_path, capsys):
+    from people_run import make_run
+
+    from dcloop.people.cli import export_main
+
+    make_run(tmp_path / "run")  # digits: no files
+    assert export_main([str(tmp_path / "run"), "--top", "3"]) == 0
+    out = capsys.readouterr().out
+    assert "WARNING" in out and "Label Studio will not show them" in out and "--embed" in out
+    assert export_main([str(tmp_path / "run"), "--top", "3", "--embed"]) == 0
+    assert "WARNING" not in capsys.readouterr().out
+
+
+def test_storage_root_is_the_folder_holding_every_file(tmp_path):
+    from dcloop.people.export import storage_root
+
+    for name in ("cat/1.png", "dog/sub/2.png"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(b"x")
+    assert storage_root([str(tmp_path / "cat/1.png"), str(tmp_path / "dog/sub/2.png")]) == str(
+        tmp_path
+    )
+    assert storage_root(["digits:12", "digits:13"]) is None
+
+
+def test_the_label_file_line_counts_as_the_import_does(tmp_path, caplog):
+    import logging
+
+    import numpy as np
+
+    from dcloop.data.labelfile import read_label_file
+
+    rows = ["index,label,status"]
+    rows += [f"{i},1,corrected" for i in range(8)] + [f"{i},0,confirmed" for i in range(8, 10)]
+    (tmp_path / "l.csv").write_text("\n".join(rows) + "\n")
+    with caplog.at_level(logging.INFO, logger="dcloop.data.labelfile"):
+        read_label_file(tmp_path / "l.csv", np.zeros(20, dtype=np.int64), ["a", "b"])
+    assert "8 labels changed; checked by people: 8 corrected, 2 confirmed" in caplog.text

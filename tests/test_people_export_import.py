@@ -66,7 +66,7 @@ def test_csv_round_trip_with_provenance(run, tmp_path, capsys):
     before = (run / "labels.csv").read_bytes()
     out = tmp_path / "labels_v1.csv"
     assert import_main([str(run), str(tmp_path / "reviewed.csv"), "--out", str(out)]) == 0
-    assert "labels corrected, 3 confirmed" in capsys.readouterr().out
+    assert " corrected, 3 confirmed" in capsys.readouterr().out
     assert (run / "labels.csv").read_bytes() == before  # the original is untouched
     new = pd.read_csv(out).set_index("index")
     assert len(new) == len(pd.read_csv(run / "labels.csv"))

@@ -66,6 +66,7 @@ def test_folds_write_shards_and_the_last_one_merges(tmp_path, capsys):
         "metrics.json",
         "labels.csv",
         "sample_table.pt",
+        "report.html",  # every run writes one, a merged round too
     ]:
         assert (d / name).is_file(), name
     probs = np.load(d / "oof_probs.npy")

@@ -9,6 +9,7 @@ from typing import Any
 
 import lightning as L
 import numpy as np
+from lightning.pytorch.callbacks import EarlyStopping
 
 from dcloop.callbacks.confident_learning import ConfidentLearning
 from dcloop.callbacks.weak_classes import WeakClasses
@@ -159,8 +160,40 @@ class RunResults(L.Callback):
         metrics["test"] = {"accuracy": float("nan")}  # filled in after the test
         if dm is not None and hasattr(dm, "skipped_files"):
             metrics["data"]["num_skipped_files"] = len(dm.skipped_files or [])
+        metrics.update(_what_happened(trainer, cl, metrics))
         for cb in trainer.callbacks:  # other callbacks' sections (e.g. augment)
             contribute = getattr(cb, "run_metrics", None)
             if callable(contribute) and cb is not self:
                 metrics.update(contribute(trainer, pl_module) or {})
         return metrics
+
+
+def _what_happened(trainer: L.Trainer, cl: ConfidentLearning, metrics: dict) -> dict[str, Any]:
+    """What a person must know to read the run (issue 24): early stopping, and a run too weak
+    for its flags to mean label errors (``fast_dev_run``, or a model near chance)."""
+    out: dict[str, Any] = {}
+    stop = find_callback(trainer, EarlyStopping)
+    if stop is not None and stop.stopped_epoch > 0:
+        best = getattr(stop, "best_score", None)
+        out["early_stopping"] = {
+            "epoch": int(stop.stopped_epoch) + 1,  # 1-based, as the history
+            "monitor": str(stop.monitor),
+            "best": None if best is None else float(best),
+        }
+    warnings = list(metrics.get("warnings") or [])
+    c = int(metrics["data"]["num_classes"])
+    oof = cl.epochs[-1].get("oof_acc") if cl.epochs else None
+    chance = 1.0 / max(c, 1)
+    weak = None
+    if getattr(trainer, "fast_dev_run", False):
+        weak = "fast_dev_run: a smoke test of a batch or two"
+    elif oof is not None and oof < chance + 0.25 * (1 - chance):
+        weak = f"OOF accuracy {oof:.3f} against the given labels, near chance ({chance:.3f})"
+    if weak is not None:
+        out["weak_run"] = {"reason": weak, "oof_accuracy": oof, "chance": chance}
+        warnings.append(
+            f"run too weak to judge the labels ({weak}): most flags are the model's own "
+            "mistakes, not label errors; train longer or use a stronger model"
+        )
+        out["warnings"] = warnings
+    return out

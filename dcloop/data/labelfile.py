@@ -184,18 +184,24 @@ def read_label_file(
                 "leaves a row out, 1 keeps it"
             )
     confirmed = np.zeros(n, dtype=bool)
+    by_status = {"corrected": 0, "confirmed": 0}
     if "status" in df.columns:
         status = df["status"].fillna("unchanged").str.strip()
         unknown = sorted(set(status) - set(STATUSES))
         if unknown:
             raise ValueError(f"{what}: unknown status {_shown(unknown)}; allowed: {list(STATUSES)}")
         confirmed[idx] = status.isin(VERIFIED).to_numpy()
+        by_status = {k: int((status == k).sum()) for k in by_status}
     changed = int((out != labels).sum())
+    # the same words and counts as dcloop-import's line ("8 corrected, 2 confirmed")
     log.info(
-        "label file %s: %d rows, %d labels changed, %d confirmed by people",
+        "label file %s: %d rows, %d labels changed; checked by people: %d corrected, "
+        "%d confirmed (%d rows never flagged again)",
         path,
         idx.size,
         changed,
+        by_status["corrected"],
+        by_status["confirmed"],
         int(confirmed.sum()),
     )
     return LabelOverride(path, out, weights, confirmed, idx, changed)

@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from dcloop.console import emit
+from dcloop.csvsafe import read_csv
 from dcloop.people.runconfig import load_train_dataset
 from dcloop.results import write_csv, write_json
 
@@ -63,7 +64,7 @@ def export_main(argv: Sequence[str] | None = None) -> int:
     )
 
     def body(a):
-        from dcloop.people.export import export_queue, relabel_queue
+        from dcloop.people.export import export_queue, relabel_queue, storage_root
 
         paths = export_queue(
             a.run_dir,
@@ -73,14 +74,31 @@ def export_main(argv: Sequence[str] | None = None) -> int:
             url_prefix=a.url_prefix,
             dataset=load_train_dataset(a.run_dir, required=True) if a.embed else None,
         )
-        n = len(relabel_queue(a.run_dir, top=a.top, everything=a.all))
-        emit(
-            f"dcloop-export: {n} samples to review, worst first\n"
-            f"  csv           {paths['csv']}  (fill in the 'label' column)\n"
-            f"  label studio  {paths['labelstudio']}\n"
-            f"  ls config     {paths['config']}\n"
+        queue = relabel_queue(a.run_dir, top=a.top, everything=a.all)
+        lines = [
+            f"dcloop-export: {len(queue)} samples to review, worst first",
+            f"  csv           {paths['csv']}  (fill in the 'label' column)",
+            f"  label studio  {paths['labelstudio']}",
+            f"  ls config     {paths['config']}",
+        ]
+        text = "text" in read_csv(paths["csv"], nrows=1).columns
+        if not a.embed and not text and len(queue):
+            root = storage_root(queue["source"].astype(str).tolist())
+            if root is None:
+                lines.append(
+                    "  WARNING       the samples are not files on this machine (in-memory data "
+                    "such as digits, or a moved folder): Label Studio will not show them; run "
+                    "dcloop-export --embed to put each sample's picture into the tasks"
+                )
+            else:
+                lines.append(
+                    f"  storage       {root}  (connect a Label Studio Local Files storage on "
+                    "this folder: docs/people.md, 'Label Studio, step by step')"
+                )
+        lines.append(
             f"  then          dcloop-import {a.run_dir} <reviewed.csv | label-studio-export.json>"
         )
+        emit("\n".join(lines))
 
     return _exit(_run("dcloop-export", p, argv, body))
 
@@ -106,8 +124,8 @@ def import_main(argv: Sequence[str] | None = None) -> int:
         out = a.out or Path(a.run_dir) / f"labels_corrected_{stamp}.csv"
         path, counts = import_corrections(a.run_dir, a.corrections, out, base=a.base, by=a.by)
         emit(
-            f"dcloop-import: {counts['corrected']} labels corrected, {counts['confirmed']} "
-            f"confirmed ({counts['rows']} rows)\n"
+            f"dcloop-import: {counts['corrected']} corrected, {counts['confirmed']} confirmed "
+            f"({counts['rows']} rows; rows people checked are never flagged again)\n"
             f"  label file    {path}\n"
             f"  next run      dcloop data.labels={path.resolve()}"
         )

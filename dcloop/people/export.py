@@ -82,6 +82,16 @@ def relabel_queue(run_dir: str | os.PathLike, *, top: int | None = None, everyth
     return q
 
 
+def storage_root(sources: list[str]) -> str | None:
+    """The folder a Label Studio Local Files storage must be connected to so that it serves
+    every listed file (their deepest common folder); ``None`` when none of them is a file
+    here (in-memory data such as digits, or a folder moved away)."""
+    files = [os.path.abspath(s) for s in sources if os.path.isfile(s)]
+    if not files:
+        return None
+    return os.path.commonpath([os.path.dirname(f) for f in files])
+
+
 def _data_key(source: str) -> str:
     return "audio" if str(source).lower().endswith(AUDIO_SUFFIXES) else "image"
 

@@ -298,6 +298,11 @@ def _summary(metrics: dict[str, Any], issues: pd.DataFrame) -> list[tuple[str, s
             f"classes, K={c.get('num_folds', '?')} folds",
         ),
     ]
+    if d.get("num_skipped_files"):
+        pairs.append(("skipped files", f"{d['num_skipped_files']} unreadable (skipped_files.csv)"))
+    stop = metrics.get("early_stopping")
+    if stop:
+        pairs.append(("early stopping", f"epoch {stop['epoch']} ({stop['monitor']})"))
     inj = metrics.get("noise_injected")
     if inj and inj.get("kind") != "none":
         pairs.append(
@@ -474,7 +479,14 @@ def short_source(source: str, limit: int = SOURCE_CHARS) -> str:
 def _guard_section(metrics: dict[str, Any]) -> list[str]:
     """The harm guard's warnings (first thing on the page) and when cleaning started."""
     parts = []
-    warnings = metrics.get("warnings") or []
+    weak = metrics.get("weak_run")
+    if weak:
+        parts.append(
+            f'<div class="warn"><b>Run too weak to judge the labels</b> '
+            f"({escape(str(weak.get('reason')))}): most flags below are the model's own "
+            "mistakes, not label errors. Train longer or use a stronger model.</div>"
+        )
+    warnings = [w for w in metrics.get("warnings") or [] if not str(w).startswith("run too weak")]
     if warnings:
         items = "".join(f"<li>{escape(str(w))}</li>" for w in warnings)
         parts.append(

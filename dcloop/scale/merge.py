@@ -30,6 +30,7 @@ import torch
 
 from dcloop.console import emit, run_summary
 from dcloop.metrics import run_metrics
+from dcloop.people.report import write_report
 from dcloop.results import atomic_write, issue_table, write_json, write_run_files
 from dcloop.scale.sequential import merge_shards
 from dcloop.state import SampleTable
@@ -161,7 +162,10 @@ def merge_round(round_dir: str | Path, *, device: str = "auto") -> dict[str, Any
     metrics = _metrics(d, meta, arrays, table, policy, state, report)
     write_json(metrics, d / "metrics.json")
     top = issue_table(table, sources, meta.get("class_names")).head(5).to_dict("records")
-    emit(run_summary(metrics, d, [r for r in top if r["flagged"]]))
+    summary = run_summary(metrics, d, [r for r in top if r["flagged"]])
+    if meta.get("report", True):  # every run writes report.html, a merged round too
+        summary += f"\n  report      {write_report(d)} (open it in a browser)"
+    emit(summary)
     return metrics
 
 
