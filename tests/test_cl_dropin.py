@@ -241,6 +241,8 @@ def test_multilabel_deprecation_warning_and_label_format_errors():
         dc.find_label_issues(labels, probs, multi_label=True)
     with pytest.raises(TypeError, match="list of N lists"):
         dc.find_label_issues(np.zeros(len(labels), int), probs, multi_label=True)
+    with pytest.raises(ValueError, match=r"must be in \[0, 1\] with multi_label.*max=1\.5"):
+        dc.find_label_issues(labels, probs * 1.5, multi_label=True)
     bad = [*labels[:-1], [7]]
     with pytest.raises(ValueError, match=r"multi-labels must be in \[0, 6\); got min=0, max=7"):
         dc.find_label_issues(bad, probs, multi_label=True)

@@ -47,27 +47,6 @@ FILTER_BY = (*PRUNE_FILTERS, "confident_learning", "predicted_neq_given", *LOW_F
 BACKENDS = ("torch", "cleanlab")
 
 
-def issues_mask(
-    inputs: Inputs,
-    *,
-    filter_by: str,
-    frac_noise: float = 1.0,
-    num_to_remove_per_class: np.ndarray | None = None,
-    min_examples_per_class: int = 1,
-    ties: str = "index",
-) -> torch.Tensor:
-    """``(N,)`` bool label-issue mask on the input device (private; inputs already validated)."""
-    return mask_from_scan(
-        inputs,
-        scan(inputs),
-        filter_by=filter_by,
-        frac_noise=frac_noise,
-        num_to_remove_per_class=num_to_remove_per_class,
-        min_examples_per_class=min_examples_per_class,
-        ties=ties,
-    )
-
-
 def mask_from_scan(
     inputs: Inputs,
     s: Scan,
@@ -79,8 +58,9 @@ def mask_from_scan(
     ties: str = "index",
     confident_joint: np.ndarray | None = None,
 ) -> torch.Tensor:
-    """:func:`issues_mask` from an existing :func:`~dcloop.cl.count.scan` (and calibrated
-    confident joint, when the caller has it): the pruning pass only."""
+    """``(N,)`` bool label-issue mask on the input device from an existing
+    :func:`~dcloop.cl.count.scan` (and calibrated confident joint, when the caller has it): the
+    pruning pass only (inputs and options already validated; not the ``low_*`` filters)."""
     if filter_by == "predicted_neq_given":
         mask = s.pred != inputs.labels
     elif filter_by == "confident_learning":

@@ -28,7 +28,7 @@ import torch
 
 from dcloop.cl import _binary, _kxk
 from dcloop.cl._compat import host_matrix, report
-from dcloop.cl._inputs import CPU_CHUNK_ELEMENTS
+from dcloop.cl._inputs import CPU_CHUNK_ELEMENTS, PROB_RANGE_ATOL
 from dcloop.cl.filter import LOW_FILTERS, remove_per_class
 
 #: cleanlab's default multi-label aggregator: exponential moving average with this alpha.
@@ -47,9 +47,9 @@ class Labels:
     rows: np.ndarray
     by_class: np.ndarray
 
-    def column(self, c: int) -> np.ndarray:
-        """``(N,)`` int64 binary label of class ``c`` (1 = ``c`` is among the row's labels)."""
-        y = np.zeros(self.n, np.int64)
+    def column(self, c: int, dtype: type = np.int64) -> np.ndarray:
+        """``(N,)`` binary label of class ``c`` (1 = ``c`` is among the row's labels)."""
+        y = np.zeros(self.n, dtype)
         y[self.rows[self.by_class[c] : self.by_class[c + 1]]] = 1
         return y
 
@@ -108,6 +108,14 @@ def _probs(pred_probs: Any) -> tuple[torch.Tensor, bool]:
         raise ValueError(f"pred_probs must have shape (N, K); got shape {tuple(probs.shape)}")
     if not probs.dtype.is_floating_point:
         raise TypeError(f"pred_probs must be floating point; got {probs.dtype}")
+    if not bool(torch.isfinite(probs).all()):
+        raise ValueError("pred_probs must be finite; got NaN or inf")
+    lo, hi = (float(v) for v in torch.aminmax(probs.float() if probs.itemsize < 4 else probs))
+    if lo < -PROB_RANGE_ATOL or hi > 1 + PROB_RANGE_ATOL:
+        raise ValueError(
+            f"pred_probs must be in [0, 1] with multi_label (one probability per class); got "
+            f"min={lo:.6g}, max={hi:.6g}"
+        )
     return probs, as_numpy
 
 
@@ -225,7 +233,7 @@ def issues_any(
     out = np.zeros(ml.n, np.bool_)
     for c, p in columns(probs):
         out |= _binary.mask(
-            _binary.scan(p, ml.column(c).astype(np.bool_)),
+            _binary.scan(p, ml.column(c, np.bool_)),
             filter_by=filter_by,
             frac_noise=frac_noise,
             num_to_remove_per_class=None if remove is None else np.array([remove[c], 0]),
@@ -383,7 +391,7 @@ def confident_joints(
     indices = []
     for c, p in columns(probs):
         given = None if thr is None else host_matrix(thr[c], "thresholds", (2,))
-        s = _binary.scan(p, ml.column(c).astype(np.bool_), given)
+        s = _binary.scan(p, ml.column(c, np.bool_), given)
         joints[c] = s.confident_joint(calibrate)
         if return_indices_of_off_diagonals:
             indices.append(_out(s.off_diagonal(), as_numpy, probs.device))
