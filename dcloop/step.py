@@ -119,7 +119,7 @@ class StepState:
         start_epoch: the first step whose weights took effect (``None``: none yet).
         noise_rate: the previous step's estimated noise rate (``None``: no step yet).
         backoffs: back-offs so far (the guard).
-        paused_until: cleaning is paused up to this epoch (round), inclusive.
+        paused_until: cleaning is paused up to this epoch (round), inclusive (-1: never).
     """
 
     labels: torch.Tensor
@@ -131,7 +131,7 @@ class StepState:
     start_epoch: int | None = None
     noise_rate: float | None = None
     backoffs: int = 0
-    paused_until: int = 0
+    paused_until: int = -1
 
     @classmethod
     def initial(cls, labels, folds, *, confirmed=None, prior_weights=None) -> StepState:
@@ -258,7 +258,9 @@ def clean_step(
     cleaning, safety = policy.cleaning, policy.safety
     labels, epoch = state.labels, evidence.epoch
     if verdict is None:
-        verdict = cleaning.verdict(labels, evidence.probs, confirmed=state.confirmed)
+        verdict = cleaning.verdict(
+            labels, evidence.probs, confirmed=state.confirmed, folds=state.folds
+        )
     raw = int(verdict.flags.sum())
     bounded = bound_flags(
         verdict.flags,

@@ -94,8 +94,8 @@ def test_pruned_sample_comes_back_when_cleared(tmp_path, blobs):
     clcb = ConfidentLearning(warmup_epochs=2, **RAW)
     real, weights_before = clcb.run, []
 
-    def scripted(labels, probs, confirmed=None):  # step 1 flags sample 0 only, then nothing
-        result = real(labels, probs, confirmed=confirmed)
+    def scripted(labels, probs, confirmed=None, folds=None):  # step 1 flags sample 0 only
+        result = real(labels, probs, confirmed=confirmed, folds=folds)
         result.flags = torch.zeros_like(result.flags)
         result.flags[0] = not weights_before
         weights_before.append(model.samples.weights.clone())

@@ -238,10 +238,14 @@ class ConfidentLearning(L.Callback):
         if trainer.world_size > 1:  # decide once, on rank 0; broadcast tensors, not pickles
             mine = None
             if trainer.is_global_zero:
-                mine = self.run(table.labels, self.evidence, confirmed=table.confirmed)
+                mine = self.run(
+                    table.labels, self.evidence, confirmed=table.confirmed, folds=table.folds
+                )
             result = broadcast_result(mine, len(table), self._oof.num_classes, table.labels.device)
         else:
-            result = self.run(table.labels, self.evidence, confirmed=table.confirmed)
+            result = self.run(
+                table.labels, self.evidence, confirmed=table.confirmed, folds=table.folds
+            )
         state = StepState.of_table(
             table,
             start_epoch=self.start_epoch,
@@ -296,10 +300,11 @@ class ConfidentLearning(L.Callback):
             write_issue_table(self.output_dir / "label_issues.csv", table, self.sources)
         trainer.strategy.barrier("dcloop_cl")
 
-    def run(self, labels, probs, confirmed=None) -> CLResult:
+    def run(self, labels, probs, confirmed=None, folds=None) -> CLResult:
         """Confident learning on ``(labels, probs)`` with this callback's settings; rows in
-        ``confirmed`` (people checked them) are never flagged."""
-        return self.cleaning.verdict(labels, probs, confirmed=confirmed)
+        ``confirmed`` (people checked them) are never flagged; ``folds`` (each row's
+        replica) for ``calibrate`` (:meth:`dcloop.safety.CleaningPolicy.verdict`)."""
+        return self.cleaning.verdict(labels, probs, confirmed=confirmed, folds=folds)
 
     def bound(self, result: CLResult, labels: torch.Tensor) -> torch.Tensor:
         """``result.flags`` within the policy's class and total bounds."""
@@ -316,7 +321,7 @@ class ConfidentLearning(L.Callback):
         """A verdict outside the loop (e.g. no step ran): on the smoothed evidence when there
         is some, else on ``probs``; flags bounded as in the loop."""
         evidence = self.evidence if self.evidence is not None else probs
-        result = self.run(table.labels, evidence, confirmed=table.confirmed)
+        result = self.run(table.labels, evidence, confirmed=table.confirmed, folds=table.folds)
         result.flags = self.bound(result, table.labels)
         return result
 
