@@ -14,6 +14,7 @@ import torch
 from PIL import Image
 
 from dcloop.kept import load_model, replica_nets, save_kept_model
+from dcloop.kept.cli import predict_main
 from dcloop.train import _net, build
 
 from conftest import RUN_QUIET, compose_dcloop
@@ -77,7 +78,7 @@ def reload_and_predict(run_dir: Path, inputs: Path, exported: bool = False):
 
 
 @pytest.mark.slow
-def test_image_run_saved_reloaded_predicts_its_test_set(tmp_path):
+def test_image_run_saved_reloaded_predicts_its_test_set(tmp_path, capsys):
     root = tmp_path / "images"
     rng = np.random.default_rng(0)
     for k, name in enumerate(["red", "green", "blue"]):
@@ -107,19 +108,14 @@ def test_image_run_saved_reloaded_predicts_its_test_set(tmp_path):
     torch.testing.assert_close(probs.float(), expected, atol=1e-5, rtol=1e-4)
     # the exported program (torch.export) with each member's weights gives the same
     assert spec["exported"] == "export/net.pt2"
-    _, probs = reload_and_predict(run_dir, manifest, exported=True)
+    df = load_model(run_dir, exported=True).predict(manifest, all_probs=True)
+    probs = torch.tensor(df[[f"prob_{c}" for c in spec["class_names"]]].to_numpy())
     torch.testing.assert_close(probs.float(), expected, atol=1e-5, rtol=1e-4)
     # the command line: the same predictions in predictions.csv, one summary line
     out = tmp_path / "predictions.csv"
-    done = subprocess.run(
-        [sys.executable, "-m", "dcloop.kept.cli", str(run_dir), str(manifest), "--out", str(out)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert len(done.stdout.strip().splitlines()) == 1
-    assert f"{len(test)} inputs" in done.stdout
+    assert predict_main([str(run_dir), str(manifest), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert len(printed.strip().splitlines()) == 1 and f"{len(test)} inputs" in printed
     df = pd.read_csv(out)
     names = spec["class_names"]
     assert df["predicted"].tolist() == [names[i] for i in expected.argmax(-1).tolist()]
