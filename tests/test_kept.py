@@ -164,6 +164,8 @@ def test_import_dcloop_stays_light_and_offers_load_model():
         (["{run}", "{tmp}/wrong.npy"], "gives an input of shape (5,); this model takes (1, 8, 8)"),
         (["{run}", "{tmp}/pickled.npy"], "cannot read"),
         (["{run}", "{tmp}/m.csv"], "row 0 (0-based): no such file"),
+        (["{run}", "{tmp}/x.npy", "--out", "{tmp}/nodir/p.csv"], "does not exist"),
+        (["{run}", "{tmp}/x.npy", "--out", "{tmp}/empty"], "is a folder"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(saved, tmp_path, capsys, args, message):
@@ -176,7 +178,7 @@ def test_bad_input_is_one_line_and_exit_2(saved, tmp_path, capsys, args, message
     (tmp_path / "m.csv").write_text("path\nmissing.npy\n")
     fill = {"run": run, "tmp": tmp_path}
     with pytest.raises(SystemExit) as exit_:
-        predict_main([a.format(**fill) for a in args] + ["--out", str(tmp_path / "p.csv")])
+        predict_main(["--out", str(tmp_path / "p.csv")] + [a.format(**fill) for a in args])
     assert exit_.value.code == 2
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1, err
@@ -225,3 +227,14 @@ def test_a_hugging_face_tokenizer_is_saved_with_the_model(tmp_path):
     (tmp_path / "saved").mkdir()
     got = _saved_tokenizer(tmp_path / "saved", tok).texts(["dog cat bird"])
     assert got.tolist() == [[3, 2, 1, 0]]
+
+
+def test_a_jsonl_manifest_lists_files_relative_to_it(saved, tmp_path):
+    run, _, _ = saved
+    (tmp_path / "arrays").mkdir()
+    for i in range(3):
+        np.save(tmp_path / "arrays" / f"{i}.npy", np.full((8, 8), i, dtype=np.float32))
+    lines = [json.dumps({"path": f"arrays/{i}.npy", "label": "x"}) for i in (2, 0)]
+    (tmp_path / "m.jsonl").write_text("\n".join(lines) + "\n")
+    df = load_model(run).predict(tmp_path / "m.jsonl")
+    assert df["source"].tolist() == [str(tmp_path / "arrays" / f"{i}.npy") for i in (2, 0)]
