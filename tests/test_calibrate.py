@@ -136,3 +136,15 @@ def test_cleaning_policy_calibrate():
     assert abs(fixed.noise_rate / true_rate - 1) < 0.1 < abs(plain.noise_rate / true_rate - 1)
     with pytest.raises(UserInputError, match="calibrate must be one of .*got 'platt'"):
         CleaningPolicy(calibrate="platt")
+
+
+def test_fit_on_evenly_spaced_rows():
+    """``max_fit_rows`` bounds the fit's cost; every row is still calibrated and counted."""
+    evidence, given, folds, true_rate = make(n=4000, rate=0.3, temps=(2.0,))
+    full = calibrate(evidence, given, folds)
+    part = calibrate(evidence, given, folds, max_fit_rows=2000)
+    assert part.probs.shape == evidence.shape and part.posterior_clean.shape == (4000,)
+    torch.testing.assert_close(part.temperatures, full.temperatures, rtol=0.2, atol=0)
+    assert abs(part.noise_rate / true_rate - 1) < 0.1
+    with pytest.raises(UserInputError, match="max_fit_rows must be an integer"):
+        calibrate(evidence, given, folds, max_fit_rows=0)
