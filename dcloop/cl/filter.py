@@ -12,6 +12,10 @@ Pipeline (cleanlab ``filter.find_label_issues`` for single-label data):
 4. cleanlab's final reduction: drop flags where the model's prediction is (within ``1e-6``) the
    given label.
 
+``low_self_confidence`` / ``low_normalized_margin`` flag the lowest-scoring examples, as many as
+the confident-learning filter flags (cleanlab's ``num_label_issues``), without step 4.
+``multi_label=True`` goes to :mod:`dcloop.cl.multilabel` (one binary problem per class).
+
 Ties. cleanlab picks the lowest-scoring examples with ``np.argsort``, which is not stable: when
 several examples share the score at a pruning cut-off, which of them cleanlab flags depends on
 numpy's sort kernel (e.g. AVX-512 or not). By default (``ties="index"``) the lowest row indices

@@ -188,7 +188,6 @@ def find_label_issues(
         remove=remove,
         min_examples_per_class=min_examples_per_class,
         ties=ties,
-        chunk_size=chunk_size,
         cjs=cjs,
     )
     report(verbose, "find_label_issues(multi_label=True)", mask)
@@ -219,7 +218,6 @@ def issues_any(
     remove: np.ndarray | None = None,
     min_examples_per_class: int = 1,
     ties: str = "index",
-    chunk_size: int | None = None,
     cjs: np.ndarray | None = None,
 ) -> torch.Tensor:
     """``(N,)`` bool: rows flagged by the binary problem of at least one class."""
@@ -253,7 +251,7 @@ def _low_filter(ml, probs, as_numpy, filter_by, rank_by, adjust, ties, chunk_siz
     lowest multi-label self-confidence score, as many as the multi-label confident-learning
     filter flags. (cleanlab scores with self-confidence whichever ``low_*`` filter is named.)"""
     n_issues = int(issues_any(ml, probs, filter_by="confident_learning", ties=ties,
-                              chunk_size=chunk_size, cjs=cjs).sum())  # fmt: skip
+                              cjs=cjs).sum())  # fmt: skip
     scores = scores_of(ml, probs, None, "self_confidence", False, chunk_size)
     picked = _argsort(scores, ties)[:n_issues]
     mask = np.zeros(ml.n, np.bool_)
