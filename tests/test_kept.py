@@ -238,3 +238,29 @@ def test_a_jsonl_manifest_lists_files_relative_to_it(saved, tmp_path):
     (tmp_path / "m.jsonl").write_text("\n".join(lines) + "\n")
     df = load_model(run).predict(tmp_path / "m.jsonl")
     assert df["source"].tolist() == [str(tmp_path / "arrays" / f"{i}.npy") for i in (2, 0)]
+
+
+def test_a_network_that_does_not_export_is_logged_and_still_loads(
+    tmp_path, digits_setup, monkeypatch, caplog
+):
+    cfg, dm = digits_setup
+
+    def refuse(*args, **kwargs):
+        raise RuntimeError("data-dependent control flow")
+
+    monkeypatch.setattr(torch.export, "export", refuse)
+    members = nets(2)
+    with caplog.at_level("INFO", logger="dcloop.kept.save"):
+        save_kept_model(
+            tmp_path, cfg=cfg, dm=dm, nets=members, kind="ensemble", name="ensemble",
+            test_accuracy=None,
+        )  # fmt: skip
+    assert "no exported program (SmallCNN does not export: RuntimeError" in caplog.text
+    spec = json.loads((tmp_path / "model" / "model.json").read_text())
+    assert spec["exported"] is None and not (tmp_path / "model" / "export").exists()
+    x = torch.rand(4, 1, 8, 8)
+    with torch.no_grad():
+        want = torch.stack([m.eval()(x).softmax(-1) for m in members]).mean(0)
+    torch.testing.assert_close(load_model(tmp_path).predict_proba(x), want)
+    with pytest.raises(UserInputError, match="no exported program was saved"):
+        load_model(tmp_path, exported=True)

@@ -143,6 +143,13 @@ def _write(out: Path, *, cfg, dm, nets, kind, name, acc) -> dict[str, Any]:
         torch.save(state, out / fname)
         members.append(fname)
     exported = export_program(out, nets, example, dtype)
+    if net_cfg is None and exported is None:
+        log.warning(
+            "kept model: %s is neither a network dcloop rebuilds nor exportable; the saved "
+            "weights load only with its own class (%s)",
+            type(nets[0]).__name__,
+            out.parent / MODEL_DIR,
+        )
     spec = {
         "format": FORMAT,
         "kind": kind,
