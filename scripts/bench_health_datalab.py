@@ -120,6 +120,56 @@ def jaccard(a: np.ndarray, b: np.ndarray) -> float:
     return 1.0 if union == 0 else int((a & b).sum()) / union
 
 
+def write(rows: list[dict], out_path: str, argv) -> str:
+    """Write the JSON and markdown of the sets measured so far (after each set); the page."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    command = "python " + " ".join([Path(sys.argv[0]).as_posix(), *(argv or sys.argv[1:])])
+    meta = {
+        "command": command,
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "machine": f"{platform.machine()} CPU, 1 thread, torch {torch.__version__}",
+        "peak_rss_mb": round(peak),
+        "load_average": [round(v, 1) for v in os.getloadavg()],
+    }
+    out = Path(out_path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps({**meta, "rows": rows}, indent=2) + "\n")
+    md = [
+        "# dcloop.health vs cleanlab Datalab (outlier, near_duplicate, class_imbalance)",
+        "",
+        "```",
+        command,
+        "```",
+        "",
+        f"- Date: {meta['date']}; {meta['machine']}; peak RSS of the process "
+        f"{meta['peak_rss_mb']} MB (both methods, the largest set); load average at the "
+        f"end {meta['load_average']} (a shared 2-core host: read seconds as rough, the "
+        "ratio as the result).",
+        "- Same features for both; Datalab defaults (k = 10, cosine, outlier threshold "
+        "0.37037, near-duplicate threshold 0.13, imbalance threshold 0.1). Time of the three "
+        "checks each (dcloop: one shared kNN).",
+        "- Targets (issue 22): Jaccard >= 0.8 where the method is the same; >= 10x faster "
+        "at N = 100,000, D = 512.",
+        "",
+        "| set | N | D | dcloop s | Datalab s | speed-up | outliers (dcloop / Datalab, "
+        "Jaccard) | near-duplicates | class imbalance |",
+        "|---|---:|---:|---:|---:|---:|---|---|---|",
+    ]
+    for r in rows:
+        cells = []
+        for k in ("outlier", "near_duplicate", "class_imbalance"):
+            if f"{k}_jaccard" in r:
+                cells.append(f"{r[f'{k}_dcloop']} / {r[f'{k}_datalab']}, {r[f'{k}_jaccard']:.3f}")
+            else:
+                cells.append("–")
+        md.append(
+            f"| {r['set']} | {r['n']} | {r['d']} | {r['dcloop_s']} | {r.get('datalab_s', '–')} "
+            f"| {r.get('speedup', '–')} | {' | '.join(cells)} |"
+        )
+    out.with_suffix(".md").write_text("\n".join(md) + "\n")
+    return "\n".join(md)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--sets", nargs="+", default=["agnews", "synthetic:100000:512"])
@@ -144,49 +194,8 @@ def main(argv=None) -> int:
                 row[f"{k}_jaccard"] = round(jaccard(mine[k], theirs[k].astype(bool)), 4)
         rows.append(row)
         print(json.dumps(row), flush=True)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    command = "python " + " ".join([Path(sys.argv[0]).as_posix(), *(argv or sys.argv[1:])])
-    meta = {
-        "command": command,
-        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-        "machine": f"{platform.machine()} CPU, 1 thread, torch {torch.__version__}",
-        "peak_rss_mb": round(peak),
-    }
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps({**meta, "rows": rows}, indent=2) + "\n")
-    md = [
-        "# dcloop.health vs cleanlab Datalab (outlier, near_duplicate, class_imbalance)",
-        "",
-        "```",
-        command,
-        "```",
-        "",
-        f"- Date: {meta['date']}; {meta['machine']}; peak RSS of the process "
-        f"{meta['peak_rss_mb']} MB (both methods, the largest set).",
-        "- Same features for both; Datalab defaults (k = 10, cosine, outlier threshold "
-        "0.37037, near-duplicate threshold 0.13, imbalance threshold 0.1). Time of the three "
-        "checks each (dcloop: one shared kNN).",
-        "- Targets (issue 22): Jaccard >= 0.8 where the method is the same; >= 10x faster "
-        "at N = 100,000, D = 512.",
-        "",
-        "| set | N | D | dcloop s | Datalab s | speed-up | outliers (dcloop / Datalab, "
-        "Jaccard) | near-duplicates | class imbalance |",
-        "|---|---:|---:|---:|---:|---:|---|---|---|",
-    ]
-    for r in rows:
-        cells = []
-        for k in ("outlier", "near_duplicate", "class_imbalance"):
-            if f"{k}_jaccard" in r:
-                cells.append(f"{r[f'{k}_dcloop']} / {r[f'{k}_datalab']}, {r[f'{k}_jaccard']:.3f}")
-            else:
-                cells.append("–")
-        md.append(
-            f"| {r['set']} | {r['n']} | {r['d']} | {r['dcloop_s']} | {r.get('datalab_s', '–')} "
-            f"| {r.get('speedup', '–')} | {' | '.join(cells)} |"
-        )
-    out.with_suffix(".md").write_text("\n".join(md) + "\n")
-    print("\n".join(md))
+        write(rows, args.out, argv)
+    print(write(rows, args.out, argv))
     return 0
 
 
