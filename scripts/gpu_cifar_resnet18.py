@@ -301,24 +301,35 @@ def write(out: Path, meta: dict[str, Any], rows: dict[str, dict[str, Any]]) -> N
         f"- Elapsed: {meta['elapsed_s']:.0f} s of a {meta['budget_s']:.0f} s budget; "
         f"skipped: {', '.join(meta['skipped']) or 'none'}",
         "",
-        "| setting | noise (actual) | plain | dcloop kept model | oracle | gap recovered | "
-        "dcloop s / plain s |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "| setting | noise (actual) | plain | dcloop kept model | dcloop ensemble | oracle | "
+        "gap recovered | noise estimate | dcloop s / plain s |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for s in SETTINGS:
         p, d = rows.get(f"plain/{s}"), rows.get(f"dcloop/{s}")
         if p is None:
             continue
+        cells = [s, f"{100 * p['noise_rate']:.1f} %", f"{100 * p['test_acc']:.1f}"]
+        if d is None:
+            why = any(x.startswith(f"dcloop/{s} ") for x in meta["skipped"])
+            cells += ["skipped (time)" if why else "not run", "-"]
+        else:
+            ens = (d.get("test") or {}).get("ensemble_accuracy")
+            cells += [
+                f"{100 * d['test_acc']:.1f} ({d['kept_model']})",
+                "-" if ens is None else f"{100 * ens:.1f}",
+            ]
+        cells.append("-" if oracle is None else f"{100 * oracle:.1f}")
         gap = "-"
         if d is not None and oracle is not None and oracle != p["test_acc"]:
             gap = f"{100 * (d['test_acc'] - p['test_acc']) / (oracle - p['test_acc']):.0f} %"
-        lines.append(
-            f"| {s} | {100 * p['noise_rate']:.1f} % | {100 * p['test_acc']:.1f} | "
-            + (f"{100 * d['test_acc']:.1f} ({d['kept_model']})" if d else "skipped")
-            + f" | {'-' if oracle is None else f'{100 * oracle:.1f}'} | {gap} | "
-            + (f"{d['seconds'] / p['seconds']:.1f}" if d else "-")
-            + " |"
-        )
+        est = None if d is None else d.get("noise_rate_est")
+        cells += [
+            gap,
+            "-" if est is None else f"{100 * est:.1f} %",
+            "-" if d is None else f"{d['seconds'] / p['seconds']:.1f}",
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
     lines += [
         "",
         "Gap recovered: (kept - plain) / (oracle - plain). For scale, published full-data "
