@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -176,6 +177,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         return run_fold(cfg)
     run_dir = Path(cfg.output_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    start = _clock()
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     run = build(cfg, run_dir)
     with exit_on_signal(run.trainer):  # SIGTERM / Ctrl+C: exit 143 / 130, naming the checkpoint
@@ -199,8 +201,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     extra: dict[str, Any] = {"test": test}
     if kept == "student":
         policy = student_policy(cfg)
+        before = _clock()
         with timed(run.trainer, "student"):
             student, acc = train_student(cfg, run, policy)
+        plain = tuple(b - a for a, b in zip(before, _clock(), strict=True))
         test.update(accuracy=acc, student_accuracy=acc)
         extra["kept"] = {
             "model": "student",
@@ -224,6 +228,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             )
         where = where.relative_to(run_dir) if where.is_relative_to(run_dir) else where
         extra["kept"] = {**(extra.get("kept") or metrics["kept"]), "path": str(where)}
+    extra["cost"] = run_cost(start, _clock(), plain if kept == "student" else None)
     if goes_on:
         results.hold = False
         results.finish(run.trainer, **extra)
@@ -237,6 +242,41 @@ def _net(cfg: DictConfig, dm) -> Any:
     extra = getattr(dm, "net_kwargs", None)
     example = dm.train_dataset[0][0]
     return net_factory(cfg.model.net, dm.input_shape, dm.num_classes, extra, example=example)
+
+
+def _clock() -> tuple[float, float]:
+    """(process CPU seconds, this process and its finished children; wall seconds)."""
+    cpu = time.process_time()
+    try:
+        import resource
+
+        kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpu += kids.ru_utime + kids.ru_stime
+    except ImportError:  # pragma: no cover - not POSIX
+        pass
+    return cpu, time.perf_counter()
+
+
+def run_cost(
+    start: tuple[float, float], end: tuple[float, float], plain: tuple[float, float] | None
+) -> dict[str, Any]:
+    """What the run cost, against one plain training run of the same network.
+
+    The student is one plain run (the same network, data, epochs and recipe; only its
+    targets differ), so its seconds are the yardstick: ``ratio`` is the whole run's seconds
+    over the student's. ``plain`` is ``None`` when no student trained (``kept=ensemble``):
+    the ratio is then not estimated (``scripts/bench_kept.py`` measures it).
+    """
+    cpu, wall = end[0] - start[0], end[1] - start[1]
+    out: dict[str, Any] = {"cpu_s": round(cpu, 3), "wall_s": round(wall, 3)}
+    if plain is not None and plain[0] > 0 and plain[1] > 0:
+        out.update(
+            plain_cpu_s=round(plain[0], 3),
+            plain_wall_s=round(plain[1], 3),
+            cpu_ratio=round(cpu / plain[0], 3),
+            wall_ratio=round(wall / plain[1], 3),
+        )
+    return out
 
 
 def student_policy(cfg: DictConfig) -> StudentPolicy:

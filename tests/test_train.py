@@ -202,11 +202,15 @@ def test_the_kept_student_is_trained_after_shorter_replicas(tmp_path, capsys):
     )
     assert 0.5 < metrics["test"]["ensemble_accuracy"] <= 1.0
     assert metrics["timing"]["student"] > 0
+    cost = metrics["cost"]  # the student is one plain run: the yardstick of the whole run
+    assert cost["cpu_s"] > cost["plain_cpu_s"] > 0 and cost["cpu_ratio"] > 1
+    assert (tmp_path / "model" / "model.json").is_file() and metrics["kept"]["path"] == "model"
     assert [e["epoch"] for e in metrics["safety"]["epochs"]] == [1, 2]  # the replicas' epochs
     saved = json.loads((tmp_path / "metrics.json").read_text())
     assert saved["kept"]["model"] == "student"
     text = summarize(tmp_path, saved)
     assert "the kept model: student" in text and "ensemble: mean softmax" in text
+    assert "x the CPU seconds of one plain training run" in text
 
 
 def test_replica_epochs_and_student_options_are_checked(tmp_path):
