@@ -19,6 +19,7 @@ from dcloop.errors import UserInputError
 from dcloop.kept import load_model, save_kept_model
 from dcloop.kept.cli import predict_main
 from dcloop.kept.prepare import Preparer, hf_json, tokenizer_spec
+from dcloop.kept.save import preprocess_of
 from dcloop.models.nets import SmallCNN
 
 from conftest import RUN_QUIET, compose_dcloop
@@ -264,3 +265,17 @@ def test_a_network_that_does_not_export_is_logged_and_still_loads(
     torch.testing.assert_close(load_model(tmp_path).predict_proba(x), want)
     with pytest.raises(UserInputError, match="no exported program was saved"):
         load_model(tmp_path, exported=True)
+
+
+def test_an_unknown_source_predicts_arrays_of_the_input_shape(tmp_path):
+    class Mine:
+        name = "mine"
+
+    class DM:
+        source_object = Mine()
+
+    spec, files = preprocess_of(DM(), [5], "int64")
+    assert spec == {"kind": "tensor", "dtype": "int64"} and files == {}
+    np.save(tmp_path / "ids.npy", np.arange(5, dtype=np.int32))
+    x = Preparer(spec, tmp_path, (5,)).file(str(tmp_path / "ids.npy"))
+    assert x.dtype == torch.int64 and x.tolist() == [0, 1, 2, 3, 4]

@@ -66,6 +66,7 @@ class Preparer:
         self.input_shape = tuple(int(d) for d in input_shape)
         self.size = tuple(spec["size"]) if spec.get("size") else None
         self.tokenizer = _tokenizer(spec, model_dir) if self.kind == "text" else None
+        self._last: tuple[str, np.ndarray] | None = None  # the .npy stack being read
 
     @property
     def extensions(self) -> tuple[str, ...]:
@@ -115,10 +116,14 @@ class Preparer:
         return ds[0][0]
 
     def _array(self, path: str, row: int | None) -> Tensor:
-        try:
-            arr = np.load(path, allow_pickle=False)
-        except (OSError, ValueError) as err:
-            raise UserInputError(f"cannot read {path!r} as a .npy array: {err}") from None
+        if self._last is not None and self._last[0] == path:
+            arr = self._last[1]  # the rows of one stack: the file is read once
+        else:
+            try:
+                arr = np.load(path, allow_pickle=False)
+            except (OSError, ValueError) as err:
+                raise UserInputError(f"cannot read {path!r} as a .npy array: {err}") from None
+            self._last = (path, arr)
         if row is not None:
             arr = arr[row]
         x = torch.from_numpy(np.ascontiguousarray(arr))

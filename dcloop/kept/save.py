@@ -132,7 +132,7 @@ def _write(out: Path, *, cfg, dm, nets, kind, name, acc) -> dict[str, Any]:
     example = dm.train_dataset[0][0]
     input_shape = [int(d) for d in example.shape]
     dtype = "int64" if example.dtype in (torch.int32, torch.int64) else "float32"
-    preprocess, extra_files = preprocess_of(dm, input_shape)
+    preprocess, extra_files = preprocess_of(dm, input_shape, dtype)
     for fname, text in extra_files.items():
         (out / fname).write_text(text, encoding="utf-8")
     net_cfg = plain_net_config(cfg, dm)
@@ -200,7 +200,9 @@ def plain_net_config(cfg, dm) -> dict[str, Any] | None:
     return net
 
 
-def preprocess_of(dm, input_shape: list[int]) -> tuple[dict[str, Any], dict[str, str]]:
+def preprocess_of(
+    dm, input_shape: list[int], dtype: str = "float32"
+) -> tuple[dict[str, Any], dict[str, str]]:
     """The ``preprocess`` entry for the run's data source, and extra files to write."""
     src = dm.source_object
     if isinstance(src, (ImageFolder, CsvManifest)):
@@ -226,7 +228,7 @@ def preprocess_of(dm, input_shape: list[int]) -> tuple[dict[str, Any], dict[str,
         getattr(src, "name", type(src).__name__),
         input_shape,
     )
-    return {"kind": "tensor", "dtype": "float32"}, {}
+    return {"kind": "tensor", "dtype": dtype}, {}
 
 
 EXPORT_FILE = "export/net.pt2"

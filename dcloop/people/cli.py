@@ -62,6 +62,11 @@ def export_main(argv: Sequence[str] | None = None) -> int:
         help="embed each sample's thumbnail (PNG data URI) in the Label Studio tasks, for "
         "in-memory data without files (e.g. digits)",
     )
+    p.add_argument(
+        "--health",
+        action="store_true",
+        help="also queue the outliers and near-duplicates data health flagged (data_issues/)",
+    )
 
     def body(a):
         from dcloop.people.export import export_queue, relabel_queue, storage_root
@@ -73,8 +78,9 @@ def export_main(argv: Sequence[str] | None = None) -> int:
             everything=a.all,
             url_prefix=a.url_prefix,
             dataset=load_train_dataset(a.run_dir, required=True) if a.embed else None,
+            health=a.health,
         )
-        queue = relabel_queue(a.run_dir, top=a.top, everything=a.all)
+        queue = relabel_queue(a.run_dir, top=a.top, everything=a.all, health=a.health)
         lines = [
             f"dcloop-export: {len(queue)} samples to review, worst first",
             f"  csv           {paths['csv']}  (fill in the 'label' column)",

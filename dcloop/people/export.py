@@ -39,13 +39,18 @@ QUEUE_COLUMNS = (
 )
 
 
-def relabel_queue(run_dir: str | os.PathLike, *, top: int | None = None, everything=False):
+def relabel_queue(
+    run_dir: str | os.PathLike, *, top: int | None = None, everything=False, health=False
+):
     """The flagged samples of a run, worst label quality first.
 
     Args:
         run_dir: a dcloop run directory (reads ``label_issues.csv``).
         top: keep only the first ``top`` rows.
         everything: every sample, not only the flagged ones (still worst first).
+        health: also the training samples that data health flagged (``data_issues/``:
+            outliers, then near-duplicates, after the label issues), with an ``issue``
+            column (``label``, ``outlier``, ``near_duplicate``, joined by ``+``).
 
     Returns:
         A frame with :data:`QUEUE_COLUMNS` (``label`` and ``annotator`` empty).
@@ -60,8 +65,19 @@ def relabel_queue(run_dir: str | os.PathLike, *, top: int | None = None, everyth
     issues = issues.sort_values(
         ["flagged", "quality", "index"], ascending=[False, True, True], kind="stable"
     )
+    kinds = _health_kinds(run_dir) if health else None
     if not everything:
-        issues = issues[issues["flagged"].astype(bool)]
+        keep = issues["flagged"].astype(bool)
+        if kinds is not None:
+            keep |= issues["index"].isin(kinds)
+        issues = issues[keep]
+    if kinds is not None:  # label issues first, then outliers, then near-duplicates
+        issue = [
+            "+".join((["label"] if bool(f) else []) + kinds.get(int(i), [])) or "none"
+            for i, f in zip(issues["index"], issues["flagged"], strict=True)
+        ]
+        rank = [0 if s.startswith("label") else 1 if "outlier" in s else 2 for s in issue]
+        issues = issues.assign(_issue=issue, _rank=rank).sort_values("_rank", kind="stable")
     if top is not None:
         issues = issues.head(top)
     names = run_class_names(run_dir)
@@ -79,7 +95,25 @@ def relabel_queue(run_dir: str | os.PathLike, *, top: int | None = None, everyth
             "annotator": "",
         }
     )
+    if kinds is not None:
+        q.insert(1, "issue", issues["_issue"].to_numpy())
     return q
+
+
+def _health_kinds(run_dir: Path) -> dict[int, list[str]]:
+    """Training row -> the data-health issues naming it (``data_issues/``; empty if none)."""
+    kinds: dict[int, list[str]] = {}
+    folder = run_dir / "data_issues"
+    if (folder / "outliers.csv").is_file():
+        for i in read_csv(folder / "outliers.csv")["index"]:
+            kinds.setdefault(int(i), []).append("outlier")
+    if (folder / "near_duplicates.csv").is_file():
+        pairs = read_csv(folder / "near_duplicates.csv")
+        for side in ("a", "b"):
+            for s, i in zip(pairs[f"split_{side}"], pairs[f"index_{side}"], strict=True):
+                if s == "train" and "near_duplicate" not in kinds.get(int(i), []):
+                    kinds.setdefault(int(i), []).append("near_duplicate")
+    return kinds
 
 
 def storage_root(sources: list[str]) -> str | None:
@@ -167,6 +201,7 @@ def export_queue(
     everything: bool = False,
     url_prefix: str = "",
     dataset=None,
+    health: bool = False,
 ) -> dict[str, Path]:
     """Write ``relabel_queue.csv``, ``relabel_queue_labelstudio.json`` and
     ``labelstudio_config.xml`` into ``out_dir`` (default ``<run_dir>/relabel``).
@@ -177,12 +212,15 @@ def export_queue(
     :func:`dcloop.people.report.run_texts`) the queue CSV gets a ``text`` column and each task
     holds the text.
 
+    ``health``: the queue also holds the samples data health flagged (see
+    :func:`relabel_queue`).
+
     Returns:
         ``{"csv": ..., "labelstudio": ..., "config": ...}`` paths.
     """
     run_dir = Path(run_dir)
     out = Path(out_dir) if out_dir is not None else run_dir / "relabel"
-    queue = relabel_queue(run_dir, top=top, everything=everything)
+    queue = relabel_queue(run_dir, top=top, everything=everything, health=health)
     names = run_class_names(run_dir)
     key = _data_key(queue["source"].iloc[0]) if len(queue) else "image"
     images = texts = None
