@@ -97,3 +97,11 @@ def test_a_run_names_a_planted_duplicate(folder, tmp_path):
         assert (run / "data_issues" / f"{name}.csv").exists(), name
     html = (run / "report.html").read_text()
     assert "Near-duplicates" in html and "3_copy.png" in html
+    from dcloop.people.export import relabel_queue
+
+    queue = relabel_queue(run, health=True)  # dcloop-export --health
+    dup = pairs.loc[0]
+    train_rows = {int(dup[f"index_{s}"]) for s in "ab" if dup[f"split_{s}"] == "train"}
+    queued = dict(zip(queue["index"], queue["issue"], strict=True))
+    assert train_rows and all("near_duplicate" in queued[i] for i in train_rows)
+    assert "issue" not in relabel_queue(run).columns  # the plain queue is unchanged
