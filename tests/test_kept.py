@@ -129,6 +129,18 @@ def test_only_whitelisted_networks_are_rebuilt(saved):
     edit_spec(run, members=["../../etc/passwd"])
     with pytest.raises(UserInputError, match="members"):
         load_model(run)
+    # a pickle with code in it: refused by weights_only, one line
+    import pickle
+
+    class Boom:
+        def __reduce__(self):
+            return (print, ("ran",))
+
+    (run / "model" / "member_0.pt").write_bytes(pickle.dumps(Boom()))
+    edit_spec(run, members=["member_0.pt"], net={"_target_": "dcloop.models.SmallCNN",
+                                                 "in_channels": 1, "num_classes": 10})  # fmt: skip
+    with pytest.raises(UserInputError, match="is not a file of plain tensors"):
+        load_model(run)
 
 
 def test_a_network_dcloop_cannot_rebuild_loads_from_its_exported_program(saved):

@@ -74,7 +74,14 @@ def load_model(
     nets = []
     for f in spec["members"]:
         net = build_net(spec["net"]) if program is None else copy.deepcopy(program)
-        state = torch.load(mdir / f, map_location="cpu", weights_only=True)
+        try:
+            state = torch.load(mdir / f, map_location="cpu", weights_only=True)
+        except FileNotFoundError:
+            raise UserInputError(f"{str(mdir / f)!r}: member weights missing") from None
+        except Exception as err:  # noqa: BLE001 - weights_only refuses anything but tensors
+            raise UserInputError(
+                f"{str(mdir / f)!r} is not a file of plain tensors: {type(err).__name__}"
+            ) from None
         try:
             net.load_state_dict(state)
         except RuntimeError as err:
