@@ -173,6 +173,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         :func:`dcloop.console.summarize`).
     """
     check_run_config(cfg)  # seed, folds, max_epochs, resume: before anything is built
+    kept = cfg.get("kept", "student")
+    check_choice("kept", kept, KEPT_MODELS)
+    student_policy(cfg)  # a bad student option: before any training
     if cfg.get("mode", "parallel") != "parallel":  # one fold per run: dcloop.scale
         return run_fold(cfg)
     run_dir = Path(cfg.output_dir)
@@ -183,8 +186,6 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     with exit_on_signal(run.trainer):  # SIGTERM / Ctrl+C: exit 143 / 130, naming the checkpoint
         run.trainer.fit(run.model, datamodule=run.dm, ckpt_path=cfg.get("resume"))
     results = run.results
-    kept = cfg.get("kept", "student")
-    check_choice("kept", kept, KEPT_MODELS)
     goes_on = results is not None and (kept == "student" or bool(cfg.get("refit")))
     if goes_on:
         results.hold = True  # metrics.json and report.html once the student is tested
@@ -194,41 +195,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         OmegaConf.save(cfg, run_dir / "config.yaml")
     if not metrics:
         return metrics
-    test = dict(metrics["test"])
-    if cfg.get("refit"):  # the older switch: one network on the loop's weights (prune)
-        with timed(run.trainer, "refit"):
-            _, test["refit_accuracy"] = train_student(cfg, run, StudentPolicy(targets="prune"))
-    extra: dict[str, Any] = {"test": test}
-    if kept == "student":
-        policy = student_policy(cfg)
-        before = _clock()
-        with timed(run.trainer, "student"):
-            student, acc = train_student(cfg, run, policy)
-        plain = tuple(b - a for a, b in zip(before, _clock(), strict=True))
-        test.update(accuracy=acc, student_accuracy=acc)
-        extra["kept"] = {
-            "model": "student",
-            "test_accuracy": acc,
-            "targets": policy.targets,
-            "policy": policy.as_dict(),
-        }
-        nets, kind = [student.net], "single"
-    else:
-        nets, kind = replica_nets(run.model, _net(cfg, run.dm)), "ensemble"
-    if run.trainer.is_global_zero:
-        with timed(run.trainer, "result_files"):
-            where = save_kept_model(
-                run_dir,
-                cfg=cfg,
-                dm=run.dm,
-                nets=nets,
-                kind=kind,
-                name=kept,
-                test_accuracy=test["accuracy"],
-            )
-        where = where.relative_to(run_dir) if where.is_relative_to(run_dir) else where
-        extra["kept"] = {**(extra.get("kept") or metrics["kept"]), "path": str(where)}
-    extra["cost"] = run_cost(start, _clock(), plain if kept == "student" else None)
+    extra, plain = keep_model(cfg, run, metrics, run_dir)
+    extra["cost"] = run_cost(start, _clock(), plain)
     if goes_on:
         results.hold = False
         results.finish(run.trainer, **extra)
@@ -242,6 +210,49 @@ def _net(cfg: DictConfig, dm) -> Any:
     extra = getattr(dm, "net_kwargs", None)
     example = dm.train_dataset[0][0]
     return net_factory(cfg.model.net, dm.input_shape, dm.num_classes, extra, example=example)
+
+
+def keep_model(
+    cfg: DictConfig, run: Run, metrics: dict[str, Any], run_dir: Path
+) -> tuple[dict[str, Any], tuple[float, float] | None]:
+    """After the replicas' test: the refit (``refit=true``), the kept model (the student, or
+    the replicas with ``kept=ensemble``) trained and saved in ``model/``.
+
+    Returns:
+        The ``metrics.json`` keys to update (``test``, ``kept``) and the student phase's
+        (CPU, wall) seconds, the yardstick of :func:`run_cost` (``None`` without a student).
+    """
+    test = dict(metrics["test"])
+    if cfg.get("refit"):  # the older switch: one network on the loop's weights (prune)
+        with timed(run.trainer, "refit"):
+            _, test["refit_accuracy"] = train_student(cfg, run, StudentPolicy(targets="prune"))
+    kept: dict[str, Any] = dict(metrics.get("kept") or {"model": "ensemble"})
+    plain = None
+    if cfg.get("kept", "student") == "student":
+        policy = student_policy(cfg)
+        before = _clock()
+        with timed(run.trainer, "student"):
+            student, acc = train_student(cfg, run, policy)
+        plain = tuple(b - a for a, b in zip(before, _clock(), strict=True))
+        test.update(accuracy=acc, student_accuracy=acc)
+        kept = {"model": "student", "test_accuracy": acc, "targets": policy.targets}
+        kept["policy"] = policy.as_dict()
+        nets, kind = [student.net], "single"
+    else:
+        nets, kind = replica_nets(run.model, _net(cfg, run.dm)), "ensemble"
+    if run.trainer.is_global_zero:
+        with timed(run.trainer, "result_files"):
+            where = save_kept_model(
+                run_dir,
+                cfg=cfg,
+                dm=run.dm,
+                nets=nets,
+                kind=kind,
+                name=kept["model"],
+                test_accuracy=test["accuracy"],
+            )
+        kept["path"] = str(where.relative_to(run_dir) if where.is_relative_to(run_dir) else where)
+    return {"test": test, "kept": kept}, plain
 
 
 def _clock() -> tuple[float, float]:
