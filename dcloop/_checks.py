@@ -3,8 +3,9 @@
 One home for the checks every part of dcloop shares: typed values (:func:`check_int`,
 :func:`check_float`, :func:`check_bool`, :func:`check_callable`, :func:`check_choice`),
 labels (:func:`as_label_array`, :func:`check_labels`, :func:`check_label_range`,
-:func:`parse_class_labels`), batches and run settings. Imports only numpy, torch, the
-standard library and :mod:`dcloop.errors`, so any module may use it.
+:func:`parse_class_labels`), batches and run settings. Imports only numpy, the standard
+library and :mod:`dcloop.errors` (torch where a check needs a tensor), so any module may use
+it and the command line checks its input before torch loads.
 
 Every message names the key, the value given and what was expected, e.g.
 ``"k must be an integer >= 1; got k=0"``.
@@ -15,12 +16,12 @@ from __future__ import annotations
 import math
 import os
 import re
+import sys
 import zipfile
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
-import torch
 
 from dcloop.errors import UserInputError
 
@@ -178,7 +179,8 @@ def check_choice(name: str, value: Any, allowed: Sequence[Any]) -> None:
 # ----------------------------------------------------------------------------------- labels
 def to_numpy(x) -> np.ndarray:
     """Return ``x`` (tensor, array or sequence) as a numpy array on the host."""
-    if isinstance(x, torch.Tensor):
+    torch = sys.modules.get("torch")  # (not imported here: the CLI checks start fast)
+    if torch is not None and isinstance(x, torch.Tensor):
         return x.detach().cpu().numpy()
     return np.asarray(x)
 
@@ -435,6 +437,8 @@ def check_batch(batch) -> None:
             f"dcloop needs dataset items (x, y, index); got a {kind} of length {n}. Wrap "
             "your dataset with dcloop.data.WithIndex or use dcloop.data.IndexedTensorDataset."
         )
+    import torch
+
     index = batch[2]
     ok = (
         isinstance(index, torch.Tensor)

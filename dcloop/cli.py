@@ -56,15 +56,16 @@ def exit_on_user_error(exc: BaseException, cfg: DictConfig | None = None) -> Non
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")
 def _app(cfg: DictConfig) -> float:
-    from dcloop.console import emit, summarize
-    from dcloop.train import train
-
     _from_hydra(cfg)
     if not sys.stdout.isatty() and "enable_progress_bar" in cfg.trainer:  # nohup, SLURM logs
         cfg.trainer.enable_progress_bar = False  # one log line per epoch instead of bar redraws
     try:
-        check_noise_choice(cfg)
+        preflight(cfg)  # before torch and Lightning load: bad input is one line in a second
         _claim_run_folder(cfg)
+        from dcloop.console import emit, summarize
+        from dcloop.train import train
+
+        _one_log_line_each()
         metrics = train(cfg)
         if metrics and cfg.get("mode", "parallel") == "parallel" and _rank_zero():
             emit(summarize(cfg.output_dir, metrics))
@@ -83,6 +84,34 @@ def _claim_run_folder(cfg: DictConfig) -> None:
     check_run_folder(
         cfg.output_dir, resume=cfg.get("resume"), overwrite=cfg.get("overwrite", False)
     )
+
+
+#: ``data.source`` keys that name a file or folder (checked to exist before torch loads).
+_PATH_KEYS = ("root", "test_root", "manifest", "test_manifest", "path", "test_path", "annotations")
+
+
+def preflight(cfg: DictConfig) -> None:
+    """The checks that need neither torch nor the data: run settings, the noise choice and
+    that the named data files exist. The library checks all of it again, in full."""
+    from dcloop._checks import check_run_config  # (numpy: `dcloop --help` does without)
+
+    check_run_config(cfg)
+    check_noise_choice(cfg)
+    data = cfg.get("data")
+    source = data.get("source") if isinstance(data, DictConfig) else None
+    named = []
+    if isinstance(source, DictConfig):
+        named = [(f"data.source.{k}", source[k]) for k in _PATH_KEYS if k in source.keys()]
+    if isinstance(data, DictConfig) and "labels" in data.keys():
+        named.append(("data.labels", data["labels"]))
+    for key, value in named:
+        if value is None or not isinstance(value, str) or "://" in value:
+            continue
+        if not os.path.exists(value):
+            raise UserInputError(
+                f"{key}={quote(value)} does not exist; expected an existing "
+                f"{'folder' if key.endswith('root') else 'file'}"
+            )
 
 
 def check_noise_choice(cfg: DictConfig) -> None:
@@ -139,6 +168,16 @@ def _check_group_choices(argv: list[str]) -> None:
                 f"{', '.join(options)}\n"
             )
             raise SystemExit(EXIT_USAGE)
+
+
+def _one_log_line_each() -> None:
+    """Lightning adds its own console handler to its loggers, and they also reach Hydra's
+    (console and run-folder log): every INFO line was printed twice. Hydra's handlers stay."""
+    for name in ("lightning.pytorch", "lightning.fabric", "lightning"):
+        logger = logging.getLogger(name)
+        for handler in list(logger.handlers):
+            if type(handler) is logging.StreamHandler and logging.getLogger().handlers:
+                logger.removeHandler(handler)
 
 
 def _rank_zero() -> bool:

@@ -479,3 +479,66 @@ def test_the_label_file_line_counts_as_the_import_does(tmp_path, caplog):
     with caplog.at_level(logging.INFO, logger="dcloop.data.labelfile"):
         read_label_file(tmp_path / "l.csv", np.zeros(20, dtype=np.int64), ["a", "b"])
     assert "8 labels changed; checked by people: 8 corrected, 2 confirmed" in caplog.text
+
+
+# 8. Fast start and helpful help.
+
+
+def test_the_command_line_layers_import_without_torch():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, dcloop.cli, dcloop.people.cli, dcloop.people; "
+        "heavy = [m for m in ('torch', 'lightning', 'pandas') if m in sys.modules]; "
+        "print(heavy)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr[-2000:]
+
+
+def test_input_is_checked_before_torch_loads(tmp_path):
+    from dcloop.cli import preflight
+
+    with pytest.raises(UserInputError, match="folds must be an integer >= 2"):
+        preflight(compose_dcloop(tmp_path, "folds=1"))
+    missing = tmp_path / "nope"
+    cfg = compose_dcloop(tmp_path, "data=folder", f"data.source.root={missing}")
+    with pytest.raises(UserInputError, match=rf"data.source.root={missing} does not exist"):
+        preflight(cfg)
+    preflight(compose_dcloop(tmp_path))  # the defaults pass
+
+
+def test_help_opens_with_what_dcloop_does(tmp_path):
+    import subprocess
+    import sys
+
+    res = subprocess.run(
+        [sys.executable, "-m", "dcloop", "--help"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert res.returncode == 0
+    assert res.stdout.startswith("dcloop: find label errors while a model trains")
+    assert "data=folder --help" in res.stdout and "dcloop-export" in res.stdout
+    assert "powered by Hydra" not in res.stdout
+
+
+def test_lightning_lines_are_printed_once():
+    import logging
+
+    import lightning.pytorch  # noqa: F401 - adds its own console handler
+
+    from dcloop.cli import _one_log_line_each
+
+    root = logging.getLogger()
+    added = logging.StreamHandler()
+    root.addHandler(added)  # Hydra's console handler
+    try:
+        _one_log_line_each()
+        handlers = logging.getLogger("lightning.pytorch").handlers
+        assert not [h for h in handlers if type(h) is logging.StreamHandler]
+    finally:
+        root.removeHandler(added)

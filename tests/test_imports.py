@@ -14,6 +14,9 @@ ROOT = Path(dcloop.__file__).parent
 LAZY_OK = {
     ("dcloop.cli", "dcloop.train"): "torch/lightning: `dcloop --help` starts fast",
     ("dcloop.cli", "dcloop.console"): "pandas, only after a run",
+    ("dcloop.cli", "dcloop._checks"): "numpy: `dcloop --help` starts fast",
+    ("dcloop.people.cli", "dcloop.csvsafe"): "pandas: `dcloop-export --help` starts fast",
+    ("dcloop.people.cli", "dcloop.results"): "torch: `dcloop-annotators --help` starts fast",
     ("dcloop", "dcloop.kept.model"): "torch: `import dcloop` stays light (dcloop.load_model)",
     ("dcloop.kept.cli", "dcloop.results"): "torch: `dcloop-predict --help` starts fast",
 }

@@ -7,16 +7,28 @@ Modules: :mod:`~dcloop.people.export` (relabel queue CSV + Label Studio JSON),
 majority vote), :mod:`~dcloop.people.report` (``report.html``), :mod:`~dcloop.people.cli`.
 """
 
-from dcloop.data.labelfile import (
-    LABEL_FILE_COLUMNS,
-    STATUSES,
-    LabelOverride,
-    apply_label_file,
-    attach_label_file,
-    read_label_file,
-)
-from dcloop.people.corrections import base_labels, import_corrections
-from dcloop.people.export import export_queue, relabel_queue
+# Imported on first use (PEP 562), so that ``dcloop-export --help`` does not load torch.
+_WHERE = {
+    "LABEL_FILE_COLUMNS": "dcloop.data.labelfile",
+    "STATUSES": "dcloop.data.labelfile",
+    "LabelOverride": "dcloop.data.labelfile",
+    "apply_label_file": "dcloop.data.labelfile",
+    "attach_label_file": "dcloop.data.labelfile",
+    "read_label_file": "dcloop.data.labelfile",
+    "base_labels": "dcloop.people.corrections",
+    "import_corrections": "dcloop.people.corrections",
+    "export_queue": "dcloop.people.export",
+    "relabel_queue": "dcloop.people.export",
+}
+
+
+def __getattr__(name: str):
+    if name not in _WHERE:
+        raise AttributeError(f"module 'dcloop.people' has no attribute {name!r}")
+    import importlib
+
+    return getattr(importlib.import_module(_WHERE[name]), name)
+
 
 __all__ = [
     "LABEL_FILE_COLUMNS",

@@ -11,13 +11,11 @@ from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 
-import numpy as np
-import pandas as pd
-
 from dcloop.console import emit
-from dcloop.csvsafe import read_csv
-from dcloop.people.runconfig import load_train_dataset
-from dcloop.results import write_csv, write_json
+from dcloop.errors import user_error_message
+
+# pandas, torch and the data layer are imported in the commands' bodies: `--help` and a bad
+# argument answer in a fraction of a second (scripts/bench_cli_start.py).
 
 log = logging.getLogger(__name__)
 
@@ -25,10 +23,16 @@ log = logging.getLogger(__name__)
 def _run(prog: str, parser: argparse.ArgumentParser, argv, body: Callable) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    run_dir = getattr(args, "run_dir", None)
+    if run_dir is not None and not Path(run_dir).is_dir():  # before pandas and torch load
+        message = user_error_message(FileNotFoundError(f"run folder not found: {run_dir}"))
+        sys.stderr.write(f"{prog}: error: {message}; expected a finished dcloop run folder\n")
+        return 2
     try:
         body(args)
     except (ValueError, OSError) as err:  # bad input, unreadable or unwritable files
-        sys.stderr.write(f"{prog}: error: {err}\n")
+        message = user_error_message(err) or " ".join(str(err).split())
+        sys.stderr.write(f"{prog}: error: {message}\n")
         return 2
     return 0
 
@@ -69,7 +73,9 @@ def export_main(argv: Sequence[str] | None = None) -> int:
     )
 
     def body(a):
+        from dcloop.csvsafe import read_csv
         from dcloop.people.export import export_queue, relabel_queue, storage_root
+        from dcloop.people.runconfig import load_train_dataset
 
         paths = export_queue(
             a.run_dir,
@@ -166,8 +172,13 @@ def annotators_main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--no-report", action="store_true", help="do not re-render report.html")
 
     def body(a):
+        import numpy as np
+        import pandas as pd
+
         from dcloop.people.corrections import base_labels, run_class_names
         from dcloop.people.multiannotator import consensus, consensus_label_file, read_annotations
+        from dcloop.people.runconfig import load_train_dataset
+        from dcloop.results import write_csv, write_json
 
         run_dir = Path(a.run_dir)
         probs_path = run_dir / "oof_probs.npy"
@@ -246,6 +257,7 @@ def report_main(argv: Sequence[str] | None = None) -> int:
 
     def body(a):
         from dcloop.people.report import write_report
+        from dcloop.people.runconfig import load_train_dataset
 
         ds = None if a.no_thumbnails else load_train_dataset(a.run_dir)
         emit(f"dcloop-report: {write_report(a.run_dir, dataset=ds, worst=a.worst, path=a.out)}")
