@@ -15,7 +15,8 @@ Signals:
   ``data_health`` callback saved in a dcloop run on this folder (train on ``train/``, test on
   ``test/``); cosine distance, or the nearest / second-nearest ratio
   (:func:`dcloop.health.duplicates.find_leakage`).
-* ``combined``: the product of the pixel ratio and the embedding ratio of the pixel's pair.
+* ``combined``: the pixel ratio times the embedding's ratio for the pixel's pair (its
+  embedding distance over the distance to the nearest other training image).
 
 Usage:
 
@@ -99,10 +100,14 @@ def main(argv=None) -> int:
         # the embedding's ratio for the pixel signal's pair: d(test, pixel pair) / 2nd nearest
         a = torch.nn.functional.normalize(torch.from_numpy(ftr).float(), dim=1)
         b = torch.nn.functional.normalize(torch.from_numpy(fte).float(), dim=1)
-        d_pair = (1 - (b * a[torch.from_numpy(pref)]).sum(1)).clamp_min(0).numpy()
-        second = np.sort((1 - b @ a.T).clamp_min(0).numpy(), axis=1)[:, 1]
-        comb = pr * (d_pair / np.maximum(second, 1e-12))
-        rows.append({"signal": "combined ratio", **scores(pref, comb, truth), "seconds": t_px + t_e})
+        dist = (1 - b @ a.T).clamp_min(0).numpy()
+        rows_b = np.arange(len(dist))
+        d_pair = dist[rows_b, pref].copy()
+        dist[rows_b, pref] = np.inf  # the nearest training image other than the pixel's pair
+        comb = pr * d_pair / np.maximum(dist.min(1), 1e-12)
+        rows.append(
+            {"signal": "combined ratio", **scores(pref, comb, truth), "seconds": t_px + t_e}
+        )
     command = "python " + " ".join([Path(sys.argv[0]).as_posix(), *(argv or sys.argv[1:])])
     meta = {
         "command": command,
