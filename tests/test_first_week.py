@@ -542,3 +542,68 @@ def test_lightning_lines_are_printed_once():
         assert not [h for h in handlers if type(h) is logging.StreamHandler]
     finally:
         root.removeHandler(added)
+
+
+# 7. Label files survive a moved folder.
+
+
+def _label_file_for(folder, out, with_prints=True):
+    from dcloop.data.labelfile import fingerprint
+
+    files = sorted(str(p) for p in folder.rglob("*.png"))
+    rows = ["index,source,label,status" + (",fingerprint" if with_prints else "")]
+    for i, f in enumerate(files):
+        extra = f",{fingerprint(f)}" if with_prints else ""
+        rows.append(f"{i},{f},{i % 2},corrected{extra}")
+    out.write_text("\n".join(rows) + "\n")
+    return files
+
+
+def test_a_moved_data_folder_keeps_its_label_file(tmp_path, caplog):
+    import logging
+    import shutil
+
+    import numpy as np
+    from PIL import Image
+
+    from dcloop.data.labelfile import read_label_file
+
+    old = tmp_path / "old" / "pets"
+    for cls in ("cat", "dog"):
+        (old / cls).mkdir(parents=True)
+        for i in range(2):
+            Image.new("RGB", (4, 4), (60 * i, 0, 0)).save(old / cls / f"{i}.png")
+    files = _label_file_for(old, tmp_path / "labels.csv")
+    new = tmp_path / "elsewhere" / "pets_moved"
+    shutil.move(str(old), str(new))
+    moved = [f.replace(str(old), str(new)) for f in files]
+    labels = np.zeros(len(files), dtype=np.int64)
+    with caplog.at_level(logging.WARNING, logger="dcloop.data.labelfile"):
+        over = read_label_file(tmp_path / "labels.csv", labels, ["cat", "dog"], moved)
+    assert over.labels.tolist() == [0, 1, 0, 1]
+    assert f"moved from {old} to {new}" in caplog.text
+    assert "the contents of 4 file(s) match" in caplog.text
+    # other data at the same relative paths: refused, and said to be other data
+    Image.new("RGB", (4, 4), (1, 2, 3)).save(new / "dog" / "1.png")
+    with pytest.raises(ValueError, match=r"1 of 4 file\(s\) differ in content .*other data"):
+        read_label_file(tmp_path / "labels.csv", labels, ["cat", "dog"], moved)
+    # unrelated paths are still the old error
+    with pytest.raises(ValueError, match="belongs to other data or another split"):
+        read_label_file(tmp_path / "labels.csv", labels, ["cat", "dog"], list("abcd"))
+
+
+def test_import_writes_fingerprints(tmp_path):
+    import pandas as pd
+    from people_run import make_run
+
+    from dcloop.csvsafe import read_csv
+    from dcloop.people import import_corrections, relabel_queue
+
+    run = tmp_path / "run"
+    make_run(run)
+    q = relabel_queue(run, top=3)
+    q["label"] = q["suggested_name"]
+    q.to_csv(tmp_path / "reviewed.csv", index=False)
+    path, _ = import_corrections(run, tmp_path / "reviewed.csv", tmp_path / "l.csv")
+    df = read_csv(path, dtype=str, keep_default_na=False)
+    assert "fingerprint" in df.columns and isinstance(df, pd.DataFrame)

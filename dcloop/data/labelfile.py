@@ -10,6 +10,10 @@ A label file is a CSV with one row per training sample it changes, keyed by ``in
 * ``status`` (optional): one of :data:`STATUSES`; ``confirmed`` and ``corrected`` mean
   a person checked this label, so confident learning never flags the row again.
 * ``original_label, changed_by, changed_at, from_file``: provenance, carried along.
+* ``fingerprint`` (optional): :func:`fingerprint` of the source file when the file was
+  written. A data folder moved elsewhere still matches its label file (rows are matched by
+  their path relative to the folder); the fingerprints tell a moved folder from other data
+  at the same relative paths.
 
 Rows that the file does not list keep the dataset's label.
 """
@@ -44,6 +48,7 @@ LABEL_FILE_COLUMNS: tuple[str, ...] = (
     "changed_by",
     "changed_at",
     "from_file",
+    "fingerprint",
 )
 #: Allowed values of the ``status`` column.
 STATUSES: tuple[str, ...] = ("unchanged", "confirmed", "corrected", "consensus")
@@ -87,13 +92,95 @@ def parse_index(values: pd.Series, n: int, *, what: str) -> np.ndarray:
     return idx
 
 
-def check_sources(idx: np.ndarray, given: Sequence[Any], sources: Sequence[str], *, what: str):
-    """Raise ``ValueError`` when the file's ``source`` of a row differs from the dataset's."""
+#: Bytes of a file a fingerprint reads (with the file's size).
+FINGERPRINT_BYTES = 1 << 16
+
+
+def fingerprint(source: str) -> str:
+    """``"<size>:<crc32 of the first 64 KB>"`` of a source file, ``""`` for a source that is
+    not a file here (in-memory data such as ``digits:12``)."""
+    import zlib
+
+    try:
+        with open(source, "rb") as f:
+            head = f.read(FINGERPRINT_BYTES)
+        return f"{os.path.getsize(source)}:{zlib.crc32(head):08x}"
+    except OSError:
+        return ""
+
+
+def _is_blank(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and np.isnan(value)) or value == ""
+
+
+def _moved(pairs: list[tuple[str, str]]) -> tuple[str, str] | None:
+    """``(old folder, new folder)`` when every ``(old, new)`` source path pair is one folder
+    moved: the same path relative to it. ``None`` otherwise."""
+    old, new = (Path(p) for p in pairs[0])
+    k = 0
+    while k < min(len(old.parts), len(new.parts)) and old.parts[-1 - k] == new.parts[-1 - k]:
+        k += 1
+    if k == 0 or k >= len(old.parts) or k >= len(new.parts):
+        return None
+    old_root, new_root = Path(*old.parts[:-k]), Path(*new.parts[:-k])
+    for a, b in pairs:
+        try:
+            rel = Path(a).relative_to(old_root)
+        except ValueError:
+            return None
+        if Path(b) != new_root / rel:
+            return None
+    return str(old_root), str(new_root)
+
+
+def check_sources(
+    idx: np.ndarray,
+    given: Sequence[Any],
+    sources: Sequence[str],
+    *,
+    what: str,
+    fingerprints: Sequence[Any] | None = None,
+):
+    """Raise ``ValueError`` when the file's ``source`` of a row differs from the dataset's.
+
+    A data folder that moved (every differing source is the same path relative to an old
+    and a new folder) is accepted with a warning that says so; with ``fingerprints`` (the
+    file's ``fingerprint`` column) the files' contents are compared too, and different
+    contents at the same relative paths are refused as other data.
+    """
     wrong = [
         (int(i), str(s), str(sources[i]))
         for i, s in zip(idx, given, strict=True)
-        if not (isinstance(s, float) and np.isnan(s)) and str(s) != str(sources[i])
+        if not _is_blank(s) and str(s) != str(sources[i])
     ]
+    moved = _moved([(s, t) for _, s, t in wrong]) if wrong else None
+    if moved is not None:
+        old_root, new_root = moved
+        if fingerprints is not None:
+            prints = dict(zip((int(i) for i in idx), fingerprints, strict=True))
+            checked = [(i, t) for i, _, t in wrong if not _is_blank(prints.get(i))]
+            differ = [(i, t) for i, t in checked if fingerprint(t) != str(prints[i])]
+            if differ:
+                i, t = differ[0]
+                raise ValueError(
+                    f"{what}: its files were under {old_root!r}, and the data is now under "
+                    f"{new_root!r} at the same relative paths, but {len(differ)} of "
+                    f"{len(checked)} file(s) differ in content (e.g. index {i}, {t!r}): other "
+                    "data, not a moved folder; expected the label file of this data"
+                )
+            how = f"the contents of {len(checked)} file(s) match" if checked else "no fingerprints"
+        else:
+            how = "no fingerprints"
+        log.warning(
+            "%s: the data folder moved from %s to %s (%d rows matched by their path relative "
+            "to it; %s)",
+            what,
+            old_root,
+            new_root,
+            len(wrong),
+            how,
+        )
+        return
     if wrong:
         i, s, t = wrong[0]
         raise ValueError(
@@ -151,7 +238,7 @@ def read_label_file(
         raise FileNotFoundError(f"label file not found: {path}")
     what = f"label file {path}"
     try:
-        df = read_csv(path, dtype={"label": str, "source": str, "status": str})
+        df = read_csv(path, dtype={"label": str, "source": str, "status": str, "fingerprint": str})
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
         raise ValueError(f"{what}: not a readable CSV ({err})") from err
     check_columns(df, ["index", "label"], what=what)
@@ -163,7 +250,8 @@ def read_label_file(
         raise ValueError(f"{what}: empty label for index {_shown(idx[blank.to_numpy()].tolist())}")
     new, _ = parse_class_labels(df["label"].tolist(), class_names, where=what, row_offset=2)
     if sources is not None and "source" in df.columns:
-        check_sources(idx, df["source"].tolist(), sources, what=what)
+        prints = df["fingerprint"].tolist() if "fingerprint" in df.columns else None
+        check_sources(idx, df["source"].tolist(), sources, what=what, fingerprints=prints)
     out = labels.copy()
     out[idx] = new
     weights = np.ones(n, dtype=np.float32)

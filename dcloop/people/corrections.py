@@ -25,6 +25,7 @@ from dcloop.data.labelfile import (
     LABEL_FILE_COLUMNS,
     check_columns,
     check_sources,
+    fingerprint,
     parse_index,
     read_label_file,
 )
@@ -339,6 +340,7 @@ def import_corrections(
             ".csv (reviewed relabel queue) or .json (Label Studio export)"
         )
     new = apply_decision(table, decision)
+    new["fingerprint"] = [fingerprint(str(s)) for s in new["source"]]  # a moved folder still fits
     cols = list(LABEL_FILE_COLUMNS) + [c for c in new.columns if c not in LABEL_FILE_COLUMNS]
     write_csv(new[cols], out)
     touched = new["index"].isin(decision.index)
