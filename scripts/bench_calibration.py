@@ -87,6 +87,14 @@ def overrides(dataset: str, setting: str, workdir: Path) -> list[str]:
     return [*noise, "data.num_workers=0", f"trainer.max_epochs={EPOCHS['digits']}"]
 
 
+#: What the offline phase reads from a run folder: a run with all of them is done.
+EVIDENCE = ("labels.csv", "oof_probs_smoothed.npy", "folds.npy", "val_logits.npy", "val_labels.npy")
+
+
+def finished(run_dir: Path) -> bool:
+    return all((run_dir / f).exists() for f in EVIDENCE)
+
+
 def run_one(task: dict[str, Any]) -> dict[str, Any]:
     """One detect run in this (worker) process; its folder keeps the evidence."""
     torch.set_num_threads(1)
@@ -99,6 +107,7 @@ def run_one(task: dict[str, Any]) -> dict[str, Any]:
     extra = [
         *task["overrides"],
         "cl=detect",
+        "health=false",  # the data-health pass: not what this measures
         "+callbacks.val_logits._target_=bench_calibration.ValLogits",
         f"+callbacks.val_logits.path={run_dir}",
     ]
@@ -116,7 +125,7 @@ def run_all(args) -> None:
         for ds in args.datasets:
             for st in args.settings:
                 run_dir = args.workdir / f"{ds}_{st}_s{seed}"
-                if (run_dir / "done.json").exists():
+                if finished(run_dir):
                     continue
                 ov = overrides(ds, st, args.workdir)
                 tasks.append(
@@ -128,7 +137,10 @@ def run_all(args) -> None:
     with cf.ProcessPoolExecutor(args.jobs, mp_context=ctx) as pool:
         futures = [pool.submit(run_one, t) for t in tasks]
         for f in cf.as_completed(futures):
-            print("done", f.result(), flush=True)
+            try:
+                print("done", f.result(), flush=True)
+            except Exception as err:  # one failed run: report it, keep the others going
+                print("FAILED", repr(err), flush=True)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -279,7 +291,7 @@ def evaluate(args) -> None:
         for ds in args.datasets:
             for st in args.settings:
                 run_dir = args.workdir / f"{ds}_{st}_s{seed}"
-                if not (run_dir / "done.json").exists():
+                if not finished(run_dir):
                     continue
                 res = evaluate_run(run_dir, st, seed)
                 runs.append({"dataset": ds, "setting": st, "seed": seed, **res})
