@@ -47,6 +47,7 @@ from dcloop._checks import check_int
 from dcloop.callbacks import OOFCollector
 from dcloop.data import EpochShuffleSampler, check_item
 from dcloop.folds import assign_folds
+from dcloop.metrics import injected_noise
 from dcloop.models import Classifier
 from dcloop.models.factory import module_kwargs, net_factory
 from dcloop.results import atomic_write, write_json
@@ -222,7 +223,6 @@ def _write_meta(out: Path, cfg: DictConfig, dm, folds: np.ndarray) -> None:
         confirmed=np.zeros(dm.num_train, bool) if over is None else over.confirmed,
         prior_weights=np.ones(dm.num_train, np.float32) if over is None else over.weights,
     )
-    noise = dm.noise
     write_json(
         {
             "num_samples": dm.num_train,
@@ -233,14 +233,7 @@ def _write_meta(out: Path, cfg: DictConfig, dm, folds: np.ndarray) -> None:
             "source": dm.source,
             "class_names": list(dm.class_names),
             "cl": OmegaConf.to_container(cfg.cl, resolve=True),
-            "noise_injected": None
-            if not dm.has_ground_truth
-            else {
-                "kind": noise.kind,
-                "rate": noise.rate,
-                "num_noisy": int(dm.is_noisy.sum()),
-                "rate_actual": float(dm.is_noisy.mean()),
-            },
+            "noise_injected": injected_noise(dm),  # as a fold-parallel run's metrics
             "config": OmegaConf.to_container(cfg, resolve=False),
         },
         out / "meta.json",
