@@ -150,6 +150,7 @@ _PHASE_LABELS = {
     "refit": "refit",
     "student": "student",
     "result_files": "files",
+    "checkpoint": "checkpoint",
     "other": "other",
 }
 

@@ -43,6 +43,7 @@ PHASES: tuple[str, ...] = (
     "student",
     "result_files",
     "data_health",
+    "checkpoint",
 )
 _ATTR = "_dcloop_phase_times"
 

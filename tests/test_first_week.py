@@ -607,3 +607,51 @@ def test_import_writes_fingerprints(tmp_path):
     path, _ = import_corrections(run, tmp_path / "reviewed.csv", tmp_path / "l.csv")
     df = read_csv(path, dtype=str, keep_default_na=False)
     assert "fingerprint" in df.columns and isinstance(df, pd.DataFrame)
+
+
+# 6. Checkpoints that cost what they should.
+
+
+def _ckpt_trainer(epoch, max_epochs=10, should_stop=False):
+    from types import SimpleNamespace
+
+    return SimpleNamespace(
+        current_epoch=epoch,
+        max_epochs=max_epochs,
+        should_stop=should_stop,
+        strategy=SimpleNamespace(broadcast=lambda x: x),
+    )
+
+
+def test_checkpoints_are_skipped_while_they_cost_more_than_their_share(tmp_path):
+    import time
+
+    from dcloop.callbacks import EpochCheckpoint
+
+    ckpt = EpochCheckpoint(tmp_path, max_share=0.1)  # the command's default: <= 10 %
+    assert ckpt._due(_ckpt_trainer(0))  # nothing written yet: cheap
+    ckpt.saved_epoch, ckpt.write_seconds = 0, 1.0
+    ckpt._since = time.perf_counter() - 2.0  # 2 s of training since a 1 s write
+    assert not ckpt._due(_ckpt_trainer(1))
+    assert ckpt._due(_ckpt_trainer(9))  # the last epoch is always saved
+    assert ckpt._due(_ckpt_trainer(3, should_stop=True))  # so is an early stop
+    ckpt._since = time.perf_counter() - 20.0  # 20 s since: 5 %
+    assert ckpt._due(_ckpt_trainer(4))
+    every3 = EpochCheckpoint(tmp_path, every_epochs=3)
+    every3.saved_epoch = 2
+    assert [every3._due(_ckpt_trainer(e)) for e in (3, 4, 5)] == [False, False, True]
+    with pytest.raises(ValueError, match="max_share must be in"):
+        EpochCheckpoint(tmp_path, max_share=0)
+    always = EpochCheckpoint(tmp_path)  # the library default: every epoch, as before
+    always.saved_epoch, always.write_seconds = 0, 1.0
+    always._since = time.perf_counter() - 0.5
+    assert always._due(_ckpt_trainer(1))
+
+
+def test_checkpoint_time_has_its_own_name():
+    from dcloop.console import timing_line
+    from dcloop.timing import PHASES
+
+    assert "checkpoint" in PHASES
+    line = timing_line({"train_steps": 20.0, "checkpoint": 11.0, "other": 2.0, "total": 33.0})
+    assert "checkpoint 33%" in line
