@@ -1,6 +1,7 @@
 """Data health in a run: the OOF pass keeps held-out embeddings, and a run on an image folder
 with a planted duplicate names it in data_issues/near_duplicates.csv and report.html."""
 
+import json
 import shutil
 
 import numpy as np
@@ -93,6 +94,8 @@ def test_a_run_names_a_planted_duplicate(folder, tmp_path):
     first = {pairs.loc[0, "source_a"], pairs.loc[0, "source_b"]}
     assert first == {str(folder / "dog" / "3.png"), str(folder / "dog" / "3_copy.png")}
     assert pairs["distance"].is_monotonic_increasing
+    summary = json.loads((run / "data_issues" / "summary.json").read_text())
+    assert {"outliers", "near_duplicate_pairs", "leakage", "test_only_patterns"} <= set(summary)
     for name in ("outliers", "underperforming_groups", "class_imbalance", "leakage", "test_only"):
         assert (run / "data_issues" / f"{name}.csv").exists(), name
     html = (run / "report.html").read_text()

@@ -292,7 +292,7 @@ class DataHealth(L.Callback):
             {
                 "leakage": int(len(hit)),
                 "test_only": int(len(flagged)),
-                "find_test_only": int(only.pattern.max()) + 1 if len(flagged) else 0,
+                "test_only_patterns": int(only.pattern.max()) + 1 if len(flagged) else 0,
             }
         )
         write_json(self.summary, folder / "summary.json")
