@@ -105,6 +105,7 @@ def test_audio_end_to_end_with_targeted_augmentation(tmp_path):
         "cl.ready=fixed",  # a step every epoch: this tests the augmentation, not readiness
         "cl.guard=false",  # 12 clips a class, 2 epochs: some class is never predicted yet
         "augment.weak.k=2",
+        "model.vectorize=vmap",  # (auto loops on CPU) the audio front end batches under vmap
     )
     metrics = train(cfg)
     assert metrics["augment"]["modality"] == "audio" and metrics["cleaning"]["vectorized"]

@@ -202,6 +202,7 @@ def metrics_of(run_dir):
     metrics = json.loads((run_dir / "metrics.json").read_text())
     metrics.pop("wall_time_s")
     metrics.pop("timing")  # seconds per phase: differ run to run
+    metrics.pop("cost")  # seconds too
     return metrics
 
 
