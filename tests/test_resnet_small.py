@@ -201,6 +201,19 @@ def test_recipe_experiment_wires_model_transform_and_schedule(compose_config):
     assert kwargs["label_smoothing"] == 0.0
 
 
+def test_recipe_net_is_recorded_as_json_for_the_kept_model(compose_config):
+    """The saved kept model rebuilds ResNetSmall from plain JSON (blocks as a list)."""
+    from dcloop.kept.save import plain_net_config
+    from dcloop.kept.spec import build_net
+
+    cfg = compose_config("experiment=cifar_resnet")
+    dm = instantiate(cfg.data)
+    dm.setup()
+    net = plain_net_config(cfg, dm)
+    assert net is not None and net["blocks"] == [1, 1, 1] and net["in_channels"] == 1
+    assert isinstance(build_net(net), ResNetSmall)
+
+
 def test_one_cycle_steps_per_batch_over_the_whole_run(tmp_path):
     """The recipe's OneCycleLR gets total_steps from the trainer and peaks at max_lr."""
     from omegaconf import OmegaConf
