@@ -655,3 +655,31 @@ def test_checkpoint_time_has_its_own_name():
     assert "checkpoint" in PHASES
     line = timing_line({"train_steps": 20.0, "checkpoint": 11.0, "other": 2.0, "total": 33.0})
     assert "checkpoint 33%" in line
+
+
+def test_the_progress_bar_numbers_epochs_as_the_log(tmp_path):
+    import lightning as L
+    from lightning.pytorch.demos.boring_classes import BoringModel
+
+    from dcloop.callbacks.progress import EpochProgressBar
+
+    assert EpochProgressBar.when(False) is None
+    seen = []
+
+    class Spy(L.Callback):
+        def on_train_epoch_end(self, trainer, pl_module):
+            seen.append(bar.train_progress_bar.desc)
+
+    bar = EpochProgressBar.when(True)
+    trainer = L.Trainer(
+        max_epochs=2,
+        limit_train_batches=2,
+        limit_val_batches=0,
+        logger=False,
+        enable_checkpointing=False,
+        enable_model_summary=False,
+        callbacks=[bar, Spy()],
+        default_root_dir=tmp_path,
+    )
+    trainer.fit(BoringModel())
+    assert [d.split(":")[0] for d in seen] == ["Epoch 1", "Epoch 2"]
