@@ -336,7 +336,7 @@ def write_results(args, runs: list[dict[str, Any]]) -> None:
         "# Calibrated evidence: confident learning's noise estimate vs the truth",
         "",
         "```",
-        "python scripts/bench_calibration.py --phase runs --jobs 2   # the runs (/tmp/bench_calibration)",
+        "python scripts/bench_calibration.py --phase runs --jobs 2  # the runs",
         meta["command"],
         "```",
         "",
