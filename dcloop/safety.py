@@ -387,8 +387,8 @@ class CleaningPolicy:
         calibrate: ``"noise_aware"``: the verdict's noise estimate (``noise_rate``,
             ``noise_matrix``, ``joint``, ``class_noise_rate``) comes from
             :func:`dcloop.calibrate.calibrate` (temperature per fold fitted with the noise;
-            confident learning's own estimate counts the model's mistakes as noise, +5 to
-            +57 % high in ``scripts/results/bench_calibration.md``); the flags are
+            confident learning's own estimate counts the model's mistakes as noise, +2 to
+            +55 % high in ``scripts/results/bench_calibration.md``); the flags are
             confident learning's either way. ``"none"``: confident learning's estimate.
     """
 
