@@ -32,7 +32,7 @@ Pure torch, no Trainer: tested in ``tests/test_calibrate.py``.
 
 Example:
     >>> cal = calibrate(evidence, labels, folds)  # doctest: +SKIP
-    >>> cal.noise_rate, cal.noise_matrix  # the estimate; cal.probs: the calibrated softmax
+    >>> cal.noise_rate, cal.noise_rate_range  # doctest: +SKIP
 """
 
 from __future__ import annotations
