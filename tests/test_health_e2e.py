@@ -82,6 +82,7 @@ def test_a_run_names_a_planted_duplicate(folder, tmp_path):
         "trainer.max_epochs=2",
         "cl.warmup_epochs=1",
         "kept=ensemble",
+        "callbacks.data_health.pixels=true",
     )
     from dcloop.train import train
 
@@ -108,3 +109,20 @@ def test_a_run_names_a_planted_duplicate(folder, tmp_path):
     queued = dict(zip(queue["index"], queue["issue"], strict=True))
     assert train_rows and all("near_duplicate" in queued[i] for i in train_rows)
     assert "issue" not in relabel_queue(run).columns  # the plain queue is unchanged
+
+
+def test_the_pixel_signal_flags_a_moved_copy_the_embedding_misses(tmp_path):
+    g = torch.Generator().manual_seed(0)
+    imgs = torch.nn.functional.avg_pool2d(torch.rand(40, 3, 36, 36, generator=g), 5, 1)
+    train, test = imgs[:30], imgs[30:].clone()
+    test[2] = torch.roll(train[7], shifts=(2, -1), dims=(1, 2)) * 0.8 + 0.1  # moved, darker
+    cb = DataHealth(tmp_path, pixels=True, pixel_ratio=0.3, leakage_ratio=0.0)
+    cb._images = {"train": [train], "test": [test]}
+    emb_train, emb_test = torch.randn(30, 16, generator=g), torch.randn(10, 16, generator=g)
+    cb._test_issues(
+        None, emb_train, emb_test, [f"tr{i}" for i in range(30)], [f"te{i}" for i in range(10)]
+    )
+    leak = pd.read_csv(tmp_path / "data_issues" / "leakage.csv")
+    assert leak[["source_a", "source_b", "signal"]].values.tolist() == [["te2", "tr7", "pixel"]]
+    pairs = pd.read_csv(tmp_path / "data_issues" / "near_duplicates.csv")
+    assert pairs[["split_a", "source_a", "source_b"]].values.tolist() == [["test", "te2", "tr7"]]

@@ -22,6 +22,7 @@ from dcloop.health import (
     find_outliers,
     find_test_only,
     knn,
+    pixel_leakage,
     replica_outputs,
     underperforming_groups,
 )
@@ -46,10 +47,11 @@ FILES = (
 
 
 @torch.inference_mode()
-def ensemble_features(model: Any, loader: Any) -> torch.Tensor:
+def ensemble_features(model: Any, loader: Any, inputs: list | None = None) -> torch.Tensor:
     """``(N, D)`` mean over the fold replicas of their penultimate embedding, in loader order:
     one map for train and test alike (a held-out replica per sample would put the samples of
-    different folds in different coordinate systems)."""
+    different folds in different coordinate systems). Image batches ``(B, C, H, W)`` are
+    appended to ``inputs`` (on the host) when it is given."""
     params, buffers = model._stacked()
     skeleton = model._skeleton[0]
     was = skeleton.training
@@ -58,6 +60,8 @@ def ensemble_features(model: Any, loader: Any) -> torch.Tensor:
     try:
         for batch in loader:
             x = (batch[0] if isinstance(batch, (tuple, list)) else batch).to(model.device)
+            if inputs is not None and x.ndim == 4:
+                inputs.append(x.float().cpu())
             feats = 0.0
             for k in range(model.num_folds):
                 one = ({n: p[k] for n, p in params.items()}, {n: b[k] for n, b in buffers.items()})
@@ -86,6 +90,10 @@ class DataHealth(L.Callback):
             below this is flagged as leakage too (0: distance rule only).
         group_threshold: clusters below this share of the overall held-out accuracy.
         save_features: also save ``features_train.npy`` / ``features_test.npy``.
+        pixels: for images, also compare the test images with the training images by their
+            pixels (:func:`~dcloop.health.pixel_leakage`, kept on the host during the
+            passes); a test image whose best / second-best aligned distance is below
+            ``pixel_ratio`` is flagged as leakage (``signal`` column: embedding, pixel, both).
         space: the training set's embedding for the fit-end detectors: ``mean`` (the
             replicas' mean embedding, one extra pass over the training set; one map for every
             sample, and for the test set) or ``held_out`` (the OOF pass's buffer, no extra
@@ -100,6 +108,8 @@ class DataHealth(L.Callback):
         metric: str = "cosine",
         duplicate_threshold: float = 0.13,
         leakage_ratio: float = 0.5,
+        pixels: bool = False,
+        pixel_ratio: float = 0.5,
         group_threshold: float = 0.5,
         save_features: bool = True,
         space: str = "mean",
@@ -113,6 +123,9 @@ class DataHealth(L.Callback):
         self.k, self.metric = k, metric
         self.duplicate_threshold = duplicate_threshold
         self.leakage_ratio = leakage_ratio
+        self.pixels = check_bool("health.pixels", pixels)
+        self.pixel_ratio = check_float("health.pixel_ratio", pixel_ratio, low=0.0, high=1.0)
+        self._images: dict[str, list] = {"train": [], "test": []}
         self.group_threshold = group_threshold
         self.save_features = check_bool("health.save_features", save_features)
         self.summary: dict[str, Any] = {}
@@ -142,8 +155,11 @@ class DataHealth(L.Callback):
         with timed(trainer, "data_health"):
             feats = oof.features if self.space == "held_out" else None
             if feats is None:  # the replicas' mean embedding: one pass over the training set
-                feats = ensemble_features(pl_module, trainer.datamodule.oof_dataloader())
+                kept: list = []
+                loader = trainer.datamodule.oof_dataloader()
+                feats = ensemble_features(pl_module, loader, kept if self.pixels else None)
                 self._train_shared = feats
+                self._images["train"] = kept
             self._train_issues(trainer, feats, samples.labels, oof.probs, self._sources(trainer))
 
     def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -156,11 +172,27 @@ class DataHealth(L.Callback):
         train = self._train_shared
         if train is None:
             train = ensemble_features(pl_module, dm.oof_dataloader())
-        test = ensemble_features(pl_module, dm.test_dataloader())
+        self._images["test"] = []
+        test = ensemble_features(
+            pl_module, dm.test_dataloader(), self._images["test"] if self.pixels else None
+        )
         test_sources = getattr(getattr(dm, "test_dataset", None), "sources", None)
         self._test_issues(trainer, train, test, self._sources(trainer), test_sources)
 
     # ---------------------------------------------------------------- private
+    def _pixel_pairs(self, num_test: int, num_train: int):
+        """:func:`~dcloop.health.pixel_leakage` of the test images against the training
+        images (``pixels=True``, image data, one size), else ``None``."""
+        train, test = self._images["train"], self._images["test"]
+        if not (self.pixels and train and test):
+            return None
+        tr, te = torch.cat(train), torch.cat(test)
+        if tr.shape[0] != num_train or te.shape[0] != num_test or tr.shape[1:] != te.shape[1:]:
+            return None
+        side = min(tr.shape[-2:])
+        shift = min(3, side // 8)
+        return pixel_leakage(te, tr, crop=side - 2 * shift, max_shift=shift)
+
     @staticmethod
     def _sources(trainer: L.Trainer) -> list[str] | None:
         dm = trainer.datamodule
@@ -254,22 +286,37 @@ class DataHealth(L.Callback):
         only = find_test_only(a, t, metric=self.metric)
         folder = self.folder(trainer)
         folder.mkdir(parents=True, exist_ok=True)
-        hit = leak.flags.cpu().numpy().nonzero()[0]
+        flags = leak.flags.cpu().numpy()
         tr = leak.train.cpu().numpy()
+        dist = leak.distance.cpu().numpy()
+        signal = np.where(flags, "embedding", "")
+        px = self._pixel_pairs(t.shape[0], a.shape[0])
+        if px is not None:  # a pixel pair replaces the embedding's where the pixels are sure
+            sure = px.ratio.numpy() < self.pixel_ratio
+            ref = px.reference.numpy()
+            same = sure & flags & (ref == tr)
+            signal = np.where(same, "both", np.where(sure, "pixel", signal))
+            tr = np.where(sure, ref, tr)
+            an, tn = _unit(a), _unit(t)
+            dist = np.where(sure, (1 - (tn * an[tr]).sum(1)).clip(min=0), dist)
+            flags = flags | sure
+        hit = flags.nonzero()[0]
         lk = pd.DataFrame(
             {
                 "split_a": "test",
                 "source_a": [tsrc[i] for i in hit],
                 "split_b": "train",
                 "source_b": [src[tr[i]] for i in hit],
-                "distance": leak.distance.cpu().numpy()[hit],
+                "distance": dist[hit],
                 "index_a": hit,
                 "index_b": tr[hit],
                 "ratio": leak.ratio.cpu().numpy()[hit],
+                "signal": signal[hit],
             }
         ).sort_values("distance", kind="stable")
         write_csv(lk, folder / "leakage.csv")
-        parts = [p for p in (self._train_pairs, lk.drop(columns="ratio")) if p is not None]
+        pair_rows = lk.drop(columns=["ratio", "signal"])
+        parts = [p for p in (self._train_pairs, pair_rows) if p is not None]
         pairs = pd.concat([p for p in parts if len(p)] or parts[-1:])
         write_csv(pairs.sort_values("distance", kind="stable"), folder / "near_duplicates.csv")
         flagged = only.flags.cpu().numpy().nonzero()[0]
@@ -296,6 +343,10 @@ class DataHealth(L.Callback):
             }
         )
         write_json(self.summary, folder / "summary.json")
+
+
+def _unit(x: torch.Tensor) -> np.ndarray:
+    return torch.nn.functional.normalize(x.float(), dim=1).cpu().numpy()
 
 
 def _rows(rows: np.ndarray, sources: list[str], score: np.ndarray, name: str) -> pd.DataFrame:
