@@ -314,7 +314,11 @@ def test_gpu_script_smoke_runs_on_cpu(tmp_path):
     import json
 
     gpu = _gpu_script()
-    assert gpu.main(["--smoke", "--data", str(SUBSET), "--work", str(tmp_path)]) == 0
+    threads = torch.get_num_threads()
+    try:
+        assert gpu.main(["--smoke", "--data", str(SUBSET), "--work", str(tmp_path)]) == 0
+    finally:
+        torch.set_num_threads(threads)  # the smoke mode runs with one thread
     rows = json.loads((tmp_path / "smoke" / "gpu_cifar_resnet18.json").read_text())["rows"]
     assert {"oracle", "plain/worst", "plain/sym40", "dcloop/worst"} <= set(rows)
     assert rows["dcloop/worst"]["kept_model"] in ("student", "ensemble")
