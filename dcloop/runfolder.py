@@ -40,6 +40,7 @@ RUN_FILES = (
     "annotators",
     "model",
     "discrepancy",
+    "data_issues",
     "flagged_boxes",
     "label_issues_coco.json",
     "report.html",
