@@ -30,8 +30,11 @@ Part ``runs``: whole ``dcloop.train.train`` runs against one plain run (``bench_
 default data, its default noise: symmetric 20 %) and on AG News
 (``../shared/data/agnews-4000``, ``bench_text``'s recipe, symmetric 20 %, 20 epochs):
 
-* ``default``: the shipped defaults (``kept=student``: K = 5 replicas for
-  ``replica_epochs`` = 0.4 of the epochs, looped with skipping on CPU, then one student);
+* ``default``: the shipped defaults (``kept=student``: K = 5 replicas for ``replica_epochs``
+  of the epochs, 1.0 since commit add74c1, looped with skipping on CPU, then one student for
+  all the epochs);
+* ``student_re04``: the default with ``replica_epochs=0.4`` (the student lever: the replicas
+  stop at 40 % of the schedule);
 * ``default_k3``: the same with ``folds=3``;
 * ``default_vmap``: the default with ``model.vectorize=vmap`` (the vectorize lever alone);
 * ``ensemble_loop``: ``kept=ensemble`` (the K replicas for all epochs, looped with skipping):
@@ -43,6 +46,9 @@ Reported: CPU seconds and their ratio to plain (same dataset and seed), the kept
 accuracy (``metrics.json`` ``kept.test_accuracy``) and detection F1 (``detection.f1``),
 mean +- sd over the seeds; the run's own estimate (``cost.cpu_ratio``, from its student phase)
 beside the measured ratio. Results are rewritten after every finished task.
+
+``--merge`` keeps the rows of other commands already in ``--out``'s JSON (re-read at every
+write) and lists every command.
 
 Example::
 
@@ -82,19 +88,24 @@ NETS = {
     "TextBoW 128 ids": (128, 2600, 4),  # agnews-4000 train split (bench_text)
 }
 MODES = ("plain", "vmap", "loop_mask", "loop_skip")
-METHODS = ("plain", "default", "default_k3", "default_vmap", "ensemble_loop", "old_default")
+METHODS = (
+    *("plain", "default", "default_k3", "default_vmap", "student_re04", "ensemble_loop"),
+    "old_default",
+)
 METHOD_OVERRIDES = {
     "default": [],
     "default_k3": ["folds=3"],
     "default_vmap": ["model.vectorize=vmap"],
+    "student_re04": ["replica_epochs=0.4"],
     "ensemble_loop": ["kept=ensemble"],
     "old_default": ["kept=ensemble", "model.vectorize=vmap"],
 }
 NAMES = {
     "plain": "plain (1 network)",
-    "default": "default (K=5 replicas 40 % of epochs, loop+skip; student kept)",
+    "default": "default (K=5 replicas all epochs, loop+skip; then the student, kept)",
     "default_k3": "default, folds=3",
     "default_vmap": "default, vectorize=vmap",
+    "student_re04": "default, replica_epochs=0.4 (replicas 40 % of the epochs; student kept)",
     "ensemble_loop": "kept=ensemble (K=5 all epochs, loop+skip)",
     "old_default": "old default (kept=ensemble, K=5 all epochs, vmap)",
 }
@@ -234,6 +245,7 @@ def run_task(task: dict[str, Any]) -> dict[str, Any]:
         out["kept"] = kept.get("model")
         out["f1"] = (m.get("detection") or {}).get("f1")
         out["cost"] = m.get("cost")
+        out["replica_epochs"] = float(cfg.get("replica_epochs", 1.0))
     out["cpu_s"] = time.process_time() - cpu0
     out["wall_s"] = time.perf_counter() - wall0
     return {**{k: task[k] for k in ("dataset", "seed", "method")}, **out}
@@ -318,8 +330,29 @@ def runs_table(rows: list[dict]) -> list[str]:
     return out
 
 
+def _merged(out: Path, meta: dict, steps: list[dict], runs: list[dict]):
+    """``(steps, runs, commands)``: this command's rows and the other commands' rows in
+    ``out``'s JSON (each row carries its command; rows without one are the file's own)."""
+    for r in (*steps, *runs):
+        r.setdefault("command", meta["command"])
+    path = out.with_suffix(".json")
+    if not meta.get("merge") or not path.exists():
+        return steps, runs, [meta["command"]]
+    old = json.loads(path.read_text())
+    own = old["meta"]["command"]
+    cmds = [c for c in old["meta"].get("commands", [own]) if c != meta["command"]]
+    kept_steps = [r for r in old["steps"] if r.get("command", own) != meta["command"]]
+    kept_runs = [r for r in old["runs"] if r.get("command", own) != meta["command"]]
+    return kept_steps + steps, kept_runs + runs, [*cmds, meta["command"]]
+
+
 def write(out: Path, meta: dict, steps: list[dict], runs: list[dict]) -> None:
-    meta = {**meta, "load_now": " ".join(f"{v:.1f}" for v in os.getloadavg())}
+    steps, runs, commands = _merged(out, meta, steps, runs)
+    meta = {
+        **meta,
+        "commands": commands,
+        "load_now": " ".join(f"{v:.1f}" for v in os.getloadavg()),
+    }
     summary = summarize(runs)
     out.with_suffix(".json").write_text(
         json.dumps({"meta": meta, "steps": steps, "runs": runs, "summary": summary}, indent=2)
@@ -328,7 +361,9 @@ def write(out: Path, meta: dict, steps: list[dict], runs: list[dict]) -> None:
     text = [
         "# Cost of a dcloop run against one plain training run, lever by lever",
         "",
-        f"Command: `{meta['command']}`",
+        "Commands (the rows of each are marked in the JSON):",
+        "",
+        *(f"- `{c}`" for c in meta["commands"]),
         "",
         f"CPU: {meta['cpu']} ({meta['cpus']} cores, shared with other work: load average "
         f"{meta['load_before']} at the start, {meta['load_now']} at the last write), "
@@ -388,6 +423,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     p.add_argument("--jobs", type=int, default=2)
     p.add_argument("--out", default="scripts/results/bench_cost")
+    p.add_argument("--merge", action="store_true", help="keep other commands' rows in --out")
     args = p.parse_args(argv)
     for ds in args.datasets:
         if ds not in ("digits", "agnews"):
@@ -400,6 +436,7 @@ def main(argv: list[str] | None = None) -> None:
         "cpus": os.cpu_count(),
         "torch": torch.__version__,
         "jobs": args.jobs,
+        "merge": args.merge,
         "started": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "load_before": " ".join(f"{v:.1f}" for v in os.getloadavg()),
     }
@@ -417,7 +454,7 @@ def main(argv: list[str] | None = None) -> None:
                     f = pool.submit(step_costs, name, k, args.steps, args.repeats)
                     futures[f] = "step"
         if "runs" in args.parts:  # seed by seed, the longest runs first
-            order = ["old_default", "ensemble_loop", "default_vmap", "default", "default_k3"]
+            order = ["old_default", "ensemble_loop", "default_vmap", "default", "student_re04"]
             methods = sorted(args.methods, key=lambda m: order.index(m) if m in order else 9)
             for seed in args.seeds:
                 for ds in args.datasets:
