@@ -642,7 +642,7 @@ def _health_preview(dataset, index: int | None, source: str) -> str:
         if hasattr(dataset, "texts"):
             return text_snippet(dataset.texts[index]) + label
         uri = png_uri(thumbnail_png(dataset[index][0]))
-        return _img(uri, f"thumbnail of sample {index}") + label
+        return _img(uri, f"data health: sample {index}") + label
     except Exception as err:  # noqa: BLE001 - a missing file must not kill the report
         log.warning("no preview for sample %s: %s", index, err)
         return label
