@@ -45,7 +45,7 @@ def test_people_loop_end_to_end(tmp_path, capsys):
     confirmed = queue["index"][:10]
     corrected = queue["index"][10:]
     assert not issues.loc[confirmed, "flagged"].any()  # people confirmed them: never flagged
-    assert (issues.loc[confirmed, "first_flagged_epoch"] == -1).all()
+    assert issues.loc[confirmed, "first_flagged_epoch"].isna().all()  # empty: never flagged
     assert (
         issues.loc[corrected, "given_label"] == queue.set_index("index").loc[corrected, "label"]
     ).all()
