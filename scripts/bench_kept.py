@@ -358,7 +358,24 @@ def main(argv=None) -> None:
     p.add_argument("--jobs", type=int, default=2)
     p.add_argument("--workdir", type=Path, default=None)
     p.add_argument("--out", type=Path, default=HERE / "results" / "bench_kept")
+    p.add_argument(
+        "--render",
+        type=Path,
+        default=None,
+        help="write --out's .md/.json from this partial results file (a run cut short) and exit",
+    )
+    p.add_argument("--note", default="", help="with --render: a line saying why it was cut")
     args = p.parse_args(argv)
+    if args.render is not None:
+        runs = json.loads(args.render.read_text())
+        meta = json.loads(args.render.with_suffix(".meta.json").read_text())
+        meta["setup"] += f". {args.note}" if args.note else ""
+        rows = summarize(runs)
+        payload = {**meta, "summary": rows, "runs": runs}
+        args.out.with_suffix(".json").write_text(json.dumps(payload, indent=2, default=float))
+        args.out.with_suffix(".md").write_text(markdown(rows, meta))
+        print(markdown(rows, meta))
+        return
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="bench_kept_"))
     tasks = []
     for seed in args.seeds:  # every setting's first seed first: a cut run still covers all
@@ -385,6 +402,15 @@ def main(argv=None) -> None:
                 )
     t0 = time.perf_counter()
     runs: list[dict[str, Any]] = []
+    early = {
+        "command": "python scripts/bench_kept.py " + shlex.join(sys.argv[1:]),
+        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "machine": f"{os.cpu_count()} CPU cores, Python {sys.version.split()[0]}",
+        "setup": f"{args.jobs} tasks at a time, one process each with torch.set_num_threads(1)",
+        "wall_min": math.nan,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.with_suffix(".partial.meta.json").write_text(json.dumps(early) + "\n")
     ctx = mp.get_context("spawn")
     with cf.ProcessPoolExecutor(args.jobs, mp_context=ctx, max_tasks_per_child=1) as pool:
         for fut in cf.as_completed([pool.submit(run_task, t) for t in tasks]):
