@@ -340,6 +340,8 @@ def _merged(out: Path, meta: dict, steps: list[dict], runs: list[dict]):
         return steps, runs, [meta["command"]]
     old = json.loads(path.read_text())
     own = old["meta"]["command"]
+    for r in (*old["steps"], *old["runs"]):  # tag them, or the next write takes them for ours
+        r.setdefault("command", own)
     cmds = [c for c in old["meta"].get("commands", [own]) if c != meta["command"]]
     kept_steps = [r for r in old["steps"] if r.get("command", own) != meta["command"]]
     kept_runs = [r for r in old["runs"] if r.get("command", own) != meta["command"]]
