@@ -37,7 +37,7 @@ class StudentPolicy:
         drop_unsure: ``soft``: leave out flagged samples below ``min_confidence`` too.
     """
 
-    targets: str = "soft"
+    targets: str = "prune"
     mix: float = 0.0
     min_confidence: float = 0.5
     drop_unsure: bool = False

@@ -189,14 +189,14 @@ def test_installed_wheel_finds_its_configs(tmp_path):
 @pytest.mark.slow
 def test_the_kept_student_is_trained_after_shorter_replicas(tmp_path, capsys):
     """kept=student (the default): the K replicas run replica_epochs of the schedule, then one
-    network trains for trainer.max_epochs on the relabelled data; metrics.json names it."""
+    network trains for trainer.max_epochs on the cleaned data; metrics.json names it."""
     from dcloop.train import replica_epochs
 
     cfg = cfg_for(tmp_path, "trainer.max_epochs=4", "replica_epochs=0.5", "cl.warmup_epochs=2")
     assert replica_epochs(cfg) == 2
     metrics = train(cfg)
     kept = metrics["kept"]
-    assert kept["model"] == "student" and kept["targets"] == "relabel"
+    assert kept["model"] == "student" and kept["targets"] == "prune"
     assert (
         metrics["test"]["accuracy"] == kept["test_accuracy"] == metrics["test"]["student_accuracy"]
     )
