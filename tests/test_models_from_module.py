@@ -67,7 +67,9 @@ def test_trains_fold_parallel_and_says_what_is_not_reused(tmp_path):
     n = len(LABELS)
     ds = TensorDataset(torch.randn(n, 6), torch.from_numpy(LABELS), torch.arange(n))
     with pytest.warns(UserWarning, match="LR scheduler .* is not reused"):
-        ens = FoldEnsemble.from_module(UserModel(scheduler=True), LABELS, num_folds=3)
+        ens = FoldEnsemble.from_module(
+            UserModel(scheduler=True), LABELS, num_folds=3, vectorize="vmap"
+        )
         before = ens.replica_params["head__weight"].detach().clone()
         L.Trainer(
             accelerator="cpu",

@@ -129,7 +129,10 @@ def test_fold_ensemble_trains_resnet18_k2(tmp_path):
     n = 24
     ds = TensorDataset(torch.randn(n, 3, 16, 16), torch.from_numpy(LABELS), torch.arange(n))
     model = FoldEnsemble(
-        partial(torchvision_net, "resnet18", 3, cifar_stem=True), LABELS, num_folds=2
+        partial(torchvision_net, "resnet18", 3, cifar_stem=True),
+        LABELS,
+        num_folds=2,
+        vectorize="vmap",  # (auto loops on CPU) BatchNorm stacks train under vmap
     )
     before = {n: p.detach().clone() for n, p in model.replica_params.items()}
     stats = model.replica_buf__bn1__running_mean.clone()

@@ -161,7 +161,7 @@ def test_on_digits_the_default_network_gives_the_same_matrix_both_ways(tmp_path)
 
     dm = LabelNoiseDataModule("digits", noise={"kind": "symmetric", "rate": 0.2}, seed=0)
     dm.setup()
-    model = FoldEnsemble(partial(SmallCNN, 1, 10), dm.given_labels, num_folds=5)
+    model = FoldEnsemble(partial(SmallCNN, 1, 10), dm.given_labels, num_folds=5, vectorize="vmap")
     new = OOFCollector()
     trainer = fast_trainer(tmp_path, [new], max_epochs=1, limit_val_batches=0)
     trainer.fit(model, datamodule=dm)

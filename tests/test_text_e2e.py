@@ -24,7 +24,12 @@ def test_text_synth_end_to_end_finds_injected_noise(tmp_path, capsys):
     # reaches ~94 %), so 0.75 / 0.7 leaves room for run-to-run variation while still
     # failing for a broken OOF buffer, fold mask or tokenizer.
     cfg = cfg_for(
-        tmp_path, "data=text_synth", "model=text_bow", "trainer.max_epochs=12", "noise.rate=0.2"
+        tmp_path,
+        "data=text_synth",
+        "model=text_bow",
+        "trainer.max_epochs=12",
+        "noise.rate=0.2",
+        "model.vectorize=vmap",  # (auto loops on CPU) the text nets batch under vmap
     )
     metrics = train(cfg)
     det = metrics["detection"]

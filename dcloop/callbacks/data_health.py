@@ -27,6 +27,7 @@ from dcloop.health import (
     underperforming_groups,
 )
 from dcloop.health._inputs import METRICS, as_features
+from dcloop.health.features import NoEmbedding
 from dcloop.results import write_csv, write_json
 from dcloop.timing import timed
 
@@ -161,13 +162,18 @@ class DataHealth(L.Callback):
             if feats is None:  # the replicas' mean embedding: one pass over the training set
                 kept: list = []
                 loader = trainer.datamodule.oof_dataloader()
-                feats = ensemble_features(pl_module, loader, kept if self.pixels else None)
+                try:
+                    feats = ensemble_features(pl_module, loader, kept if self.pixels else None)
+                except NoEmbedding as err:  # a net with no embedding: nothing to judge on
+                    log.warning("data health skipped: %s", err)
+                    self._skipped = True
+                    return
                 self._train_shared = feats
                 self._images["train"] = kept
             self._train_issues(trainer, feats, samples.labels, oof.probs, self._sources(trainer))
 
     def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.fast_dev_run or not trainer.is_global_zero:
+        if trainer.fast_dev_run or not trainer.is_global_zero or getattr(self, "_skipped", False):
             return
         dm = trainer.datamodule
         if not hasattr(pl_module, "_stacked") or dm is None or not hasattr(dm, "oof_dataloader"):

@@ -15,6 +15,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from dcloop._checks import check_batch
 from dcloop.data.fold_batches import fold_grouped_loader
+from dcloop.health.features import NoEmbedding
 from dcloop.timing import timed
 
 log = logging.getLogger(__name__)
@@ -222,8 +223,10 @@ class OOFCollector(L.Callback):
                     index = batch[2].long()
                     if batch_folds is None:
                         probs = self._predict(pl_module, batch)
-                    elif self._wants_features(pl_module, distributed):
-                        probs, feats = pl_module.held_out_outputs(batch[0], batch_folds[i])
+                    elif self._wants_features(pl_module, distributed) and (
+                        outputs := self._held_out_outputs(pl_module, batch[0], batch_folds[i])
+                    ):
+                        probs, feats = outputs
                         self._write_features(index, feats)
                         self._note_routing(pl_module, index, batch_folds[i])
                     else:  # a batch of fold k: replica k alone, k read on the host
@@ -268,6 +271,16 @@ class OOFCollector(L.Callback):
         self._pending = None
 
     # ------------------------------------------------- held-out embeddings (data health)
+    def _held_out_outputs(self, pl_module, x, fold: int):
+        """``held_out_outputs(x, fold)``, or ``None`` (embeddings off for the run, with a log
+        line) for a network that offers no embedding: its probabilities still come."""
+        try:
+            return pl_module.held_out_outputs(x, fold)
+        except NoEmbedding as err:
+            log.warning("no held-out embeddings (data health skips them): %s", err)
+            self.keep_features = False
+            return None
+
     def _wants_features(self, pl_module, distributed: bool) -> bool:
         return (
             self.keep_features

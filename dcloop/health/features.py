@@ -33,10 +33,15 @@ def _check(net: nn.Module, feats: Any, batch: int, where: str) -> torch.Tensor:
     return feats.flatten(1)
 
 
+class NoEmbedding(UserInputError):
+    """The network offers no embedding hook and has no ``nn.Linear`` head: the OOF pass
+    goes on without embeddings (data health is then skipped), as for a net with none."""
+
+
 def _last_linear(net: nn.Module) -> nn.Linear:
     linears = [m for m in net.modules() if isinstance(m, nn.Linear)]
     if not linears:
-        raise UserInputError(
+        raise NoEmbedding(
             f"{type(net).__name__} has no features(x) method, does not return (logits, "
             "features) and has no nn.Linear head; add features(x) returning (B, D)"
         )

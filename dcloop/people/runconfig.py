@@ -51,6 +51,8 @@ SOURCE_TARGETS: tuple[str, ...] = (
 _UNUSED = ("train_transform", "augment", "num_workers", "batch_size", "eval_batch_size")
 #: Options set from the top of the config, not from ``data``.
 _FROM_TOP = ("noise", "seed")
+#: The one ``data.augment._target_`` a run folder may name (left out, never instantiated).
+AUGMENT_TARGET = "dcloop.augment.Augmenter.from_config"
 _MAX_DEPTH = 12
 _MAX_NODES = 10_000
 _MAX_BYTES = 1 << 20
@@ -176,6 +178,12 @@ def data_kwargs(cfg: dict) -> dict[str, Any]:
         if k in data:
             _plain(data[k], cfg, f"data.{k}", [_MAX_NODES])
     rest = {k: v for k, v in data.items() if k != "_target_" and k not in _FROM_TOP}
+    aug = rest.get("augment")
+    if isinstance(aug, dict) and aug.get("_target_") == AUGMENT_TARGET:
+        # the augmenter the data configs build (its spec is the top-level `augment`): checked to
+        # be plain, never built (the people tools read the un-augmented training set)
+        _plain({k: v for k, v in aug.items() if k != "_target_"}, cfg, "data.augment", [_MAX_NODES])
+        rest.pop("augment")
     source = rest.pop("source") if isinstance(rest.get("source"), dict) else None
     legacy = source is None and any(k in rest for k in LEGACY_KEYS)
     unknown = sorted(str(k) for k in rest if k not in allowed and not (legacy and k in LEGACY_KEYS))
