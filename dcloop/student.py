@@ -93,8 +93,8 @@ def student_targets(
         if weights is None
         else weights.to(evidence.device).float().clone()
     )
-    if policy.targets == "given":
-        return given, torch.ones_like(w) if weights is None else w
+    if policy.targets == "given":  # a plain network: the loop's weights are not used
+        return given, torch.ones_like(w)
     clean = (1 - policy.mix) * given + policy.mix * evidence if policy.mix else given
     if policy.targets == "prune":
         return clean, w

@@ -34,7 +34,7 @@ def test_prune_and_given_keep_the_given_labels():
     weights = torch.tensor([1.0, 0.0, 0.5, 1.0])
     t, w = student_targets(LABELS, EVIDENCE, FLAGS, StudentPolicy("prune"), weights=weights)
     assert t.argmax(1).tolist() == LABELS.tolist() and w.tolist() == weights.tolist()
-    t, w = student_targets(LABELS, EVIDENCE, FLAGS, StudentPolicy("given"))
+    t, w = student_targets(LABELS, EVIDENCE, FLAGS, StudentPolicy("given"), weights=weights)
     assert t.argmax(1).tolist() == LABELS.tolist() and w.tolist() == [1.0] * 4
 
 
