@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass
 import torch
 
 from dcloop._checks import check_choice, check_float
+from dcloop.mixup import check_alpha
 
 #: ``relabel``: a confidently flagged sample trains on the evidence's argmax, an unconfident
 #: one is left out; ``soft``: a flagged sample trains on the evidence itself (its softmax);
@@ -35,17 +36,22 @@ class StudentPolicy:
         min_confidence: ``relabel`` (and ``soft`` with ``drop_unsure``): a flagged sample whose
             evidence gives its top class less than this is left out (weight 0).
         drop_unsure: ``soft``: leave out flagged samples below ``min_confidence`` too.
+        mixup: the student's mixup ``alpha`` (:mod:`dcloop.mixup`; 0: off); ``None``: the
+            run's ``model.mixup``.
     """
 
     targets: str = "prune"
     mix: float = 0.0
     min_confidence: float = 0.5
     drop_unsure: bool = False
+    mixup: float | None = None
 
     def __post_init__(self) -> None:
         check_choice("student.targets", self.targets, TARGET_RULES)
         check_float("student.mix", self.mix, low=0.0, high=1.0)
         check_float("student.min_confidence", self.min_confidence, low=0.0, high=1.0)
+        if self.mixup is not None:
+            check_alpha(self.mixup, "student.mixup")
 
     def as_dict(self) -> dict:
         return asdict(self)

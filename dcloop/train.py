@@ -12,7 +12,7 @@ import logging
 import math
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +28,7 @@ from dcloop.data import check_item
 from dcloop.errors import UserInputError
 from dcloop.folds import check_num_folds
 from dcloop.kept.save import replica_nets, save_kept_model
+from dcloop.mixup import check_alpha, mix_point
 from dcloop.models import Classifier, FoldEnsemble
 from dcloop.models.factory import check_net_keys, module_kwargs, net_factory
 from dcloop.scale.fold_run import run_fold
@@ -183,6 +184,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     start = _clock()
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     run = build(cfg, run_dir)
+    check_student_mixup(cfg, run.dm, student_policy(cfg))  # token ids: before any training
     with exit_on_signal(run.trainer):  # SIGTERM / Ctrl+C: exit 143 / 130, naming the checkpoint
         run.trainer.fit(run.model, datamodule=run.dm, ckpt_path=cfg.get("resume"))
     results = run.results
@@ -300,9 +302,24 @@ def student_policy(cfg: DictConfig) -> StudentPolicy:
             f"unknown student option(s) {unknown}; the student block takes {sorted(fields)}"
         )
     try:
-        return StudentPolicy(**{k: block[k] for k in block})
+        policy = StudentPolicy(**{k: block[k] for k in block})
     except ValueError as err:
         raise UserInputError(str(err)) from err
+    alpha = cfg.model.get("mixup")
+    alpha = 0.0 if alpha is None else check_alpha(alpha, "model.mixup")
+    if alpha and cfg.get("mode", "parallel") == "parallel":
+        raise UserInputError(
+            f"model.mixup={alpha:g}: the K fold replicas of mode=parallel do not mix (a mixed "
+            f"pair would train a replica on its held-out fold); set student.mixup={alpha:g} "
+            "for the kept network and model.mixup=0 (or mode=sequential)"
+        )
+    return policy if policy.mixup is not None else replace(policy, mixup=alpha)
+
+
+def check_student_mixup(cfg: DictConfig, dm, policy: StudentPolicy) -> None:
+    """Before the replicas train: can the student's batches be mixed (:mod:`dcloop.mixup`)?"""
+    if cfg.get("kept", "student") == "student" and policy.mixup:
+        mix_point(_net(cfg, dm)(), dm.train_dataset[0][0], "student.mixup")
 
 
 def train_student(cfg: DictConfig, run: Run, policy: StudentPolicy) -> tuple[Classifier, float]:
@@ -329,13 +346,16 @@ def train_student(cfg: DictConfig, run: Run, policy: StudentPolicy) -> tuple[Cla
         policy,
         weights=table.weights.cpu(),
     )
+    kwargs = module_kwargs(cfg.model, Classifier)
+    if policy.mixup is not None:  # student.mixup, in place of model.mixup
+        kwargs["mixup"] = policy.mixup
     model = Classifier(
         _net(cfg, dm),
         dm.num_classes,
         targets=targets,
         weights=weights,
         seed=cfg.seed,
-        **module_kwargs(cfg.model, Classifier),
+        **kwargs,
     )
     ckpt = StudentCheckpoint(Path(cfg.output_dir) / "checkpoints", policy.targets)
     trainer = instantiate(

@@ -8,7 +8,9 @@ import lightning as L
 import torch
 from torch import nn
 
+from dcloop import mixup as mixing
 from dcloop._checks import check_callable
+from dcloop.errors import UserInputError
 from dcloop.models import optim
 
 
@@ -29,6 +31,10 @@ class Classifier(L.LightningModule):
         seed: seeds the network's initialisation.
         lr, weight_decay, scheduler, label_smoothing, optimizer, loss: as in ``FoldEnsemble``
             (any optimiser works here: there is one network).
+        mixup: ``alpha`` of mixup (:mod:`dcloop.mixup`; 0: off): each batch is mixed with a
+            permutation of itself, ``lam ~ Beta(alpha, alpha)``, inputs, targets and weights
+            alike (token ids: at the network's ``embed``); the loss then takes soft targets.
+            The draws come from a generator seeded per epoch, as the network's randomness.
     """
 
     def __init__(
@@ -45,12 +51,17 @@ class Classifier(L.LightningModule):
         label_smoothing: float = 0.0,
         optimizer: Callable | None = None,
         loss: Callable | None = None,
+        mixup: float = 0.0,
     ) -> None:
         super().__init__()
         optim.check_scheduler(scheduler)
         check_callable("optimizer", optimizer, expected="a factory optimizer(params)")
         self._optimizer, self._scheduler = optimizer, scheduler
         self._loss_fn = optim.per_sample_loss(loss, label_smoothing)
+        mixup = mixing.check_alpha(mixup)
+        if mixup:
+            _check_soft_loss(self._loss_fn, int(num_classes))
+        self._mix_generator: torch.Generator | None = None
         self.save_hyperparameters(
             {
                 "num_classes": num_classes,
@@ -61,6 +72,7 @@ class Classifier(L.LightningModule):
                 "label_smoothing": label_smoothing,
                 "optimizer": optim.describe(optimizer),
                 "loss": optim.describe(loss),
+                "mixup": mixup,
             },
             ignore=[
                 "net",
@@ -87,20 +99,56 @@ class Classifier(L.LightningModule):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
 
+    def on_fit_start(self) -> None:
+        # A batch that cannot be mixed (token ids, no embedding hook): fail before any step.
+        dm = getattr(self.trainer, "datamodule", None)
+        if self.hparams.mixup and getattr(dm, "train_dataset", None) is not None:
+            mixing.mix_point(self.net, dm.train_dataset[0][0])
+
     def on_train_epoch_start(self) -> None:
         # Per-epoch seed, as FoldEnsemble: a resumed run draws the same randomness.
         torch.manual_seed(self.hparams.seed * 100_003 + self.current_epoch)
+        self._mix_generator = self._epoch_generator()
+
+    def _epoch_generator(self) -> torch.Generator:
+        """Mixup's own stream (CPU), seeded per epoch: apart from the network's dropout."""
+        seed = (self.hparams.seed * 100_003 + self.current_epoch) * 2 + 1
+        return torch.Generator().manual_seed(seed)
 
     def training_step(self, batch, batch_idx):
         x, y, index = batch
-        ce = self._loss_fn(self(x), y if self.targets is None else self.targets[index])
-        if self.weights is None:
+        t = y if self.targets is None else self.targets[index]
+        w = None if self.weights is None else self.weights[index]
+        if self.hparams.mixup:
+            logits, t, w = self._mixed_forward(x, t, w)
+        else:
+            logits = self(x)
+        ce = self._loss_fn(logits, t)
+        if w is None:
             loss = ce.mean()
         else:
-            w = self.weights[index]
             loss = (w * ce).sum() / w.sum().clamp_min(1e-8)
         self.log("train/loss", loss, on_step=False, on_epoch=True, batch_size=x.shape[0])
         return loss
+
+    def _mixed_forward(self, x, targets, weights):
+        """Logits, targets and weights of the mixed batch (:mod:`dcloop.mixup`)."""
+        if self._mix_generator is None:
+            self._mix_generator = self._epoch_generator()
+        where = mixing.mix_point(self.net, x[:1])
+        lam, perm = mixing.draw(
+            x.shape[0],
+            self.hparams.mixup,
+            weights=weights,
+            generator=self._mix_generator,
+            device=x.device,
+        )
+        t = mixing.as_distribution(targets, self.num_classes)
+        if where == "input":
+            x, t, weights = mixing.mix(x, t, weights, lam, perm)
+            return self(x), t, weights
+        z, t, weights = mixing.mix(self.net.embed(x), t, weights, lam, perm)
+        return self.net.classify(z), t, weights
 
     def _eval_step(self, batch, stage: str) -> None:
         x, y, _ = batch
@@ -125,4 +173,23 @@ class Classifier(L.LightningModule):
             lr=self.hparams.lr,
             weight_decay=self.hparams.weight_decay,
             trainer=self._trainer,
+        )
+
+
+def _check_soft_loss(loss_fn: Callable, num_classes: int) -> None:
+    """Mixup trains on mixed (soft) targets: ``loss_fn`` must take ``(n, C)`` distributions."""
+    logits = torch.zeros(2, num_classes)
+    soft = torch.full((2, num_classes), 1.0 / num_classes)
+    try:
+        out = loss_fn(logits, soft)
+    except Exception as err:  # noqa: BLE001 - any failure of the user's loss
+        raise UserInputError(
+            f"model.mixup trains on mixed (soft) targets, but model.loss fails on (n, C) "
+            f"distributions: {type(err).__name__}: {err}. Use a loss that takes them "
+            "(cross-entropy, dcloop.models.losses.gce_loss or sce_loss) or set model.mixup=0"
+        ) from err
+    if not isinstance(out, torch.Tensor) or tuple(out.shape) != (2,):
+        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise UserInputError(
+            f"model.mixup needs per-sample losses; model.loss gave {shape} for 2 soft targets"
         )

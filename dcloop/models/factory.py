@@ -31,6 +31,8 @@ _MISSING = re.compile(r"missing \d+ required (?:positional|keyword-only) argumen
 _OPTIM_KEYS = ("lr", "weight_decay", "scheduler", "label_smoothing", "vectorize")
 _LOSS_KEYS = ("label_smoothing",)
 _ENSEMBLE_ONLY = ("vectorize", "mask_folds")
+# Keys only the single network (Classifier) takes: the fold replicas do not mix (dcloop.mixup).
+_SINGLE_ONLY = ("mixup",)
 
 
 def net_factory(
@@ -196,7 +198,8 @@ def module_kwargs(model_cfg: DictConfig, module: type = FoldEnsemble) -> dict[st
     ``label_smoothing``) and ``model.vectorize``, and the older flat block ``model.optim``
     (``lr``, ``weight_decay``, ``scheduler``, ``label_smoothing``, ``vectorize``). Missing
     keys keep the module's defaults (AdamW + cosine). Keys only the fold ensemble takes
-    (``vectorize``) are dropped for a module that does not take them.
+    (``vectorize``) are dropped for a module that does not take them, and ``model.mixup``
+    (:mod:`dcloop.mixup`, the single network's) for the fold ensemble.
 
     Example:
         >>> FoldEnsemble(net, labels, num_folds=5, **module_kwargs(cfg.model))  # doctest: +SKIP
@@ -253,11 +256,13 @@ def module_kwargs(model_cfg: DictConfig, module: type = FoldEnsemble) -> dict[st
         if "vectorize" in out:
             raise ValueError("model.optim.vectorize and model.vectorize are both set: keep one")
         out["vectorize"] = model_cfg.vectorize
+    if model_cfg.get("mixup") is not None:
+        out["mixup"] = model_cfg.mixup
     if "loss" in out and out.pop("label_smoothing", 0.0):
         raise ValueError("model.loss is a partial: put label_smoothing in it, not beside it")
     takes, _ = _signature(module)
     for k in [k for k in out if k not in takes]:
-        if k not in _ENSEMBLE_ONLY:
+        if k not in _ENSEMBLE_ONLY + _SINGLE_ONLY:
             raise ValueError(f"{module.__name__} takes no {k!r} (from model config)")
         del out[k]
     return out

@@ -74,8 +74,12 @@ class TextBoW(nn.Module):
         """``(B, L)`` ids -> ``(B, dim)`` mean embedding."""
         return masked_mean(self.embedding(ids), ids, self.pad_id)
 
+    def classify(self, z: torch.Tensor) -> torch.Tensor:
+        """``(B, D)`` features of :meth:`embed` -> ``(B, C)`` logits (mixup mixes in between)."""
+        return self.head(self.dropout(z))
+
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        return self.head(self.dropout(self.embed(ids)))
+        return self.classify(self.embed(ids))
 
 
 class TextCNN(nn.Module):
@@ -129,8 +133,12 @@ class TextCNN(nn.Module):
             feats.append(h.amax(-1))
         return torch.cat(feats, -1).clamp_min(0.0)  # all-padding rows: zeros, not -1e4
 
+    def classify(self, z: torch.Tensor) -> torch.Tensor:
+        """``(B, D)`` features of :meth:`embed` -> ``(B, C)`` logits (mixup mixes in between)."""
+        return self.head(self.dropout(z))
+
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        return self.head(self.dropout(self.embed(ids)))
+        return self.classify(self.embed(ids))
 
 
 class PretrainedText(nn.Module):
@@ -176,5 +184,9 @@ class PretrainedText(nn.Module):
         # into fresh ones, so only a cut in the graph keeps the encoder fixed there too
         return h.detach() if self.freeze else h
 
+    def classify(self, z: torch.Tensor) -> torch.Tensor:
+        """``(B, D)`` features of :meth:`embed` -> ``(B, C)`` logits (mixup mixes in between)."""
+        return self.head(z)
+
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        return self.head(self.embed(ids))
+        return self.classify(self.embed(ids))
