@@ -19,6 +19,7 @@ LAZY_OK = {
     ("dcloop.people.cli", "dcloop.results"): "torch: `dcloop-annotators --help` starts fast",
     ("dcloop", "dcloop.kept.model"): "torch: `import dcloop` stays light (dcloop.load_model)",
     ("dcloop.kept.cli", "dcloop.results"): "torch: `dcloop-predict --help` starts fast",
+    ("dcloop.beyond.cli", "dcloop.results"): "torch: `dcloop-beyond --help` starts fast",
 }
 #: What the data layer must never import (they are built on it).
 ABOVE_DATA = ("people", "beyond", "scale", "callbacks", "train", "augment")

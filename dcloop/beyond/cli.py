@@ -6,6 +6,9 @@ Subcommands::
     dcloop-beyond pairs --x X.npy --y Y.npy [--truth MASK.npy] [--k 10] [--out DIR]
     dcloop-beyond ner FILE.conll [--probs PROBS.npy] [--folds 5] [--out DIR]
     dcloop-beyond discrepancy (--run-dir RUN | --train A.npy --test B.npy) [--out DIR]
+
+Arguments and the named input files are checked before numpy, torch or the subcommand's
+module load, so ``--help`` and a wrong value or path answer at once.
 """
 
 from __future__ import annotations
@@ -13,22 +16,85 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-
-import numpy as np
+from typing import Any
 
 from dcloop.console import emit
-from dcloop.results import write_csv, write_json
+from dcloop.errors import quote
 
 log = logging.getLogger(__name__)
 
 
-def _load_npy(path: str, what: str) -> np.ndarray:
+def _write_csv(table: Any, path: Path) -> None:
+    from dcloop.results import write_csv  # torch: `dcloop-beyond --help` starts fast
+
+    write_csv(table, path)
+
+
+def _write_json(obj: Any, path: Path) -> None:
+    from dcloop.results import write_json  # torch: `dcloop-beyond --help` starts fast
+
+    write_json(obj, path)
+
+
+def _existing_file(path: str, what: str) -> Path:
     p = Path(path).expanduser()
     if not p.is_file():
-        raise FileNotFoundError(f"{what} file not found: {str(p)!r}")
-    return np.load(p, allow_pickle=False)
+        raise FileNotFoundError(f"{what} file not found: {quote(str(p))!r}")
+    return p
+
+
+def _load_npy(path: str, what: str) -> Any:
+    import numpy as np
+
+    return np.load(_existing_file(path, what), allow_pickle=False)
+
+
+def _number(kind: type, minimum: float | None = None, below: float | None = None) -> Callable:
+    """An argparse ``type``: ``kind`` (int or float) within ``[minimum, below)``."""
+
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"{quote(text)!r} is not {'an integer' if kind is int else 'a number'}"
+            ) from None
+        if (minimum is not None and value < minimum) or (below is not None and value >= below):
+            bounds = ">= " + str(minimum) if below is None else f"in [{minimum}, {below})"
+            raise argparse.ArgumentTypeError(f"{quote(text)!r}: expected a value {bounds}")
+        return value
+
+    return parse
+
+
+def _check_inputs(args: argparse.Namespace) -> None:
+    """The named input files exist (one clear line before anything heavy loads)."""
+    if args.command == "pairs":
+        _existing_file(args.x, "X embeddings")
+        _existing_file(args.y, "Y embeddings")
+        if args.truth:
+            _existing_file(args.truth, "truth mask")
+    elif args.command == "ner":
+        p = Path(args.file).expanduser()
+        if not p.is_file():
+            raise FileNotFoundError(f"CoNLL file not found: {quote(str(p))!r}")
+        if args.probs:
+            _existing_file(args.probs, "token probabilities")
+    elif args.command == "discrepancy":
+        if args.run_dir:
+            d = Path(args.run_dir).expanduser() / "discrepancy"
+            if not (d / "train_embeddings.npy").is_file():
+                raise FileNotFoundError(
+                    f"{quote(str(d / 'train_embeddings.npy'))!r} not found; run dcloop with "
+                    "discrepancy=true first, or pass --train/--test .npy embeddings"
+                )
+        elif not (args.train and args.test):
+            raise ValueError("pass --run-dir RUN, or both --train A.npy and --test B.npy")
+        else:
+            _existing_file(args.train, "train embeddings")
+            _existing_file(args.test, "test embeddings")
 
 
 def _make_coco(args: argparse.Namespace) -> None:
@@ -53,12 +119,12 @@ def _pairs(args: argparse.Namespace) -> None:
     y = _load_npy(args.y, "Y embeddings")
     table = score_pairs(x, y, k=args.k, seed=args.seed)
     out = Path(args.out)
-    write_csv(table, out / "pair_outliers.csv")
+    _write_csv(table, out / "pair_outliers.csv")
     lines = [f"scored {len(table)} pairs -> {out / 'pair_outliers.csv'} (worst first)"]
     if args.truth:
         truth = _load_npy(args.truth, "truth mask").astype(bool)
         pr = precision_recall(table, truth, top=args.top)
-        write_json(pr, out / "pair_metrics.json")
+        _write_json(pr, out / "pair_metrics.json")
         for name, m in pr.items():
             lines.append(
                 f"  {name:9s} precision {m['precision']:.3f} recall {m['recall']:.3f} "
@@ -68,7 +134,9 @@ def _pairs(args: argparse.Namespace) -> None:
     emit("\n".join(lines))
 
 
-def _split_probs(arr: np.ndarray, lengths: list[int]) -> list[np.ndarray]:
+def _split_probs(arr: Any, lengths: list[int]) -> list[Any]:
+    import numpy as np
+
     if arr.ndim != 2 or arr.shape[0] != sum(lengths):
         raise ValueError(
             f"--probs must be a (tokens, tags) array with one row per token of the file "
@@ -98,8 +166,8 @@ def _ner(args: argparse.Namespace) -> None:
         )
     issues, ranked = find_token_issues(sents, probs)
     out = Path(args.out)
-    write_csv(issues, out / "token_issues.csv")
-    write_csv(ranked, out / "sentences_ranked.csv")
+    _write_csv(issues, out / "token_issues.csv")
+    _write_csv(ranked, out / "sentences_ranked.csv")
     lines = [
         f"{len(sents)} sentences, {sum(len(t) for t in sents.tokens)} tokens, "
         f"tags {sents.tag_names}: {len(issues)} token issues",
@@ -108,7 +176,7 @@ def _ner(args: argparse.Namespace) -> None:
     spans = spans_as_samples(sents)
     if len(spans) >= args.folds and spans["label"].nunique() > 1:
         table, _ = find_span_issues(spans, folds=args.folds, seed=args.seed)
-        write_csv(table, out / "span_issues.csv")
+        _write_csv(table, out / "span_issues.csv")
         lines.append(
             f"  spans as samples: {int(table['flagged'].sum())} of {len(table)} "
             f"flagged -> {out / 'span_issues.csv'}"
@@ -123,13 +191,8 @@ def _discrepancy(args: argparse.Namespace) -> None:
 
     if args.run_dir:
         d = Path(args.run_dir).expanduser() / "discrepancy"
-        train_p, test_p = d / "train_embeddings.npy", d / "test_embeddings.npy"
-        if not train_p.is_file():
-            raise FileNotFoundError(
-                f"{str(train_p)!r} not found; run dcloop with discrepancy=true first, or pass "
-                "--train/--test .npy embeddings"
-            )
-        train, test = np.load(train_p), np.load(test_p)
+        train = _load_npy(str(d / "train_embeddings.npy"), "train embeddings")
+        test = _load_npy(str(d / "test_embeddings.npy"), "test embeddings")
         out = Path(args.out) if args.out else d
     else:
         if not (args.train and args.test):
@@ -159,8 +222,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     c = sub.add_parser("make-coco", help="write a small synthetic COCO dataset")
     c.add_argument("out")
-    c.add_argument("--images", type=int, default=60)
-    c.add_argument("--noise-rate", type=float, default=0.15)
+    c.add_argument("--images", type=_number(int, 1), default=60)
+    c.add_argument("--noise-rate", type=_number(float, 0.0, 1.0), default=0.15)
     c.add_argument("--seed", type=int, default=0)
     c.set_defaults(func=_make_coco)
 
@@ -168,8 +231,10 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--x", required=True, help="(N, Dx) .npy")
     c.add_argument("--y", required=True, help="(N, Dy) or (N,) .npy")
     c.add_argument("--truth", help="(N,) bool .npy of known corrupted pairs (for P/R)")
-    c.add_argument("--top", type=int, default=None, help="pairs flagged per method for P/R")
-    c.add_argument("--k", type=int, default=10)
+    c.add_argument(
+        "--top", type=_number(int, 1), default=None, help="pairs flagged per method for P/R"
+    )
+    c.add_argument("--k", type=_number(int, 1), default=10)
     c.add_argument("--seed", type=int, default=0)
     c.add_argument("--out", default="pairs_out")
     c.set_defaults(func=_pairs)
@@ -177,7 +242,7 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("ner", help="token label issues of a CoNLL file")
     c.add_argument("file")
     c.add_argument("--probs", help="(tokens, tags) .npy of out-of-fold probabilities")
-    c.add_argument("--folds", type=int, default=5)
+    c.add_argument("--folds", type=_number(int, 2), default=5)
     c.add_argument("--seed", type=int, default=0)
     c.add_argument("--out", default="ner_out")
     c.set_defaults(func=_ner)
@@ -186,8 +251,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--run-dir", help="a dcloop run made with discrepancy=true")
     c.add_argument("--train", help="(N, D) .npy")
     c.add_argument("--test", help="(M, D) .npy")
-    c.add_argument("--k", type=int, default=10)
-    c.add_argument("--alpha", type=float, default=0.01)
+    c.add_argument("--k", type=_number(int, 1), default=10)
+    c.add_argument("--alpha", type=_number(float, 0.0, 1.0), default=0.01)
     c.add_argument("--seed", type=int, default=0)
     c.add_argument("--no-maps", action="store_true", help="skip the UMAP/t-SNE PNGs")
     c.add_argument("--out", default=None)
@@ -200,6 +265,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     try:
+        _check_inputs(args)
         args.func(args)
     except (ValueError, FileNotFoundError) as err:  # bad input: one line, not a traceback
         sys.stderr.write(f"dcloop-beyond {args.command}: error: {err}\n")

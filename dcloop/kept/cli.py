@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from dcloop.console import emit
-from dcloop.errors import EXIT_USAGE, UserInputError, user_error_message
+from dcloop.errors import EXIT_USAGE, UserInputError, quote, user_error_message
 
 PROG = "dcloop-predict"
 #: Inputs from which on a progress bar is shown (on a terminal).
@@ -71,15 +71,26 @@ def _batch_size(text: str) -> int:
 
 
 def _predict(args: argparse.Namespace) -> str:
-    from dcloop.kept.model import load_model
-    from dcloop.results import write_csv
-
+    # the named paths are checked before torch loads: a typo answers at once
     batch_size = _batch_size(args.batch_size)
     out = Path(args.out).expanduser()
     if out.is_dir():
-        raise UserInputError(f"--out {str(out)!r} is a folder; expected a CSV file name")
+        raise UserInputError(f"--out {quote(out)!r} is a folder; expected a CSV file name")
     if not out.parent.is_dir():
-        raise UserInputError(f"--out {str(out)!r}: the folder {str(out.parent)!r} does not exist")
+        raise UserInputError(
+            f"--out {quote(out)!r}: the folder {quote(out.parent)!r} does not exist"
+        )
+    if not Path(args.run).expanduser().exists():
+        raise UserInputError(
+            f"RUN {quote(args.run)!r} does not exist; expected a dcloop run folder"
+        )
+    for raw in args.inputs:
+        if not Path(raw).expanduser().exists():
+            raise UserInputError(f"INPUTS: {quote(raw)!r} does not exist")
+
+    from dcloop.kept.model import load_model
+    from dcloop.results import write_csv
+
     start = time.perf_counter()
     model = load_model(args.run, exported=args.exported)
     items = model.items(args.inputs, text_column=args.text_column)

@@ -13,12 +13,10 @@ reads (the ramp's streak, the guard's counters).
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import os
 import socket
-import sys
 import time
 import zipfile
 from datetime import datetime, timezone
@@ -32,6 +30,7 @@ from dcloop.console import emit, run_summary
 from dcloop.metrics import run_metrics
 from dcloop.people.report import write_report
 from dcloop.results import atomic_write, issue_table, write_json, write_run_files
+from dcloop.scale.merge_cli import find_round_dir, main  # noqa: F401 (re-export)
 from dcloop.scale.sequential import merge_shards
 from dcloop.state import SampleTable
 from dcloop.step import Evidence, StepPolicy, StepReport, StepState, clean_step
@@ -455,45 +454,3 @@ def _release(lock: Path, token: bytes) -> None:
         lock.unlink(missing_ok=True)
     else:
         log.warning("%s: the merge lock was taken over by another run during this merge", lock)
-
-
-def find_round_dir(path: str | Path) -> Path:
-    """A round folder from ``path``: itself, its latest ``round_<r>``, or its single group's."""
-    p = Path(path)
-    if not p.exists():
-        raise FileNotFoundError(f"{p} does not exist")
-    if (p / "meta.json").is_file():
-        return p
-    rounds = [r for r in p.glob("round_*") if (r / "meta.json").is_file()]
-    if not rounds:
-        groups = sorted(g for g in p.glob("seq-*") if g.is_dir())
-        if len(groups) > 1:
-            raise ValueError(
-                f"{p} holds {len(groups)} sequential runs ({[g.name for g in groups]}): "
-                "pass one of them"
-            )
-        if groups:
-            return find_round_dir(groups[0])
-        raise FileNotFoundError(f"{p} holds no sequential round folder (round_<r>/meta.json)")
-    return max(rounds, key=lambda r: int(r.name.split("_")[1]))
-
-
-def main(argv: list[str] | None = None) -> None:
-    """Entry point of the ``dcloop-merge`` console script."""
-    parser = argparse.ArgumentParser(
-        prog="dcloop-merge",
-        description="Merge the OOF shards of a sequential dcloop run and write its result files.",
-    )
-    parser.add_argument(
-        "path",
-        help="a round folder (…/seq-<hash>/round_<r>), its seq-<hash> folder (latest round) "
-        "or the multirun folder holding one seq-<hash>",
-    )
-    parser.add_argument("--device", default="auto", help="auto (CUDA if available) | cpu | cuda")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        merge_round(find_round_dir(args.path), device=args.device)
-    except (ValueError, OSError) as err:
-        sys.stderr.write(f"dcloop-merge: error: {err}\n")
-        sys.exit(2)
