@@ -44,8 +44,11 @@ import torch
 
 from dcloop._checks import check_float, check_int
 
-#: ``cl.calibrate`` values: ``noise_aware`` (:func:`calibrate`), ``none`` (no calibration).
-CALIBRATE_METHODS = ("noise_aware", "none")
+#: ``cl.calibrate`` values: ``noise_aware`` (:func:`calibrate`'s noise estimate, confident
+#: learning's flags), ``posterior`` (the same estimate, and the flags are the rows whose
+#: posterior of the given label, :attr:`Calibration.posterior_clean`, is below 0.5), ``none``
+#: (no calibration).
+CALIBRATE_METHODS = ("noise_aware", "posterior", "none")
 
 _TINY = 1e-12
 _LOG_T_RANGE = (math.log(1 / 50), math.log(50))  # temperatures searched in [0.02, 50]

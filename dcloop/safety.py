@@ -389,7 +389,12 @@ class CleaningPolicy:
             :func:`dcloop.calibrate.calibrate` (temperature per fold fitted with the noise;
             confident learning's own estimate counts the model's mistakes as noise, +2 to
             +55 % high in ``scripts/results/bench_calibration.md``); the flags are
-            confident learning's either way. ``"none"``: confident learning's estimate.
+            confident learning's. ``"posterior"``: the same estimate, and the flags are the
+            rows whose calibrated posterior of the given label
+            (:attr:`dcloop.calibrate.Calibration.posterior_clean`) is below 0.5, with that
+            posterior as the quality score (the flagged count then follows the calibrated
+            estimate instead of confident learning's, which runs high where the replicas are
+            weak). ``"none"``: confident learning's estimate and flags.
     """
 
     filter_by: str = "prune_by_noise_rate"
@@ -427,7 +432,14 @@ class CleaningPolicy:
         if self.calibrate == "none":
             return result
         cal = calibrate(probs, labels, folds)
-        return replace(result, **noise_fields(cal, result.flags.device))
+        result = replace(result, **noise_fields(cal, result.flags.device))
+        if self.calibrate == "noise_aware":
+            return result
+        quality = cal.posterior_clean.to(result.flags.device).float()
+        flags = quality < 0.5
+        if confirmed is not None:
+            flags &= ~torch.as_tensor(confirmed, device=flags.device).bool()
+        return replace(result, flags=flags, quality=quality)
 
     def weights(self, flags: torch.Tensor, quality: torch.Tensor) -> torch.Tensor:
         """The action's target weights for these flags (:func:`action_weights`)."""
