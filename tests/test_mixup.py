@@ -10,13 +10,15 @@ from functools import partial
 import lightning as L
 import pytest
 import torch
+from omegaconf import OmegaConf
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 import dcloop
 from dcloop import mixup
 from dcloop.errors import PREFIX, UserInputError
-from dcloop.models import Classifier
+from dcloop.models import Classifier, FoldEnsemble
+from dcloop.models.factory import module_kwargs
 from dcloop.models.losses import gce_loss
 from dcloop.models.nets import MLP
 from dcloop.models.text import TextBoW, TextCNN
@@ -192,6 +194,12 @@ def test_resume_draws_the_same_mixes(tmp_path):
 
 
 # ------------------------------------------------------------------------------- config
+def test_model_mixup_reaches_the_single_network_only():
+    model = OmegaConf.create({"loss": {"label_smoothing": 0.1}, "mixup": 0.4})
+    assert module_kwargs(model, Classifier)["mixup"] == 0.4
+    assert "mixup" not in module_kwargs(model, FoldEnsemble)
+
+
 def test_student_mixup_defaults_to_model_mixup_and_is_checked(tmp_path):
     cfg = compose_dcloop(tmp_path, *RUN_QUIET)
     assert student_policy(cfg).mixup == 0.0
