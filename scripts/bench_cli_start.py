@@ -39,8 +39,15 @@ CASES = [
     ("dcloop-report --help", ["dcloop-report", "--help"], 0),
     ("dcloop-export /missing", ["dcloop-export", "/missing"], 2),
     ("dcloop-merge --help", ["dcloop-merge", "--help"], 0),
+    ("dcloop-merge /missing", ["dcloop-merge", "/missing"], 2),
     ("dcloop-beyond --help", ["dcloop-beyond", "--help"], 0),
+    (
+        "dcloop-beyond pairs --x /missing.npy --y /missing.npy",
+        ["dcloop-beyond", "pairs", "--x", "/missing.npy", "--y", "/missing.npy"],
+        2,
+    ),
     ("dcloop-predict --help", ["dcloop-predict", "--help"], 0),
+    ("dcloop-predict /missing x.png", ["dcloop-predict", "/missing", "x.png"], 2),
 ]
 
 
