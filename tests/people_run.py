@@ -21,9 +21,12 @@ from dcloop.results import write_json, write_run_files
 from dcloop.state import SampleTable
 
 
-def make_run(run_dir: Path, *, labels_file=None, seed: int = 0) -> LabelNoiseDataModule:
+def make_run(
+    run_dir: Path, *, labels_file=None, seed: int = 0, source="digits"
+) -> LabelNoiseDataModule:
+    """``source``: digits, or a data source with files (e.g. ``ImageFolder(root)``)."""
     noise = {"kind": "symmetric", "rate": 0.2}
-    dm = LabelNoiseDataModule("digits", noise=noise, seed=seed, labels=labels_file)
+    dm = LabelNoiseDataModule(source, noise=noise, seed=seed, labels=labels_file)
     dm.setup()
     n, c = dm.num_train, dm.num_classes
     rng = np.random.default_rng(seed)
@@ -41,7 +44,7 @@ def make_run(run_dir: Path, *, labels_file=None, seed: int = 0) -> LabelNoiseDat
     write_run_files(run_dir, table, probs, result, sources, dm.class_names)
     det = detection_metrics(table.flagged, table.is_noisy, table.quality)
     metrics = {
-        "data": {"source": "digits", "num_train": n, "num_classes": c},
+        "data": {"source": dm.source, "num_train": n, "num_classes": c},
         "cleaning": {"num_folds": 5, "action": "prune", "num_flagged": int(table.flagged.sum())},
         "noise": {"rate": result.noise_rate},
         "test": {"accuracy": 0.5},
