@@ -1,5 +1,7 @@
 """dcloop.health: each detector on small constructed cases (torch in, torch out)."""
 
+import importlib
+
 import numpy as np
 import pytest
 import torch
@@ -188,3 +190,64 @@ def test_pixel_near_duplicates_inside_one_set_leave_each_image_out():
     assert int(r.reference[21]) == 4 and int(r.reference[4]) == 21
     assert set(r.ratio.argsort()[:2].tolist()) == {4, 21}
     assert not (r.reference == torch.arange(30)).any()
+
+
+def _clustered(n=1500, d=12, seed=3):
+    g = torch.Generator().manual_seed(seed)
+    centres = torch.randn(15, d, generator=g) * 4
+    return centres[torch.randint(15, (n,), generator=g)] + torch.randn(n, d, generator=g)
+
+
+@pytest.mark.parametrize("metric", ["euclidean", "cosine"])
+def test_knn_cells_probing_every_cell_is_exact(metric):
+    x, q = _clustered(), _clustered(200, seed=4)
+    e = knn(q, x, k=6, metric=metric)
+    c = knn(q, x, k=6, metric=metric, index="cells", nprobe=10**6)
+    assert torch.equal(c.index, e.index)
+    assert torch.allclose(c.distance, e.distance, atol=1e-6)
+
+
+def test_knn_cells_finds_most_neighbours_and_never_a_row_itself():
+    x = _clustered()
+    e = knn(x, k=5)
+    c = knn(x, k=5, index="cells")  # about 39 cells, 16 probed
+    assert not (c.index == torch.arange(len(x))[:, None]).any()
+    recall = (e.index[:, :, None] == c.index[:, None, :]).any(2).float().mean()
+    assert recall > 0.95
+    assert (c.distance >= e.distance - 1e-6).all()  # never closer than the true neighbours
+
+
+def test_knn_cells_with_too_few_rows_in_the_probed_cells_falls_back_to_exact():
+    x = _clustered(300)
+    e = knn(x, k=100, metric="euclidean")
+    c = knn(x, k=100, metric="euclidean", index="cells", nprobe=1)  # cells of ~17 rows
+    assert torch.allclose(c.distance, e.distance, atol=1e-5)
+
+
+def test_knn_auto_searches_by_cells_from_approx_rows_on(monkeypatch):
+    knn_mod = importlib.import_module("dcloop.health.knn")  # (the package exports knn())
+
+    x = _clustered(800)
+    assert torch.equal(knn(x, k=4, index="auto").index, knn(x, k=4).index)
+    monkeypatch.setattr(knn_mod, "APPROX_ROWS", 500)
+    assert torch.equal(knn(x, k=4, index="auto").index, knn(x, k=4, index="cells").index)
+
+
+def test_knn_faiss_probing_every_cell_is_exact():
+    pytest.importorskip("faiss")
+    x, q = _clustered(), _clustered(200, seed=4)
+    e = knn(q, x, k=6)
+    f = knn(q, x, k=6, index="faiss", nprobe=10**6)
+    assert torch.equal(f.index, e.index)
+    s = knn(x, k=5, index="faiss")
+    assert not (s.index == torch.arange(len(x))[:, None]).any()
+
+
+def test_knn_faiss_missing_or_a_bad_index_is_one_clear_error(monkeypatch):
+    knn_mod = importlib.import_module("dcloop.health.knn")  # (the package exports knn())
+
+    with pytest.raises(UserInputError, match=r"index must be one of .*'annoy'"):
+        knn(_blobs(20, 3), k=2, index="annoy")
+    monkeypatch.setattr(knn_mod, "has_faiss", lambda: False)
+    with pytest.raises(UserInputError, match=r"dcloop\[fast\]"):
+        knn(_blobs(20, 3), k=2, index="faiss")

@@ -47,6 +47,8 @@ def test_oof_pass_without_features_leaves_no_buffer(blobs, tmp_path):
 def test_data_health_options_are_checked():
     with pytest.raises(ValueError, match="health.metric"):
         DataHealth(metric="manhattan")
+    with pytest.raises(ValueError, match=r"health.index must be one of .*'annoy'"):
+        DataHealth(index="annoy")
     assert DataHealth.when(False) is None
 
 

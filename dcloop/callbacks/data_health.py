@@ -28,6 +28,7 @@ from dcloop.health import (
 )
 from dcloop.health._inputs import METRICS, as_features
 from dcloop.health.features import NoEmbedding
+from dcloop.health.knn import INDEXES
 from dcloop.results import write_csv, write_json
 from dcloop.timing import timed
 
@@ -99,6 +100,10 @@ class DataHealth(L.Callback):
             ``pixel_ratio`` is flagged as leakage (``signal`` column: embedding, pixel, both).
             The default 0.7 sits below 0.73, the largest cut-off that kept precision >= 0.8
             on the 139 real CIFAR-10 pairs (``scripts/results/bench_health_leakage_both20.md``).
+        index: the kNN search of the fit-end detectors (:func:`~dcloop.health.knn`):
+            ``auto`` (exact below 50,000 training samples, k-means cells from there on:
+            approximate, about 10x less work; ``scripts/results/bench_health_datalab.md``),
+            ``exact``, ``cells`` or ``faiss`` (the optional extra ``fast``).
         space: the training set's embedding for the fit-end detectors: ``mean`` (the
             replicas' mean embedding, one extra pass over the training set; one map for every
             sample, and for the test set) or ``held_out`` (the OOF pass's buffer, no extra
@@ -118,6 +123,7 @@ class DataHealth(L.Callback):
         group_threshold: float = 0.5,
         save_features: bool = True,
         space: str = "mean",
+        index: str = "auto",
     ) -> None:
         check_int("health.k", k, minimum=1)
         check_choice("health.metric", metric, METRICS)
@@ -135,6 +141,8 @@ class DataHealth(L.Callback):
         self.save_features = check_bool("health.save_features", save_features)
         self.summary: dict[str, Any] = {}
         check_choice("health.space", space, SPACES)
+        check_choice("health.index", index, INDEXES)
+        self.index = index
         self.space = space
         self._train_pairs: pd.DataFrame | None = None
         self._train_shared: torch.Tensor | None = None  # the training set's mean embedding
@@ -213,7 +221,7 @@ class DataHealth(L.Callback):
         n = x.shape[0]
         src = sources if sources is not None else [f"row {i}" for i in range(n)]
         k = min(self.k, n - 1)
-        nb = knn(x, k=k, metric=self.metric)
+        nb = knn(x, k=k, metric=self.metric, index=self.index)
         out = find_outliers(x, k=k, neighbours=nb)
         dup = find_near_duplicates(x, k=k, threshold=self.duplicate_threshold, neighbours=nb)
         num_classes = probs.shape[1]
