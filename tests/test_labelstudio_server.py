@@ -42,7 +42,9 @@ PREFIX = "/data/local-files/?d="
 def _executable() -> str | None:
     given = os.environ.get(ENV_VAR)
     if given:
-        return given if Path(given).is_file() else None
+        if not Path(given).is_file():
+            _skip_or_fail(f"{ENV_VAR}={given} is not a file; expected a label-studio executable")
+        return given
     local = ROOT / ".venv-ls" / "bin" / "label-studio"
     return str(local) if local.is_file() else None
 
@@ -174,14 +176,15 @@ def _image_folder(root: Path, classes=("cat", "dog", "fox", "owl"), per_class=15
 
 @pytest.mark.slow  # a fresh server migrates its database: 1-3 minutes
 def test_round_trip_through_a_real_label_studio(server, tmp_path, capsys):
-    data = _image_folder(tmp_path / "images")
+    data = _image_folder(tmp_path / "my images & #1")  # a URL must quote them
     run = tmp_path / "run"
     make_run(run, source=ImageFolder(data, image_size=8))
 
     # dcloop-export: the tasks with the local-files prefix, and the folder to connect
     assert export_main([str(run), "--url-prefix", PREFIX]) == 0
     out = capsys.readouterr().out
-    storage = next(ln.split()[1] for ln in out.splitlines() if ln.strip().startswith("storage"))
+    [line] = [ln.strip() for ln in out.splitlines() if ln.strip().startswith("storage ")]
+    storage = line.removeprefix("storage").split("  (connect")[0].strip()
     assert Path(storage) == data
     relabel = run / "relabel"
     tasks = json.loads((relabel / "relabel_queue_labelstudio.json").read_text())
@@ -193,25 +196,27 @@ def test_round_trip_through_a_real_label_studio(server, tmp_path, capsys):
         {"title": "dcloop", "label_config": (relabel / "labelstudio_config.xml").read_text()},
     )
     pid = project["id"]
-    # connect the Local Files storage before the tasks (not synced: the tasks are dcloop's)
+    imported = server.call("POST", f"/api/projects/{pid}/import", tasks)
+    assert imported["task_count"] == len(tasks), imported
+    assert imported["prediction_count"] == len(tasks), imported
+
+    # an image is a 404 until a Local Files storage serves its folder (docs/people.md step 4)
+    first = tasks[0]["data"]
+    with pytest.raises(urllib.error.HTTPError, match="404"):
+        server.call("GET", first["image"], raw=True)
+    # not synced: the tasks are dcloop's, the storage only serves the files
     server.call(
         "POST",
         "/api/storages/localfiles",
         {"project": pid, "title": "dcloop data", "path": storage, "use_blob_urls": False},
     )
-    imported = server.call("POST", f"/api/projects/{pid}/import", tasks)
-    assert imported["task_count"] == len(tasks), imported
-    assert imported["prediction_count"] == len(tasks), imported
+    status, body = server.call("GET", first["image"], raw=True)
+    assert status == 200 and body == Path(first["source"]).read_bytes()
 
     listed = server.call("GET", f"/api/tasks?project={pid}&page_size=1000")
     listed = listed["tasks"] if isinstance(listed, dict) else listed
     by_index = {t["data"]["index"]: t for t in listed}
     assert sorted(by_index) == sorted(t["data"]["index"] for t in tasks)
-
-    # the images serve (a 404 until the storage is connected and serving is enabled)
-    first = tasks[0]["data"]
-    status, body = server.call("GET", first["image"], raw=True)
-    assert status == 200 and body == Path(first["source"]).read_bytes()
 
     # one correction (the suggested label), one confirmation (the given label)
     corrected, confirmed = tasks[0], tasks[1]
@@ -250,7 +255,9 @@ def test_the_executable_is_found_from_the_variable(monkeypatch, tmp_path):
     monkeypatch.setenv(ENV_VAR, str(fake))
     assert _executable() == str(fake)
     monkeypatch.setenv(ENV_VAR, str(tmp_path / "missing"))
-    assert _executable() is None
+    monkeypatch.delenv("CI", raising=False)
+    with pytest.raises(pytest.skip.Exception, match="missing is not a file; expected a label"):
+        _executable()
 
 
 def test_no_server_in_ci_is_a_failure(monkeypatch):
@@ -261,3 +268,26 @@ def test_no_server_in_ci_is_a_failure(monkeypatch):
     monkeypatch.delenv(ENV_VAR)
     with pytest.raises(pytest.skip.Exception, match="down"):
         _skip_or_fail("down")
+
+
+def test_task_urls_quote_the_path_after_a_prefix():
+    import pandas as pd
+
+    from dcloop.people.export import labelstudio_tasks
+
+    queue = pd.DataFrame(
+        {
+            "rank": [1],
+            "index": [0],
+            "source": ["/data/my images & #1/a?.png"],
+            "given_name": ["cat"],
+            "suggested_name": ["dog"],
+            "quality": [0.1],
+        }
+    )
+    [task] = labelstudio_tasks(queue, url_prefix=PREFIX)
+    assert task["data"]["image"] == PREFIX + "/data/my%20images%20%26%20%231/a%3F.png"
+    assert urllib.parse.unquote(task["data"]["image"].removeprefix(PREFIX)) == queue.source[0]
+    assert task["data"]["source"] == queue.source[0]  # what dcloop-import matches on
+    [raw] = labelstudio_tasks(queue)  # no prefix: the path as it is
+    assert raw["data"]["image"] == queue.source[0]

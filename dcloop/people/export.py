@@ -12,6 +12,7 @@ import logging
 import os
 from html import escape
 from pathlib import Path
+from urllib.parse import quote
 
 import pandas as pd
 
@@ -130,17 +131,24 @@ def _data_key(source: str) -> str:
     return "audio" if str(source).lower().endswith(AUDIO_SUFFIXES) else "image"
 
 
+def _file_url(url_prefix: str, source: str) -> str:
+    """``url_prefix + source``, the source percent-encoded when there is a prefix: a space,
+    ``&``, ``#`` or ``?`` in a folder name would otherwise cut the URL (Label Studio's
+    ``/data/local-files/?d=`` decodes it back to the path)."""
+    return f"{url_prefix}{quote(source, safe='/')}" if url_prefix else source
+
+
 def labelstudio_tasks(
     queue: pd.DataFrame, *, url_prefix: str = "", images=None, model_version="dcloop", texts=None
 ):
     """Label Studio import tasks, one per queue row, in queue order.
 
-    ``data`` holds the file reference (``image`` or ``audio``: ``url_prefix + source``,
-    or ``images[index]``, e.g. an embedded ``data:`` URI for in-memory data such as
-    digits) and ``index``, ``source``, ``given_label``, ``quality``; the suggested label is a
-    prediction (``from_name="label"``, ``to_name`` the data key, type ``choices``) so
-    the annotator sees it preselected. With ``texts`` (index -> text), ``data.text`` holds
-    the text itself.
+    ``data`` holds the file reference (``image`` or ``audio``: ``url_prefix + source``, the
+    source percent-encoded after a prefix, or ``images[index]``, e.g. an embedded ``data:``
+    URI for in-memory data such as digits) and ``index``, ``source``, ``given_label``,
+    ``quality``; the suggested label is a prediction (``from_name="label"``, ``to_name`` the
+    data key, type ``choices``) so the annotator sees it preselected. With ``texts``
+    (index -> text), ``data.text`` holds the text itself.
     """
     tasks = []
     for r in queue.itertuples(index=False):
@@ -148,7 +156,7 @@ def labelstudio_tasks(
         if texts is not None:
             value = texts.get(int(r.index)) or ""
         else:
-            value = images[int(r.index)] if images else f"{url_prefix}{r.source}"
+            value = images[int(r.index)] if images else _file_url(url_prefix, str(r.source))
         tasks.append(
             {
                 "data": {
