@@ -98,3 +98,28 @@ def test_merge_still_merges_through_the_light_entry(tmp_path, monkeypatch):
     main([str(tmp_path), "--device", "cpu"])
     assert calls == [(d, "cpu")]
     assert merge.main is main and merge.find_round_dir(tmp_path) == d
+
+
+LONG = "/" + "x" * 100_000  # longer than any file name: Python 3.11's is_dir() raises on it
+
+
+@pytest.mark.parametrize(
+    ("script", "argv"),
+    [
+        ("dcloop-export", [LONG]),
+        ("dcloop-import", [LONG, "x.csv"]),
+        ("dcloop-annotators", [LONG, "a.csv"]),
+        ("dcloop-report", [LONG]),
+        ("dcloop-merge", [LONG]),
+        ("dcloop-beyond", ["ner", LONG]),
+        ("dcloop-beyond", ["pairs", "--x", LONG, "--y", LONG]),
+        ("dcloop-predict", [LONG, LONG]),
+    ],
+)
+def test_a_path_too_long_for_the_file_system_is_one_short_line(script, argv, tmp_path):
+    out, err = _probe(script, *argv, cwd=tmp_path)
+    lines = err.strip().splitlines()
+    assert out["code"] == 2 and len(lines) == 1, err[-2000:]
+    assert lines[0].startswith(f"{script}") and "error: file name too long: /xxx" in lines[0]
+    assert len(lines[0]) < 400, lines[0][:400]
+    assert "[100001 chars]" in lines[0]

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from dcloop.console import emit
-from dcloop.errors import quote
+from dcloop.errors import quote, user_error_message
 
 log = logging.getLogger(__name__)
 
@@ -267,8 +267,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         _check_inputs(args)
         args.func(args)
-    except (ValueError, FileNotFoundError) as err:  # bad input: one line, not a traceback
-        sys.stderr.write(f"dcloop-beyond {args.command}: error: {err}\n")
+    except (ValueError, OSError) as err:  # bad input, unreadable files: one line
+        message = user_error_message(err) or " ".join(quote(w) for w in str(err).split())
+        sys.stderr.write(f"dcloop-beyond {args.command}: error: {message}\n")
         raise SystemExit(2) from None
     return 0
 

@@ -12,7 +12,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from dcloop.console import emit
-from dcloop.errors import user_error_message
+from dcloop.errors import quote, user_error_message
 
 # pandas, torch and the data layer are imported in the commands' bodies: `--help` and a bad
 # argument answer in a fraction of a second (scripts/bench_cli_start.py).
@@ -24,17 +24,26 @@ def _run(prog: str, parser: argparse.ArgumentParser, argv, body: Callable) -> in
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     run_dir = getattr(args, "run_dir", None)
-    if run_dir is not None and not Path(run_dir).is_dir():  # before pandas and torch load
+    try:
+        missing = run_dir is not None and not Path(run_dir).is_dir()  # before pandas and torch
+    except OSError as err:  # a name too long for the file system (Python 3.11 raises)
+        sys.stderr.write(f"{prog}: error: {_message(err)}\n")
+        return 2
+    if missing:
         message = user_error_message(FileNotFoundError(f"run folder not found: {run_dir}"))
         sys.stderr.write(f"{prog}: error: {message}; expected a finished dcloop run folder\n")
         return 2
     try:
         body(args)
     except (ValueError, OSError) as err:  # bad input, unreadable or unwritable files
-        message = user_error_message(err) or " ".join(str(err).split())
-        sys.stderr.write(f"{prog}: error: {message}\n")
+        sys.stderr.write(f"{prog}: error: {_message(err)}\n")
         return 2
     return 0
+
+
+def _message(err: BaseException) -> str:
+    """One line for ``err``, each value in it quoted short (a 100,000-character path too)."""
+    return user_error_message(err) or " ".join(quote(w) for w in str(err).split())
 
 
 def _exit(code: int) -> int:

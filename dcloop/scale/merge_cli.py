@@ -12,7 +12,7 @@ import logging
 import sys
 from pathlib import Path
 
-from dcloop.errors import quote
+from dcloop.errors import quote, user_error_message
 
 #: The values ``--device`` takes (a CUDA index such as ``cuda:1`` too).
 DEVICES = ("auto", "cpu", "cuda")
@@ -39,6 +39,11 @@ def find_round_dir(path: str | Path) -> Path:
             f"{quote(str(p))} holds no sequential round folder (round_<r>/meta.json)"
         )
     return max(rounds, key=lambda r: int(r.name.split("_")[1]))
+
+
+def _message(err: BaseException) -> str:
+    """One line for ``err``, each value in it quoted short (a 100,000-character path too)."""
+    return user_error_message(err) or " ".join(quote(w) for w in str(err).split())
 
 
 def _check_device(device: str) -> str:
@@ -72,7 +77,7 @@ def main(argv: list[str] | None = None) -> None:
         device = _check_device(args.device)
         round_dir = find_round_dir(args.path)
     except (ValueError, OSError) as err:
-        sys.stderr.write(f"dcloop-merge: error: {err}\n")
+        sys.stderr.write(f"dcloop-merge: error: {_message(err)}\n")
         sys.exit(2)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     from dcloop.scale import merge  # torch: `dcloop-merge --help` starts fast
@@ -80,5 +85,5 @@ def main(argv: list[str] | None = None) -> None:
     try:
         merge.merge_round(round_dir, device=device)
     except (ValueError, OSError) as err:
-        sys.stderr.write(f"dcloop-merge: error: {err}\n")
+        sys.stderr.write(f"dcloop-merge: error: {_message(err)}\n")
         sys.exit(2)
