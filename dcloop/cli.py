@@ -134,21 +134,23 @@ _KEY_SECTIONS = ("data.source", "data", "model", "cl", "trainer", "noise", "augm
 
 
 def as_typed(message: str, cfg: DictConfig) -> str:
-    """``message`` with each bare ``key=`` that the library wrote (``root=``, ``manifest=``)
-    named as the override the user types (``data.source.root=``), looked up in ``cfg``'s
-    sections in :data:`_KEY_SECTIONS` order; top-level keys (``folds=``) stay as they are."""
+    """``message`` with each bare ``key=`` that the library wrote (``root=``, ``manifest=``),
+    and a bare key that opens it (``action must be one of ...``), named as the override the
+    user types (``data.source.root=``, ``cl.action``), looked up in ``cfg``'s sections in
+    :data:`_KEY_SECTIONS` order; top-level keys (``folds=``) stay as they are."""
 
     def typed(match: re.Match) -> str:
-        key = match.group(1)
+        key, rest = match.group(1), match.group(2)
         if key in cfg.keys():
             return match.group(0)
         for section in _KEY_SECTIONS:
             node = OmegaConf.select(cfg, section, throw_on_resolution_failure=False)
             if isinstance(node, DictConfig) and key in node.keys():
-                return f"{section}.{key}="
+                return f"{section}.{key}{rest}"
         return match.group(0)
 
-    return re.sub(r"(?<![\w.\-/])([a-z_][a-z0-9_]*)=", typed, message)
+    message = re.sub(r"^([a-z_][a-z0-9_]*)( must )", typed, message)
+    return re.sub(r"(?<![\w.\-/])([a-z_][a-z0-9_]*)(=)", typed, message)
 
 
 def _check_group_choices(argv: list[str]) -> None:

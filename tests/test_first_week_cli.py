@@ -123,3 +123,19 @@ def test_a_path_too_long_for_the_file_system_is_one_short_line(script, argv, tmp
     assert lines[0].startswith(f"{script}") and "error: file name too long: /xxx" in lines[0]
     assert len(lines[0]) < 400, lines[0][:400]
     assert "[100001 chars]" in lines[0]
+
+
+def test_a_bare_key_opening_a_message_is_named_as_typed(tmp_path):
+    """``cl.action=nosuch`` used to end in 'action must be one of ...' (the callback's
+    own name for it); the message names the override as the user typed it."""
+    from dcloop.cli import as_typed
+
+    from conftest import compose_dcloop
+
+    cfg = compose_dcloop(tmp_path)
+    said = "action must be one of ['prune', 'downweight', 'detect']; got 'nosuch'"
+    assert as_typed(said, cfg).startswith("cl.action must be one of ['prune'")
+    said = "batch_size must be an integer >= 1; got data.batch_size=0"
+    assert as_typed(said, cfg) == ("data.batch_size must be an integer >= 1; got data.batch_size=0")
+    assert as_typed("folds must be an integer >= 2", cfg) == "folds must be an integer >= 2"
+    assert as_typed("nosuchkey must be x", cfg) == "nosuchkey must be x"
