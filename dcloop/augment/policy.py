@@ -41,6 +41,8 @@ class AugmentPolicy:
         class_level: ``(C,)`` int64 numpy array.
         class_weight: ``(C,)`` float64 numpy array, the oversampling factor (1 = as is).
         version: increases on every change (device copies are refreshed from it).
+        sample_boost: ``(N,)`` bool or ``None``: samples raised by :meth:`set_samples` (a
+            weak group), whatever their class.
     """
 
     def __init__(self, labels, num_classes: int, *, num_levels: int, base_level: int = 0) -> None:
@@ -52,6 +54,8 @@ class AugmentPolicy:
         self.class_level = np.full(self.num_classes, self.base_level, dtype=np.int64)
         self.class_weight = np.ones(self.num_classes, dtype=np.float64)
         self.version = 0
+        self.sample_boost: np.ndarray | None = None
+        self._boost_level, self._boost_weight = 0, 1.0
         self._device_levels: dict[str, tuple[int, torch.Tensor]] = {}
 
     def _check_level(self, name: str, level: int) -> None:
@@ -69,6 +73,19 @@ class AugmentPolicy:
         self.class_weight = np.where(mask, float(weight), 1.0)
         self.version += 1
 
+    def set_samples(self, samples, *, level: int, weight: float = 1.0) -> None:
+        """Give the samples of ``samples`` (a ``(N,)`` bool mask, e.g. a weak cluster of the
+        embedding from :func:`dcloop.health.underperforming_groups`) at least ``level`` and
+        oversampling ``weight``, on top of their class's; an all-False mask clears it."""
+        self._check_level("level", level)
+        check_float("weight", weight, low=0, low_open=True, why="the oversampling factor")
+        mask = np.asarray(torch.as_tensor(samples).cpu().numpy(), dtype=bool)
+        if mask.shape != self.labels.shape:
+            raise ValueError(f"samples must be a {self.labels.shape} bool mask; got {mask.shape}")
+        self.sample_boost = mask if mask.any() else None
+        self._boost_level, self._boost_weight = int(level), float(weight)
+        self.version += 1
+
     def set_uniform(self, level: int) -> None:
         """Every class at ``level``, no oversampling."""
         self._check_level("level", level)
@@ -76,12 +93,19 @@ class AugmentPolicy:
         self.set_classes(np.zeros(self.num_classes, dtype=bool), level=level)
 
     def sample_levels(self) -> np.ndarray:
-        """``(N,)`` int64: the level of each sample (its class's level)."""
-        return self.class_level[self.labels]
+        """``(N,)`` int64: the level of each sample (its class's level, or the weak group's
+        when that is higher)."""
+        levels = self.class_level[self.labels]
+        if self.sample_boost is not None:
+            levels = np.where(self.sample_boost, np.maximum(levels, self._boost_level), levels)
+        return levels
 
     def sample_weights(self) -> np.ndarray:
-        """``(N,)`` float64: the oversampling factor of each sample."""
-        return self.class_weight[self.labels]
+        """``(N,)`` float64: the oversampling factor of each sample (as the levels)."""
+        weights = self.class_weight[self.labels]
+        if self.sample_boost is not None:
+            weights = np.where(self.sample_boost, np.maximum(weights, self._boost_weight), weights)
+        return weights
 
     def level_tensor(self, device: torch.device | str) -> torch.Tensor:
         """``(N,)`` levels on ``device``, copied once per policy change (host to device only)."""

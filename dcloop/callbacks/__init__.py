@@ -6,6 +6,7 @@ from dcloop.callbacks.data_health import DataHealth
 from dcloop.callbacks.oof import OOFCollector
 from dcloop.callbacks.results import RunResults
 from dcloop.callbacks.weak_classes import WeakClasses
+from dcloop.callbacks.weak_groups import WeakGroups
 
 __all__ = [
     "ConfidentLearning",
@@ -14,4 +15,5 @@ __all__ = [
     "OOFCollector",
     "RunResults",
     "WeakClasses",
+    "WeakGroups",
 ]
