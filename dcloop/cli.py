@@ -97,6 +97,7 @@ def preflight(cfg: DictConfig) -> None:
 
     check_run_config(cfg)
     check_noise_choice(cfg)
+    _check_common_values(cfg)
     data = cfg.get("data")
     source = data.get("source") if isinstance(data, DictConfig) else None
     named = []
@@ -112,6 +113,23 @@ def preflight(cfg: DictConfig) -> None:
                 f"{key}={quote(value)} does not exist; expected an existing "
                 f"{'folder' if key.endswith('root') else 'file'}"
             )
+
+
+def _check_common_values(cfg: DictConfig) -> None:
+    """The numbers most often mistyped (``data.batch_size=0``, ``model.optimizer.lr=-1``),
+    checked before torch loads; the data module and the optimiser check them again."""
+    from dcloop._checks import check_float, check_int  # (numpy: `dcloop --help` does without)
+
+    data = cfg.get("data")
+    if isinstance(data, DictConfig):
+        for key, minimum in (("batch_size", 1), ("eval_batch_size", 1), ("num_workers", 0)):
+            if key in data.keys() and data[key] is not None:
+                check_int(f"data.{key}", data[key], minimum=minimum)
+    optimizer = OmegaConf.select(cfg, "model.optimizer", throw_on_resolution_failure=False)
+    if isinstance(optimizer, DictConfig):
+        for key in ("lr", "weight_decay"):
+            if key in optimizer.keys() and optimizer[key] is not None:
+                check_float(f"model.optimizer.{key}", optimizer[key], low=0.0)
 
 
 def check_noise_choice(cfg: DictConfig) -> None:

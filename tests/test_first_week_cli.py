@@ -3,6 +3,7 @@ wrong input before torch, lightning or pandas load (the time it takes is measure
 scripts/bench_cli_start.py, not here)."""
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -139,3 +140,35 @@ def test_a_bare_key_opening_a_message_is_named_as_typed(tmp_path):
     assert as_typed(said, cfg) == ("data.batch_size must be an integer >= 1; got data.batch_size=0")
     assert as_typed("folds must be an integer >= 2", cfg) == "folds must be an integer >= 2"
     assert as_typed("nosuchkey must be x", cfg) == "nosuchkey must be x"
+
+
+@pytest.mark.parametrize(
+    ("override", "says"),
+    [
+        ("data.batch_size=0", "data.batch_size must be an integer >= 1; got data.batch_size=0"),
+        ("data.eval_batch_size=-2", "data.eval_batch_size must be an integer >= 1"),
+        ("data.num_workers=-1", "data.num_workers must be an integer >= 0"),
+        ("model.optimizer.lr=-1", "model.optimizer.lr"),
+        ("model.optimizer.weight_decay=-0.1", "model.optimizer.weight_decay"),
+        ("model.optimizer.lr=fast", "model.optimizer.lr"),
+    ],
+)
+def test_common_mistyped_numbers_are_checked_before_torch(override, says, tmp_path):
+    from dcloop.cli import preflight
+    from dcloop.errors import UserInputError
+
+    from conftest import compose_dcloop
+
+    with pytest.raises(UserInputError, match=re.escape(says)):
+        preflight(compose_dcloop(tmp_path, override))
+
+
+@pytest.mark.parametrize(
+    "model", sorted(p.stem for p in (ROOT / "dcloop" / "conf" / "model").glob("*.yaml"))
+)
+def test_the_model_defaults_pass_the_preflight(model, tmp_path):
+    from dcloop.cli import preflight
+
+    from conftest import compose_dcloop
+
+    preflight(compose_dcloop(tmp_path, f"model={model}"))
