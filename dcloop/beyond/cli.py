@@ -16,10 +16,11 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from dcloop.argtypes import number
 from dcloop.console import emit
 from dcloop.errors import quote, user_error_message
 
@@ -49,24 +50,6 @@ def _load_npy(path: str, what: str) -> Any:
     import numpy as np
 
     return np.load(_existing_file(path, what), allow_pickle=False)
-
-
-def _number(kind: type, minimum: float | None = None, below: float | None = None) -> Callable:
-    """An argparse ``type``: ``kind`` (int or float) within ``[minimum, below)``."""
-
-    def parse(text: str) -> Any:
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(
-                f"{quote(text)!r} is not {'an integer' if kind is int else 'a number'}"
-            ) from None
-        if (minimum is not None and value < minimum) or (below is not None and value >= below):
-            bounds = ">= " + str(minimum) if below is None else f"in [{minimum}, {below})"
-            raise argparse.ArgumentTypeError(f"{quote(text)!r}: expected a value {bounds}")
-        return value
-
-    return parse
 
 
 def _check_inputs(args: argparse.Namespace) -> None:
@@ -222,9 +205,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     c = sub.add_parser("make-coco", help="write a small synthetic COCO dataset")
     c.add_argument("out")
-    c.add_argument("--images", type=_number(int, 1), default=60)
-    c.add_argument("--noise-rate", type=_number(float, 0.0, 1.0), default=0.15)
-    c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--images", type=number(int, 1), default=60)
+    c.add_argument("--noise-rate", type=number(float, 0.0, 1.0), default=0.15)
+    c.add_argument("--seed", type=number(int, 0), default=0)
     c.set_defaults(func=_make_coco)
 
     c = sub.add_parser("pairs", help="outlier scores of (X, Y) pairs from .npy embeddings")
@@ -232,18 +215,18 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--y", required=True, help="(N, Dy) or (N,) .npy")
     c.add_argument("--truth", help="(N,) bool .npy of known corrupted pairs (for P/R)")
     c.add_argument(
-        "--top", type=_number(int, 1), default=None, help="pairs flagged per method for P/R"
+        "--top", type=number(int, 1), default=None, help="pairs flagged per method for P/R"
     )
-    c.add_argument("--k", type=_number(int, 1), default=10)
-    c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--k", type=number(int, 1), default=10)
+    c.add_argument("--seed", type=number(int, 0), default=0)
     c.add_argument("--out", default="pairs_out")
     c.set_defaults(func=_pairs)
 
     c = sub.add_parser("ner", help="token label issues of a CoNLL file")
     c.add_argument("file")
     c.add_argument("--probs", help="(tokens, tags) .npy of out-of-fold probabilities")
-    c.add_argument("--folds", type=_number(int, 2), default=5)
-    c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--folds", type=number(int, 2), default=5)
+    c.add_argument("--seed", type=number(int, 0), default=0)
     c.add_argument("--out", default="ner_out")
     c.set_defaults(func=_ner)
 
@@ -251,9 +234,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--run-dir", help="a dcloop run made with discrepancy=true")
     c.add_argument("--train", help="(N, D) .npy")
     c.add_argument("--test", help="(M, D) .npy")
-    c.add_argument("--k", type=_number(int, 1), default=10)
-    c.add_argument("--alpha", type=_number(float, 0.0, 1.0), default=0.01)
-    c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--k", type=number(int, 1), default=10)
+    c.add_argument("--alpha", type=number(float, 0.0, 1.0), default=0.01)
+    c.add_argument("--seed", type=number(int, 0), default=0)
     c.add_argument("--no-maps", action="store_true", help="skip the UMAP/t-SNE PNGs")
     c.add_argument("--out", default=None)
     c.set_defaults(func=_discrepancy)

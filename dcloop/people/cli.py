@@ -11,6 +11,7 @@ from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 
+from dcloop.argtypes import number
 from dcloop.console import emit
 from dcloop.errors import quote, user_error_message
 
@@ -62,7 +63,7 @@ def export_main(argv: Sequence[str] | None = None) -> int:
     )
     p.add_argument("run_dir", help="a finished dcloop run directory")
     p.add_argument("--out", help="output folder (default: RUN_DIR/relabel)")
-    p.add_argument("--top", type=int, default=None, help="only the N worst samples")
+    p.add_argument("--top", type=number(int, 1), default=None, help="only the N worst samples")
     p.add_argument("--all", action="store_true", help="every sample, not only flagged ones")
     p.add_argument(
         "--url-prefix",
@@ -171,7 +172,7 @@ def annotators_main(argv: Sequence[str] | None = None) -> int:
         action="store_true",
         help="add the consensus quality as a 'weight' column to consensus_labels.csv",
     )
-    p.add_argument("--seed", type=int, default=0, help="majority-vote tie-break seed")
+    p.add_argument("--seed", type=number(int, 0), default=0, help="majority-vote tie-break seed")
     p.add_argument(
         "--skip-unknown",
         action="store_true",
@@ -260,7 +261,9 @@ def report_main(argv: Sequence[str] | None = None) -> int:
         description="Render RUN_DIR/report.html, one self-contained page (images embedded).",
     )
     p.add_argument("run_dir", help="a finished dcloop run directory")
-    p.add_argument("--worst", type=int, default=24, help="samples in the gallery (default 24)")
+    p.add_argument(
+        "--worst", type=number(int, 0), default=24, help="samples in the gallery (default 24)"
+    )
     p.add_argument("--out", help="output path (default: RUN_DIR/report.html)")
     p.add_argument("--no-thumbnails", action="store_true", help="do not load the data")
 
