@@ -33,6 +33,8 @@ CASES = [
         ["dcloop", "data=folder", "data.source.root=/missing"],
         2,
     ),
+    ("dcloop model.optimizer.lr=-1", ["dcloop", "model.optimizer.lr=-1"], 2),
+    ("dcloop cl.action=nosuch", ["dcloop", "cl.action=nosuch"], 2),
     ("dcloop-export --help", ["dcloop-export", "--help"], 0),
     ("dcloop-import --help", ["dcloop-import", "--help"], 0),
     ("dcloop-annotators --help", ["dcloop-annotators", "--help"], 0),
