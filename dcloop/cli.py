@@ -115,10 +115,32 @@ def preflight(cfg: DictConfig) -> None:
             )
 
 
+#: The ``cl.*`` choices, checked before torch loads. The library's own tuples live in
+#: torch-importing modules (:mod:`dcloop.safety`, :mod:`dcloop.cl`, :mod:`dcloop.calibrate`);
+#: tests/test_first_week_cli.py checks that these are the same.
+CL_CHOICES = {
+    "action": ("prune", "downweight", "detect"),
+    "filter_by": (
+        "prune_by_noise_rate", "prune_by_class", "both", "confident_learning",
+        "predicted_neq_given", "low_self_confidence", "low_normalized_margin",
+    ),
+    "quality_method": ("self_confidence", "normalized_margin", "confidence_weighted_entropy"),
+    "backend": ("torch", "cleanlab"),
+    "calibrate": ("noise_aware", "posterior", "none"),
+    "ready": ("plateau", "fixed"),
+}  # fmt: skip
+
+
 def _check_common_values(cfg: DictConfig) -> None:
-    """The numbers most often mistyped (``data.batch_size=0``, ``model.optimizer.lr=-1``),
-    checked before torch loads; the data module and the optimiser check them again."""
-    from dcloop._checks import check_float, check_int  # (numpy: `dcloop --help` does without)
+    """The values most often mistyped (``data.batch_size=0``, ``model.optimizer.lr=-1``,
+    ``cl.action=prun``), checked before torch loads; the library checks them again."""
+    from dcloop._checks import check_choice, check_float, check_int  # (numpy: fast --help)
+
+    cl = cfg.get("cl")
+    if isinstance(cl, DictConfig):
+        for key, allowed in CL_CHOICES.items():
+            if key in cl.keys():
+                check_choice(f"cl.{key}", cl[key], allowed)
 
     data = cfg.get("data")
     if isinstance(data, DictConfig):

@@ -176,3 +176,30 @@ def test_the_model_defaults_pass_the_preflight(model, tmp_path):
     from conftest import compose_dcloop
 
     preflight(compose_dcloop(tmp_path, f"model={model}"))
+
+
+def test_the_cl_choices_checked_before_torch_are_the_librarys():
+    from dcloop.calibrate import CALIBRATE_METHODS
+    from dcloop.cl import BACKENDS, FILTER_BY, SCORE_METHODS
+    from dcloop.cli import CL_CHOICES
+    from dcloop.safety import ACTIONS, READY_RULES
+
+    assert CL_CHOICES == {
+        "action": ACTIONS,
+        "filter_by": FILTER_BY,
+        "quality_method": SCORE_METHODS,
+        "backend": BACKENDS,
+        "calibrate": CALIBRATE_METHODS,
+        "ready": READY_RULES,
+    }
+
+
+@pytest.mark.parametrize("key", ["action", "filter_by", "quality_method", "backend", "ready"])
+def test_a_wrong_cl_choice_is_one_error_before_torch(key, tmp_path):
+    from dcloop.cli import preflight
+    from dcloop.errors import UserInputError
+
+    from conftest import compose_dcloop
+
+    with pytest.raises(UserInputError, match=rf"^cl\.{key} must be one of \[.*got 'nosuch'$"):
+        preflight(compose_dcloop(tmp_path, f"cl.{key}=nosuch"))
