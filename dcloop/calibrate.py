@@ -77,6 +77,9 @@ class Calibration:
             and the counted one's, in increasing order).
         posterior_clean: ``(N,)`` ``P(true = given | x, given)`` under ``probs`` and
             ``noise_matrix``.
+        posterior: ``(N, C)`` ``P(true = t | x, given)`` under ``probs`` and ``noise_matrix``
+            (rows sum to 1; ``posterior_clean`` is its given-label column), the evidence's
+            dtype.
         iterations: rounds of the alternating fit that ran.
     """
 
@@ -90,6 +93,7 @@ class Calibration:
     noise_rate_range: tuple[float, float]
     posterior_clean: torch.Tensor
     iterations: int
+    posterior: torch.Tensor | None = None
 
 
 def calibrate(
@@ -180,6 +184,7 @@ def calibrate(
         noise_rate_range=(low, high),
         posterior_clean=clean.to(evidence.dtype),
         iterations=rounds,
+        posterior=post.to(evidence.dtype),
     )
 
 

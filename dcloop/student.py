@@ -20,9 +20,13 @@ from dcloop.mixup import check_alpha
 
 #: ``relabel``: a confidently flagged sample trains on the evidence's argmax, an unconfident
 #: one is left out; ``soft``: a flagged sample trains on the evidence itself (its softmax);
-#: ``prune``: flagged samples are left out (the weights of the loop's action); ``given``:
-#: the given labels (a plain network: for baselines).
-TARGET_RULES = ("soft", "relabel", "prune", "given")
+#: ``posterior``: every sample trains on the calibrated posterior of its true label given
+#: the evidence *and* its given label (:attr:`dcloop.calibrate.Calibration.posterior`: the
+#: given label where the evidence agrees or is unsure, moved towards the evidence where the
+#: noise matrix says such a label is often wrong); ``drop``: every flagged sample is left out
+#: (the loop itself acts only on its confident flags); ``prune``: the weights of the loop's
+#: action; ``given``: the given labels (a plain network: for baselines).
+TARGET_RULES = ("soft", "relabel", "posterior", "drop", "prune", "given")
 
 
 @dataclass(frozen=True)
@@ -64,6 +68,7 @@ def student_targets(
     policy: StudentPolicy,
     *,
     weights: torch.Tensor | None = None,
+    posterior: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The student's ``(N, C)`` target distributions and ``(N,)`` loss weights.
 
@@ -74,6 +79,8 @@ def student_targets(
         policy: the rule (:class:`StudentPolicy`).
         weights: ``(N,)`` the loop's final weights (used by ``prune``; a label file's prior
             weights are already in them). ``None``: ones.
+        posterior: ``(N, C)`` ``P(true | x, given)`` (``posterior`` needs it:
+            :func:`dcloop.calibrate.calibrate`'s ``posterior``).
 
     Returns:
         ``(targets, weights)``: ``targets[i]`` sums to 1.
@@ -104,6 +111,19 @@ def student_targets(
     clean = (1 - policy.mix) * given + policy.mix * evidence if policy.mix else given
     if policy.targets == "prune":
         return clean, w
+    if policy.targets == "drop":
+        return clean, torch.where(flags, torch.zeros_like(w), torch.ones_like(w))
+    if policy.targets == "posterior":
+        if posterior is None or tuple(posterior.shape) != (n, c):
+            raise ValueError(
+                f"student.targets=posterior needs the ({n}, {c}) calibrated posterior; got "
+                f"{None if posterior is None else tuple(posterior.shape)}"
+            )
+        post = posterior.to(evidence.device).float()
+        post = post / post.sum(1, keepdim=True).clamp_min(1e-12)
+        return (1 - policy.mix) * post + policy.mix * evidence if policy.mix else post, (
+            torch.ones_like(w)
+        )
     top, arg = evidence.max(1)
     sure = top >= policy.min_confidence
     if policy.targets == "relabel":

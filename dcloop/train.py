@@ -339,12 +339,20 @@ def train_student(cfg: DictConfig, run: Run, policy: StudentPolicy) -> tuple[Cla
             log.warning("cleaning was stopped for harm: the student trains on the given labels")
         policy = StudentPolicy(targets="given")
         evidence = torch.full((len(table), dm.num_classes), 1.0 / dm.num_classes)
+    posterior = None
+    if policy.targets == "posterior":
+        from dcloop.calibrate import calibrate
+
+        posterior = calibrate(
+            evidence.float().cpu(), table.labels.cpu(), table.folds.cpu()
+        ).posterior
     targets, weights = student_targets(
         table.labels.cpu(),
         evidence.float().cpu(),
         table.flagged.cpu(),
         policy,
         weights=table.weights.cpu(),
+        posterior=posterior,
     )
     kwargs = module_kwargs(cfg.model, Classifier)
     if policy.mixup is not None:  # student.mixup, in place of model.mixup

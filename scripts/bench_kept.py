@@ -9,6 +9,8 @@ on targets built from the teacher's held-out evidence and flags (:mod:`dcloop.st
 * ``prune``: the loop's weights (flagged samples left out: today's ``refit=true``);
 * ``relabel``: flagged samples relabelled to the evidence's argmax when it is >= 0.5 sure;
 * ``soft``: flagged samples trained on the evidence's softmax;
+* ``posterior``: every sample on its calibrated posterior ``P(true | x, given)``;
+* ``drop``: every flagged sample left out (the loop acts only on its confident flags);
 * ``soft_mixM``: ``soft``, and every unflagged sample's target mixed with its evidence
   (``(1 - M) * onehot + M * evidence``: distillation from the held-out ensemble);
 * ``oracle``: the true labels.
@@ -107,6 +109,21 @@ def _cpu() -> float:
     return me.ru_utime + me.ru_stime
 
 
+def rule_targets(rule, labels, evidence, flags, weights, folds):
+    """A student rule's ``(targets, weights)`` (``RULE`` or ``RULE_mixM``:
+    :class:`dcloop.student.StudentPolicy`'s ``targets`` and ``mix``); ``posterior`` calibrates
+    the evidence per fold first (:func:`dcloop.calibrate.calibrate`), as a run does."""
+    from dcloop.calibrate import calibrate
+    from dcloop.student import StudentPolicy, student_targets
+
+    mix = float(rule.split("mix")[1]) if "mix" in rule else 0.0
+    policy = StudentPolicy(targets=rule.split("_")[0], mix=mix)
+    post = None
+    if policy.targets == "posterior":
+        post = calibrate(evidence.float(), labels, folds).posterior
+    return student_targets(labels, evidence.float(), flags, policy, weights=weights, posterior=post)
+
+
 def run_task(task: dict[str, Any]) -> list[dict[str, Any]]:
     """:func:`_run_task`; a task that fails is one row naming its error (the others go on)."""
     import traceback
@@ -140,7 +157,6 @@ def _run_task(task: dict[str, Any]) -> list[dict[str, Any]]:
 
     from dcloop.models import Classifier
     from dcloop.models.factory import module_kwargs
-    from dcloop.student import StudentPolicy, student_targets
     from dcloop.train import _net, build
 
     bn.quiet()
@@ -179,7 +195,7 @@ def _run_task(task: dict[str, Any]) -> list[dict[str, Any]]:
         t0 = _cpu()
         two = bn.run_two_stage(cfg, run_dir / "two_stage")
         out.append({**base, "method": "two_stage", "acc": two["acc"], "cpu_s": _cpu() - t0})
-    for variant in task["defaults"] if "default" in task["rules"] else ():
+    for vi, variant in enumerate(task["defaults"] if "default" in task["rules"] else ()):
         from dcloop.train import train
 
         tag = "" if not variant else "[" + ",".join(variant) + "]"
@@ -198,15 +214,14 @@ def _run_task(task: dict[str, Any]) -> list[dict[str, Any]]:
         # Other student rules on this run's own verdict (its saved evidence and flags).
         table = torch.load(dcfg.output_dir + "/sample_table.pt", weights_only=True)
         saved = np.load(dcfg.output_dir + "/oof_probs_smoothed.npy")
-        for rule in task["from_default"] if not variant else ():
-            mix = float(rule.split("mix")[1]) if "mix" in rule else 0.0
-            policy = StudentPolicy(targets=rule.split("_")[0], mix=mix)
-            targets, weights = student_targets(
+        for rule in task["from_default"] if vi == 0 else ():
+            targets, weights = rule_targets(
+                rule,
                 table["labels"],
                 torch.from_numpy(saved),
                 table["flagged"],
-                policy,
-                weights=table["weights"],
+                table["weights"],
+                table["folds"],
             )
             student(cfg, dm, targets, weights, f"student_{rule}", {"teacher_cpu_s": row["cpu_s"]})
         out.append(
@@ -258,10 +273,8 @@ def _run_task(task: dict[str, Any]) -> list[dict[str, Any]]:
         for rule in task["rules"]:
             if rule in ("given", "oracle", "two_stage", "default"):
                 continue
-            mix = float(rule.split("mix")[1]) if "mix" in rule else 0.0
-            policy = StudentPolicy(targets=rule.split("_")[0], mix=mix)
-            targets, weights = student_targets(
-                labels, evidence.cpu(), flags.cpu(), policy, weights=table.weights.cpu()
+            targets, weights = rule_targets(
+                rule, labels, evidence.cpu(), flags.cpu(), table.weights.cpu(), table.folds.cpu()
             )
             student(cfg, dm, targets, weights, rule + tag, {"teacher_cpu_s": t_cpu})
     return out

@@ -62,3 +62,36 @@ def test_gce_pulls_less_on_an_unlikely_label_than_cross_entropy():
     (g_ce,) = torch.autograd.grad(torch.nn.functional.cross_entropy(logits, wrong), logits)
     (g_gce,) = torch.autograd.grad(gce_loss(logits, wrong).sum(), logits)
     assert g_gce.abs().sum() < 0.2 * g_ce.abs().sum()
+
+
+def test_drop_leaves_out_every_flagged_row_whatever_the_loop_did():
+    weights = torch.tensor(
+        [1.0, 1.0, 0.5, 0.0]
+    )  # the loop acted on row 2 only (and 3 is a prior 0)
+    t, w = student_targets(LABELS, EVIDENCE, FLAGS, StudentPolicy("drop"), weights=weights)
+    assert w.tolist() == [1.0, 0.0, 0.0, 1.0]
+    assert t.argmax(1).tolist() == LABELS.tolist()
+
+
+def test_posterior_trains_every_row_on_the_calibrated_posterior():
+    from dcloop.calibrate import calibrate
+
+    g = torch.Generator().manual_seed(0)
+    labels = torch.randint(0, 3, (300,), generator=g)
+    evidence = torch.softmax(3 * torch.randn(300, 3, generator=g), 1)
+    cal = calibrate(evidence, labels, torch.arange(300) % 5)
+    assert cal.posterior.shape == (300, 3)
+    torch.testing.assert_close(
+        cal.posterior.gather(1, labels[:, None]).squeeze(1), cal.posterior_clean
+    )
+    flags = cal.posterior_clean < 0.5
+    t, w = student_targets(
+        labels, evidence, flags, StudentPolicy("posterior"), posterior=cal.posterior
+    )
+    torch.testing.assert_close(t, cal.posterior)
+    assert w.tolist() == [1.0] * 300
+    # a flagged row's target puts less than half on its given label, an unflagged one more
+    on_given = t.gather(1, labels[:, None]).squeeze(1)
+    assert flags.any() and bool((on_given[flags] < 0.5).all() and (on_given[~flags] >= 0.5).all())
+    with pytest.raises(ValueError, match="posterior"):
+        student_targets(labels, evidence, flags, StudentPolicy("posterior"))
