@@ -231,6 +231,17 @@ def _cli(cwd, *overrides):
     )
 
 
+#: A small in-process run (train(cfg)): no logger, checkpoint, report or student.
+TINY_RUN = (
+    "logger=none",
+    "trainer.enable_progress_bar=false",
+    "checkpoint=false",
+    "report=false",
+    "kept=ensemble",
+    "model=mlp",
+    "folds=2",
+)
+
 TINY = (
     "model=mlp",
     "trainer.max_epochs=1",
@@ -481,6 +492,78 @@ def test_the_label_file_line_counts_as_the_import_does(tmp_path, caplog):
     assert "8 labels changed; checked by people: 8 corrected, 2 confirmed" in caplog.text
 
 
+@pytest.mark.slow
+def test_a_run_says_what_happened_in_metrics_json_and_the_summary(tmp_path):
+    """Item 5 end to end: a folder run with an unreadable file (on_bad_file=skip) that early
+    stopping ends, on random images a model cannot learn (too weak to judge)."""
+    import json
+
+    import numpy as np
+    from PIL import Image
+
+    from dcloop.console import summarize
+    from dcloop.train import train
+
+    rng = np.random.default_rng(0)
+    root = tmp_path / "pets"
+    for cls in ("cat", "dog", "eel", "fox"):
+        (root / cls).mkdir(parents=True)
+        for i in range(15):
+            pixels = rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(root / cls / f"{i}.png")
+    (root / "dog" / "broken.png").write_bytes(b"\x89PNG not an image")
+    run = tmp_path / "run"
+    cfg = compose_dcloop(
+        run,
+        *TINY_RUN,
+        "data=folder",
+        f"data.source.root={root}",
+        "data.source.on_bad_file=skip",
+        "data.source.image_size=8",
+        "data.num_workers=0",
+        "trainer.max_epochs=6",
+        "callbacks=early_stopping",
+        "callbacks.early_stopping.patience=1",
+        "callbacks.early_stopping.min_delta=1.0",  # no epoch improves by 1: stops at epoch 2
+    )
+    metrics = train(cfg)
+    saved = json.loads((run / "metrics.json").read_text())
+    assert saved["data"]["num_skipped_files"] == 1
+    assert (run / saved["data"]["skipped_files_list"]).is_file()
+    assert saved["early_stopping"]["epoch"] == 2
+    assert saved["early_stopping"]["monitor"] == "val/acc"
+    assert "near chance" in saved["weak_run"]["reason"]
+    text = summarize(run, metrics)
+    assert "1 unreadable file(s) left out" in text and str(run / "skipped_files.csv") in text
+    assert "early, at epoch 2 (EarlyStopping on val/acc" in text
+    assert "too weak to judge" in text
+    issues = (run / "label_issues.csv").read_text()
+    assert ",-1," not in issues
+
+
+def test_the_next_runs_label_file_line_repeats_the_imports_counts(tmp_path, caplog):
+    """dcloop-import's counts and the next run's line about the same file agree."""
+    import logging
+
+    from people_run import make_run
+
+    from dcloop.data.labelfile import read_label_file
+    from dcloop.people import import_corrections, relabel_queue
+
+    run = tmp_path / "run"
+    dm = make_run(run)
+    q = relabel_queue(run, top=10)
+    q["label"] = q["suggested_name"]
+    q.loc[q.index[:3], "label"] = q["given_name"].iloc[:3]  # three kept as given: confirmed
+    q.to_csv(tmp_path / "reviewed.csv", index=False)
+    path, counts = import_corrections(run, tmp_path / "reviewed.csv", tmp_path / "l.csv")
+    assert counts["confirmed"] >= 3 and counts["corrected"] >= 1
+    with caplog.at_level(logging.INFO, logger="dcloop.data.labelfile"):
+        read_label_file(path, dm.given_labels, dm.class_names, dm.train_dataset.sources)
+    said = f"{counts['corrected']} corrected, {counts['confirmed']} confirmed"
+    assert f"{counts['corrected']} labels changed; checked by people: {said}" in caplog.text
+
+
 # 8. Fast start and helpful help.
 
 
@@ -524,6 +607,27 @@ def test_help_opens_with_what_dcloop_does(tmp_path):
     assert res.stdout.startswith("dcloop: find label errors while a model trains")
     assert "data=folder --help" in res.stdout and "dcloop-export" in res.stdout
     assert "powered by Hydra" not in res.stdout
+
+
+def test_a_lightning_logger_that_does_not_propagate_keeps_its_lines():
+    """Lightning loaded before Hydra set up logging: its logger has its own handler and does
+    not propagate; without the handler it must propagate to Hydra's, or its lines vanish."""
+    import logging
+
+    from dcloop.cli import _one_log_line_each
+
+    root, logger = logging.getLogger(), logging.getLogger("lightning.fabric")
+    own, hydras = logging.StreamHandler(), logging.StreamHandler()
+    old = (list(logger.handlers), logger.propagate)
+    logger.addHandler(own)
+    logger.propagate = False
+    root.addHandler(hydras)
+    try:
+        _one_log_line_each()
+        assert own not in logger.handlers and logger.propagate
+    finally:
+        root.removeHandler(hydras)
+        logger.handlers[:], logger.propagate = old
 
 
 def test_lightning_lines_are_printed_once():
@@ -655,6 +759,32 @@ def test_checkpoint_time_has_its_own_name():
     assert "checkpoint" in PHASES
     line = timing_line({"train_steps": 20.0, "checkpoint": 11.0, "other": 2.0, "total": 33.0})
     assert "checkpoint 33%" in line
+
+
+def test_checkpoint_writes_are_timed_as_checkpoint_in_a_real_fit(tmp_path, blobs):
+    from functools import partial
+
+    import lightning as L
+
+    from dcloop.callbacks import EpochCheckpoint
+    from dcloop.models import MLP, FoldEnsemble
+    from dcloop.timing import LoopTiming, phase_times
+
+    model = FoldEnsemble(partial(MLP, (8,), 3, hidden=(16,)), blobs.labels, num_folds=2)
+    ckpt = EpochCheckpoint(tmp_path / "checkpoints")
+    trainer = L.Trainer(
+        accelerator="cpu",
+        max_epochs=2,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[LoopTiming(), ckpt],
+        default_root_dir=tmp_path,
+    )
+    trainer.fit(model, datamodule=blobs)
+    assert ckpt.path.is_file() and ckpt.saved_epoch == 1
+    seconds = phase_times(trainer).seconds
+    assert seconds["checkpoint"] >= ckpt.write_seconds > 0
 
 
 def test_the_progress_bar_numbers_epochs_as_the_log(tmp_path):

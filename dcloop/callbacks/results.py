@@ -13,6 +13,7 @@ from lightning.pytorch.callbacks import EarlyStopping
 
 from dcloop.callbacks.confident_learning import ConfidentLearning
 from dcloop.callbacks.weak_classes import WeakClasses
+from dcloop.data.badfiles import SKIPPED_FILES_CSV
 from dcloop.metrics import injected_noise, run_metrics
 from dcloop.people.report import write_report
 from dcloop.results import write_json, write_run_files
@@ -160,6 +161,8 @@ class RunResults(L.Callback):
         metrics["test"] = {"accuracy": float("nan")}  # filled in after the test
         if dm is not None and hasattr(dm, "skipped_files"):
             metrics["data"]["num_skipped_files"] = len(dm.skipped_files or [])
+            if dm.skipped_files:  # where the list is, relative to the run folder
+                metrics["data"]["skipped_files_list"] = SKIPPED_FILES_CSV
         metrics.update(_what_happened(trainer, cl, metrics))
         for cb in trainer.callbacks:  # other callbacks' sections (e.g. augment)
             contribute = getattr(cb, "run_metrics", None)

@@ -35,9 +35,14 @@ def bad_files_error(skipped: list[tuple[str, str]], total: int, on_bad_file: str
     )
 
 
+#: The list of files ``on_bad_file=skip`` left out, in the run folder (``metrics.json``'s
+#: ``data.skipped_files_list``).
+SKIPPED_FILES_CSV = "skipped_files.csv"
+
+
 def write_skipped(skipped: list[tuple[str, str]], directory: str | os.PathLike) -> Path | None:
     """Write ``skipped_files.csv`` (columns ``path,reason``) into ``directory``; None if empty."""
     if not skipped:
         return None
     df = pd.DataFrame(skipped, columns=["path", "reason"])
-    return write_csv(df, Path(directory) / "skipped_files.csv")
+    return write_csv(df, Path(directory) / SKIPPED_FILES_CSV)
