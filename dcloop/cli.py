@@ -214,12 +214,17 @@ def _check_group_choices(argv: list[str]) -> None:
 
 def _one_log_line_each() -> None:
     """Lightning adds its own console handler to its loggers, and they also reach Hydra's
-    (console and run-folder log): every INFO line was printed twice. Hydra's handlers stay."""
+    (console and run-folder log): every INFO line was printed twice. Hydra's handlers stay.
+    A logger whose handler goes propagates to them (Lightning turns propagation off when it
+    loads before the root logger has a handler; its lines would vanish otherwise)."""
+    if not logging.getLogger().handlers:
+        return
     for name in ("lightning.pytorch", "lightning.fabric", "lightning"):
         logger = logging.getLogger(name)
         for handler in list(logger.handlers):
-            if type(handler) is logging.StreamHandler and logging.getLogger().handlers:
+            if type(handler) is logging.StreamHandler:
                 logger.removeHandler(handler)
+                logger.propagate = True
 
 
 def _rank_zero() -> bool:
