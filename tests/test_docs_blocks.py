@@ -27,14 +27,61 @@ SMALL = [
 ]
 
 #: Blocks that cannot run in a test, by a line they contain: why, and what covers them.
-SKIP = {
-    "model = dcloop.load_model(RUN)": "needs a finished run's model; tests/test_kept_e2e.py",
-    'dcloop.load_model("outputs/2026-01-01/12-00-00")': "a finished run; tests/test_kept_e2e.py",
-    "nets = replica_nets(fold_ensemble": "inside train(); tests/test_kept*.py",
-}
+SKIP: dict[str, str] = {}
+
+
+def docs_run(folder: str | Path, kind: str = "images"):
+    """A finished tiny run with its kept model in ``folder`` (what the prediction examples
+    load): ``(cfg, dm, fold_ensemble)``. ``kind``: ``images`` (a folder of 8x8 PNGs, also
+    written to ``new_images/``) or ``text`` (the embedded topic texts)."""
+    import numpy as np
+    from PIL import Image
+
+    from dcloop.kept import replica_nets, save_kept_model
+    from dcloop.train import _net, build
+
+    from conftest import RUN_QUIET, compose_dcloop
+
+    folder = Path(folder).resolve()
+    if kind == "images":
+        rng = np.random.default_rng(0)
+        for k, name in enumerate(["red", "green"]):
+            for where, count in ((Path("docs_images") / name, 12), (Path("new_images"), 2)):
+                where.mkdir(parents=True, exist_ok=True)
+                for i in range(count):
+                    arr = rng.integers(0, 90, (8, 8, 3)).astype(np.uint8)
+                    arr[..., k] += 120
+                    Image.fromarray(arr).save(where / f"{name}{i}.png")
+        data = ("data=folder", f"data.source.root={Path('docs_images').resolve()}")
+        data += ("data.source.image_size=8", "data.num_workers=0", "model=cnn")
+    else:
+        data = ("data=text_synth", "data.source.num_per_class=40", "model=text_bow")
+    cfg = compose_dcloop(folder, *RUN_QUIET, "trainer.max_epochs=1", "folds=2", *data)
+    run = build(cfg, folder)
+    run.trainer.fit(run.model, datamodule=run.dm)
+    nets = replica_nets(run.model, _net(cfg, run.dm))
+    save_kept_model(
+        folder, cfg=cfg, dm=run.dm, nets=nets, kind="ensemble", name="ensemble",
+        test_accuracy=0.5,
+    )  # fmt: skip
+    return cfg, run.dm, run.model
+
+
+#: The prepared inputs ``x`` of the prediction examples: a few of the run's test inputs.
+_X = "import torch; x = torch.stack([dm.test_dataset[i][0] for i in range(3)])\n"
 
 #: Names a block uses without defining them: code run first, by a line of the block.
 GIVEN = {
+    "model = dcloop.load_model(RUN)": 'cfg, dm, _ = docs_run("run"); RUN = "run"\n' + _X,
+    'dcloop.load_model("outputs/2026-01-01/12-00-00")': (
+        'cfg, dm, _ = docs_run("outputs/2026-01-01/12-00-00")\n' + _X
+    ),
+    'dcloop.load_model("outputs/2026-01-02/09-00-00")': (
+        'docs_run("outputs/2026-01-02/09-00-00", "text")'
+    ),
+    "nets = replica_nets(fold_ensemble": (
+        'cfg, dm, fold_ensemble = docs_run("saved"); run_dir = Path("saved")'
+    ),
     "cal = calibrate(evidence, labels, folds)": """
 import numpy as np
 rng = np.random.default_rng(0)
@@ -109,7 +156,7 @@ def test_every_python_block_runs(page, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     sys.path.insert(0, str(Path(__file__).parent))  # people_run for the people page
-    namespace: dict = {"__name__": "__docs__", "Path": Path, "os": os}
+    namespace: dict = {"__name__": "__docs__", "Path": Path, "os": os, "docs_run": docs_run}
     ran, skipped = 0, []
     try:
         for line, code in python_blocks(page):
