@@ -19,6 +19,7 @@ from dcloop.health import (
     pixel_leakage,
     underperforming_groups,
 )
+from dcloop.health.pixels import shifted_candidates
 
 
 def _blobs(n=200, d=8, seed=0):
@@ -251,3 +252,23 @@ def test_knn_faiss_missing_or_a_bad_index_is_one_clear_error(monkeypatch):
     monkeypatch.setattr(knn_mod, "has_faiss", lambda: False)
     with pytest.raises(UserInputError, match=r"dcloop\[fast\]"):
         knn(_blobs(20, 3), k=2, index="faiss")
+
+
+def test_pixel_candidates_find_a_copy_moved_by_most_of_a_thumbnail_cell():
+    # fine texture (3-px blur): a 3-px move changes the 8x8 thumbnail so much that the
+    # plain signature ranks the original 155th of 200; the moved signatures find it first
+    g = torch.Generator().manual_seed(0)
+    ref = nn.functional.avg_pool2d(torch.rand(200, 3, 34, 34, generator=g), 3, 1)
+    query = torch.roll(ref[17:18], shifts=(3, -3), dims=(2, 3)) * 0.9 + 0.05
+    assert shifted_candidates(query, ref, k=3, max_shift=3)[0, 0] == 17
+    r = pixel_leakage(query, ref, candidates=5)
+    assert int(r.reference[0]) == 17 and float(r.ratio[0]) < 0.5
+
+
+def test_pixel_candidates_inside_one_set_never_return_the_image_itself():
+    g = torch.Generator().manual_seed(2)
+    imgs = nn.functional.avg_pool2d(torch.rand(40, 3, 34, 34, generator=g), 3, 1)
+    cand = shifted_candidates(imgs, k=6, max_shift=2)
+    assert cand.shape == (40, 6)
+    assert not (cand == torch.arange(40)[:, None]).any()
+    assert all(len(set(row.tolist())) == 6 for row in cand)
