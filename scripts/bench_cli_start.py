@@ -5,12 +5,14 @@ and the median CPU time (user + system) of the process. On a shared machine the 
 includes waiting for a core, so the CPU time is the figure to compare; the load average at
 the start is printed beside the table.
 
-    python scripts/bench_cli_start.py --repeat 5 > scripts/results/bench_cli_start.md
+    python scripts/bench_cli_start.py --repeat 5 --json scripts/results/bench_cli_start.json \
+        > scripts/results/bench_cli_start.md
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import resource
 import statistics
@@ -80,6 +82,7 @@ def run_once(argv: list[str], cwd: str) -> tuple[float, float, int]:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--repeat", type=int, default=5)
+    p.add_argument("--json", help="also write the rows to this JSON file")
     a = p.parse_args()
     load = os.getloadavg()[0]
     rows = []
@@ -102,6 +105,23 @@ def main() -> None:
         code = ",".join(str(c) for c in sorted(codes))
         flag = "" if codes == {expected} else f" (expected {expected})"
         print(f"| `{label}` | {code}{flag} | {wall:.2f} | {cpu:.2f} |")
+    if a.json:
+        out = {
+            "repeat": a.repeat,
+            "load_average": round(load, 2),
+            "cores": os.cpu_count(),
+            "rows": [
+                {
+                    "command": label,
+                    "exit": sorted(codes),
+                    "expected_exit": expected,
+                    "wall_s": round(wall, 3),
+                    "cpu_s": round(cpu, 3),
+                }
+                for label, wall, cpu, codes, expected in rows
+            ],
+        }
+        Path(a.json).write_text(json.dumps(out, indent=1) + "\n")
 
 
 if __name__ == "__main__":

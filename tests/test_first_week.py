@@ -609,6 +609,44 @@ def test_help_opens_with_what_dcloop_does(tmp_path):
     assert "powered by Hydra" not in res.stdout
 
 
+@pytest.mark.parametrize("which", ["help", "hydra_help"])
+def test_the_faster_help_is_hydras_help(tmp_path, which):
+    """dcloop --help fills in only what its template uses (Hydra lists every config group
+    twice, a third of the help's time): the text is what Hydra's own get_help gives."""
+    from hydra._internal.hydra import Hydra
+
+    from dcloop.cli import _help_text
+
+    class Groups:
+        def format_args_help(self, parser):
+            return "--help,-h : the flags"
+
+        def format_config_groups(self, predicate, compact=True):
+            return "".join(f"{g}: a, b\n" for g in ("data", "hydra/launcher") if predicate(g))
+
+    cfg = compose_dcloop(tmp_path, hydra=True)
+    help_cfg = cfg.hydra[which]
+    ours = _help_text(Groups(), help_cfg, cfg.data, None, False)
+    assert ours == Hydra.get_help(Groups(), help_cfg, cfg.data, None, False)
+    assert ("hydra/launcher: a, b" in ours) == (which == "hydra_help")
+
+
+def test_help_into_a_closed_pipe_is_no_traceback(tmp_path):
+    import subprocess
+    import sys
+
+    # `true` exits without reading: the help's write finds the pipe closed
+    res = subprocess.run(
+        f"{sys.executable} -m dcloop --help | true",
+        shell=True,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert "Traceback" not in res.stderr and "BrokenPipeError" not in res.stderr, res.stderr
+
+
 def test_a_lightning_logger_that_does_not_propagate_keeps_its_lines():
     """Lightning loaded before Hydra set up logging: its logger has its own handler and does
     not propagate; without the handler it must propagate to Hydra's, or its lines vanish."""
