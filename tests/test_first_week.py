@@ -790,6 +790,17 @@ def test_checkpoints_are_skipped_while_they_cost_more_than_their_share(tmp_path)
     assert always._due(_ckpt_trainer(1))
 
 
+def test_the_commands_checkpoint_default_is_a_ten_percent_share(tmp_path):
+    from hydra.utils import instantiate
+
+    from dcloop.callbacks import EpochCheckpoint
+
+    cfg = compose_dcloop(tmp_path)
+    ckpt = instantiate(cfg.callbacks.checkpoint)
+    assert isinstance(ckpt, EpochCheckpoint) and ckpt.max_share == 0.1 and ckpt.save_every == 1
+    assert instantiate(compose_dcloop(tmp_path, "checkpoint=false").callbacks.checkpoint) is None
+
+
 def test_checkpoint_time_has_its_own_name():
     from dcloop.console import timing_line
     from dcloop.timing import PHASES
