@@ -74,6 +74,33 @@ def injected_noise(dm) -> dict[str, Any] | None:
     }
 
 
+def weak_run(
+    oof_accuracy: float | None, num_classes: int, *, fast_dev_run: bool = False
+) -> dict[str, Any] | None:
+    """``metrics.json``'s ``weak_run`` block when the run is too weak to judge the labels:
+    ``fast_dev_run``, or an OOF accuracy against the given labels within a quarter of the way
+    from chance to perfect (its flags are then mostly the model's own mistakes). ``None``
+    for a run strong enough."""
+    chance = 1.0 / max(int(num_classes), 1)
+    if fast_dev_run:
+        reason = "fast_dev_run: a smoke test of a batch or two"
+    elif oof_accuracy is not None and oof_accuracy < chance + 0.25 * (1 - chance):
+        reason = (
+            f"OOF accuracy {oof_accuracy:.3f} against the given labels, near chance ({chance:.3f})"
+        )
+    else:
+        return None
+    return {"reason": reason, "oof_accuracy": oof_accuracy, "chance": chance}
+
+
+def weak_run_warning(weak: dict[str, Any]) -> str:
+    """The warning line of a :func:`weak_run` block (summary, report, ``metrics.json``)."""
+    return (
+        f"run too weak to judge the labels ({weak['reason']}): most flags are the model's own "
+        "mistakes, not label errors; train longer or use a stronger model"
+    )
+
+
 def run_metrics(
     *,
     mode: str,

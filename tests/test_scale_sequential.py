@@ -202,3 +202,18 @@ def make_issue_table(tmp_path):
         {"index": np.arange(n), "flagged": np.arange(n) % 7 == 0, "quality": np.full(n, 0.3)}
     ).to_csv(path, index=False)
     return path
+
+
+def test_a_merged_round_near_chance_says_it_is_too_weak_to_judge(tmp_path):
+    """A sequential round gets the parallel run's weak-run check on its merged OOF pass."""
+    import json
+
+    from dcloop.console import run_summary
+
+    frozen = ("model.optimizer.lr=0", "trainer.max_epochs=1")  # replicas stay at their init
+    run_fold(cfg_for(tmp_path, "fold=0", *frozen))
+    merged = run_fold(cfg_for(tmp_path, "fold=1", *frozen))["merged"]
+    d = find_round_dir(tmp_path / "work")
+    saved = json.loads((d / "metrics.json").read_text())
+    assert saved["weak_run"] == merged["weak_run"] and "near chance" in merged["weak_run"]["reason"]
+    assert "too weak to judge" in run_summary(merged, d, [])

@@ -14,7 +14,7 @@ from lightning.pytorch.callbacks import EarlyStopping
 from dcloop.callbacks.confident_learning import ConfidentLearning
 from dcloop.callbacks.weak_classes import WeakClasses
 from dcloop.data.badfiles import SKIPPED_FILES_CSV
-from dcloop.metrics import injected_noise, run_metrics
+from dcloop.metrics import injected_noise, run_metrics, weak_run, weak_run_warning
 from dcloop.people.report import write_report
 from dcloop.results import write_json, write_run_files
 from dcloop.timing import phase_times, timed
@@ -183,20 +183,13 @@ def _what_happened(trainer: L.Trainer, cl: ConfidentLearning, metrics: dict) -> 
             "monitor": str(stop.monitor),
             "best": None if best is None else float(best),
         }
-    warnings = list(metrics.get("warnings") or [])
-    c = int(metrics["data"]["num_classes"])
     oof = cl.epochs[-1].get("oof_acc") if cl.epochs else None
-    chance = 1.0 / max(c, 1)
-    weak = None
-    if getattr(trainer, "fast_dev_run", False):
-        weak = "fast_dev_run: a smoke test of a batch or two"
-    elif oof is not None and oof < chance + 0.25 * (1 - chance):
-        weak = f"OOF accuracy {oof:.3f} against the given labels, near chance ({chance:.3f})"
+    weak = weak_run(
+        oof,
+        int(metrics["data"]["num_classes"]),
+        fast_dev_run=bool(getattr(trainer, "fast_dev_run", False)),
+    )
     if weak is not None:
-        out["weak_run"] = {"reason": weak, "oof_accuracy": oof, "chance": chance}
-        warnings.append(
-            f"run too weak to judge the labels ({weak}): most flags are the model's own "
-            "mistakes, not label errors; train longer or use a stronger model"
-        )
-        out["warnings"] = warnings
+        out["weak_run"] = weak
+        out["warnings"] = [*(metrics.get("warnings") or []), weak_run_warning(weak)]
     return out

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from dcloop.console import emit, run_summary
-from dcloop.metrics import run_metrics
+from dcloop.metrics import run_metrics, weak_run, weak_run_warning
 from dcloop.people.report import write_report
 from dcloop.results import atomic_write, issue_table, write_json, write_run_files
 from dcloop.scale.merge_cli import find_round_dir, main  # noqa: F401 (re-export)
@@ -159,6 +159,11 @@ def merge_round(round_dir: str | Path, *, device: str = "auto") -> dict[str, Any
     sources = arrays["sources"].tolist()
     write_run_files(d, table, probs, result, sources, meta.get("class_names"))
     metrics = _metrics(d, meta, arrays, table, policy, state, report)
+    oof = float((probs.argmax(1) == table.labels.cpu()).float().mean())
+    weak = weak_run(oof, meta["num_classes"])  # the merged OOF pass, as a parallel run's
+    if weak is not None:
+        metrics["weak_run"] = weak
+        metrics["warnings"] = [*(metrics.get("warnings") or []), weak_run_warning(weak)]
     write_json(metrics, d / "metrics.json")
     top = issue_table(table, sources, meta.get("class_names")).head(5).to_dict("records")
     summary = run_summary(metrics, d, [r for r in top if r["flagged"]])
