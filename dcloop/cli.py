@@ -48,6 +48,9 @@ def exit_on_user_error(exc: BaseException, cfg: DictConfig | None = None) -> Non
         return
     if cfg is not None:
         message = as_typed(message, cfg)
+        resume = cfg.get("resume")
+        if resume and message.startswith("the checkpoint "):  # which one: the one to resume
+            message = f"the checkpoint resume={quote(str(resume))} " + message[15:]
     log.debug("bad input", exc_info=exc)
     sys.stderr.write(f"{PREFIX}{message}\n")
     sys.stderr.flush()

@@ -357,6 +357,27 @@ def test_a_garbage_or_hostile_checkpoint_is_one_line(tmp_path):
         assert message is not None and expected in message and "\n" not in message
 
 
+def test_a_garbage_resume_checkpoint_is_named_as_typed(tmp_path, capsys):
+    import zipfile
+
+    import torch
+
+    from dcloop.cli import exit_on_user_error
+
+    path = tmp_path / "g.ckpt"
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr("a.txt", "not a checkpoint")
+    with pytest.raises(Exception) as info:
+        torch.load(path, weights_only=True)
+    cfg = compose_dcloop(tmp_path, f"resume={path}")
+    with pytest.raises(SystemExit) as done:
+        exit_on_user_error(info.value, cfg)
+    assert done.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"dcloop: error: the checkpoint resume={path} is not a readable torch")
+    assert err.count("\n") == 1
+
+
 def test_a_10_mb_value_is_quoted_short():
     from dcloop.errors import user_error_message
 
