@@ -324,6 +324,36 @@ def test_a_full_disk_is_one_line(tmp_path):
     assert "no space left" in user_error_message(wrapped)
 
 
+@pytest.mark.slow
+def test_a_run_into_a_full_tmpfs_is_one_line_exit_2(tmp_path):
+    """A real full disk: a 100 KB tmpfs (mounted in a private mount namespace, where the
+    machine allows one) as the run folder; the checkpoint does not fit."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    unshare = shutil.which("unshare")
+    probe = [unshare or "unshare", "-rm", "mount", "-t", "tmpfs", "-o", "size=100k", "tmpfs"]
+    if unshare is None or subprocess.run([*probe, str(mnt)], capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here (needs unshare -rm and user namespaces)")
+    run = [sys.executable, "-m", "dcloop", *TINY, "checkpoint=true", f"hydra.run.dir={mnt}/run"]
+    script = f"mount -t tmpfs -o size=100k tmpfs {mnt} && exec " + " ".join(run)
+    res = subprocess.run(
+        [unshare, "-rm", "sh", "-c", script],
+        cwd=tmp_path,
+        env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    err = res.stderr.strip().splitlines()
+    assert res.returncode == 2 and len(err) == 1, res.stderr[-3000:]
+    assert err[0].startswith("dcloop: error: no space left on the disk") and "free some" in err[0]
+
+
 def test_a_negative_learning_rate_is_one_line():
     import torch
 
