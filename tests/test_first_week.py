@@ -297,6 +297,35 @@ def test_a_decompression_bomb_is_a_bad_file_that_skip_leaves_out(tmp_path, monke
     assert "decompression bomb" in skipped[0][1].lower()
 
 
+def test_a_19000_pixel_square_png_is_a_bad_file(tmp_path):
+    """The issue's bomb as it is on disk: a PNG header saying 19000 x 19000 (PIL refuses it at
+    open, before any pixel is decoded), among readable images."""
+    import struct
+    import zlib
+
+    from PIL import Image
+
+    from dcloop.data.datasets import decode_files, image_folder
+
+    def chunk(kind, data):
+        crc = struct.pack(">I", zlib.crc32(kind + data))
+        return struct.pack(">I", len(data)) + kind + data + crc
+
+    header = struct.pack(">IIBBBBB", 19000, 19000, 8, 0, 0, 0, 0)  # 8-bit grey
+    bomb = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IEND", b"")
+    for cls in ("cat", "dog"):
+        (tmp_path / cls).mkdir()
+        for i in range(3):
+            Image.new("RGB", (8, 8), (i * 40, 0, 0)).save(tmp_path / cls / f"{i}.png")
+    (tmp_path / "cat" / "huge.png").write_bytes(bomb)
+    ds, _ = image_folder(tmp_path, image_size=8)
+    kept, skipped = decode_files(ds, on_bad_file="skip")
+    assert len(kept) == 6 and [p for p, _ in skipped] == [str(tmp_path / "cat" / "huge.png")]
+    assert "decompression bomb" in skipped[0][1].lower()
+    with pytest.raises(ValueError, match="huge.png.*decompression bomb"):
+        decode_files(ds)  # on_bad_file=error: named
+
+
 def test_a_full_disk_is_one_line(tmp_path):
     import errno
 
