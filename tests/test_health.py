@@ -272,3 +272,17 @@ def test_pixel_candidates_inside_one_set_never_return_the_image_itself():
     assert cand.shape == (40, 6)
     assert not (cand == torch.arange(40)[:, None]).any()
     assert all(len(set(row.tolist())) == 6 for row in cand)
+
+
+def test_pixel_leakage_is_the_same_for_any_pixel_range():
+    # the standardisation's floor is a share of the pixel range: 0..1, 0..255 and
+    # normalised images give the same pairs and ratios (it was a fixed 1e-2, tiny at 0..255)
+    g = torch.Generator().manual_seed(4)
+    imgs = nn.functional.avg_pool2d(torch.rand(30, 3, 36, 36, generator=g), 5, 1)
+    imgs[5] = imgs[5] * 0.02 + 0.5  # a nearly flat image: where the floor matters
+    imgs[21] = torch.roll(imgs[5], shifts=(1, 2), dims=(1, 2))
+    unit = pixel_leakage(imgs, candidates=4, crop=20, max_shift=3)
+    for scaled in (imgs * 255, (imgs - 0.45) / 0.25):
+        r = pixel_leakage(scaled, candidates=4, crop=20, max_shift=3)
+        assert torch.equal(r.reference, unit.reference)
+        assert torch.allclose(r.ratio, unit.ratio, rtol=1e-4, atol=1e-5)

@@ -50,6 +50,17 @@ def _images(x: Any, name: str) -> torch.Tensor:
     return t
 
 
+def _unit_range(*sets: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """The image sets mapped together onto [0, 1] by their common min and max, so that the
+    standardisation's floor (``+ 1e-2`` on the std) is the same share of the pixel range
+    whether the images come as 0..255, 0..1 or normalised values."""
+    lo = min(float(t.min()) for t in sets)
+    hi = max(float(t.max()) for t in sets)
+    scale = max(hi - lo, 1e-12)
+    done: dict[int, torch.Tensor] = {}  # one copy of a set passed twice (inside one set)
+    return tuple(done.setdefault(id(t), (t - lo) / scale) for t in sets)
+
+
 def _standardise(t: torch.Tensor) -> torch.Tensor:
     t = t - t.mean((-2, -1), keepdim=True)
     return t / (t.flatten(-2).std(-1)[..., None, None] + 1e-2)
@@ -57,7 +68,7 @@ def _standardise(t: torch.Tensor) -> torch.Tensor:
 
 def pixel_signature(images: Any, *, size: int = 8) -> torch.Tensor:
     """``(N, C*size*size)`` per-channel standardised thumbnails of ``(N, C, H, W)`` images."""
-    t = _images(images, "images")
+    (t,) = _unit_range(_images(images, "images"))
     check_int("size", size, minimum=1)
     small = F.interpolate(t, size=(size, size), mode="area")
     return _standardise(small).flatten(1)
@@ -75,7 +86,7 @@ def aligned_distance(
         crop: side of the compared window (centred in the query).
         max_shift: largest shift in pixels, each direction.
     """
-    q, r = _images(query, "query images"), _images(reference, "reference images")
+    q, r = _unit_range(_images(query, "query images"), _images(reference, "reference images"))
     if q.shape[1:] != r.shape[1:]:
         raise UserInputError(
             f"query and reference images must have one size; got {tuple(q.shape[1:])} and "
@@ -127,6 +138,7 @@ def shifted_candidates(
     q = _images(query, "query images")
     within = reference is None
     r = q if within else _images(reference, "reference images")
+    q, r = _unit_range(q, r)
     n = r.shape[0]
     check_int("k", k, minimum=1, maximum=n - (1 if within else 0))
     check_int("max_shift", max_shift, minimum=0)
@@ -186,6 +198,7 @@ def pixel_leakage(
     q = _images(query, "query images")
     within = reference is None
     r = q if within else _images(reference, "reference images")
+    q, r = _unit_range(q, r)
     k = min(candidates, r.shape[0] - (1 if within else 0))
     check_int("candidates", candidates, minimum=2)
     if k < 2:
