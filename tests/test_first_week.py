@@ -274,6 +274,9 @@ def test_a_reused_run_folder_is_one_error_and_overwrite_replaces_it(tmp_path):
     out, err = p.communicate(timeout=600)
     assert p.returncode == 0, err[-3000:]
     assert not (run / "annotators").exists() and (run / "metrics.json").is_file()
+    # Lightning's INFO lines once, through Hydra's log (item 8), not also on its own handler
+    assert (out + err).count("GPU available") == 1, out[-2000:] + err[-2000:]
+    assert (run / "cli.log").read_text().count("GPU available") == 1
 
 
 # 4. The last tracebacks become one line, exit 2.
