@@ -624,9 +624,10 @@ def test_a_run_says_what_happened_in_metrics_json_and_the_summary(tmp_path):
     assert ",-1," not in issues
 
 
-def test_the_next_runs_label_file_line_repeats_the_imports_counts(tmp_path, caplog):
+def test_the_next_runs_label_file_line_repeats_the_imports_counts(tmp_path, caplog, capsys):
     """dcloop-import's counts and the next run's line about the same file agree."""
     import logging
+    import re
 
     from people_run import make_run
 
@@ -645,6 +646,24 @@ def test_the_next_runs_label_file_line_repeats_the_imports_counts(tmp_path, capl
         read_label_file(path, dm.given_labels, dm.class_names, dm.train_dataset.sources)
     said = f"{counts['corrected']} corrected, {counts['confirmed']} confirmed"
     assert f"{counts['corrected']} labels changed; checked by people: {said}" in caplog.text
+    # a second review on top of the first: the import names the file's totals too, and
+    # those are what the next run counts
+    from dcloop.people.cli import import_main
+
+    again = q.iloc[:1].copy()  # row 0 was confirmed; a second reviewer corrects it
+    again["label"] = next(c for c in dm.class_names if c != q["given_name"].iloc[0])
+    again.to_csv(tmp_path / "reviewed2.csv", index=False)
+    caplog.clear()
+    assert import_main([str(run), str(tmp_path / "reviewed2.csv"), "--base", str(path)]) == 0
+    line = capsys.readouterr().out.splitlines()[0]
+    path2 = sorted(run.glob("labels_corrected_*.csv"))[-1]
+    with caplog.at_level(logging.INFO, logger="dcloop.data.labelfile"):
+        read_label_file(path2, dm.given_labels, dm.class_names, dm.train_dataset.sources)
+    assert line.startswith("dcloop-import: 1 corrected, 0 confirmed"), line
+    total = re.search(r"the file holds (\d+) corrected, (\d+) confirmed", line)
+    assert total and int(total[1]) == counts["corrected"] + 1, line
+    assert int(total[2]) == counts["confirmed"] - 1, line
+    assert f"checked by people: {total[1]} corrected, {total[2]} confirmed" in caplog.text
 
 
 # 8. Fast start and helpful help.

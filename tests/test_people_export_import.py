@@ -100,7 +100,14 @@ def test_chained_import_keeps_history(run, tmp_path):
         tmp_path / "r2.csv", index=False
     )
     v2, counts = import_corrections(run, tmp_path / "r2.csv", tmp_path / "v2.csv", base=v1)
-    assert counts == {"confirmed": 1, "corrected": 0, "rows": len(pd.read_csv(v1))}
+    v1_status = pd.read_csv(v1)["status"]
+    assert counts == {
+        "confirmed": 1,
+        "corrected": 0,
+        "rows": len(v1_status),
+        "file_confirmed": int((v1_status == "confirmed").sum()) + 1,
+        "file_corrected": int((v1_status == "corrected").sum()) - 1,
+    }
     a, b = pd.read_csv(v1).set_index("index"), pd.read_csv(v2).set_index("index")
     assert b.loc[i, "changed_by"] == "bob" and b.loc[i, "status"] == "confirmed"
     assert b.loc[i, "original_label"] == a.loc[i, "original_label"] != b.loc[i, "label"]

@@ -145,9 +145,15 @@ def import_main(argv: Sequence[str] | None = None) -> int:
         stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
         out = a.out or Path(a.run_dir) / f"labels_corrected_{stamp}.csv"
         path, counts = import_corrections(a.run_dir, a.corrections, out, base=a.base, by=a.by)
+        total = (counts["file_corrected"], counts["file_confirmed"])
+        earlier = (
+            f"; with earlier reviews the file holds {total[0]} corrected, {total[1]} confirmed"
+            if total != (counts["corrected"], counts["confirmed"])
+            else ""
+        )
         emit(
             f"dcloop-import: {counts['corrected']} corrected, {counts['confirmed']} confirmed "
-            f"({counts['rows']} rows; rows people checked are never flagged again)\n"
+            f"({counts['rows']} rows{earlier}; rows people checked are never flagged again)\n"
             f"  label file    {path}\n"
             f"  next run      dcloop data.labels={path.resolve()}"
         )

@@ -348,6 +348,9 @@ def import_corrections(
         "confirmed": int((touched & (new["status"] == "confirmed")).sum()),
         "corrected": int((touched & (new["status"] == "corrected")).sum()),
         "rows": len(new),
+        # the whole file, earlier reviews included: what the next run's label-file line counts
+        "file_confirmed": int((new["status"] == "confirmed").sum()),
+        "file_corrected": int((new["status"] == "corrected").sum()),
     }
     log.info("wrote %s: %s", out, counts)
     return out, counts
