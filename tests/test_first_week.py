@@ -836,6 +836,56 @@ def test_a_moved_data_folder_keeps_its_label_file(tmp_path, caplog):
         read_label_file(tmp_path / "labels.csv", labels, ["cat", "dog"], list("abcd"))
 
 
+def test_a_moved_folder_keeps_dcloop_imports_label_file_in_the_next_run(tmp_path, caplog):
+    """Item 7 through the whole chain: a run on a folder, dcloop-import's label file, the
+    folder moved, the next run's data module with that file."""
+    import logging
+    import shutil
+
+    import numpy as np
+    from people_run import make_run
+    from PIL import Image
+
+    from dcloop.data import LabelNoiseDataModule
+    from dcloop.data.sources import ImageFolder
+    from dcloop.people import import_corrections, relabel_queue
+
+    old = tmp_path / "old" / "pets"
+    rng = np.random.default_rng(0)
+    for k, name in enumerate(("cat", "dog", "fox")):
+        (old / name).mkdir(parents=True)
+        for i in range(12):
+            arr = np.full((8, 8, 3), 40 + 60 * k) + rng.integers(0, 20, (8, 8, 3))
+            Image.fromarray(arr.astype(np.uint8)).save(old / name / f"{i}.png")
+    run = tmp_path / "run"
+    make_run(run, source=ImageFolder(old, image_size=8))
+    q = relabel_queue(run, top=5)
+    q["label"] = q["suggested_name"]
+    q.to_csv(tmp_path / "reviewed.csv", index=False)
+    path, counts = import_corrections(run, tmp_path / "reviewed.csv", tmp_path / "l.csv")
+    new = tmp_path / "elsewhere" / "pets"
+    new.parent.mkdir()
+    shutil.move(str(old), str(new))
+
+    def next_run():
+        dm = LabelNoiseDataModule(
+            ImageFolder(new, image_size=8), noise={"kind": "symmetric", "rate": 0.2}, labels=path
+        )
+        dm.setup()
+        return dm
+
+    with caplog.at_level(logging.WARNING, logger="dcloop.data.labelfile"):
+        dm = next_run()
+    assert f"moved from {tmp_path / 'old'} to {tmp_path / 'elsewhere'}" in caplog.text
+    assert "the contents of" in caplog.text and "match" in caplog.text
+    assert int(dm.label_override.confirmed.sum()) == counts["corrected"] + counts["confirmed"]
+    # other pictures at the same relative paths: refused as other data
+    for p in new.rglob("*.png"):
+        Image.new("RGB", (8, 8), (1, 2, 3)).save(p)
+    with pytest.raises(ValueError, match="differ in content .*other data"):
+        next_run()
+
+
 def test_import_writes_fingerprints(tmp_path):
     import pandas as pd
     from people_run import make_run
