@@ -128,3 +128,31 @@ def test_the_pixel_signal_flags_a_moved_copy_the_embedding_misses(tmp_path):
     assert leak[["source_a", "source_b", "signal"]].values.tolist() == [["te2", "tr7", "pixel"]]
     pairs = pd.read_csv(tmp_path / "data_issues" / "near_duplicates.csv")
     assert pairs[["split_a", "source_a", "source_b"]].values.tolist() == [["test", "te2", "tr7"]]
+
+
+def test_the_pixel_signal_adds_a_moved_training_copy_to_near_duplicates(tmp_path):
+    g = torch.Generator().manual_seed(0)
+    train = torch.nn.functional.avg_pool2d(torch.rand(30, 3, 36, 36, generator=g), 5, 1)
+    train[12] = torch.roll(train[4], shifts=(1, 2), dims=(1, 2)) * 1.2  # moved, brighter
+    emb = torch.randn(30, 16, generator=g)  # an embedding that sees no pair at all
+    labels = torch.arange(30) % 3
+    probs = torch.full((30, 3), 1 / 3)
+    sources = [f"tr{i}" for i in range(30)]
+    plain = DataHealth(tmp_path / "plain", pixels=False)
+    plain._train_issues(None, emb, labels, probs, sources)
+    assert len(pd.read_csv(tmp_path / "plain" / "data_issues" / "near_duplicates.csv")) == 0
+    cb = DataHealth(tmp_path / "px", pixels=True)
+    cb._images = {"train": [train], "test": []}
+    cb._train_issues(None, emb, labels, probs, sources)
+    pairs = pd.read_csv(tmp_path / "px" / "data_issues" / "near_duplicates.csv")
+    assert pairs[["split_a", "source_a", "split_b", "source_b"]].values.tolist() == [
+        ["train", "tr4", "train", "tr12"]
+    ]
+    assert (
+        json.loads((tmp_path / "px" / "data_issues" / "summary.json").read_text())[
+            "near_duplicate_pairs"
+        ]
+        == 1
+    )
+    with pytest.raises(ValueError, match="health.pixel_duplicate_ratio"):
+        DataHealth(pixel_duplicate_ratio=1.5)

@@ -100,6 +100,13 @@ class DataHealth(L.Callback):
             ``pixel_ratio`` is flagged as leakage (``signal`` column: embedding, pixel, both).
             The default 0.7 sits below 0.73, the largest cut-off that kept precision >= 0.8
             on the 139 real CIFAR-10 pairs (``scripts/results/bench_health_leakage_both20.md``).
+            Inside the training set the pixels find near-duplicates too: a pair whose ratio
+            is below ``pixel_duplicate_ratio`` joins ``near_duplicates.csv``.
+        pixel_duplicate_ratio: the pixel cut-off inside the training set (default 0.5, the
+            value ``scripts/bench_health_planted.py`` used before it was measured: F1 0.957
+            on planted CIFAR copies counting the subset's own duplicate photos as true, 0.813
+            counting them as false; ``scripts/results/bench_health_planted.md``). Stricter
+            than ``pixel_ratio``: inside one set both members of a pair are scored.
         index: the kNN search of the fit-end detectors (:func:`~dcloop.health.knn`):
             ``auto`` (exact below 50,000 training samples, k-means cells from there on:
             approximate, about 10x less work; ``scripts/results/bench_health_datalab.md``),
@@ -120,6 +127,7 @@ class DataHealth(L.Callback):
         leakage_ratio: float = 0.0,
         pixels: bool = False,
         pixel_ratio: float = 0.7,
+        pixel_duplicate_ratio: float = 0.5,
         group_threshold: float = 0.5,
         save_features: bool = True,
         space: str = "mean",
@@ -136,6 +144,9 @@ class DataHealth(L.Callback):
         self.leakage_ratio = leakage_ratio
         self.pixels = check_bool("health.pixels", pixels)
         self.pixel_ratio = check_float("health.pixel_ratio", pixel_ratio, low=0.0, high=1.0)
+        self.pixel_duplicate_ratio = check_float(
+            "health.pixel_duplicate_ratio", pixel_duplicate_ratio, low=0.0, high=1.0
+        )
         self._images: dict[str, list] = {"train": [], "test": []}
         self.group_threshold = group_threshold
         self.save_features = check_bool("health.save_features", save_features)
@@ -198,6 +209,23 @@ class DataHealth(L.Callback):
         self._test_issues(trainer, train, test, self._sources(trainer), test_sources)
 
     # ---------------------------------------------------------------- private
+    def _pixel_train_pairs(self, num_train: int) -> np.ndarray | None:
+        """``(P, 2)`` pairs ``i < j`` of training images whose pixel ratio is below
+        ``pixel_duplicate_ratio`` (``pixels=True``, image data, one size), else ``None``."""
+        train = self._images["train"]
+        if not (self.pixels and train):
+            return None
+        tr = torch.cat(train)
+        if tr.shape[0] != num_train or tr.shape[0] < 3:
+            return None
+        side = min(tr.shape[-2:])
+        shift = min(3, side // 8)
+        px = pixel_leakage(tr, crop=side - 2 * shift, max_shift=shift)
+        rows = (px.ratio < self.pixel_duplicate_ratio).nonzero().flatten()
+        ref = px.reference[rows]
+        pairs = torch.stack([torch.minimum(rows, ref), torch.maximum(rows, ref)], 1)
+        return torch.unique(pairs, dim=0).numpy().reshape(-1, 2)
+
     def _pixel_pairs(self, num_test: int, num_train: int):
         """:func:`~dcloop.health.pixel_leakage` of the test images against the training
         images (``pixels=True``, image data, one size), else ``None``."""
@@ -233,13 +261,24 @@ class DataHealth(L.Callback):
         order = rows[np.argsort(-out.score.cpu().numpy()[rows], kind="stable")]
         write_csv(_rows(order, src, out.score.cpu().numpy(), "score"), folder / "outliers.csv")
         pairs = dup.pairs.cpu().numpy()
+        dist = dup.distance.cpu().numpy()
+        px = self._pixel_train_pairs(n)
+        if px is not None and len(px):  # pixel pairs the embedding missed, at their distance
+            known = {(int(i), int(j)) for i, j in pairs}
+            px = np.array([p for p in px.tolist() if tuple(p) not in known], int).reshape(-1, 2)
+            xn = _unit(x)
+            px_dist = (1 - (xn[px[:, 0]] * xn[px[:, 1]]).sum(1)).clip(min=0)
+            pairs = np.concatenate([pairs, px])
+            dist = np.concatenate([dist, px_dist])
+            order = np.argsort(dist, kind="stable")
+            pairs, dist = pairs[order], dist[order]
         self._train_pairs = pd.DataFrame(
             {
                 "split_a": "train",
                 "source_a": [src[i] for i in pairs[:, 0]],
                 "split_b": "train",
                 "source_b": [src[j] for j in pairs[:, 1]],
-                "distance": dup.distance.cpu().numpy(),
+                "distance": dist,
                 "index_a": pairs[:, 0],
                 "index_b": pairs[:, 1],
             }
