@@ -48,8 +48,13 @@ def run_summary(metrics: dict[str, Any], run_dir: Path, top: list[dict[str, Any]
         )
     else:
         lines.append("  injected    no noise injected: your labels as given")
+    what = (
+        "samples flagged, not likely label errors: the run is too weak to judge (WARNING below)"
+        if metrics.get("weak_run")
+        else "likely label errors"
+    )
     lines.append(
-        f"  found       {flagged} likely label errors ({flagged / n:.1%}); estimated "
+        f"  found       {flagged} {what} ({flagged / n:.1%}); estimated "
         f"noise rate {metrics['noise']['rate']:.1%}; action={metrics['cleaning']['action']}"
     )
     health = Path(run_dir) / "data_issues" / "summary.json"

@@ -523,6 +523,12 @@ def test_a_run_too_weak_to_judge_says_so(tmp_path):
     assert "weak_run" not in _what_happened(SimpleNamespace(callbacks=[]), strong, _metrics())
     smoke = SimpleNamespace(callbacks=[], fast_dev_run=1)
     assert "fast_dev_run" in _what_happened(smoke, strong, _metrics())["weak_run"]["reason"]
+    # the summary's found line does not call the flags label errors then
+    found = next(
+        ln for ln in run_summary(_metrics(**out), tmp_path, []).splitlines() if "found" in ln
+    )
+    assert "4 samples flagged, not likely label errors: the run is too weak" in found
+    assert "likely label errors (" in run_summary(_metrics(), tmp_path, [])
 
 
 def test_first_flagged_epoch_is_empty_when_no_step_flagged_the_row(tmp_path):
