@@ -531,6 +531,19 @@ def test_a_run_too_weak_to_judge_says_so(tmp_path):
     assert "likely label errors (" in run_summary(_metrics(), tmp_path, [])
 
 
+def test_the_report_of_a_weak_run_does_not_call_its_flags_label_errors(tmp_path):
+    from dcloop.people.report import write_report
+    from dcloop.results import write_json
+
+    metrics = _named_run(tmp_path)
+    assert "likely label errors" in write_report(tmp_path).read_text()
+    metrics["weak_run"] = {"reason": "OOF accuracy 0.300, near chance (0.333)"}
+    write_json(metrics, tmp_path / "metrics.json")
+    html = write_report(tmp_path).read_text()
+    assert "Run too weak to judge the labels" in html and "likely label errors" not in html
+    assert "flagged (too weak to judge: see above)" in html
+
+
 def test_first_flagged_epoch_is_empty_when_no_step_flagged_the_row(tmp_path):
     from dcloop.csvsafe import read_csv
 

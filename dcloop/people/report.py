@@ -314,7 +314,12 @@ def _summary(metrics: dict[str, Any], issues: pd.DataFrame) -> list[tuple[str, s
         )
     else:
         pairs.append(("injected noise", "none: the labels as given"))
-    pairs.append(("found", f"{flagged} likely label errors ({flagged / max(n, 1):.1%})"))
+    what = (
+        "flagged (too weak to judge: see above)"
+        if metrics.get("weak_run")
+        else "likely label errors"
+    )
+    pairs.append(("found", f"{flagged} {what} ({flagged / max(n, 1):.1%})"))
     if "noise" in metrics:
         pairs.append(("estimated noise rate", f"{metrics['noise']['rate']:.1%}"))
     if c.get("action"):
