@@ -105,7 +105,13 @@ def test_harm_restores_weights_pauses_then_stops():
     s3, r3 = clean_step(s2, Evidence(probs, 3), policy)
     assert r3.skipped == "paused until 3 (harm)" and int(r3.result.flags.sum()) == 4
     assert (s3.weights == 1).all() and not r3.acted.any()
-    s4, r4 = clean_step(s3, Evidence(probs, 4, current=dead), policy)
+    # after the pause, a dead class while nothing is lowered is the model's: not a back-off
+    s3b, r3b = clean_step(s3, Evidence(probs, 4, current=dead), policy)
+    assert r3b.skipped.startswith("not ready: class(es) [2]") and s3b.backoffs == 1
+    assert r3b.event["action"].startswith("nothing acted yet") and (s3b.weights == 1).all()
+    s3c, _ = clean_step(s3b, Evidence(probs, 5), policy)  # acts again
+    assert s3c.weights[0] == 0.5
+    s4, r4 = clean_step(s3c, Evidence(probs, 6, current=dead), policy)
     assert r4.event["action"].endswith("cleaning stopped for the rest of the run")
     s5, r5 = clean_step(s4, Evidence(probs, 9), policy)
     assert r5.skipped == "stopped (repeated harm)" and (s5.weights == 1).all()
@@ -132,10 +138,32 @@ def test_noise_jump_and_val_drop_count_only_once_cleaning_started():
     _, before = clean_step(jumped, Evidence(probs, 1, val_acc=0.1, best_val_before=0.9), policy)
     assert before.problems == []  # nothing acted yet: no previous rate, no val baseline
     started = StepState.of_table(_table(labels, folds), noise_rate=0.0, start_epoch=1)
+    _, same = clean_step(started, Evidence(probs, 2, val_acc=0.1, best_val_before=0.9), policy)
+    assert same.problems == []  # a step ran but lowered no weight: nothing to blame
+    started.weights[0] = 0.5
     _, after = clean_step(started, Evidence(probs, 2, val_acc=0.1, best_val_before=0.9), policy)
     assert any("jumped" in p for p in after.problems)
     assert any("validation accuracy 0.100" in p for p in after.problems)
     assert state.noise_rate is None
+    # a calibrated estimate may rise as the replicas learn: only the val drop counts there
+    calibrated = StepPolicy.from_options(guard_noise_jump=0.01, calibrate="posterior")
+    _, cal = clean_step(started, Evidence(probs, 2, val_acc=0.1, best_val_before=0.9), calibrated)
+    assert not any("jumped" in p for p in cal.problems)
+    assert any("validation accuracy 0.100" in p for p in cal.problems)
+
+
+def test_a_dead_class_before_anything_acted_is_not_a_back_off():
+    labels, _, folds, probs = blobs()
+    policy = StepPolicy.from_options(filter_by="predicted_neq_given", guard_max_backoffs=1)
+    dead = probs.clone()
+    dead[:, 2] = 0.0
+    dead /= dead.sum(1, keepdim=True)
+    state = StepState.initial(labels, folds)
+    new, report = clean_step(state, Evidence(probs, 1, current=dead), policy)
+    assert report.skipped.startswith("not ready: class(es) [2]")
+    assert new.backoffs == 0 and new.paused_until == -1 and not report.acted.any()
+    new, report = clean_step(new, Evidence(probs, 2), policy)  # the next step acts
+    assert report.skipped is None and report.acted.any()
 
 
 def _table(labels, folds):
@@ -232,7 +260,8 @@ def test_merge_guard_backs_off_on_a_dead_class(tmp_path):
     d = _round(tmp_path, 0, labels, truth, folds, dead)
     metrics = merge_round(d, device="cpu")
     assert metrics["warnings"] and metrics["warnings"][0].startswith("round 0: class(es) [2]")
-    assert metrics["safety"]["backoffs"] == 1
+    assert metrics["safety"]["backoffs"] == 0  # nothing acted yet: the model's, not a back-off
+    assert metrics["safety"]["skipped"].startswith("not ready: class(es) [2]")
     assert (np.load(d / STEP_STATE)["weights"] == 1).all()
 
 
