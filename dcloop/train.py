@@ -22,6 +22,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from dcloop._checks import check_choice, check_float, check_int, check_run_config
+from dcloop.calibrate import calibrate
 from dcloop.callbacks import ConfidentLearning, EpochCheckpoint, RunResults
 from dcloop.callbacks.results import find_callback
 from dcloop.data import check_item
@@ -341,8 +342,6 @@ def train_student(cfg: DictConfig, run: Run, policy: StudentPolicy) -> tuple[Cla
         evidence = torch.full((len(table), dm.num_classes), 1.0 / dm.num_classes)
     posterior = None
     if policy.targets == "posterior":
-        from dcloop.calibrate import calibrate
-
         posterior = calibrate(
             evidence.float().cpu(), table.labels.cpu(), table.folds.cpu()
         ).posterior

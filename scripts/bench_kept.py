@@ -188,7 +188,7 @@ def _run_task(task: dict[str, Any]) -> list[dict[str, Any]]:
     n, c = len(dm.given_labels), dm.num_classes
     labels = torch.as_tensor(dm.given_labels)
     student(cfg, dm, None, None, "given")
-    if dm.has_ground_truth:
+    if dm.has_ground_truth and "oracle" in task["rules"]:
         true = torch.nn.functional.one_hot(torch.as_tensor(dm.true_labels), c).float()
         student(cfg, dm, true, None, "oracle")
     if "two_stage" in task["rules"]:

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dcloop.cl import verdict
+from dcloop.safety import CleaningPolicy, bound_flags
 from dcloop.scale.fold_run import fingerprint, round_dir, run_fold
 from dcloop.scale.merge import find_round_dir, main, merge_round
 from dcloop.train import train
@@ -73,8 +74,19 @@ def test_folds_write_shards_and_the_last_one_merges(tmp_path, capsys):
     assert np.allclose(probs.sum(1), 1, atol=1e-4)
     # the files are confident learning on the merged shards (recomputed here)
     issues = pd.read_csv(d / "label_issues.csv").sort_values("index")
-    direct = verdict(issues["given_label"].to_numpy(), torch.from_numpy(probs))
-    np.testing.assert_array_equal(issues["flagged"].to_numpy(), direct.flags.numpy())
+    labels = torch.as_tensor(issues["given_label"].to_numpy())
+    folds = torch.as_tensor(np.load(d / "folds.npy"))
+    # cl.calibrate=posterior (the default): the calibrated posterior's flags, one temperature
+    # per fold, within the bounds
+    direct = CleaningPolicy(calibrate="posterior").verdict(
+        labels, torch.from_numpy(probs), folds=folds
+    )
+    bounded = bound_flags(
+        direct.flags, direct.quality, labels, probs.shape[1], max_class_frac=0.5, max_flag_frac=0.5
+    )
+    np.testing.assert_array_equal(issues["flagged"].to_numpy(), bounded.numpy())
+    cl_only = verdict(labels.numpy(), torch.from_numpy(probs)).flags
+    assert not torch.equal(cl_only, bounded)  # the test tells the two verdicts apart
     det = merged["detection"]
     assert det["precision"] > 0.5 and det["recall"] > 0.5, det  # random flags: 0.2
     assert merged["test"]["accuracy"] > 0.8
