@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 import torch
 
-from dcloop.cl import verdict
+from dcloop.safety import CleaningPolicy, bound_flags
 
 
 @pytest.mark.slow
@@ -51,5 +51,12 @@ def test_submitit_local_multirun_trains_every_fold_and_merges(tmp_path):
     probs = np.load(d / "oof_probs.npy")
     issues = pd.read_csv(d / "label_issues.csv").sort_values("index")
     assert len(issues) == probs.shape[0] and np.allclose(probs.sum(1), 1, atol=1e-4)
-    direct = verdict(issues["given_label"].to_numpy(), torch.from_numpy(probs))
-    np.testing.assert_array_equal(issues["flagged"].to_numpy(), direct.flags.numpy())
+    labels = torch.as_tensor(issues["given_label"].to_numpy())
+    folds = torch.as_tensor(np.load(d / "folds.npy"))
+    direct = CleaningPolicy(calibrate="posterior").verdict(  # the default cl.calibrate
+        labels, torch.from_numpy(probs), folds=folds
+    )
+    bounded = bound_flags(
+        direct.flags, direct.quality, labels, probs.shape[1], max_class_frac=0.5, max_flag_frac=0.5
+    )
+    np.testing.assert_array_equal(issues["flagged"].to_numpy(), bounded.numpy())

@@ -12,7 +12,7 @@ import torch
 import dcloop
 from dcloop.cl import verdict
 from dcloop.console import summarize
-from dcloop.safety import bound_flags
+from dcloop.safety import CleaningPolicy, bound_flags
 from dcloop.train import train
 
 from conftest import RUN_QUIET, compose_dcloop
@@ -69,7 +69,9 @@ def test_digits_end_to_end_finds_injected_noise(tmp_path, capsys):
     # bounded as the loop bounds it
     probs = torch.from_numpy(np.load(tmp_path / "oof_probs_smoothed.npy"))
     labels = torch.from_numpy(issues.sort_values("index")["given_label"].to_numpy())
-    direct = verdict(labels, probs)
+    folds = torch.load(tmp_path / "sample_table.pt", weights_only=True)["folds"]
+    direct = CleaningPolicy(calibrate="posterior").verdict(labels, probs, folds=folds)
+    assert not torch.equal(direct.flags, verdict(labels, probs).flags)  # cl.calibrate counts
     bounded = bound_flags(
         direct.flags, direct.quality, labels, 10, max_class_frac=0.5, max_flag_frac=0.5
     )
