@@ -129,9 +129,11 @@ def test_line(metrics: dict[str, Any]) -> str:
     if kept["model"] != "student":
         return f"  test        accuracy {test['accuracy']:.4f} ({ensemble}; the kept model)"
     rule = {
-        "relabel": "flagged labels relabelled",
+        "relabel": "flagged labels relabelled to the replicas' prediction",
         "soft": "flagged labels replaced by the replicas' softmax",
-        "prune": "flagged samples left out",
+        "posterior": "every label replaced by its calibrated posterior",
+        "drop": "flagged samples left out",
+        "prune": "the loop's pruned samples left out",
         "given": "the given labels",
     }.get(kept.get("targets"), kept.get("targets"))
     line = (

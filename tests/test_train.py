@@ -198,7 +198,7 @@ def test_the_kept_student_is_trained_after_shorter_replicas(tmp_path, capsys):
     assert replica_epochs(cfg) == 2
     metrics = train(cfg)
     kept = metrics["kept"]
-    assert kept["model"] == "student" and kept["targets"] == "prune"
+    assert kept["model"] == "student" and kept["targets"] == "relabel"
     assert (
         metrics["test"]["accuracy"] == kept["test_accuracy"] == metrics["test"]["student_accuracy"]
     )
