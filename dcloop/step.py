@@ -176,6 +176,9 @@ class Evidence:
             default ``probs``.
         val_acc: validation accuracy now (``None``: no validation set).
         best_val_before: the best validation accuracy before cleaning first acted.
+        val_size: samples in the validation set (``None``: unknown); the guard then allows
+            three standard errors of ``best_val_before`` as the drop, where that is more than
+            ``guard_val_drop`` (:func:`dcloop.safety.val_drop_tolerance`).
     """
 
     probs: torch.Tensor
@@ -183,6 +186,7 @@ class Evidence:
     current: torch.Tensor | None = None
     val_acc: float | None = None
     best_val_before: float | None = None
+    val_size: int | None = None
 
 
 @dataclass
@@ -347,6 +351,7 @@ def _harm(state: StepState, evidence: Evidence, policy: StepPolicy, result: CLRe
         val_acc=evidence.val_acc if started else None,
         best_val_before=evidence.best_val_before,
         policy=policy.safety,
+        val_size=evidence.val_size,
     )
 
 

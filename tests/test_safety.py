@@ -236,3 +236,26 @@ def test_sample_table_apply_records_the_verdict_and_keeps_prior_weights():
     )
     table.apply(result, -1)  # outside the loop: recorded, weights as they were
     assert table.weights.tolist() == [1.0, 0.5, 1.0, 1.0]
+
+
+def test_the_val_drop_tolerance_grows_on_a_small_validation_set():
+    from dcloop.safety import val_drop_tolerance
+
+    assert val_drop_tolerance(0.28, 500, 0.03) == pytest.approx(0.0602, abs=1e-3)
+    assert val_drop_tolerance(0.9, 10_000, 0.03) == 0.03  # large set: the floor
+    assert val_drop_tolerance(0.28, None, 0.03) == 0.03
+    # CIFAR-10N worst, 500 validation images: 0.248 after a best of 0.288 is not harm
+    kwargs = dict(
+        probs=torch.full((4, 2), 0.5),
+        labels=torch.tensor([0, 1, 0, 1]),
+        folds=torch.tensor([0, 0, 1, 1]),
+        num_classes=2,
+        num_folds=2,
+        noise_rate=0.1,
+        previous_noise_rate=None,
+        val_acc=0.248,
+        best_val_before=0.288,
+        policy=SafetyPolicy(),
+    )
+    assert not any("validation" in p for p in harm_checks(**kwargs, val_size=500))
+    assert any("by more than 0.03" in p for p in harm_checks(**kwargs))

@@ -259,6 +259,7 @@ class ConfidentLearning(L.Callback):
             current=probs,
             val_acc=self.epochs[-1]["val_acc"],
             best_val_before=self.best_val_before,
+            val_size=_val_size(trainer),
         )
         new, report = clean_step(state, evidence, self.step_policy, verdict=result)
         result = report.result
@@ -384,3 +385,12 @@ def _metric(trainer: L.Trainer, key: str) -> float | None:
     """A logged epoch metric as a float, ``None`` when not logged."""
     value = trainer.callback_metrics.get(key)
     return None if value is None else float(value)
+
+
+def _val_size(trainer) -> int | None:
+    """Samples in the run's validation set (the guard's tolerance), ``None`` if unknown."""
+    val = getattr(getattr(trainer, "datamodule", None), "val_dataset", None)
+    try:
+        return len(val) if val is not None else None
+    except TypeError:
+        return None
