@@ -286,7 +286,7 @@ def test_kill_in_the_student_phase_then_resume_gives_the_same_kept_model(tmp_pat
     state, goes on from the student's own checkpoint, and ends with the same saved model."""
     killed, resumed = tmp_path / "killed", tmp_path / "resumed"
     proc = dcloop(killed)
-    student = killed / "checkpoints" / "student-prune.ckpt"
+    student = killed / "checkpoints" / "student-relabel.ckpt"  # student.targets=relabel
     deadline = time.monotonic() + 600
     while not (student.exists() and checkpoint_epoch(student) >= 1):
         assert proc.poll() is None, proc.communicate()[0][-3000:]
