@@ -28,6 +28,11 @@ from dcloop.mixup import check_alpha
 #: action; ``given``: the given labels (a plain network: for baselines).
 TARGET_RULES = ("soft", "relabel", "posterior", "drop", "prune", "given")
 
+#: Where the student's weights start: ``scratch`` (a fresh network, as one plain run) or
+#: ``replica`` (fold replica 0's final weights: the student carries on from where the replicas
+#: stopped, so it needs fewer epochs; with ``student.epochs`` < 1 it is the cheap path).
+STUDENT_INITS = ("scratch", "replica")
+
 
 @dataclass(frozen=True)
 class StudentPolicy:
@@ -42,6 +47,9 @@ class StudentPolicy:
         drop_unsure: ``soft``: leave out flagged samples below ``min_confidence`` too.
         mixup: the student's mixup ``alpha`` (:mod:`dcloop.mixup`; 0: off); ``None``: the
             run's ``model.mixup``.
+        epochs: the student's epochs, a fraction of ``trainer.max_epochs`` in (0, 1] (at
+            least one epoch), with a learning-rate schedule of its own over them.
+        init: one of :data:`STUDENT_INITS`.
     """
 
     targets: str = "prune"
@@ -49,9 +57,13 @@ class StudentPolicy:
     min_confidence: float = 0.5
     drop_unsure: bool = False
     mixup: float | None = None
+    epochs: float = 1.0
+    init: str = "scratch"
 
     def __post_init__(self) -> None:
         check_choice("student.targets", self.targets, TARGET_RULES)
+        check_choice("student.init", self.init, STUDENT_INITS)
+        check_float("student.epochs", self.epochs, low=0.0, high=1.0, low_open=True)
         check_float("student.mix", self.mix, low=0.0, high=1.0)
         check_float("student.min_confidence", self.min_confidence, low=0.0, high=1.0)
         if self.mixup is not None:

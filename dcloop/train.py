@@ -236,7 +236,9 @@ def keep_model(
         before = _clock()
         with timed(run.trainer, "student"):
             student, acc = train_student(cfg, run, policy)
-        plain = tuple(b - a for a, b in zip(before, _clock(), strict=True))
+        # One plain run of the full schedule: the student's seconds, per epoch, x the epochs.
+        scale = int(cfg.trainer.max_epochs) / student_epochs(cfg, policy)
+        plain = tuple((b - a) * scale for a, b in zip(before, _clock(), strict=True))
         test.update(accuracy=acc, student_accuracy=acc)
         kept = {"model": "student", "test_accuracy": acc, "targets": policy.targets}
         kept["policy"] = policy.as_dict()
@@ -278,7 +280,7 @@ def run_cost(
 
     The student is one plain run (the same network, data, epochs and recipe; only its
     targets differ), so its seconds are the yardstick: ``ratio`` is the whole run's seconds
-    over the student's. ``plain`` is ``None`` when no student trained (``kept=ensemble``):
+    over the student's (scaled to ``trainer.max_epochs`` when ``student.epochs`` < 1). ``plain`` is ``None`` when no student trained (``kept=ensemble``):
     the ratio is then not estimated (``scripts/bench_kept.py`` measures it).
     """
     cpu, wall = end[0] - start[0], end[1] - start[1]
@@ -323,6 +325,12 @@ def check_student_mixup(cfg: DictConfig, dm, policy: StudentPolicy) -> None:
         mix_point(_net(cfg, dm)(), dm.train_dataset[0][0], "student.mixup")
 
 
+def student_epochs(cfg: DictConfig, policy: StudentPolicy) -> int:
+    """The student's epochs: ``student.epochs`` of ``trainer.max_epochs``, at least one."""
+    epochs = int(cfg.trainer.max_epochs)
+    return max(1, min(epochs, math.ceil(policy.epochs * epochs)))
+
+
 def train_student(cfg: DictConfig, run: Run, policy: StudentPolicy) -> tuple[Classifier, float]:
     """Train the kept network: one network from scratch, on all samples, on the targets the
     fold replicas' final verdict gives (:func:`dcloop.student.student_targets`); the same
@@ -338,7 +346,7 @@ def train_student(cfg: DictConfig, run: Run, policy: StudentPolicy) -> tuple[Cla
     if evidence is None or (cl is not None and cl.stopped):
         if cl is not None and cl.stopped:
             log.warning("cleaning was stopped for harm: the student trains on the given labels")
-        policy = StudentPolicy(targets="given")
+        policy = replace(policy, targets="given", mix=0.0)
         evidence = torch.full((len(table), dm.num_classes), 1.0 / dm.num_classes)
     posterior = None
     if policy.targets == "posterior":
@@ -356,8 +364,11 @@ def train_student(cfg: DictConfig, run: Run, policy: StudentPolicy) -> tuple[Cla
     kwargs = module_kwargs(cfg.model, Classifier)
     if policy.mixup is not None:  # student.mixup, in place of model.mixup
         kwargs["mixup"] = policy.mixup
+    net = _net(cfg, dm)
+    if policy.init == "replica":  # carry on from fold replica 0's weights
+        net = _from_replica(net, replica_nets(run.model, net, only=0)[0].state_dict())
     model = Classifier(
-        _net(cfg, dm),
+        net,
         dm.num_classes,
         targets=targets,
         weights=weights,
@@ -371,6 +382,7 @@ def train_student(cfg: DictConfig, run: Run, policy: StudentPolicy) -> tuple[Cla
         logger=False,
         enable_checkpointing=bool(cfg.get("checkpoint")),
         default_root_dir=str(cfg.output_dir),
+        max_epochs=student_epochs(cfg, policy),
     )
     # A run resumed after a kill in this phase goes on from the student's own checkpoint,
     # beside the replicas' checkpoint it was resumed from.
@@ -381,6 +393,17 @@ def train_student(cfg: DictConfig, run: Run, policy: StudentPolicy) -> tuple[Cla
     trainer.fit(model, datamodule=dm, ckpt_path=resume)
     test = trainer.test(model, datamodule=dm, verbose=False)
     return model, float(test[0]["test/acc"])
+
+
+def _from_replica(factory, state: dict[str, torch.Tensor]):
+    """A network factory whose networks start from ``state`` (a fold replica's weights)."""
+
+    def build():
+        net = factory()
+        net.load_state_dict(state)
+        return net
+
+    return build
 
 
 class StudentCheckpoint(EpochCheckpoint):

@@ -41,6 +41,7 @@ def tiny_run(tmp_path: Path, *overrides: str):
     predictions (the fold ensemble's mean softmax, as its test accuracy measures)."""
     cfg = compose_dcloop(tmp_path, *RUN_QUIET, "trainer.max_epochs=2", *overrides)
     run = build(cfg, tmp_path)
+    run.cfg = cfg  # (for the tests' own network factories)
     run.trainer.fit(run.model, datamodule=run.dm)
     nets = replica_nets(run.model, _net(cfg, run.dm))
     save_kept_model(
@@ -97,6 +98,13 @@ def test_image_run_saved_reloaded_predicts_its_test_set(tmp_path, capsys):
         "model=cnn",
         "folds=3",
     )
+    every = replica_nets(run.model, _net(run.cfg, run.dm))
+    one = replica_nets(run.model, _net(run.cfg, run.dm), only=2)  # a student's start
+    assert len(one) == 1
+    assert all(torch.equal(a, b) for a, b in zip(one[0].state_dict().values(),
+                                                 every[2].state_dict().values()))  # fmt: skip
+    with pytest.raises(ValueError, match="only=3"):
+        replica_nets(run.model, _net(run.cfg, run.dm), only=3)
     spec = json.loads((run_dir / "model" / "model.json").read_text())
     assert spec["preprocess"] == {"kind": "image", "mode": "RGB", "size": [8, 8], "resize": "pil"}
     assert spec["kind"] == "ensemble" and len(spec["members"]) == 3

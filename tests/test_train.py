@@ -215,6 +215,49 @@ def test_the_kept_student_is_trained_after_shorter_replicas(tmp_path, capsys):
     assert "x the CPU seconds of one plain training run" in text
 
 
+@pytest.mark.slow
+def test_a_student_from_replica_zero_trains_its_share_of_the_epochs(tmp_path, monkeypatch):
+    """student.init=replica starts the student from fold replica 0's final weights (not a
+    fresh network) and student.epochs=0.5 trains it for half the schedule; the run's cost
+    is still measured against one full plain run (the student's seconds x 2)."""
+    import dcloop.train as tr
+
+    seen = {}
+    real_fit = tr.L.Trainer.fit
+
+    def fit(trainer, model, *args, **kwargs):
+        if isinstance(model, tr.Classifier):  # the student, before it trains
+            seen["start"] = {k: v.detach().clone() for k, v in model.net.state_dict().items()}
+            seen["max_epochs"] = trainer.max_epochs
+        return real_fit(trainer, model, *args, **kwargs)
+
+    captured = {}
+    real_nets = tr.replica_nets
+
+    def nets(model, factory, **kwargs):
+        out = real_nets(model, factory, **kwargs)
+        if kwargs.get("only") == 0:
+            captured["replica0"] = {k: v.clone() for k, v in out[0].state_dict().items()}
+        return out
+
+    monkeypatch.setattr(tr.L.Trainer, "fit", fit)
+    monkeypatch.setattr(tr, "replica_nets", nets)
+    cfg = cfg_for(
+        tmp_path, "trainer.max_epochs=4", "student.init=replica", "student.epochs=0.5"
+    )
+    metrics = tr.train(cfg)
+    assert seen["max_epochs"] == 2
+    assert captured["replica0"].keys() == seen["start"].keys()
+    for name, value in captured["replica0"].items():
+        assert torch.equal(value, seen["start"][name]), name
+    assert metrics["kept"]["policy"]["init"] == "replica"
+    assert metrics["kept"]["policy"]["epochs"] == 0.5
+    cost = metrics["cost"]  # plain = the student's 2 epochs scaled to 4
+    assert cost["plain_cpu_s"] > 0 and cost["cpu_ratio"] == pytest.approx(
+        cost["cpu_s"] / cost["plain_cpu_s"], rel=1e-2
+    )
+
+
 def test_replica_epochs_and_student_options_are_checked(tmp_path):
     from dcloop.errors import UserInputError
     from dcloop.train import replica_epochs, student_policy
@@ -227,3 +270,14 @@ def test_replica_epochs_and_student_options_are_checked(tmp_path):
         student_policy(cfg_for(tmp_path, "student.targets=magic"))
     with pytest.raises(UserInputError, match="unknown student option"):
         student_policy(cfg_for(tmp_path, "+student.temperature=2"))
+    with pytest.raises(UserInputError, match="student.init"):
+        student_policy(cfg_for(tmp_path, "student.init=teacher"))
+    for bad in ("0", "1.5"):
+        with pytest.raises(UserInputError, match="student.epochs"):
+            student_policy(cfg_for(tmp_path, f"student.epochs={bad}"))
+    from dcloop.train import student_epochs
+
+    cfg = cfg_for(tmp_path, "trainer.max_epochs=10", "student.epochs=0.25")
+    assert student_epochs(cfg, student_policy(cfg)) == 3
+    cfg = cfg_for(tmp_path, "trainer.max_epochs=10", "student.epochs=0.01")
+    assert student_epochs(cfg, student_policy(cfg)) == 1

@@ -48,19 +48,22 @@ log = logging.getLogger(__name__)
 MODEL_DIR = "model"
 
 
-def replica_nets(model: FoldEnsemble, factory) -> list[nn.Module]:
+def replica_nets(model: FoldEnsemble, factory, *, only: int | None = None) -> list[nn.Module]:
     """The K fold replicas of ``model`` as K plain networks (copies, on the CPU, eval mode).
 
     Args:
         model: a :class:`~dcloop.models.FoldEnsemble`.
         factory: builds one fresh network of the replicas' architecture
             (``dcloop.train._net(cfg, dm)``).
+        only: the one replica to copy (a list of one); ``None``: all K.
     """
     params, buffers = model._stacked()
     k = next(iter(params.values())).shape[0] if params else model.num_folds
+    if only is not None and not 0 <= only < k:
+        raise ValueError(f"only={only} is not a replica of this ensemble: expected 0..{k - 1}")
     nets = []
     with torch.random.fork_rng(devices=[]):
-        for i in range(k):
+        for i in range(k) if only is None else [only]:
             net = factory()
             own = net.state_dict()  # (non-persistent buffers are stacked, not saved)
             stacked = {**params, **buffers}
