@@ -96,7 +96,8 @@ def run_summary(metrics: dict[str, Any], run_dir: Path, top: list[dict[str, Any]
     if cost.get("cpu_ratio") is not None:
         lines.append(
             f"  cost        {cost['cpu_ratio']:.1f}x the CPU seconds of one plain training run "
-            f"({cost['cpu_s']:.0f} s; one plain run, timed on the student: {cost['plain_cpu_s']:.0f} s)"
+            f"({cost['cpu_s']:.0f} s; one plain run, timed on the student: "
+            f"{cost['plain_cpu_s']:.0f} s)"
         )
     for warning in metrics.get("warnings") or []:
         lines.append(f"  WARNING     {warning}")

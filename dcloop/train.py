@@ -280,8 +280,9 @@ def run_cost(
 
     The student is one plain run (the same network, data, epochs and recipe; only its
     targets differ), so its seconds are the yardstick: ``ratio`` is the whole run's seconds
-    over the student's (scaled to ``trainer.max_epochs`` when ``student.epochs`` < 1). ``plain`` is ``None`` when no student trained (``kept=ensemble``):
-    the ratio is then not estimated (``scripts/bench_kept.py`` measures it).
+    over the student's (scaled to ``trainer.max_epochs`` when ``student.epochs`` < 1).
+    ``plain`` is ``None`` when no student trained (``kept=ensemble``): the ratio is then not
+    estimated (``scripts/bench_kept.py`` measures it).
     """
     cpu, wall = end[0] - start[0], end[1] - start[1]
     out: dict[str, Any] = {"cpu_s": round(cpu, 3), "wall_s": round(wall, 3)}

@@ -101,8 +101,8 @@ def test_image_run_saved_reloaded_predicts_its_test_set(tmp_path, capsys):
     every = replica_nets(run.model, _net(run.cfg, run.dm))
     one = replica_nets(run.model, _net(run.cfg, run.dm), only=2)  # a student's start
     assert len(one) == 1
-    assert all(torch.equal(a, b) for a, b in zip(one[0].state_dict().values(),
-                                                 every[2].state_dict().values()))  # fmt: skip
+    pairs = zip(one[0].state_dict().values(), every[2].state_dict().values(), strict=True)
+    assert all(torch.equal(a, b) for a, b in pairs)
     with pytest.raises(ValueError, match="only=3"):
         replica_nets(run.model, _net(run.cfg, run.dm), only=3)
     spec = json.loads((run_dir / "model" / "model.json").read_text())

@@ -242,9 +242,7 @@ def test_a_student_from_replica_zero_trains_its_share_of_the_epochs(tmp_path, mo
 
     monkeypatch.setattr(tr.L.Trainer, "fit", fit)
     monkeypatch.setattr(tr, "replica_nets", nets)
-    cfg = cfg_for(
-        tmp_path, "trainer.max_epochs=4", "student.init=replica", "student.epochs=0.5"
-    )
+    cfg = cfg_for(tmp_path, "trainer.max_epochs=4", "student.init=replica", "student.epochs=0.5")
     metrics = tr.train(cfg)
     assert seen["max_epochs"] == 2
     assert captured["replica0"].keys() == seen["start"].keys()
