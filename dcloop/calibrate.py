@@ -152,14 +152,8 @@ def calibrate(
     rounds, width = 0, None
     for rounds in range(1, max_iter + 1):  # noqa: B007 (the count is reported)
         new_noise = _noise_matrix(_scaled(fit_z, fit_groups, log_t), fit_labels, noise)
-        new_log_t = torch.tensor(
-            [
-                _fit_log_t(fit_z[g], new_noise[fit_labels[g]], float(log_t[j]), width)
-                if len(g)
-                else 0.0
-                for j, g in enumerate(fit_groups)
-            ],
-            dtype=torch.float64,
+        new_log_t = _fit_log_t(
+            fit_z, new_noise[fit_labels], fit_folds, [len(g) > 0 for g in fit_groups], log_t, width
         )
         moved = float((new_log_t - log_t).abs().max())
         changed = float((new_noise - noise).abs().max())
@@ -275,31 +269,55 @@ def _rate(noise: torch.Tensor, prior: torch.Tensor) -> float:
 
 
 def _fit_log_t(
-    z: torch.Tensor, noise_rows: torch.Tensor, start: float, width: float | None
-) -> float:
-    """Golden-section search of ``log T`` maximising ``sum log(softmax(z / T) . noise_rows)``.
+    z: torch.Tensor,
+    noise_rows: torch.Tensor,
+    folds: torch.Tensor,
+    present: list[bool],
+    start: torch.Tensor,
+    width: float | None,
+) -> torch.Tensor:
+    """Each fold's ``log T`` maximising ``sum log(softmax(z / T) . noise_rows)`` over its rows.
 
-    ``noise_rows[i] = M[given_i]`` (with ``M`` the identity this is the plain negative
-    log-likelihood temperature fit). ``width``: search ``start +- width`` (within the global
-    range) instead of the whole range, ``None`` the whole.
+    One golden-section search per fold, all K in lockstep: every step evaluates the K folds'
+    next points in one pass over the rows (a per-row temperature, the losses summed per fold),
+    so a step costs one softmax whatever K is. ``noise_rows[i] = M[given_i]`` (with ``M`` the
+    identity this is the plain negative log-likelihood temperature fit). ``width``: search
+    ``start +- width`` (within the global range) instead of the whole range, ``None`` the
+    whole. A fold with no rows (``present[j]`` false) keeps ``log T = 0``.
     """
+    k = len(present)
 
-    def loss(log_t: float) -> float:
-        p = torch.softmax(z * math.exp(-log_t), dim=1)
-        return float(-(p * noise_rows).sum(1).clamp_min(_TINY).log().sum())
+    def losses(points: list[float]) -> list[float]:
+        inv_t = torch.exp(-torch.tensor(points, dtype=z.dtype, device=z.device))[folds]
+        p = torch.softmax(z * inv_t.unsqueeze(1), dim=1)
+        per_row = -(p * noise_rows).sum(1).clamp_min(_TINY).log()
+        per_fold = torch.zeros(k, dtype=z.dtype, device=z.device).index_add_(0, folds, per_row)
+        return per_fold.tolist()
 
-    lo, hi = _LOG_T_RANGE
+    lo, hi = [_LOG_T_RANGE[0]] * k, [_LOG_T_RANGE[1]] * k
     if width is not None:
-        lo, hi = max(lo, start - width), min(hi, start + width)
-    a, b = hi - _GOLDEN * (hi - lo), lo + _GOLDEN * (hi - lo)
-    fa, fb = loss(a), loss(b)
-    while hi - lo > 1e-3:  # the bracket shrinks by 0.618 a step
-        if fa < fb:
-            hi, b, fb = b, a, fa
-            a = hi - _GOLDEN * (hi - lo)
-            fa = loss(a)
-        else:
-            lo, a, fa = a, b, fb
-            b = lo + _GOLDEN * (hi - lo)
-            fb = loss(b)
-    return (lo + hi) / 2
+        lo = [max(_LOG_T_RANGE[0], float(x) - width) for x in start]
+        hi = [min(_LOG_T_RANGE[1], float(x) + width) for x in start]
+    a = [h - _GOLDEN * (h - low) for low, h in zip(lo, hi, strict=True)]
+    b = [low + _GOLDEN * (h - low) for low, h in zip(lo, hi, strict=True)]
+    fa, fb = losses(a), losses(b)
+    active = [present[j] and hi[j] - lo[j] > 1e-3 for j in range(k)]
+    while any(active):  # each active bracket shrinks by 0.618 a step
+        left = [active[j] and fa[j] < fb[j] for j in range(k)]
+        for j in range(k):
+            if left[j]:
+                hi[j], b[j], fb[j] = b[j], a[j], fa[j]
+                a[j] = hi[j] - _GOLDEN * (hi[j] - lo[j])
+            elif active[j]:
+                lo[j], a[j], fa[j] = a[j], b[j], fb[j]
+                b[j] = lo[j] + _GOLDEN * (hi[j] - lo[j])
+        values = losses([a[j] if left[j] else b[j] for j in range(k)])
+        for j in range(k):
+            if left[j]:
+                fa[j] = values[j]
+            elif active[j]:
+                fb[j] = values[j]
+            active[j] = active[j] and hi[j] - lo[j] > 1e-3
+    return torch.tensor(
+        [(lo[j] + hi[j]) / 2 if present[j] else 0.0 for j in range(k)], dtype=torch.float64
+    )

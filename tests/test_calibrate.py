@@ -182,3 +182,33 @@ def test_cleaning_policy_posterior_flags():
     confirmed = post.flags.clone()
     again = CleaningPolicy(calibrate="posterior").verdict(given, evidence, confirmed, folds)
     assert not bool(again.flags.any())
+
+
+def test_the_k_temperature_searches_run_in_lockstep_and_each_finds_its_folds_optimum():
+    """_fit_log_t searches every fold's temperature in one pass per step; each result is the
+    maximum of that fold's own likelihood (a grid over log T), and a fold with no rows
+    keeps log T = 0."""
+    from dcloop.calibrate import _fit_log_t
+
+    g = torch.Generator().manual_seed(3)
+    n, c = 600, 4
+    labels = torch.randint(0, c, (n,), generator=g)
+    folds = torch.randint(0, 2, (n,), generator=g) * 2  # folds 0 and 2; fold 1 is empty
+    sharp = torch.tensor([0.5, 1.0, 3.0])[folds]  # a different best temperature per fold
+    logits = torch.randn(n, c, generator=g, dtype=torch.float64)
+    logits[torch.arange(n), labels] += 1.5
+    z = (logits * sharp.double().unsqueeze(1)).log_softmax(1)
+    rows = torch.eye(c, dtype=torch.float64)[labels]
+    got = _fit_log_t(z, rows, folds, [True, False, True], torch.zeros(3), None)
+    grid = torch.linspace(-3.9, 3.9, 7801, dtype=torch.float64)
+    for j in (0, 2):
+        zj = z[folds == j]
+        ll = [
+            float(torch.softmax(zj * torch.exp(-x), 1)[torch.arange(len(zj)), labels[folds == j]]
+                  .log().sum())
+            for x in grid
+        ]  # fmt: skip
+        best = float(grid[int(torch.tensor(ll).argmax())])
+        assert abs(float(got[j]) - best) < 2e-3, (j, float(got[j]), best)
+    assert float(got[1]) == 0.0
+    assert float(got[0]) != pytest.approx(float(got[2]), abs=0.1)  # two different optima
