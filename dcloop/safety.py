@@ -58,6 +58,10 @@ class SafetyPolicy:
             counts as harm.
         guard_pause: epochs cleaning pauses after a back-off.
         guard_max_backoffs: after this many back-offs cleaning stops for the rest of the run.
+        guard_patience: harm seen on this many consecutive steps backs off; the steps before
+            hold the weights as they are (lower none further). A dead class, a validation
+            dip or a noise jump on one epoch of a volatile run (a high learning rate, a small
+            validation set) is not yet harm. A replica with constant outputs backs off at once.
     """
 
     ready: str = "plateau"
@@ -74,6 +78,7 @@ class SafetyPolicy:
     guard_noise_jump: float = 0.1
     guard_pause: int = 3
     guard_max_backoffs: int = 2
+    guard_patience: int = 2
 
     def __post_init__(self) -> None:
         check_choice("ready", self.ready, READY_RULES)
@@ -81,6 +86,7 @@ class SafetyPolicy:
         check_int("ramp_steps", self.ramp_steps, minimum=1)
         check_int("guard_pause", self.guard_pause, minimum=0)
         check_int("guard_max_backoffs", self.guard_max_backoffs, minimum=1)
+        check_int("guard_patience", self.guard_patience, minimum=1)
         check_float("ready_min_delta", self.ready_min_delta, low=0.0, high=1.0)
         check_float("ready_max_frac", self.ready_max_frac, low=0.0, high=1.0)
         check_float("max_class_frac", self.max_class_frac, low=0.0, high=1.0, low_open=True)

@@ -120,6 +120,8 @@ class StepState:
         noise_rate: the previous step's estimated noise rate (``None``: no step yet).
         backoffs: back-offs so far (the guard).
         paused_until: cleaning is paused up to this epoch (round), inclusive (-1: never).
+        harm_streak: consecutive steps, up to this one, whose guard found harm that has not
+            yet backed off (``guard_patience``).
     """
 
     labels: torch.Tensor
@@ -132,6 +134,7 @@ class StepState:
     noise_rate: float | None = None
     backoffs: int = 0
     paused_until: int = -1
+    harm_streak: int = 0
 
     @classmethod
     def initial(cls, labels, folds, *, confirmed=None, prior_weights=None) -> StepState:
@@ -304,8 +307,21 @@ def clean_step(
         why = "not ready: " + "; ".join(problems)
         return new, StepReport(epoch, result, raw, none, problems, event, skipped=why)
     if problems:
+        streak = state.harm_streak + 1
+        urgent = any(p.startswith(CONSTANT_REPLICA) for p in problems)
+        if streak < safety.guard_patience and not urgent and cleaning.action != "detect":
+            # Seen once: hold the weights (lower none further) and look again next step.
+            new = dataclasses.replace(state, harm_streak=streak, **counters)
+            event = {
+                "epoch": epoch,
+                "problems": problems,
+                "action": f"holding the weights (harm seen {streak} step(s) in a row; backing "
+                f"off at {safety.guard_patience})",
+            }
+            why = "holding: " + "; ".join(problems)
+            return new, StepReport(epoch, result, raw, none, problems, event, skipped=why)
         new, event = _back_off(state, epoch, problems, policy)
-        new = dataclasses.replace(new, **counters)
+        new = dataclasses.replace(new, harm_streak=0, **counters)
         return new, StepReport(epoch, result, raw, none, problems, event)
     acted = confident(result.flags, evidence.probs, safety.min_confidence)
     streak = update_streak(state.flag_streak, acted)
@@ -316,13 +332,15 @@ def clean_step(
     if start is None and cleaning.action != "detect":
         start = epoch
     new = dataclasses.replace(
-        state, flag_streak=streak, weights=weights, start_epoch=start, **counters
+        state, flag_streak=streak, weights=weights, start_epoch=start, harm_streak=0, **counters
     )
     return new, StepReport(epoch, result, raw, acted)
 
 
 #: How :func:`dcloop.safety.harm_checks` opens the finding "a class no replica predicts".
 DEAD_CLASS = "class(es) "
+#: ... and the finding "a replica gives the same output for every input" (backs off at once).
+CONSTANT_REPLICA = "replica(s) "
 
 
 def _touched(state: StepState) -> bool:

@@ -90,6 +90,7 @@ def test_harm_restores_weights_pauses_then_stops():
         max_flag_frac=1.0,
         guard_pause=1,
         guard_max_backoffs=2,
+        guard_patience=1,
     )
     s1, _ = clean_step(StepState.initial(labels, folds), Evidence(probs, 1), policy)
     assert s1.weights[0] == 0.5
@@ -115,6 +116,38 @@ def test_harm_restores_weights_pauses_then_stops():
     assert r4.event["action"].endswith("cleaning stopped for the rest of the run")
     s5, r5 = clean_step(s4, Evidence(probs, 9), policy)
     assert r5.skipped == "stopped (repeated harm)" and (s5.weights == 1).all()
+
+
+def test_harm_seen_once_holds_the_weights_and_backs_off_when_seen_again():
+    """guard_patience=2 (the default): one step with harm holds the weights as they are (no
+    further lowering, no back-off); a clean step after it carries on; harm on two steps in a
+    row backs off. A constant replica backs off at once."""
+    labels, _, folds, probs = blobs()
+    policy = StepPolicy.from_options(
+        filter_by="predicted_neq_given", max_class_frac=1.0, max_flag_frac=1.0, ramp_steps=3
+    )
+    assert policy.safety.guard_patience == 2
+    dead = probs.clone()
+    dead[:, 2] = 0.0  # class 2 predicted for no sample
+    dead /= dead.sum(1, keepdim=True)
+    s1, _ = clean_step(StepState.initial(labels, folds), Evidence(probs, 1), policy)
+    lowered = s1.weights.clone()
+    assert (lowered < 1).any()
+    s2, r2 = clean_step(s1, Evidence(probs, 2, current=dead), policy)
+    assert r2.event["action"].startswith("holding the weights (harm seen 1 step(s)")
+    assert r2.skipped.startswith("holding: class(es) [2]") and not r2.acted.any()
+    assert torch.equal(s2.weights, lowered) and torch.equal(s2.flag_streak, s1.flag_streak)
+    assert (s2.backoffs, s2.harm_streak) == (0, 1)
+    s3, r3 = clean_step(s2, Evidence(probs, 3), policy)  # gone: carries on, lowers further
+    assert r3.event is None and s3.harm_streak == 0 and (s3.weights < lowered).any()
+    s4, _ = clean_step(s3, Evidence(probs, 4, current=dead), policy)
+    s5, r5 = clean_step(s4, Evidence(probs, 5, current=dead), policy)  # twice in a row
+    assert r5.event["action"].startswith("weights restored") and (s5.weights == 1).all()
+    assert (s5.backoffs, s5.harm_streak) == (1, 0)
+    flat = probs.clone()
+    flat[folds == 0] = 1.0 / probs.shape[1]  # replica 0 says the same for every input
+    s6, r6 = clean_step(s3, Evidence(probs, 6, current=flat), policy)
+    assert "replica(s) [0]" in " ".join(r6.problems) and s6.backoffs == 1
 
 
 def test_detect_reports_harm_without_backing_off():

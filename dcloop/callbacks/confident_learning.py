@@ -90,6 +90,7 @@ class ConfidentLearning(L.Callback):
         self.best_val_before: float | None = None
         self.paused_until = 0
         self.backoffs = 0
+        self.harm_streak = 0  # consecutive steps with harm not yet backed off (guard_patience)
         self.evidence: torch.Tensor | None = None  # (N, C) smoothed OOF softmax
         self.oof = oof if oof is not None else OOFCollector()
         self._oof: OOFCollector = self.oof  # the one in use (the trainer's, if it lists one)
@@ -252,6 +253,7 @@ class ConfidentLearning(L.Callback):
             noise_rate=self.history[-1]["noise_rate_est"] if self.history else None,
             backoffs=self.backoffs,
             paused_until=self.paused_until,
+            harm_streak=self.harm_streak,
         )
         evidence = Evidence(
             self.evidence,
@@ -268,6 +270,7 @@ class ConfidentLearning(L.Callback):
         table.flag_streak.copy_(new.flag_streak)
         self.start_epoch = new.start_epoch
         self.backoffs, self.paused_until = new.backoffs, new.paused_until
+        self.harm_streak = new.harm_streak
         if report.event is not None:
             self.guard_events.append(report.event)
             if trainer.is_global_zero:
@@ -349,6 +352,7 @@ class ConfidentLearning(L.Callback):
         "best_val_before",
         "paused_until",
         "backoffs",
+        "harm_streak",
     )
 
     def state_dict(self) -> dict[str, Any]:
@@ -373,6 +377,7 @@ class ConfidentLearning(L.Callback):
         self.best_val_before = state_dict.get("best_val_before")
         self.paused_until = int(state_dict.get("paused_until", 0))
         self.backoffs = int(state_dict.get("backoffs", 0))
+        self.harm_streak = int(state_dict.get("harm_streak", 0))
         evidence = state_dict.get("evidence")
         self.evidence = None if evidence is None else evidence.float()
         last = state_dict.get("last_result")

@@ -182,6 +182,7 @@ def write_step_state(path: Path, state: StepState) -> Path:
         "noise_rate": np.float64(np.nan if state.noise_rate is None else state.noise_rate),
         "backoffs": np.int64(state.backoffs),
         "paused_until": np.int64(state.paused_until),
+        "harm_streak": np.int64(state.harm_streak),
     }
 
     def save(tmp):
@@ -221,6 +222,7 @@ def read_step_state(round_dir: Path, table: SampleTable) -> StepState | None:
         noise_rate=None if np.isnan(rate) else rate,
         backoffs=int(z["backoffs"]),
         paused_until=int(z["paused_until"]),
+        harm_streak=int(z["harm_streak"]) if "harm_streak" in z else 0,  # (older files: none)
     )
 
 
