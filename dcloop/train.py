@@ -333,9 +333,11 @@ def student_epochs(cfg: DictConfig, policy: StudentPolicy) -> int:
 
 
 def train_student(cfg: DictConfig, run: Run, policy: StudentPolicy) -> tuple[Classifier, float]:
-    """Train the kept network: one network from scratch, on all samples, on the targets the
-    fold replicas' final verdict gives (:func:`dcloop.student.student_targets`); the same
-    recipe (net, optimiser, schedule, epochs) as one plain run.
+    """Train the kept network: one network, on all samples, on the targets the fold
+    replicas' final verdict gives (:func:`dcloop.student.student_targets`); the same recipe
+    (net, optimiser, schedule, epochs) as one plain run. ``student.init=replica`` starts it
+    from fold replica 0's weights instead of from scratch, ``student.epochs`` shortens its
+    schedule (:func:`student_epochs`).
 
     Returns:
         The trained :class:`~dcloop.models.Classifier` and its test accuracy.
