@@ -59,9 +59,10 @@ class SafetyPolicy:
         guard_pause: epochs cleaning pauses after a back-off.
         guard_max_backoffs: after this many back-offs cleaning stops for the rest of the run.
         guard_patience: harm seen on this many consecutive steps backs off; the steps before
-            hold the weights as they are (lower none further). A dead class, a validation
-            dip or a noise jump on one epoch of a volatile run (a high learning rate, a small
-            validation set) is not yet harm. A replica with constant outputs backs off at once.
+            hold the weights as they are (lower none further), so a dead class, a validation
+            dip or a noise jump on one epoch of a volatile run is not yet harm. A replica with
+            constant outputs backs off at once. 1 (the default) backs off at the first sign:
+            2 measured no better for the kept model (docs/safe_cleaning.md).
     """
 
     ready: str = "plateau"
@@ -78,7 +79,7 @@ class SafetyPolicy:
     guard_noise_jump: float = 0.1
     guard_pause: int = 3
     guard_max_backoffs: int = 2
-    guard_patience: int = 2
+    guard_patience: int = 1
 
     def __post_init__(self) -> None:
         check_choice("ready", self.ready, READY_RULES)

@@ -119,14 +119,18 @@ def test_harm_restores_weights_pauses_then_stops():
 
 
 def test_harm_seen_once_holds_the_weights_and_backs_off_when_seen_again():
-    """guard_patience=2 (the default): one step with harm holds the weights as they are (no
-    further lowering, no back-off); a clean step after it carries on; harm on two steps in a
-    row backs off. A constant replica backs off at once."""
+    """guard_patience=2: one step with harm holds the weights as they are (no further
+    lowering, no back-off); a clean step after it carries on; harm on two steps in a row
+    backs off. A constant replica backs off at once. (The default, 1, backs off at once.)"""
     labels, _, folds, probs = blobs()
+    assert StepPolicy().safety.guard_patience == 1
     policy = StepPolicy.from_options(
-        filter_by="predicted_neq_given", max_class_frac=1.0, max_flag_frac=1.0, ramp_steps=3
+        filter_by="predicted_neq_given",
+        max_class_frac=1.0,
+        max_flag_frac=1.0,
+        ramp_steps=3,
+        guard_patience=2,
     )
-    assert policy.safety.guard_patience == 2
     dead = probs.clone()
     dead[:, 2] = 0.0  # class 2 predicted for no sample
     dead /= dead.sum(1, keepdim=True)
