@@ -82,6 +82,13 @@ def test_given_verdict_is_bounded_on_a_copy_and_prior_weights_multiply():
     assert (new.weights == 0.5).all()  # unflagged: 1 x the label file's 0.5
 
 
+def without_class(probs, c):
+    """``probs`` with class ``c`` predicted for no sample (the guard's dead class)."""
+    dead = probs.clone()
+    dead[:, c] = 0.0
+    return dead / dead.sum(1, keepdim=True)
+
+
 def test_harm_restores_weights_pauses_then_stops():
     labels, _, folds, probs = blobs()
     policy = StepPolicy.from_options(
@@ -94,9 +101,7 @@ def test_harm_restores_weights_pauses_then_stops():
     )
     s1, _ = clean_step(StepState.initial(labels, folds), Evidence(probs, 1), policy)
     assert s1.weights[0] == 0.5
-    dead = probs.clone()
-    dead[:, 2] = 0.0  # class 2 predicted for no sample: harm
-    dead /= dead.sum(1, keepdim=True)
+    dead = without_class(probs, 2)  # class 2 predicted for no sample: harm
     s2, r2 = clean_step(s1, Evidence(probs, 2, current=dead), policy)
     assert r2.problems and "class(es) [2]" in r2.problems[0]
     assert r2.event["action"] == "weights restored; cleaning paused until epoch 3"
@@ -131,9 +136,7 @@ def test_harm_seen_once_holds_the_weights_and_backs_off_when_seen_again():
         ramp_steps=3,
         guard_patience=2,
     )
-    dead = probs.clone()
-    dead[:, 2] = 0.0  # class 2 predicted for no sample
-    dead /= dead.sum(1, keepdim=True)
+    dead = without_class(probs, 2)  # class 2 predicted for no sample
     s1, _ = clean_step(StepState.initial(labels, folds), Evidence(probs, 1), policy)
     lowered = s1.weights.clone()
     assert (lowered < 1).any()
@@ -157,9 +160,7 @@ def test_harm_seen_once_holds_the_weights_and_backs_off_when_seen_again():
 def test_detect_reports_harm_without_backing_off():
     labels, _, folds, probs = blobs()
     policy = StepPolicy.from_options(action="detect")
-    dead = probs.clone()
-    dead[:, 1] = 0.0
-    dead /= dead.sum(1, keepdim=True)
+    dead = without_class(probs, 1)
     new, report = clean_step(
         StepState.initial(labels, folds), Evidence(probs, 1, current=dead), policy
     )
@@ -192,9 +193,7 @@ def test_noise_jump_and_val_drop_count_only_once_cleaning_started():
 def test_a_dead_class_before_anything_acted_is_not_a_back_off():
     labels, _, folds, probs = blobs()
     policy = StepPolicy.from_options(filter_by="predicted_neq_given", guard_max_backoffs=1)
-    dead = probs.clone()
-    dead[:, 2] = 0.0
-    dead /= dead.sum(1, keepdim=True)
+    dead = without_class(probs, 2)
     state = StepState.initial(labels, folds)
     new, report = clean_step(state, Evidence(probs, 1, current=dead), policy)
     assert report.skipped.startswith("not ready: class(es) [2]")
@@ -291,9 +290,7 @@ def test_merge_applies_the_gate_and_the_ramp_as_the_loop_does(tmp_path):
 
 def test_merge_guard_backs_off_on_a_dead_class(tmp_path):
     labels, truth, folds, probs = blobs()
-    dead = probs.clone()
-    dead[:, 2] = 0.0
-    dead /= dead.sum(1, keepdim=True)
+    dead = without_class(probs, 2)
     d = _round(tmp_path, 0, labels, truth, folds, dead)
     metrics = merge_round(d, device="cpu")
     assert metrics["warnings"] and metrics["warnings"][0].startswith("round 0: class(es) [2]")
