@@ -117,17 +117,15 @@ def run_task(task: dict[str, Any]) -> dict[str, Any]:
 
 
 def markdown(meta: dict[str, Any], steps: list, runs: list) -> str:
+    sys.path.insert(0, str(HERE))
+    from bench_real import md_head
+
     lines = [
-        "# AdamW: the fused step against the default per-tensor step",
-        "",
-        "```",
-        meta["command"],
-        "```",
-        "",
-        f"- Date: {meta['date']}; machine: {meta['machine']}; "
-        f"total wall {meta['wall_min']:.1f} min",
-        f"- {meta['setup']}",
-        "",
+        *md_head(
+            "AdamW: the fused step against the default per-tensor step",
+            meta,
+            f"- Total wall time: {meta['wall_min']:.1f} min",
+        ),
         "## One optimiser step over the K=5 fold replicas' stacked parameters",
         "",
         "| data (net) | parameters | default ms | fused ms | fused / default |",

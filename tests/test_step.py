@@ -1,6 +1,7 @@
 """dcloop.step: the cleaning step as one pure function, without a Trainer; the sequential
 merge runs it (confidence gate, ramp, guard) as the fold-parallel loop does."""
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -305,3 +306,18 @@ def test_a_step_state_of_another_size_is_an_error(tmp_path):
     merge_round(d, device="cpu")
     with pytest.raises(ValueError, match=r"step_state.npz: holds 60 samples, this round 30"):
         read_step_state(d, SampleTable(labels[:30], folds[:30]))
+
+
+def test_the_step_state_file_keeps_the_harm_streak(tmp_path):
+    """guard_patience across sequential rounds: the merge's step_state.npz carries the harm
+    streak to the next round (an older file without it reads as 0)."""
+    from dcloop.scale.merge import write_step_state
+
+    labels, _, folds, _ = blobs()
+    state = dataclasses.replace(StepState.initial(labels, folds), harm_streak=1)
+    write_step_state(tmp_path / STEP_STATE, state)
+    assert read_step_state(tmp_path, SampleTable(labels, folds)).harm_streak == 1
+    z = dict(np.load(tmp_path / STEP_STATE))
+    del z["harm_streak"]
+    np.savez(tmp_path / STEP_STATE, **z)
+    assert read_step_state(tmp_path, SampleTable(labels, folds)).harm_streak == 0
