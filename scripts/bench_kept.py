@@ -174,6 +174,7 @@ def _run_task(task: dict[str, Any]) -> list[dict[str, Any]]:
             targets=targets,
             weights=weights,
             seed=cfg.seed,
+            num_samples=len(dm.train_dataset),
             **module_kwargs(cfg.model, Classifier),
         )
         tr = bn.trainer(cfg, run_dir / name)
@@ -188,6 +189,11 @@ def _run_task(task: dict[str, Any]) -> list[dict[str, Any]]:
     n, c = len(dm.given_labels), dm.num_classes
     labels = torch.as_tensor(dm.given_labels)
     student(cfg, dm, None, None, "given")
+    for variant in [v for v in task.get("plain", []) if v] if "given" in task["rules"] else ():
+        vcfg = bench_real.compose(
+            run_dir / f"plain{len(out)}", task["seed"], [*task["overrides"], *variant]
+        )
+        student(vcfg, dm, None, None, "given[" + ",".join(variant) + "]")
     if dm.has_ground_truth and "oracle" in task["rules"]:
         true = torch.nn.functional.one_hot(torch.as_tensor(dm.true_labels), c).float()
         student(cfg, dm, true, None, "oracle")
@@ -408,6 +414,13 @@ def main(argv=None) -> None:
         help="with rule 'default': variants of the default run, each a comma-separated list "
         "of overrides ('' = the shipped defaults)",
     )
+    p.add_argument(
+        "--plain",
+        nargs="*",
+        default=[""],
+        help="with rule 'given': variants of the plain network beside it, each a "
+        "comma-separated list of overrides (e.g. model.elr.lam=3; '' = none)",
+    )
     p.add_argument("--epochs", type=int, default=None, help="recipe epochs (default: bench's)")
     p.add_argument(
         "--from-default",
@@ -467,6 +480,7 @@ def main(argv=None) -> None:
                         "teacher_extra": args.teacher_extra,
                         "defaults": [[o for o in v.split(",") if o] for v in args.defaults],
                         "from_default": args.from_default,
+                        "plain": [[o for o in v.split(",") if o] for v in args.plain],
                         "run_dir": str(workdir / f"{ds}_{st}_{seed}"),
                     }
                 )

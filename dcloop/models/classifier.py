@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import lightning as L
 import torch
@@ -12,6 +13,8 @@ from dcloop import mixup as mixing
 from dcloop._checks import check_callable
 from dcloop.errors import UserInputError
 from dcloop.models import optim
+from dcloop.models.elr import EarlyLearning, reconcile_checkpoint
+from dcloop.models.elr import check_options as check_elr
 
 
 class Classifier(L.LightningModule):
@@ -35,6 +38,10 @@ class Classifier(L.LightningModule):
             permutation of itself, ``lam ~ Beta(alpha, alpha)``, inputs, targets and weights
             alike (token ids: at the network's ``embed``); the loss then takes soft targets.
             The draws come from a generator seeded per epoch, as the network's randomness.
+        elr: ``{"lam": ..., "beta": ...}``: early-learning regularisation
+            (:mod:`dcloop.models.elr`); ``None``: off. Not with ``mixup``.
+        num_samples: N, the training set's size, for ``elr``'s running targets (default: the
+            length of ``targets`` or ``weights``).
     """
 
     def __init__(
@@ -52,8 +59,11 @@ class Classifier(L.LightningModule):
         optimizer: Callable | None = None,
         loss: Callable | None = None,
         mixup: float = 0.0,
+        elr: Mapping[str, float] | None = None,
+        num_samples: int | None = None,
     ) -> None:
         super().__init__()
+        elr = check_elr(elr)
         optim.check_scheduler(scheduler)
         check_callable("optimizer", optimizer, expected="a factory optimizer(params)")
         self._optimizer, self._scheduler = optimizer, scheduler
@@ -73,6 +83,7 @@ class Classifier(L.LightningModule):
                 "optimizer": optim.describe(optimizer),
                 "loss": optim.describe(loss),
                 "mixup": mixup,
+                "elr": elr,
             },
             ignore=[
                 "net",
@@ -95,9 +106,23 @@ class Classifier(L.LightningModule):
                 f"targets must have shape (N, {self.num_classes}); got {tuple(t.shape)}"
             )
         self.register_buffer("targets", t, persistent=t is not None)
+        self.elr = None
+        if elr is not None:
+            if mixup:
+                raise UserInputError(
+                    "model.elr and mixup cannot be combined (a mixed row has no single "
+                    "running target): set one of them off"
+                )
+            n = next((len(v) for v in (t, w) if v is not None), num_samples)
+            if n is None:
+                raise ValueError("Classifier(elr=...) needs num_samples, targets or weights")
+            self.elr = EarlyLearning(int(n), self.num_classes, **elr)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        reconcile_checkpoint(self.elr, checkpoint.get("state_dict", {}), "the checkpoint")
 
     def on_fit_start(self) -> None:
         # A batch that cannot be mixed (token ids, no embedding hook): fail before any step.
@@ -124,6 +149,8 @@ class Classifier(L.LightningModule):
         else:
             logits = self(x)
         ce = self._loss_fn(logits, t)
+        if self.elr is not None:
+            ce = ce + self.elr.penalty(logits, index, train=None if w is None else w > 0)
         if w is None:
             loss = ce.mean()
         else:

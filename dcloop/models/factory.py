@@ -195,9 +195,10 @@ def module_kwargs(model_cfg: DictConfig, module: type = FoldEnsemble) -> dict[st
 
     Reads the partials ``model.optimizer``, ``model.scheduler`` (a partial, ``cosine``,
     ``none`` or null), ``model.loss`` (a partial of a per-sample loss, or a mapping with
-    ``label_smoothing``) and ``model.vectorize``, and the older flat block ``model.optim``
-    (``lr``, ``weight_decay``, ``scheduler``, ``label_smoothing``, ``vectorize``). Missing
-    keys keep the module's defaults (AdamW + cosine). Keys only the fold ensemble takes
+    ``label_smoothing``), ``model.vectorize`` and ``model.elr`` (:mod:`dcloop.models.elr`),
+    and the older flat block ``model.optim`` (``lr``, ``weight_decay``, ``scheduler``,
+    ``label_smoothing``, ``vectorize``). Missing keys keep the module's defaults (AdamW +
+    cosine). Keys only the fold ensemble takes
     (``vectorize``) are dropped for a module that does not take them, and ``model.mixup``
     (:mod:`dcloop.mixup`, the single network's) for the fold ensemble.
 
@@ -258,6 +259,9 @@ def module_kwargs(model_cfg: DictConfig, module: type = FoldEnsemble) -> dict[st
         out["vectorize"] = model_cfg.vectorize
     if model_cfg.get("mixup") is not None:
         out["mixup"] = model_cfg.mixup
+    elr = model_cfg.get("elr")
+    if elr is not None:
+        out["elr"] = OmegaConf.to_container(elr, resolve=True) if OmegaConf.is_config(elr) else elr
     if "loss" in out and out.pop("label_smoothing", 0.0):
         raise ValueError("model.loss is a partial: put label_smoothing in it, not beside it")
     takes, _ = _signature(module)

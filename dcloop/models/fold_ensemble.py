@@ -6,7 +6,7 @@ import copy
 import functools
 import logging
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, Literal
 
 import lightning as L
@@ -17,9 +17,12 @@ from torch import nn
 from torch.func import functional_call, stack_module_state
 
 from dcloop._checks import check_all_classes_present, check_callable, check_labels
+from dcloop.errors import UserInputError
 from dcloop.folds import assign_folds
 from dcloop.health.features import replica_outputs
 from dcloop.models import optim
+from dcloop.models.elr import EarlyLearning, reconcile_checkpoint
+from dcloop.models.elr import check_options as check_elr
 from dcloop.models.losses import fold_masked_loss
 from dcloop.models.user_module import Init, optimizer_from_module, replica_factory
 from dcloop.state import SampleTable, digest
@@ -70,6 +73,9 @@ class FoldEnsemble(L.LightningModule):
         vectorize: ``"auto"``, ``"vmap"`` or ``"loop"``.
         mask_folds: ``False`` trains every replica on all samples (a plain ensemble,
             for baselines: its "OOF" predictions are then in-sample).
+        elr: ``{"lam": ..., "beta": ...}``: early-learning regularisation
+            (:mod:`dcloop.models.elr`), each replica with its own running targets; ``None``:
+            off.
 
     Example:
         >>> from functools import partial
@@ -94,8 +100,10 @@ class FoldEnsemble(L.LightningModule):
         mask_folds: bool = True,
         optimizer: Callable | None = None,
         loss: Callable | None = None,
+        elr: Mapping[str, float] | None = None,
     ) -> None:
         super().__init__()
+        elr = check_elr(elr)
         if vectorize not in ("auto", "vmap", "loop"):
             raise ValueError(f"vectorize must be 'auto', 'vmap' or 'loop'; got {vectorize!r}")
         optim.check_scheduler(scheduler)
@@ -118,6 +126,7 @@ class FoldEnsemble(L.LightningModule):
                 "mask_folds": mask_folds,
                 "optimizer": optim.describe(optimizer),
                 "loss": optim.describe(loss),
+                "elr": elr,
             },
             ignore=[
                 "net",
@@ -142,6 +151,11 @@ class FoldEnsemble(L.LightningModule):
         folds = assign_folds(labels, num_folds, seed=seed)
         self.samples = SampleTable(labels, folds, true_labels)
         self.num_folds = int(num_folds)
+        self.elr = (
+            None
+            if elr is None
+            else EarlyLearning(len(labels), self.num_classes, replicas=self.num_folds, **elr)
+        )
 
         with torch.random.fork_rng():
             torch.manual_seed(seed)
@@ -258,6 +272,11 @@ class FoldEnsemble(L.LightningModule):
         # replica's held-out rows); vmap on accelerators, with the loop as its fallback.
         if self._auto and self.device.type == "cpu":
             self._mode = "loop"
+        if self.elr is not None and self._distributed:
+            raise UserInputError(
+                "model.elr keeps its running targets on one process; it does not run with "
+                f"{self.trainer.world_size} devices yet: set trainer.devices=1 or model.elr=null"
+            )
 
     def training_step(self, batch, batch_idx):
         x, _, index = batch
@@ -265,16 +284,23 @@ class FoldEnsemble(L.LightningModule):
         folds = s.folds[index] if self.hparams.mask_folds else torch.full_like(index, -1)
         normalizer = self._global_weight_sum if self._distributed else None
         if self._mode == "loop":
-            loss, per_replica = self._loop_loss(x, s.labels[index], folds, s.weights[index])
+            loss, per_replica = self._loop_loss(x, s.labels[index], folds, s.weights[index], index)
         else:
+            logits = self(x)
+            penalty = None
+            if self.elr is not None:
+                replica = torch.arange(self.num_folds, device=x.device).unsqueeze(1)
+                train = (folds.unsqueeze(0) != replica) & (s.weights[index] > 0).unsqueeze(0)
+                penalty = self.elr.penalty(logits, index, train=train)
             loss, per_replica = fold_masked_loss(
-                self(x),
+                logits,
                 s.labels[index],
                 folds,
                 s.weights[index],
                 label_smoothing=self.hparams.label_smoothing,
                 normalizer=normalizer,
                 loss_fn=self._loss_fn,
+                penalty=penalty,
             )
         self.log(
             "train/loss",
@@ -287,7 +313,7 @@ class FoldEnsemble(L.LightningModule):
         )
         return loss
 
-    def _loop_loss(self, x, targets, folds, weights) -> tuple[torch.Tensor, torch.Tensor]:
+    def _loop_loss(self, x, targets, folds, weights, index) -> tuple[torch.Tensor, torch.Tensor]:
         """:func:`fold_masked_loss` with each replica run on the rows it trains on only.
 
         Replica k's forward and backward pass skips its held-out fold and the rows whose
@@ -316,6 +342,8 @@ class FoldEnsemble(L.LightningModule):
             one = ({n: p[k] for n, p in params.items()}, {n: b[k] for n, b in buffers.items()})
             logits = functional_call(skeleton, one, (x[rows],))
             loss_k = ce(logits.float(), targets[rows])
+            if self.elr is not None:
+                loss_k = loss_k + self.elr.penalty(logits, index[rows], replica=k)
             per_replica.append((w[k, rows] * loss_k).sum() / den[k].clamp_min(1e-8))
         stacked = torch.stack(per_replica)
         return stacked.sum(), stacked
@@ -399,6 +427,7 @@ class FoldEnsemble(L.LightningModule):
         where = self._trainer.ckpt_path if self._trainer is not None else None
         name = f"checkpoint {where}" if where else "the checkpoint"
         self._fill_new_sample_state(checkpoint.get("state_dict", {}), name)
+        reconcile_checkpoint(self.elr, checkpoint.get("state_dict", {}), name)
         if saved is None:
             rank_zero_warn(
                 f"{name} has no {RUN_KEY!r} entry (written by an older dcloop): cannot check "

@@ -16,6 +16,7 @@ def fold_masked_loss(
     label_smoothing: float = 0.0,
     normalizer=None,
     loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+    penalty: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Cross-entropy of K replicas where replica k ignores the samples of fold k.
 
@@ -30,6 +31,8 @@ def fold_masked_loss(
             average equals the one-process gradient); ``None`` = the local sums.
         loss_fn: per-sample loss ``(logits (n, C), targets (n,)) -> (n,)`` in place of
             cross-entropy (``label_smoothing`` is then not used).
+        penalty: ``(K, B)`` per-sample terms added to the loss before masking and weighting
+            (early-learning regularisation, :mod:`dcloop.models.elr`).
 
     Returns:
         ``(total, per_replica)``: ``per_replica`` is ``(K,)``, each the weighted mean
@@ -46,6 +49,8 @@ def fold_masked_loss(
         ).view(k, b)
     else:
         ce = loss_fn(logits.reshape(k * b, c), targets.repeat(k)).view(k, b)
+    if penalty is not None:
+        ce = ce + penalty
     replica = torch.arange(k, device=logits.device).unsqueeze(1)
     w = (folds.unsqueeze(0) != replica).to(ce.dtype)
     if weights is not None:

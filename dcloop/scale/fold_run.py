@@ -169,7 +169,14 @@ def build_module(cfg: DictConfig, dm, weights: np.ndarray | None, fold: int) -> 
         kwargs = module_kwargs(cfg.model, Classifier)
         extra, example = getattr(dm, "net_kwargs", None), dm.train_dataset[0][0]
         net = net_factory(cfg.model.net, dm.input_shape, dm.num_classes, extra, example=example)
-        return Classifier(net, dm.num_classes, weights=w, seed=cfg.seed * 1000 + fold, **kwargs)
+        return Classifier(
+            net,
+            dm.num_classes,
+            weights=w,
+            seed=cfg.seed * 1000 + fold,
+            num_samples=len(dm.train_dataset),
+            **kwargs,
+        )
     made = instantiate(seq.module)
     if isinstance(made, functools.partial):
         params = inspect.signature(made.func).parameters
