@@ -20,6 +20,7 @@ from dcloop.health import (
     find_leakage,
     find_near_duplicates,
     find_outliers,
+    find_rare_texts,
     find_test_only,
     knn,
     pixel_leakage,
@@ -29,6 +30,7 @@ from dcloop.health import (
 from dcloop.health._inputs import METRICS, as_features
 from dcloop.health.features import NoEmbedding
 from dcloop.health.knn import INDEXES
+from dcloop.health.outliers import Outliers
 from dcloop.results import write_csv, write_json
 from dcloop.timing import timed
 
@@ -49,11 +51,14 @@ FILES = (
 
 
 @torch.inference_mode()
-def ensemble_features(model: Any, loader: Any, inputs: list | None = None) -> torch.Tensor:
+def ensemble_features(
+    model: Any, loader: Any, inputs: list | None = None, tokens: list | None = None
+) -> torch.Tensor:
     """``(N, D)`` mean over the fold replicas of their penultimate embedding, in loader order:
     one map for train and test alike (a held-out replica per sample would put the samples of
     different folds in different coordinate systems). Image batches ``(B, C, H, W)`` are
-    appended to ``inputs`` (on the host) when it is given."""
+    appended to ``inputs`` (on the host) when it is given, token id batches ``(B, L)`` to
+    ``tokens``."""
     params, buffers = model._stacked()
     skeleton = model._skeleton[0]
     was = skeleton.training
@@ -65,6 +70,9 @@ def ensemble_features(model: Any, loader: Any, inputs: list | None = None) -> to
             x = batch[0] if isinstance(batch, (tuple, list)) else batch
             if inputs is not None and isinstance(x, torch.Tensor) and x.ndim == 4:
                 inputs.append(x.float().cpu())
+            if tokens is not None and isinstance(x, torch.Tensor) and x.ndim == 2:
+                if not (x.is_floating_point() or x.dtype == torch.bool):
+                    tokens.append(x.cpu())
             feats = 0.0
             for k in range(model.num_folds):
                 one = ({n: p[k] for n, p in params.items()}, {n: b[k] for n, b in buffers.items()})
@@ -117,6 +125,13 @@ class DataHealth(L.Callback):
             replicas' mean embedding, one extra pass over the training set; one map for every
             sample, and for the test set) or ``held_out`` (the OOF pass's buffer, no extra
             pass; each fold's samples in its own replica's coordinates).
+        rarity: for text (token id batches), also flag texts whose words the training set
+            rarely uses (:func:`~dcloop.health.find_rare_texts`: mean ``log(N / df)`` of
+            their distinct ids, the tokenizer's unknown id as the rarest, Datalab's fence),
+            read from the ids of the same pass; ``outliers.csv`` then says which ``signal``
+            flagged each row (``embedding``, ``rarity``, ``both``). On AG News with 40
+            planted off-topic texts: F1 0.800 at the fence, 1.000 at the best cut-off
+            (``scripts/results/bench_health_planted.md``). Needs ``space="mean"``.
     """
 
     def __init__(
@@ -134,6 +149,7 @@ class DataHealth(L.Callback):
         save_features: bool = True,
         space: str = "mean",
         index: str = "auto",
+        rarity: bool = True,
     ) -> None:
         check_int("health.k", k, minimum=1)
         check_choice("health.metric", metric, METRICS)
@@ -157,6 +173,8 @@ class DataHealth(L.Callback):
         check_choice("health.index", index, INDEXES)
         self.index = index
         self.space = space
+        self.rarity = check_bool("health.rarity", rarity)
+        self._tokens: list = []
         self._train_pairs: pd.DataFrame | None = None
         self._train_shared: torch.Tensor | None = None  # the training set's mean embedding
 
@@ -182,9 +200,13 @@ class DataHealth(L.Callback):
             feats = oof.features if self.space == "held_out" else None
             if feats is None:  # the replicas' mean embedding: one pass over the training set
                 kept: list = []
+                self._tokens = []
                 loader = trainer.datamodule.oof_dataloader()
+                tokens = self._tokens if self.rarity else None
                 try:
-                    feats = ensemble_features(pl_module, loader, kept if self.pixels else None)
+                    feats = ensemble_features(
+                        pl_module, loader, kept if self.pixels else None, tokens
+                    )
                 except NoEmbedding as err:  # a net with no embedding: nothing to judge on
                     log.warning("data health skipped: %s", err)
                     self._skipped = True
@@ -241,6 +263,19 @@ class DataHealth(L.Callback):
         shift = min(3, side // 8)
         return pixel_leakage(te, tr, crop=side - 2 * shift, max_shift=shift)
 
+    def _rare_texts(self, trainer: L.Trainer, num_train: int) -> Outliers | None:
+        """:func:`~dcloop.health.find_rare_texts` of the training texts' ids kept during the
+        pass (``rarity=True``, token id data, one row per sample), else ``None``."""
+        if not (self.rarity and self._tokens):
+            return None
+        ids = torch.cat([t.reshape(t.shape[0], -1) for t in self._tokens])
+        if ids.shape[0] != num_train or num_train < 2:
+            return None
+        dm = trainer.datamodule
+        pad = getattr(dm, "net_kwargs", {}).get("pad_id", 0)
+        tok = getattr(getattr(dm, "source_object", None), "tokenizer", None)
+        return find_rare_texts(ids, pad_id=pad, unk_id=getattr(tok, "unk_id", None))
+
     @staticmethod
     def _sources(trainer: L.Trainer) -> list[str] | None:
         dm = trainer.datamodule
@@ -253,15 +288,14 @@ class DataHealth(L.Callback):
         k = min(self.k, n - 1)
         nb = knn(x, k=k, metric=self.metric, index=self.index)
         out = find_outliers(x, k=k, neighbours=nb)
+        rare = self._rare_texts(trainer, n)
         dup = find_near_duplicates(x, k=k, threshold=self.duplicate_threshold, neighbours=nb)
         num_classes = probs.shape[1]
         groups = underperforming_groups(x, labels, probs.float(), threshold=self.group_threshold)
         imb = class_imbalance(labels.cpu(), num_classes)
         folder = self.folder(trainer)
         folder.mkdir(parents=True, exist_ok=True)
-        rows = out.flags.nonzero().flatten().cpu().numpy()
-        order = rows[np.argsort(-out.score.cpu().numpy()[rows], kind="stable")]
-        write_csv(_rows(order, src, out.score.cpu().numpy(), "score"), folder / "outliers.csv")
+        write_csv(_outlier_rows(out, rare, src), folder / "outliers.csv")
         pairs = dup.pairs.cpu().numpy()
         dist = dup.distance.cpu().numpy()
         px = self._pixel_train_pairs(n)
@@ -316,7 +350,10 @@ class DataHealth(L.Callback):
             np.save(folder / f"features_train_{self.space}.npy", x.cpu().numpy())
         self.summary.update(
             {
-                "outliers": int(out.flags.sum()),
+                "outliers": int(out.flags.sum())
+                if rare is None
+                else int((out.flags.cpu() | rare.flags.cpu()).sum()),
+                **({"rare_texts": int(rare.flags.sum())} if rare is not None else {}),
                 "near_duplicate_pairs": int(pairs.shape[0]),
                 "underperforming_groups": int(groups.flagged.sum()),
                 "underperforming_samples": int(len(weak)),
@@ -408,5 +445,30 @@ def _unit(x: torch.Tensor) -> np.ndarray:
     return torch.nn.functional.normalize(x.float(), dim=1).cpu().numpy()
 
 
-def _rows(rows: np.ndarray, sources: list[str], score: np.ndarray, name: str) -> pd.DataFrame:
-    return pd.DataFrame({"index": rows, "source": [sources[i] for i in rows], name: score[rows]})
+def _outlier_rows(out: Outliers, rare: Outliers | None, sources: list[str]) -> pd.DataFrame:
+    """``outliers.csv``: ``index, source, score`` (the kNN distance), most outlying first; with
+    ``rare`` (text) also ``rarity`` and ``signal``, rows flagged by either rule, ordered by
+    how far each is past its own rule's cutoff (the larger of the two ratios)."""
+    score = out.score.cpu().numpy()
+    flags = out.flags.cpu().numpy()
+    if rare is None:
+        rows = flags.nonzero()[0]
+        rows = rows[np.argsort(-score[rows], kind="stable")]
+        return pd.DataFrame(
+            {"index": rows, "source": [sources[i] for i in rows], "score": score[rows]}
+        )
+    rarity = rare.score.cpu().numpy()
+    by_rare = rare.flags.cpu().numpy()
+    past = np.maximum(score / max(out.cutoff, 1e-12), rarity / max(rare.cutoff, 1e-12))
+    rows = (flags | by_rare).nonzero()[0]
+    rows = rows[np.argsort(-past[rows], kind="stable")]
+    signal = np.where(flags & by_rare, "both", np.where(flags, "embedding", "rarity"))
+    return pd.DataFrame(
+        {
+            "index": rows,
+            "source": [sources[i] for i in rows],
+            "score": score[rows],
+            "rarity": rarity[rows],
+            "signal": signal[rows],
+        }
+    )

@@ -127,6 +127,11 @@ class NgramTokenizer:
     def pad_id(self) -> int:
         return PAD_ID
 
+    @property
+    def unk_id(self) -> int:
+        """The id of features outside the vocabulary (with ``hash_buckets=0``)."""
+        return UNK_ID
+
     def _id(self, feature: str) -> int:
         i = self.stoi.get(feature)
         if i is not None:

@@ -6,7 +6,11 @@ like :mod:`dcloop.cl`; :class:`dcloop.callbacks.DataHealth` gathers the embeddin
 training loop and writes ``data_issues/*.csv``. See ``docs/health.md``.
 
 * :func:`knn` -- exact k-nearest neighbours in row chunks (bounded memory, any device).
-* :func:`find_outliers` -- mean kNN distance, Datalab's IQR cutoff.
+* :func:`find_outliers` -- mean kNN distance, Datalab's IQR cutoff (:func:`fence`);
+  ``scale="log_similarity"`` for sparse features.
+* :func:`token_rarity`, :func:`find_rare_texts` -- off-topic texts by the mean inverse
+  document frequency of their tokens.
+* :func:`image_properties` -- cleanvision-style image properties (measured, not a default).
 * :func:`find_near_duplicates`, :func:`find_leakage` -- pairs inside a set, and test samples
   with a near-duplicate in training (distance and nearest/second-nearest ratio).
 * :func:`pixel_leakage` -- the same for images from their pixels (no model needed).
@@ -20,8 +24,10 @@ from dcloop.health.features import outputs, replica_outputs
 from dcloop.health.groups import Groups, kmeans, underperforming_groups
 from dcloop.health.imbalance import Imbalance, class_imbalance
 from dcloop.health.knn import Neighbours, knn
-from dcloop.health.outliers import Outliers, find_outliers
+from dcloop.health.outliers import Outliers, fence, find_outliers
 from dcloop.health.pixels import PixelPairs, pixel_leakage, pixel_signature
+from dcloop.health.properties import image_properties
+from dcloop.health.rarity import find_rare_texts, token_rarity
 from dcloop.health.test_only import OnlyInTest, find_test_only
 
 __all__ = [
@@ -34,15 +40,19 @@ __all__ = [
     "PixelPairs",
     "OnlyInTest",
     "class_imbalance",
+    "fence",
     "find_leakage",
     "find_near_duplicates",
     "find_outliers",
+    "find_rare_texts",
+    "image_properties",
     "kmeans",
     "knn",
     "outputs",
     "pixel_leakage",
     "pixel_signature",
     "replica_outputs",
+    "token_rarity",
     "find_test_only",
     "underperforming_groups",
 ]

@@ -682,7 +682,9 @@ def _health_sections(folder: Path, dataset, worst: int) -> list[str]:
         df = read_csv(out, dtype={"source": str}).head(worst)
         cards = [
             f'<div class="card">{_health_preview(dataset, int(r.index), str(r.source))}'
-            f"<br>#{int(r.index)} &middot; kNN distance {float(r.score):.3f}</div>"
+            f"<br>#{int(r.index)} &middot; kNN distance {float(r.score):.3f}"
+            + (f" &middot; {r.signal}" if hasattr(r, "signal") else "")
+            + "</div>"
             for r in df.itertuples(index=False)
         ]
         parts += ["<h3>Outliers</h3>", f'<div class="gallery">{"".join(cards)}</div>']
