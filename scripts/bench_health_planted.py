@@ -26,6 +26,12 @@ duplicates also the planted samples plus the subset's own duplicate photos judge
 (:data:`CIFAR_OWN_DUPLICATES`). ``best F1`` is
 the best F1 over all cut-offs of the score (an upper bound, not a tuned result).
 
+Outlier rows beside those: images by cleanvision-style properties
+(:func:`dcloop.health.image_properties`) alone and beside the thumbnail, and their
+Mahalanobis distance from the bulk; text by raw TF-IDF with
+``find_outliers(scale="log_similarity")`` and by :func:`dcloop.health.find_rare_texts` on the
+ids of dcloop's own tokenizer (as a run computes them).
+
 Usage:
 
     python scripts/bench_health_planted.py [--pixel-ratio 0.5] [--out scripts/results/...]
@@ -45,7 +51,16 @@ import numpy as np
 import torch
 from PIL import Image
 
-from dcloop.health import find_near_duplicates, find_outliers, pixel_leakage, pixel_signature
+from dcloop.health import (
+    fence,
+    find_near_duplicates,
+    find_outliers,
+    find_rare_texts,
+    image_properties,
+    pixel_leakage,
+    pixel_signature,
+)
+from dcloop.health.properties import combine, robust_standardise
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
@@ -140,6 +155,15 @@ def best_f1(score: np.ndarray, truth: np.ndarray) -> float:
     return round(float(f1.max()), 3)
 
 
+def mahalanobis(z: torch.Tensor) -> torch.Tensor:
+    """Distance of each row of ``z`` from the mean in the rows' own covariance (a global
+    score: a group of outliers does not hide itself as it does from a kNN score)."""
+    z = z.double()
+    d = z - z.mean(0)
+    cov = torch.cov(d.T) + 1e-6 * torch.eye(z.shape[1], dtype=z.dtype)
+    return (d @ torch.linalg.inv(cov) * d).sum(1).sqrt().float()
+
+
 def jpeg(a: np.ndarray, quality: int = 75) -> np.ndarray:
     buf = io.BytesIO()
     Image.fromarray(a).save(buf, format="JPEG", quality=quality)
@@ -196,6 +220,38 @@ def images(rng, pixel_ratio: float) -> list[dict]:
             **prf(out.flags.numpy(), out_truth),
             "best_f1": best_f1(out.score.numpy(), out_truth),
             "seconds": round(time.perf_counter() - t0, 1),
+        }
+    )
+    t0 = time.perf_counter()
+    sig, props = pixel_signature(t), image_properties(t)
+    sec = time.perf_counter() - t0
+    z = robust_standardise(props)
+    for name, x in (
+        ("image properties (cleanvision-style, 11), Datalab rule (euclidean)", z),
+        ("pixel signature + image properties, blocks weighted, Datalab rule", combine(sig, props)),
+    ):
+        t0 = time.perf_counter()
+        out = find_outliers(x, metric="euclidean")
+        rows.append(
+            {
+                "data": "CIFAR subset",
+                "type": "outliers",
+                "signal": name,
+                **prf(out.flags.numpy(), out_truth),
+                "best_f1": best_f1(out.score.numpy(), out_truth),
+                "seconds": round(sec + time.perf_counter() - t0, 1),
+            }
+        )
+    t0 = time.perf_counter()
+    maha = mahalanobis(z)
+    rows.append(
+        {
+            "data": "CIFAR subset",
+            "type": "outliers",
+            "signal": "image properties, Mahalanobis distance from the bulk, Datalab's fence",
+            **prf((maha > fence(maha)).numpy(), out_truth),
+            "best_f1": best_f1(maha.numpy(), out_truth),
+            "seconds": round(sec + time.perf_counter() - t0, 1),
         }
     )
     t0 = time.perf_counter()
@@ -287,19 +343,30 @@ def texts(rng) -> list[dict]:
             "seconds": round(time.perf_counter() - t0, 1),
         }
     )
-    # the same scores on an unbounded scale: cosine distances of sparse texts crowd below 1,
-    # so Q3 + 1.7 IQR of d lies above 1; the fence on -log(1 - d) (log of the similarity)
-    similarity = (1 - out.score.double()).clamp_min(1e-6)
-    s = -torch.log(similarity)
-    q1, q3 = torch.quantile(s, torch.tensor([0.25, 0.75], dtype=s.dtype))
-    flags = (s > q3 + (1 / 0.37037 - 1) * (q3 - q1)).numpy()
+    t0 = time.perf_counter()
+    out = find_outliers(raw, scale="log_similarity")
     rows.append(
         {
             "data": "AG News",
             "type": "outliers",
-            "signal": "TF-IDF (no SVD), Datalab's fence on -log(1 - distance)",
-            **prf(flags, out_truth),
-            "best_f1": best_f1(s.numpy(), out_truth),
+            "signal": "TF-IDF (no SVD), Datalab rule on mean -log(1 - d) (scale=log_similarity)",
+            **prf(out.flags.numpy(), out_truth),
+            "best_f1": best_f1(out.score.numpy(), out_truth),
+            "seconds": round(time.perf_counter() - t0, 1),
+        }
+    )
+    from dcloop.data.tokenize import UNK_ID, NgramTokenizer
+
+    t0 = time.perf_counter()
+    tok = NgramTokenizer(ngrams=(1,), max_vocab=20000, min_count=2, max_len=128).fit(allt)
+    out = find_rare_texts(tok.encode_batch(allt), pad_id=tok.pad_id, unk_id=UNK_ID)
+    rows.append(
+        {
+            "data": "AG News",
+            "type": "outliers",
+            "signal": "token rarity (mean log N/df, the run's tokenizer), Datalab's fence",
+            **prf(out.flags.numpy(), out_truth),
+            "best_f1": best_f1(out.score.numpy(), out_truth),
             "seconds": round(time.perf_counter() - t0, 1),
         }
     )
