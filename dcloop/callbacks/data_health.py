@@ -50,6 +50,10 @@ FILES = (
 )
 
 
+#: Token ids the rare-text check holds on the host (int32), at most: 400 MB.
+MAX_RARITY_IDS = 100_000_000
+
+
 @torch.inference_mode()
 def ensemble_features(
     model: Any, loader: Any, inputs: list | None = None, tokens: list | None = None
@@ -72,7 +76,7 @@ def ensemble_features(
                 inputs.append(x.float().cpu())
             if tokens is not None and isinstance(x, torch.Tensor) and x.ndim == 2:
                 if not (x.is_floating_point() or x.dtype == torch.bool):
-                    tokens.append(x.cpu())
+                    tokens.append(x.to(torch.int32).cpu())  # half of int64 on the host
             feats = 0.0
             for k in range(model.num_folds):
                 one = ({n: p[k] for n, p in params.items()}, {n: b[k] for n, b in buffers.items()})
@@ -268,7 +272,13 @@ class DataHealth(L.Callback):
         pass (``rarity=True``, token id data, one row per sample), else ``None``."""
         if not (self.rarity and self._tokens):
             return None
-        ids = torch.cat([t.reshape(t.shape[0], -1) for t in self._tokens])
+        size = sum(t.numel() for t in self._tokens)
+        if size > MAX_RARITY_IDS:
+            log.info(
+                "data health: rare texts skipped (%d token ids, more than %d)", size, MAX_RARITY_IDS
+            )
+            return None
+        ids = torch.cat([t.reshape(t.shape[0], -1) for t in self._tokens]).long()
         if ids.shape[0] != num_train or num_train < 2:
             return None
         dm = trainer.datamodule
