@@ -56,6 +56,11 @@ def run_summary(metrics: dict[str, Any], run_dir: Path, top: list[dict[str, Any]
     lines.append(
         f"  found       {flagged} {what} ({flagged / n:.1%}); estimated "
         f"noise rate {metrics['noise']['rate']:.1%}; action={metrics['cleaning']['action']}"
+        + (
+            " (relabel: acted-on rows train on the suggested label)"
+            if metrics["cleaning"].get("relabel")
+            else ""
+        )
     )
     health = Path(run_dir) / "data_issues" / "summary.json"
     if health.is_file():  # the data_health callback (health=true)

@@ -138,6 +138,7 @@ def run_metrics(
             "mode": mode,
             "num_folds": num_folds,
             "action": policy.cleaning.action,
+            "relabel": policy.cleaning.relabel,
             "filter_by": policy.cleaning.filter_by,
             "num_flagged": int(table.flagged.sum()),
             "min_class_kept_frac": min_class_kept(table, num_classes),

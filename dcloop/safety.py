@@ -423,6 +423,11 @@ class CleaningPolicy:
             posterior as the quality score (the flagged count then follows the calibrated
             estimate instead of confident learning's, which runs high where the replicas are
             weak). ``"none"``: confident learning's estimate and flags.
+        relabel: the weight the action takes from a sample's given label goes to its
+            suggested label instead (the held-out evidence's argmax): a pruned sample trains
+            on the suggested label at full weight, one half-way down the ramp on both labels
+            half and half (:meth:`dcloop.models.FoldEnsemble.train_targets`). ``False``: the
+            weight is taken away (prune / downweight as such).
     """
 
     filter_by: str = "prune_by_noise_rate"
@@ -433,8 +438,10 @@ class CleaningPolicy:
     downweight_floor: float = 0.1
     downweight_power: float = 1.0
     calibrate: str = "none"
+    relabel: bool = False
 
     def __post_init__(self) -> None:
+        check_bool("relabel", self.relabel)
         check_choice("filter_by", self.filter_by, FILTER_BY)
         check_choice("quality_method", self.quality_method, SCORE_METHODS)
         check_choice("action", self.action, ACTIONS)

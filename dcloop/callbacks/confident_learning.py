@@ -14,6 +14,7 @@ from dcloop.callbacks.distributed import broadcast_result
 from dcloop.callbacks.oof import OOFCollector
 from dcloop.cl import CLResult
 from dcloop.data.labelfile import attach_label_file
+from dcloop.errors import UserInputError
 from dcloop.results import write_issue_table
 from dcloop.safety import bound_flags, ema, oof_accuracy, readiness
 from dcloop.step import Evidence, StepPolicy, StepState, clean_step
@@ -128,6 +129,7 @@ class ConfidentLearning(L.Callback):
                 "ConfidentLearning needs a LightningModule with a `samples` "
                 "SampleTable, e.g. dcloop.models.FoldEnsemble"
             )
+        self._set_relabel(pl_module)
         dm = trainer.datamodule
         if stage == "fit":  # people's label file: confirmed rows, prior weights (dcloop.people)
             attach_label_file(pl_module.samples, getattr(dm, "label_override", None))
@@ -141,6 +143,26 @@ class ConfidentLearning(L.Callback):
             self.sources = [dm.source_of(i) for i in range(len(pl_module.samples))]
         if self.evidence is not None:
             self.evidence = self.evidence.to(pl_module.device)
+
+    def _set_relabel(self, pl_module: L.LightningModule) -> None:
+        """``cl.relabel``: the module trains acted-on rows on their suggested label
+        (:meth:`dcloop.models.FoldEnsemble.train_targets`), so its loss takes soft targets."""
+        if not self.cleaning.relabel:
+            if hasattr(pl_module, "relabel"):
+                pl_module.relabel = False
+            return
+        if not hasattr(pl_module, "train_targets"):
+            raise UserInputError(
+                f"cl.relabel=true needs the fold replicas' module (dcloop.models.FoldEnsemble, "
+                f"mode=parallel); {type(pl_module).__name__} trains on given labels only: set "
+                "cl.relabel=false"
+            )
+        from dcloop.models.classifier import check_soft_loss
+
+        loss_fn = getattr(pl_module, "_loss_fn", None)
+        if loss_fn is not None:
+            check_soft_loss(loss_fn, pl_module.num_classes, "cl.relabel", "cl.relabel=false")
+        pl_module.relabel = True
 
     def due(self, epoch: int) -> bool:
         """Whether a step may run at the end of (0-based) ``epoch`` by the schedule alone."""

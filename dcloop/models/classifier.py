@@ -70,7 +70,7 @@ class Classifier(L.LightningModule):
         self._loss_fn = optim.per_sample_loss(loss, label_smoothing)
         mixup = mixing.check_alpha(mixup)
         if mixup:
-            _check_soft_loss(self._loss_fn, int(num_classes))
+            check_soft_loss(self._loss_fn, int(num_classes))
         self._mix_generator: torch.Generator | None = None
         self.save_hyperparameters(
             {
@@ -203,20 +203,22 @@ class Classifier(L.LightningModule):
         )
 
 
-def _check_soft_loss(loss_fn: Callable, num_classes: int) -> None:
-    """Mixup trains on mixed (soft) targets: ``loss_fn`` must take ``(n, C)`` distributions."""
+def check_soft_loss(
+    loss_fn: Callable, num_classes: int, option: str = "model.mixup", off: str = "model.mixup=0"
+) -> None:
+    """``option`` trains on soft targets: ``loss_fn`` must take ``(n, C)`` distributions."""
     logits = torch.zeros(2, num_classes)
     soft = torch.full((2, num_classes), 1.0 / num_classes)
     try:
         out = loss_fn(logits, soft)
     except Exception as err:  # noqa: BLE001 - any failure of the user's loss
         raise UserInputError(
-            f"model.mixup trains on mixed (soft) targets, but model.loss fails on (n, C) "
+            f"{option} trains on soft (n, C) targets, but model.loss fails on (n, C) "
             f"distributions: {type(err).__name__}: {err}. Use a loss that takes them "
-            "(cross-entropy, dcloop.models.losses.gce_loss or sce_loss) or set model.mixup=0"
+            f"(cross-entropy, dcloop.models.losses.gce_loss or sce_loss) or set {off}"
         ) from err
     if not isinstance(out, torch.Tensor) or tuple(out.shape) != (2,):
         shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
         raise UserInputError(
-            f"model.mixup needs per-sample losses; model.loss gave {shape} for 2 soft targets"
+            f"{option} needs per-sample losses; model.loss gave {shape} for 2 soft targets"
         )

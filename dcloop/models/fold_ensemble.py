@@ -151,6 +151,8 @@ class FoldEnsemble(L.LightningModule):
         folds = assign_folds(labels, num_folds, seed=seed)
         self.samples = SampleTable(labels, folds, true_labels)
         self.num_folds = int(num_folds)
+        # cl.relabel (set by dcloop.callbacks.ConfidentLearning): see train_targets
+        self.relabel = False
         self.elr = (
             None
             if elr is None
@@ -278,25 +280,55 @@ class FoldEnsemble(L.LightningModule):
                 f"{self.trainer.world_size} devices yet: set trainer.devices=1 or model.elr=null"
             )
 
+    def train_targets(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The batch's targets and loss weights: ``(B,)`` given labels and the loop's
+        weights; with :attr:`relabel` (``cl.relabel``), ``(B, C)`` distributions where the
+        weight the action took from a given label goes to the suggested label instead::
+
+            moved  = prior_weight - weight          (0 where nothing was lowered)
+            target = (weight * onehot(given) + moved * onehot(suggested)) / prior_weight
+
+        at weight ``prior_weight``: a pruned sample (weight 0) trains on its suggested label,
+        a guard's back-off (weights restored) undoes it, and a row never acted on keeps its
+        given label. Only confident flags are acted on (``cl.min_confidence``), so only they
+        move.
+        """
+        s = self.samples
+        labels, weights = s.labels[index], s.weights[index]
+        if not self.relabel:
+            return labels, weights
+        prior = s.prior_weights[index]
+        suggested = s.suggested[index]
+        moved = torch.where(suggested >= 0, (prior - weights).clamp_min(0), 0.0)
+        c = self.num_classes
+        given = F.one_hot(labels, c).float()
+        target = weights.unsqueeze(1) * given
+        target = target + moved.unsqueeze(1) * F.one_hot(suggested.clamp_min(0), c).float()
+        total = (weights + moved).unsqueeze(1)
+        # weight 0 (nothing to move to): the given label, which the loss then ignores
+        target = torch.where(total > 0, target / total.clamp_min(1e-12), given)
+        return target, total.squeeze(1)
+
     def training_step(self, batch, batch_idx):
         x, _, index = batch
         s = self.samples
         folds = s.folds[index] if self.hparams.mask_folds else torch.full_like(index, -1)
         normalizer = self._global_weight_sum if self._distributed else None
+        targets, weights = self.train_targets(index)
         if self._mode == "loop":
-            loss, per_replica = self._loop_loss(x, s.labels[index], folds, s.weights[index], index)
+            loss, per_replica = self._loop_loss(x, targets, folds, weights, index)
         else:
             logits = self(x)
             penalty = None
             if self.elr is not None:
                 replica = torch.arange(self.num_folds, device=x.device).unsqueeze(1)
-                train = (folds.unsqueeze(0) != replica) & (s.weights[index] > 0).unsqueeze(0)
+                train = (folds.unsqueeze(0) != replica) & (weights > 0).unsqueeze(0)
                 penalty = self.elr.penalty(logits, index, train=train)
             loss, per_replica = fold_masked_loss(
                 logits,
-                s.labels[index],
+                targets,
                 folds,
-                s.weights[index],
+                weights,
                 label_smoothing=self.hparams.label_smoothing,
                 normalizer=normalizer,
                 loss_fn=self._loss_fn,

@@ -22,7 +22,7 @@ def fold_masked_loss(
 
     Args:
         logits: ``(K, B, C)`` outputs of the K replicas on the same batch.
-        targets: ``(B,)`` given labels.
+        targets: ``(B,)`` given labels, or ``(B, C)`` target distributions (``cl.relabel``).
         folds: ``(B,)`` fold of each sample in ``[0, K)``.
         weights: ``(B,)`` per-sample weights (1 keep, 0 pruned); ``None`` = all ones.
         label_smoothing: passed to ``F.cross_entropy``.
@@ -40,15 +40,16 @@ def fold_masked_loss(
         ``total`` is their sum, so each replica receives exactly its own gradient.
     """
     k, b, c = logits.shape
+    repeated = targets.repeat(k) if targets.ndim == 1 else targets.repeat(k, 1)
     if loss_fn is None:
         ce = F.cross_entropy(
             logits.reshape(k * b, c),
-            targets.repeat(k),
+            repeated,
             reduction="none",
             label_smoothing=label_smoothing,
         ).view(k, b)
     else:
-        ce = loss_fn(logits.reshape(k * b, c), targets.repeat(k)).view(k, b)
+        ce = loss_fn(logits.reshape(k * b, c), repeated).view(k, b)
     if penalty is not None:
         ce = ce + penalty
     replica = torch.arange(k, device=logits.device).unsqueeze(1)

@@ -46,6 +46,7 @@ from torch.utils.data import DataLoader, Subset
 from dcloop._checks import check_int
 from dcloop.callbacks import OOFCollector
 from dcloop.data import EpochShuffleSampler, check_item
+from dcloop.errors import UserInputError
 from dcloop.folds import assign_folds
 from dcloop.metrics import injected_noise
 from dcloop.models import Classifier
@@ -109,7 +110,13 @@ def check_fold_cfg(cfg: DictConfig) -> tuple[int, int, int]:
 
 def step_policy(cfg: DictConfig) -> StepPolicy:
     """The run's ``cl`` settings, checked (before any training)."""
-    return StepPolicy.from_options(OmegaConf.to_container(cfg.cl, resolve=True))
+    policy = StepPolicy.from_options(OmegaConf.to_container(cfg.cl, resolve=True))
+    if policy.cleaning.relabel:
+        raise UserInputError(
+            "cl.relabel=true is for mode=parallel (the fold replicas relabel between epochs); "
+            "mode=sequential's folds train on weights only: set cl.relabel=false"
+        )
+    return policy
 
 
 def previous_weights(
