@@ -17,6 +17,9 @@ Signals:
   (:func:`dcloop.health.duplicates.find_leakage`).
 * ``combined``: the pixel ratio times the embedding's ratio for the pixel's pair (its
   embedding distance over the distance to the nearest other training image).
+* ``combined rank mean``: the same pair, scored by the mean of its two ranks among the test
+  images: the pixel's (its ratio, or with ``--both-ways`` the both-ways score) and the
+  embedding ratio's. Scale-free, so neither signal's spread weighs more; no weights.
 
 Usage:
 
@@ -37,6 +40,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
+from scipy.stats import rankdata
 
 from dcloop.health.duplicates import find_leakage
 from dcloop.health.pixels import pixel_leakage
@@ -131,6 +135,19 @@ def main(argv=None) -> int:
         comb = pr * d_pair / np.maximum(dist.min(1), 1e-12)
         rows.append(
             {"signal": "combined ratio", **scores(pref, comb, truth), "seconds": t_px + t_e}
+        )
+        # scale-free: the mean of the two signals' ranks over the test images, for the pixel's
+        # pair (the product above weighs the signal whose log ratio spreads wider the more)
+        px_score = both if args.both_ways else pr
+        e_pair = d_pair / np.maximum(dist.min(1), 1e-12)
+        mean_rank = (rankdata(px_score) + rankdata(e_pair)) / 2
+        secs = t_px + t_e + (t_back if args.both_ways else 0.0)
+        rows.append(
+            {
+                "signal": "combined rank mean" + (" (pixel both ways)" if args.both_ways else ""),
+                **scores(pref, mean_rank, truth),
+                "seconds": secs,
+            }
         )
     command = "python " + " ".join([Path(sys.argv[0]).as_posix(), *(argv or sys.argv[1:])])
     meta = {
