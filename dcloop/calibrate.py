@@ -95,6 +95,19 @@ class Calibration:
     iterations: int
     posterior: torch.Tensor | None = None
 
+    def warm_start(self) -> WarmStart:
+        """What a later fit on (nearly) the same rows starts from (``calibrate(start=...)``)."""
+        return WarmStart(self.temperatures.cpu(), self.likelihood_matrix.cpu())
+
+
+@dataclass(frozen=True)
+class WarmStart:
+    """A fit's temperatures ``(K,)`` and likelihood matrix ``(C, C)`` (float64, host): where
+    :func:`calibrate` starts with ``start=``; small, so a checkpoint carries it."""
+
+    temperatures: torch.Tensor
+    likelihood_matrix: torch.Tensor
+
 
 def calibrate(
     evidence: torch.Tensor,
@@ -105,6 +118,7 @@ def calibrate(
     max_iter: int = 20,
     tol: float = 1e-3,
     max_fit_rows: int = 50_000,
+    start: WarmStart | Calibration | None = None,
 ) -> Calibration:
     """Fit a temperature per fold and a noise matrix to the given labels; estimate the noise.
 
@@ -129,6 +143,11 @@ def calibrate(
             rows a few hundred times).
         tol: stop when no log-temperature moved by more than this and no entry of the noise
             matrix by more than this in one round.
+        start: a previous fit on (nearly) the same rows, e.g. the last confident-learning
+            step's: the fit starts from its temperatures and likelihood matrix and searches
+            near them from the first round (warm start; the alternating fit converges slowly,
+            so between steps whose evidence moved little it needs a few rounds instead of
+            ``max_iter``). Ignored when its fold or class count differs.
 
     Returns:
         :class:`Calibration`.
@@ -150,6 +169,14 @@ def calibrate(
     noise = torch.full((c, c), 0.2 / max(c - 1, 1), dtype=torch.float64, device=z.device)
     noise.fill_diagonal_(0.8 if c > 1 else 1.0)
     rounds, width = 0, None
+    if (
+        start is not None
+        and tuple(start.temperatures.shape) == (k,)
+        and tuple(start.likelihood_matrix.shape) == (c, c)
+    ):
+        log_t = start.temperatures.double().log().cpu()
+        noise = start.likelihood_matrix.double().to(z.device).clone()
+        width = 1.0
     for rounds in range(1, max_iter + 1):  # noqa: B007 (the count is reported)
         new_noise = _noise_matrix(_scaled(fit_z, fit_groups, log_t), fit_labels, noise)
         new_log_t = _fit_log_t(

@@ -451,10 +451,12 @@ class CleaningPolicy:
         check_float("downweight_power", self.downweight_power, low=0, low_open=True)
         check_choice("calibrate", self.calibrate, CALIBRATE_METHODS)
 
-    def verdict(self, labels, probs, confirmed=None, folds=None):
+    def verdict(self, labels, probs, confirmed=None, folds=None, warm=None):
         """:func:`dcloop.cl.verdict` with this policy's method settings; with ``calibrate``
         set, its noise estimate from :func:`dcloop.calibrate.calibrate` (``folds``: ``(N,)``
-        fold of each row, one temperature per fold replica; ``None``: one for all rows)."""
+        fold of each row, one temperature per fold replica; ``None``: one for all rows).
+        ``warm``: a dict carried between calls (the loop's steps): its ``"calibration"`` is
+        the fit's warm start and is replaced by this call's fit."""
         result = verdict(
             labels,
             probs,
@@ -466,7 +468,11 @@ class CleaningPolicy:
         )
         if self.calibrate == "none":
             return result
-        cal = calibrate(probs, labels, folds)
+        cal = calibrate(
+            probs, labels, folds, start=None if warm is None else warm.get("calibration")
+        )
+        if warm is not None:
+            warm["calibration"] = cal.warm_start()
         result = replace(result, **noise_fields(cal, result.flags.device))
         if self.calibrate == "noise_aware":
             return result

@@ -10,6 +10,7 @@ import torch
 from dcloop.calibrate import CALIBRATE_METHODS, calibrate, noise_fields
 from dcloop.cl import verdict
 from dcloop.errors import UserInputError
+from dcloop.safety import CleaningPolicy
 
 
 def make(n=3000, c=5, k=3, rate=0.4, temps=(1.0,), seed=0):
@@ -212,3 +213,57 @@ def test_the_k_temperature_searches_run_in_lockstep_and_each_finds_its_folds_opt
         assert abs(float(got[j]) - best) < 2e-3, (j, float(got[j]), best)
     assert float(got[1]) == 0.0
     assert float(got[0]) != pytest.approx(float(got[2]), abs=0.1)  # two different optima
+
+
+def test_warm_start_from_a_previous_fit_needs_fewer_rounds_and_lands_near_the_optimum():
+    """Between two loop steps the evidence moves little: a fit started where the last one
+    ended needs a few rounds; cold, the alternating fit runs to max_iter."""
+    evidence, given, folds, _ = make(rate=0.4, temps=(0.5, 1.0, 2.0))
+    before = calibrate(evidence, given, folds, max_iter=200)
+    moved = (0.9 * evidence + 0.1 * make(rate=0.4, temps=(0.5, 1.0, 2.0), seed=1)[0]).float()
+    cold = calibrate(moved, given, folds, max_iter=200)
+    warm = calibrate(moved, given, folds, max_iter=200, start=before.warm_start())
+    assert warm.iterations < cold.iterations
+    torch.testing.assert_close(warm.temperatures, cold.temperatures, atol=0.02, rtol=0.02)
+    assert abs(warm.noise_rate - cold.noise_rate) < 0.005
+
+
+def test_warm_start_of_another_shape_is_ignored():
+    evidence, given, folds, _ = make(k=3)
+    other = calibrate(*make(k=2, c=4)[:3]).warm_start()
+    a = calibrate(evidence, given, folds)
+    b = calibrate(evidence, given, folds, start=other)
+    torch.testing.assert_close(a.temperatures, b.temperatures)
+    assert a.iterations == b.iterations
+
+
+def test_cleaning_policy_carries_the_fit_between_calls():
+    evidence, given, folds, _ = make()
+    policy = CleaningPolicy(calibrate="posterior")
+    warm: dict = {}
+    policy.verdict(given, evidence, folds=folds, warm=warm)
+    first = warm["calibration"]
+    assert first.temperatures.shape == (3,) and first.likelihood_matrix.shape == (5, 5)
+    policy.verdict(given, evidence, folds=folds, warm=warm)
+    assert warm["calibration"] is not first
+
+
+def test_the_loops_warm_start_travels_in_the_callbacks_checkpoint_state():
+    from dcloop.callbacks import ConfidentLearning
+
+    evidence, given, folds, _ = make()
+    cb = ConfidentLearning(calibrate="posterior")
+    cb.run(given, evidence, folds=folds)
+    state = cb.state_dict()
+    resumed = ConfidentLearning(calibrate="posterior")
+    resumed.load_state_dict(state)
+    torch.testing.assert_close(
+        resumed.warm["calibration"].temperatures, cb.warm["calibration"].temperatures
+    )
+    a = cb.run(given, evidence, folds=folds)
+    b = resumed.run(given, evidence, folds=folds)
+    torch.testing.assert_close(a.quality, b.quality)  # the same start, the same fit
+    older = {k: v for k, v in state.items() if k != "calibration_start"}
+    fresh = ConfidentLearning(calibrate="posterior")
+    fresh.load_state_dict(older)
+    assert fresh.warm == {}

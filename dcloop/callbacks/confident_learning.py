@@ -10,6 +10,7 @@ import lightning as L
 import torch
 from omegaconf import OmegaConf
 
+from dcloop.calibrate import WarmStart
 from dcloop.callbacks.distributed import broadcast_result
 from dcloop.callbacks.oof import OOFCollector
 from dcloop.cl import CLResult
@@ -93,6 +94,8 @@ class ConfidentLearning(L.Callback):
         self.backoffs = 0
         self.harm_streak = 0  # consecutive steps with harm not yet backed off (guard_patience)
         self.evidence: torch.Tensor | None = None  # (N, C) smoothed OOF softmax
+        # the last step's calibration fit, where the next one starts (cl.calibrate != none)
+        self.warm: dict[str, Any] = {}
         self.oof = oof if oof is not None else OOFCollector()
         self._oof: OOFCollector = self.oof  # the one in use (the trainer's, if it lists one)
         self.listeners: list[Any] = []
@@ -330,7 +333,9 @@ class ConfidentLearning(L.Callback):
         """Confident learning on ``(labels, probs)`` with this callback's settings; rows in
         ``confirmed`` (people checked them) are never flagged; ``folds`` (each row's
         replica) for ``calibrate`` (:meth:`dcloop.safety.CleaningPolicy.verdict`)."""
-        return self.cleaning.verdict(labels, probs, confirmed=confirmed, folds=folds)
+        return self.cleaning.verdict(
+            labels, probs, confirmed=confirmed, folds=folds, warm=self.warm
+        )
 
     def bound(self, result: CLResult, labels: torch.Tensor) -> torch.Tensor:
         """``result.flags`` within the policy's class and total bounds."""
@@ -383,6 +388,12 @@ class ConfidentLearning(L.Callback):
             state["oof"] = self.oof.state_dict()
         if self.evidence is not None:
             state["evidence"] = self.evidence.cpu()
+        start = self.warm.get("calibration")
+        if start is not None:  # a resumed run's next fit starts where this one would have
+            state["calibration_start"] = {
+                "temperatures": start.temperatures,
+                "likelihood_matrix": start.likelihood_matrix,
+            }
         if self.last_result is not None:  # the verdict a resumed run ends with if no step runs
             state["last_result"] = {
                 k: (v.cpu() if isinstance(v, torch.Tensor) else v)
@@ -404,6 +415,8 @@ class ConfidentLearning(L.Callback):
         self.evidence = None if evidence is None else evidence.float()
         last = state_dict.get("last_result")
         self.last_result = None if last is None else CLResult(**last)
+        start = state_dict.get("calibration_start")
+        self.warm = {} if start is None else {"calibration": WarmStart(**start)}
         if state_dict.get("oof") is not None:
             self.oof.load_state_dict(state_dict["oof"])
 
