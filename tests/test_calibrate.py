@@ -267,3 +267,25 @@ def test_the_loops_warm_start_travels_in_the_callbacks_checkpoint_state():
     fresh = ConfidentLearning(calibrate="posterior")
     fresh.load_state_dict(older)
     assert fresh.warm == {}
+
+
+@pytest.mark.parametrize("warm_on", [False, True])
+def test_the_warm_start_is_used_only_with_calibrate_warm(monkeypatch, warm_on):
+    import dcloop.safety as safety
+
+    starts = []
+    real = safety.calibrate
+
+    def spy(*args, start=None, **kwargs):
+        starts.append(start)
+        return real(*args, start=start, **kwargs)
+
+    monkeypatch.setattr(safety, "calibrate", spy)
+    evidence, given, folds, _ = make()
+    policy = CleaningPolicy(calibrate="posterior", calibrate_warm=warm_on)
+    warm: dict = {}
+    policy.verdict(given, evidence, folds=folds, warm=warm)
+    first = warm["calibration"]
+    policy.verdict(given, evidence, folds=folds, warm=warm)
+    assert starts[0] is None
+    assert (starts[1] is first) == warm_on and (starts[1] is None) == (not warm_on)
