@@ -138,6 +138,7 @@ def test_line(metrics: dict[str, Any]) -> str:
         "relabel": "flagged labels relabelled to the replicas' prediction",
         "soft": "flagged labels replaced by the replicas' softmax",
         "posterior": "every label replaced by its calibrated posterior",
+        "forward": "every label through the calibrated noise matrix (forward correction)",
         "drop": "flagged samples left out",
         "prune": "the loop's pruned samples left out",
         "given": "the given labels",

@@ -25,8 +25,12 @@ from dcloop.mixup import check_alpha
 #: given label where the evidence agrees or is unsure, moved towards the evidence where the
 #: noise matrix says such a label is often wrong); ``drop``: every flagged sample is left out
 #: (the loop itself acts only on its confident flags); ``prune``: the weights of the loop's
-#: action; ``given``: the given labels (a plain network: for baselines).
-TARGET_RULES = ("soft", "relabel", "posterior", "drop", "prune", "given")
+#: action; ``forward``: every sample on its given label through the calibrated noise matrix
+#: (forward loss correction, Patrini et al. 2017: the loss is ``-log sum_j M[given, j] p_j``,
+#: :func:`dcloop.models.losses.forward_nll`, with ``M[i, j] = P(given = i | true = j)``, so
+#: the network's own softmax estimates the true label); ``given``: the given labels (a plain
+#: network: for baselines).
+TARGET_RULES = ("soft", "relabel", "posterior", "drop", "prune", "forward", "given")
 
 #: Where the student's weights start: ``scratch`` (a fresh network, as one plain run) or
 #: ``replica`` (fold replica 0's final weights: the student carries on from where the replicas
@@ -81,6 +85,7 @@ def student_targets(
     *,
     weights: torch.Tensor | None = None,
     posterior: torch.Tensor | None = None,
+    noise_matrix: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The student's ``(N, C)`` target distributions and ``(N,)`` loss weights.
 
@@ -93,6 +98,10 @@ def student_targets(
             weights are already in them). ``None``: ones.
         posterior: ``(N, C)`` ``P(true | x, given)`` (``posterior`` needs it:
             :func:`dcloop.calibrate.calibrate`'s ``posterior``).
+        noise_matrix: ``(C, C)`` ``P(given = i | true = j)`` (``forward`` needs it:
+            :func:`dcloop.calibrate.calibrate`'s ``noise_matrix``). The targets are then its
+            rows ``M[given]`` normalised, for :func:`dcloop.models.losses.forward_nll` (not
+            for cross-entropy).
 
     Returns:
         ``(targets, weights)``: ``targets[i]`` sums to 1.
@@ -125,6 +134,14 @@ def student_targets(
         return clean, w
     if policy.targets == "drop":
         return clean, torch.where(flags, torch.zeros_like(w), torch.ones_like(w))
+    if policy.targets == "forward":
+        if noise_matrix is None or tuple(noise_matrix.shape) != (c, c):
+            raise ValueError(
+                f"student.targets=forward needs the ({c}, {c}) noise matrix; got "
+                f"{None if noise_matrix is None else tuple(noise_matrix.shape)}"
+            )
+        rows = noise_matrix.to(evidence.device).float()[labels.to(evidence.device).long()]
+        return rows / rows.sum(1, keepdim=True).clamp_min(1e-12), torch.ones_like(w)
     if policy.targets == "posterior":
         if posterior is None or tuple(posterior.shape) != (n, c):
             raise ValueError(

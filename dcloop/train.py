@@ -32,6 +32,7 @@ from dcloop.kept.save import replica_nets, save_kept_model
 from dcloop.mixup import check_alpha, mix_point
 from dcloop.models import Classifier, FoldEnsemble
 from dcloop.models.factory import check_net_keys, module_kwargs, net_factory
+from dcloop.models.losses import forward_nll
 from dcloop.scale.fold_run import run_fold
 from dcloop.signals import exit_on_signal
 from dcloop.state import digest
@@ -351,11 +352,10 @@ def train_student(cfg: DictConfig, run: Run, policy: StudentPolicy) -> tuple[Cla
             log.warning("cleaning was stopped for harm: the student trains on the given labels")
         policy = replace(policy, targets="given", mix=0.0)
         evidence = torch.full((len(table), dm.num_classes), 1.0 / dm.num_classes)
-    posterior = None
-    if policy.targets == "posterior":
-        posterior = calibrate(
-            evidence.float().cpu(), table.labels.cpu(), table.folds.cpu()
-        ).posterior
+    posterior = noise = None
+    if policy.targets in ("posterior", "forward"):
+        cal = calibrate(evidence.float().cpu(), table.labels.cpu(), table.folds.cpu())
+        posterior, noise = cal.posterior, cal.noise_matrix
     targets, weights = student_targets(
         table.labels.cpu(),
         evidence.float().cpu(),
@@ -363,8 +363,12 @@ def train_student(cfg: DictConfig, run: Run, policy: StudentPolicy) -> tuple[Cla
         policy,
         weights=table.weights.cpu(),
         posterior=posterior,
+        noise_matrix=noise,
     )
     kwargs = module_kwargs(cfg.model, Classifier)
+    if policy.targets == "forward":  # -log <M[given], p>, in place of model.loss
+        kwargs.pop("label_smoothing", None)
+        kwargs["loss"] = forward_nll
     if policy.mixup is not None:  # student.mixup, in place of model.mixup
         kwargs["mixup"] = policy.mixup
     net = _net(cfg, dm)

@@ -95,3 +95,47 @@ def test_posterior_trains_every_row_on_the_calibrated_posterior():
     assert flags.any() and bool((on_given[flags] < 0.5).all() and (on_given[~flags] >= 0.5).all())
     with pytest.raises(ValueError, match="posterior"):
         student_targets(labels, evidence, flags, StudentPolicy("posterior"))
+
+
+def test_forward_targets_are_the_noise_matrix_rows_of_the_given_labels():
+    labels = torch.tensor([0, 1, 1])
+    evidence = torch.full((3, 2), 0.5)
+    noise = torch.tensor([[0.8, 0.3], [0.2, 0.7]])  # P(given = i | true = j)
+    t, w = student_targets(
+        labels,
+        evidence,
+        torch.zeros(3, dtype=torch.bool),
+        StudentPolicy("forward"),
+        noise_matrix=noise,
+    )
+    expect = torch.tensor([[0.8, 0.3], [0.2, 0.7], [0.2, 0.7]])
+    torch.testing.assert_close(t, expect / expect.sum(1, keepdim=True))
+    assert w.tolist() == [1.0, 1.0, 1.0]
+    with pytest.raises(ValueError, match="forward needs the"):
+        student_targets(
+            labels, evidence, torch.zeros(3, dtype=torch.bool), StudentPolicy("forward")
+        )
+
+
+def test_forward_nll_is_minus_log_the_given_labels_likelihood_through_the_noise():
+    from dcloop.models.losses import forward_nll
+
+    logits = torch.tensor([[2.0, 0.0], [0.0, 1.0]])
+    noise = torch.tensor([[0.8, 0.3], [0.2, 0.7]])
+    given = torch.tensor([0, 0])
+    p = logits.softmax(1)
+    expect = -torch.log((p * noise[given]).sum(1))
+    torch.testing.assert_close(forward_nll(logits, noise[given]), expect)
+    # any positive scale of the rows: the same gradient; one-hot rows: cross-entropy
+    ce = torch.nn.functional.cross_entropy(logits, given, reduction="none")
+    torch.testing.assert_close(forward_nll(logits, given), ce)
+    z = logits.clone().requires_grad_(True)
+    forward_nll(z, noise[given]).sum().backward()
+    g = z.grad.clone()
+    z.grad = None
+    forward_nll(z, 3 * noise[given]).sum().backward()
+    torch.testing.assert_close(z.grad, g)
+    # a given label the noise often produces from the other class pulls less towards itself
+    z.grad = None
+    forward_nll(z, torch.eye(2)[given]).sum().backward()
+    assert g[1, 0] > z.grad[1, 0]

@@ -110,6 +110,23 @@ def sce_loss(
     return _reduce(alpha * ce + beta * rce, reduction)
 
 
+def forward_nll(
+    logits: torch.Tensor, targets: torch.Tensor, reduction: str = "none"
+) -> torch.Tensor:
+    """Forward-corrected negative log-likelihood (Patrini et al., 2017): ``-log <t, p>``.
+
+    With ``t = M[given]`` (the noise matrix's row of the given label, ``M[i, j] = P(given = i
+    | true = j)``, any positive scale) this is ``-log P(given | x)`` when the softmax ``p``
+    is ``P(true | x)``: the network fits the given labels through the noise, so its own
+    softmax is left to estimate the true label. With one-hot ``t`` it is cross-entropy.
+    ``targets``: ``(n, C)`` non-negative rows, or ``(n,)`` ids (plain cross-entropy).
+    """
+    probs = logits.float().softmax(-1)
+    t = _as_distribution(targets, logits.shape[-1], probs.dtype)
+    loss = -(probs * t).sum(-1).clamp_min(1e-12).log()
+    return _reduce(loss, reduction)
+
+
 def _reduce(loss: torch.Tensor, reduction: str) -> torch.Tensor:
     if reduction == "none":
         return loss
