@@ -16,6 +16,7 @@ from dcloop.callbacks.oof import OOFCollector
 from dcloop.cl import CLResult
 from dcloop.data.labelfile import attach_label_file
 from dcloop.errors import UserInputError
+from dcloop.models.classifier import check_soft_loss
 from dcloop.results import write_issue_table
 from dcloop.safety import bound_flags, ema, oof_accuracy, readiness
 from dcloop.step import Evidence, StepPolicy, StepState, clean_step
@@ -160,11 +161,11 @@ class ConfidentLearning(L.Callback):
                 f"mode=parallel); {type(pl_module).__name__} trains on given labels only: set "
                 "cl.relabel=false"
             )
-        from dcloop.models.classifier import check_soft_loss
-
         loss_fn = getattr(pl_module, "_loss_fn", None)
         if loss_fn is not None:
-            check_soft_loss(loss_fn, pl_module.num_classes, "cl.relabel", "cl.relabel=false")
+            check_soft_loss(
+                loss_fn, pl_module.num_classes, "cl.relabel", "cl.relabel=false", "soft targets"
+            )
         pl_module.relabel = True
 
     def due(self, epoch: int) -> bool:

@@ -204,7 +204,11 @@ class Classifier(L.LightningModule):
 
 
 def check_soft_loss(
-    loss_fn: Callable, num_classes: int, option: str = "model.mixup", off: str = "model.mixup=0"
+    loss_fn: Callable,
+    num_classes: int,
+    option: str = "model.mixup",
+    off: str = "model.mixup=0",
+    what: str = "mixed (soft) targets",
 ) -> None:
     """``option`` trains on soft targets: ``loss_fn`` must take ``(n, C)`` distributions."""
     logits = torch.zeros(2, num_classes)
@@ -213,7 +217,7 @@ def check_soft_loss(
         out = loss_fn(logits, soft)
     except Exception as err:  # noqa: BLE001 - any failure of the user's loss
         raise UserInputError(
-            f"{option} trains on soft (n, C) targets, but model.loss fails on (n, C) "
+            f"{option} trains on {what}, but model.loss fails on (n, C) "
             f"distributions: {type(err).__name__}: {err}. Use a loss that takes them "
             f"(cross-entropy, dcloop.models.losses.gce_loss or sce_loss) or set {off}"
         ) from err
