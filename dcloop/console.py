@@ -139,6 +139,7 @@ def test_line(metrics: dict[str, Any]) -> str:
         "soft": "flagged labels replaced by the replicas' softmax",
         "posterior": "every label replaced by its calibrated posterior",
         "forward": "every label through the calibrated noise matrix (forward correction)",
+        "relabel_forward": "flagged labels relabelled, the others through the noise left",
         "drop": "flagged samples left out",
         "prune": "the loop's pruned samples left out",
         "given": "the given labels",

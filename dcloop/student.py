@@ -28,9 +28,25 @@ from dcloop.mixup import check_alpha
 #: action; ``forward``: every sample on its given label through the calibrated noise matrix
 #: (forward loss correction, Patrini et al. 2017: the loss is ``-log sum_j M[given, j] p_j``,
 #: :func:`dcloop.models.losses.forward_nll`, with ``M[i, j] = P(given = i | true = j)``, so
-#: the network's own softmax estimates the true label); ``given``: the given labels (a plain
-#: network: for baselines).
-TARGET_RULES = ("soft", "relabel", "posterior", "drop", "prune", "forward", "given")
+#: the network's own softmax estimates the true label); ``relabel_forward``: ``relabel``'s
+#: targets for the flagged samples, and the unflagged ones through the noise that is left
+#: among them (the residual noise matrix ``P(given | true, unflagged)`` from the calibrated
+#: posterior, :func:`residual_noise_matrix`); ``given``: the given labels (a plain network:
+#: for baselines).
+TARGET_RULES = (
+    "soft",
+    "relabel",
+    "posterior",
+    "drop",
+    "prune",
+    "forward",
+    "relabel_forward",
+    "given",
+)
+
+#: Rules whose targets are rows of a noise matrix, for :func:`dcloop.models.losses.forward_nll`
+#: (not for cross-entropy).
+FORWARD_RULES = ("forward", "relabel_forward")
 
 #: Where the student's weights start: ``scratch`` (a fresh network, as one plain run) or
 #: ``replica`` (fold replica 0's final weights: the student carries on from where the replicas
@@ -155,7 +171,17 @@ def student_targets(
         )
     top, arg = evidence.max(1)
     sure = top >= policy.min_confidence
-    if policy.targets == "relabel":
+    if policy.targets == "relabel_forward":
+        if posterior is None or tuple(posterior.shape) != (n, c):
+            raise ValueError(
+                f"student.targets=relabel_forward needs the ({n}, {c}) calibrated posterior; "
+                f"got {None if posterior is None else tuple(posterior.shape)}"
+            )
+        lab = labels.to(evidence.device).long()
+        residual = residual_noise_matrix(posterior.to(evidence.device).float(), lab, ~flags)
+        rows = residual[lab]
+        clean = rows / rows.sum(1, keepdim=True).clamp_min(1e-12)
+    if policy.targets in ("relabel", "relabel_forward"):
         flagged_t = torch.nn.functional.one_hot(arg, c).float()
         keep = sure
     else:  # soft
@@ -166,3 +192,18 @@ def student_targets(
     base = torch.ones_like(w) if weights is None else torch.where(flags, torch.ones_like(w), w)
     w = torch.where(flags & ~keep, torch.zeros_like(base), base)
     return targets, w
+
+
+def residual_noise_matrix(
+    posterior: torch.Tensor, labels: torch.Tensor, rows: torch.Tensor
+) -> torch.Tensor:
+    """``(C, C)`` ``P(given = i | true = j)`` among ``rows`` (bool ``(N,)``), from the expected
+    (given, true) counts under the calibrated ``posterior`` ``(N, C)``: the noise left after
+    the flagged samples are taken out. A true class with no mass keeps the identity's column.
+    """
+    n, c = posterior.shape
+    post = posterior.float() * rows.to(posterior.device).float().unsqueeze(1)
+    joint = torch.zeros(c, c, device=posterior.device).index_add_(0, labels.long(), post)
+    mass = joint.sum(0, keepdim=True)
+    eye = torch.eye(c, device=posterior.device)
+    return torch.where(mass > 0, joint / mass.clamp_min(1e-12), eye)

@@ -36,7 +36,7 @@ from dcloop.models.losses import forward_nll
 from dcloop.scale.fold_run import run_fold
 from dcloop.signals import exit_on_signal
 from dcloop.state import digest
-from dcloop.student import StudentPolicy, student_targets
+from dcloop.student import FORWARD_RULES, StudentPolicy, student_targets
 from dcloop.timing import timed
 
 log = logging.getLogger(__name__)
@@ -353,7 +353,7 @@ def train_student(cfg: DictConfig, run: Run, policy: StudentPolicy) -> tuple[Cla
         policy = replace(policy, targets="given", mix=0.0)
         evidence = torch.full((len(table), dm.num_classes), 1.0 / dm.num_classes)
     posterior = noise = None
-    if policy.targets in ("posterior", "forward"):
+    if policy.targets in ("posterior", *FORWARD_RULES):
         cal = calibrate(evidence.float().cpu(), table.labels.cpu(), table.folds.cpu())
         posterior, noise = cal.posterior, cal.noise_matrix
     targets, weights = student_targets(
@@ -366,7 +366,7 @@ def train_student(cfg: DictConfig, run: Run, policy: StudentPolicy) -> tuple[Cla
         noise_matrix=noise,
     )
     kwargs = module_kwargs(cfg.model, Classifier)
-    if policy.targets == "forward":  # -log <M[given], p>, in place of model.loss
+    if policy.targets in FORWARD_RULES:  # -log <M[given], p>, in place of model.loss
         kwargs.pop("label_smoothing", None)
         kwargs["loss"] = forward_nll
     if policy.mixup is not None:  # student.mixup, in place of model.mixup

@@ -139,3 +139,24 @@ def test_forward_nll_is_minus_log_the_given_labels_likelihood_through_the_noise(
     z.grad = None
     forward_nll(z, torch.eye(2)[given]).sum().backward()
     assert g[1, 0] > z.grad[1, 0]
+
+
+def test_relabel_forward_relabels_flags_and_sends_the_rest_through_the_noise_left():
+    from dcloop.student import residual_noise_matrix
+
+    labels = torch.tensor([0, 0, 1, 1])
+    # rows 0-2 unflagged: row 1 is probably a true 1 given as 0; row 3 flagged
+    posterior = torch.tensor([[1.0, 0.0], [0.25, 0.75], [0.0, 1.0], [0.9, 0.1]])
+    flags = torch.tensor([False, False, False, True])
+    m = residual_noise_matrix(posterior, labels, ~flags)
+    # true 0: mass 1.25, all given 0; true 1: mass 1.75, 0.75 given 0 and 1.0 given 1
+    torch.testing.assert_close(m, torch.tensor([[1.0, 0.75 / 1.75], [0.0, 1.0 / 1.75]]))
+    evidence = torch.tensor([[0.9, 0.1], [0.6, 0.4], [0.2, 0.8], [0.95, 0.05]])
+    t, w = student_targets(
+        labels, evidence, flags, StudentPolicy("relabel_forward"), posterior=posterior
+    )
+    torch.testing.assert_close(t[3], torch.tensor([1.0, 0.0]))  # relabelled to 0
+    torch.testing.assert_close(t[2], m[1] / m[1].sum())  # given 1 through the residual noise
+    assert w.tolist() == [1.0, 1.0, 1.0, 1.0]
+    with pytest.raises(ValueError, match="relabel_forward needs"):
+        student_targets(labels, evidence, flags, StudentPolicy("relabel_forward"))
