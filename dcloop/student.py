@@ -151,20 +151,13 @@ def student_targets(
     if policy.targets == "drop":
         return clean, torch.where(flags, torch.zeros_like(w), torch.ones_like(w))
     if policy.targets == "forward":
-        if noise_matrix is None or tuple(noise_matrix.shape) != (c, c):
-            raise ValueError(
-                f"student.targets=forward needs the ({c}, {c}) noise matrix; got "
-                f"{None if noise_matrix is None else tuple(noise_matrix.shape)}"
-            )
-        rows = noise_matrix.to(evidence.device).float()[labels.to(evidence.device).long()]
+        noise = _needed(noise_matrix, (c, c), policy.targets, "noise matrix")
+        rows = noise.to(evidence.device)[labels.to(evidence.device).long()]
         return rows / rows.sum(1, keepdim=True).clamp_min(1e-12), torch.ones_like(w)
     if policy.targets == "posterior":
-        if posterior is None or tuple(posterior.shape) != (n, c):
-            raise ValueError(
-                f"student.targets=posterior needs the ({n}, {c}) calibrated posterior; got "
-                f"{None if posterior is None else tuple(posterior.shape)}"
-            )
-        post = posterior.to(evidence.device).float()
+        post = _needed(posterior, (n, c), policy.targets, "calibrated posterior").to(
+            evidence.device
+        )
         post = post / post.sum(1, keepdim=True).clamp_min(1e-12)
         return (1 - policy.mix) * post + policy.mix * evidence if policy.mix else post, (
             torch.ones_like(w)
@@ -172,13 +165,9 @@ def student_targets(
     top, arg = evidence.max(1)
     sure = top >= policy.min_confidence
     if policy.targets == "relabel_forward":
-        if posterior is None or tuple(posterior.shape) != (n, c):
-            raise ValueError(
-                f"student.targets=relabel_forward needs the ({n}, {c}) calibrated posterior; "
-                f"got {None if posterior is None else tuple(posterior.shape)}"
-            )
+        post = _needed(posterior, (n, c), policy.targets, "calibrated posterior")
         lab = labels.to(evidence.device).long()
-        residual = residual_noise_matrix(posterior.to(evidence.device).float(), lab, ~flags)
+        residual = residual_noise_matrix(post.to(evidence.device), lab, ~flags)
         rows = residual[lab]
         clean = rows / rows.sum(1, keepdim=True).clamp_min(1e-12)
     if policy.targets in ("relabel", "relabel_forward"):
@@ -192,6 +181,14 @@ def student_targets(
     base = torch.ones_like(w) if weights is None else torch.where(flags, torch.ones_like(w), w)
     w = torch.where(flags & ~keep, torch.zeros_like(base), base)
     return targets, w
+
+
+def _needed(value: torch.Tensor | None, shape: tuple[int, int], rule: str, what: str):
+    """``value`` as float when it has ``shape``; else the error naming the rule and shape."""
+    if value is None or tuple(value.shape) != shape:
+        got = None if value is None else tuple(value.shape)
+        raise ValueError(f"student.targets={rule} needs the {shape} {what}; got {got}")
+    return value.float()
 
 
 def residual_noise_matrix(
