@@ -461,8 +461,8 @@ class CleaningPolicy:
         """:func:`dcloop.cl.verdict` with this policy's method settings; with ``calibrate``
         set, its noise estimate from :func:`dcloop.calibrate.calibrate` (``folds``: ``(N,)``
         fold of each row, one temperature per fold replica; ``None``: one for all rows).
-        ``warm``: a dict carried between calls (the loop's steps): its ``"calibration"`` is
-        replaced by this call's fit, and is the fit's start with ``calibrate_warm``."""
+        ``warm``: a dict carried between calls (the loop's steps): with ``calibrate_warm``,
+        its ``"calibration"`` is the fit's start and is replaced by this call's fit."""
         result = verdict(
             labels,
             probs,
@@ -474,9 +474,9 @@ class CleaningPolicy:
         )
         if self.calibrate == "none":
             return result
-        start = warm.get("calibration") if warm is not None and self.calibrate_warm else None
-        cal = calibrate(probs, labels, folds, start=start)
-        if warm is not None:
+        keep = warm is not None and self.calibrate_warm
+        cal = calibrate(probs, labels, folds, start=warm.get("calibration") if keep else None)
+        if keep:
             warm["calibration"] = cal.warm_start()
         result = replace(result, **noise_fields(cal, result.flags.device))
         if self.calibrate == "noise_aware":

@@ -239,7 +239,7 @@ def test_warm_start_of_another_shape_is_ignored():
 
 def test_cleaning_policy_carries_the_fit_between_calls():
     evidence, given, folds, _ = make()
-    policy = CleaningPolicy(calibrate="posterior")
+    policy = CleaningPolicy(calibrate="posterior", calibrate_warm=True)
     warm: dict = {}
     policy.verdict(given, evidence, folds=folds, warm=warm)
     first = warm["calibration"]
@@ -252,10 +252,10 @@ def test_the_loops_warm_start_travels_in_the_callbacks_checkpoint_state():
     from dcloop.callbacks import ConfidentLearning
 
     evidence, given, folds, _ = make()
-    cb = ConfidentLearning(calibrate="posterior")
+    cb = ConfidentLearning(calibrate="posterior", calibrate_warm=True)
     cb.run(given, evidence, folds=folds)
     state = cb.state_dict()
-    resumed = ConfidentLearning(calibrate="posterior")
+    resumed = ConfidentLearning(calibrate="posterior", calibrate_warm=True)
     resumed.load_state_dict(state)
     torch.testing.assert_close(
         resumed.warm["calibration"].temperatures, cb.warm["calibration"].temperatures
@@ -264,9 +264,12 @@ def test_the_loops_warm_start_travels_in_the_callbacks_checkpoint_state():
     b = resumed.run(given, evidence, folds=folds)
     torch.testing.assert_close(a.quality, b.quality)  # the same start, the same fit
     older = {k: v for k, v in state.items() if k != "calibration_start"}
-    fresh = ConfidentLearning(calibrate="posterior")
+    fresh = ConfidentLearning(calibrate="posterior", calibrate_warm=True)
     fresh.load_state_dict(older)
     assert fresh.warm == {}
+    cold = ConfidentLearning(calibrate="posterior")
+    cold.run(given, evidence, folds=folds)
+    assert cold.warm == {} and "calibration_start" not in cold.state_dict()
 
 
 @pytest.mark.parametrize("warm_on", [False, True])
@@ -285,7 +288,8 @@ def test_the_warm_start_is_used_only_with_calibrate_warm(monkeypatch, warm_on):
     policy = CleaningPolicy(calibrate="posterior", calibrate_warm=warm_on)
     warm: dict = {}
     policy.verdict(given, evidence, folds=folds, warm=warm)
-    first = warm["calibration"]
+    first = warm.get("calibration")
+    assert (first is not None) == warm_on  # kept only where it is used
     policy.verdict(given, evidence, folds=folds, warm=warm)
     assert starts[0] is None
-    assert (starts[1] is first) == warm_on and (starts[1] is None) == (not warm_on)
+    assert (starts[1] is first) if warm_on else starts[1] is None

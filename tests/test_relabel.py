@@ -79,11 +79,6 @@ def test_relabel_changes_the_gradient_only_through_acted_on_rows():
     torch.testing.assert_close(losses[0], losses[1])
 
 
-class Trainer:
-    datamodule = None
-    callbacks: list = []
-
-
 def test_callback_sets_the_module_and_refuses_what_cannot_relabel():
     model = FoldEnsemble(NET, LABELS, num_folds=5, seed=0)
     ConfidentLearning(relabel=True)._set_relabel(model)

@@ -16,7 +16,7 @@ from dcloop.callbacks.oof import OOFCollector
 from dcloop.cl import CLResult
 from dcloop.data.labelfile import attach_label_file
 from dcloop.errors import UserInputError
-from dcloop.models.classifier import check_soft_loss
+from dcloop.models.losses import check_soft_loss
 from dcloop.results import write_issue_table
 from dcloop.safety import bound_flags, ema, oof_accuracy, readiness
 from dcloop.step import Evidence, StepPolicy, StepState, clean_step
@@ -95,7 +95,7 @@ class ConfidentLearning(L.Callback):
         self.backoffs = 0
         self.harm_streak = 0  # consecutive steps with harm not yet backed off (guard_patience)
         self.evidence: torch.Tensor | None = None  # (N, C) smoothed OOF softmax
-        # the last step's calibration fit, where the next one starts (cl.calibrate != none)
+        # cl.calibrate_warm: the last step's calibration fit, where the next one starts
         self.warm: dict[str, Any] = {}
         self.oof = oof if oof is not None else OOFCollector()
         self._oof: OOFCollector = self.oof  # the one in use (the trainer's, if it lists one)

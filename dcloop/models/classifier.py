@@ -15,6 +15,7 @@ from dcloop.errors import UserInputError
 from dcloop.models import optim
 from dcloop.models.elr import EarlyLearning, reconcile_checkpoint
 from dcloop.models.elr import check_options as check_elr
+from dcloop.models.losses import check_soft_loss
 
 
 class Classifier(L.LightningModule):
@@ -200,29 +201,4 @@ class Classifier(L.LightningModule):
             lr=self.hparams.lr,
             weight_decay=self.hparams.weight_decay,
             trainer=self._trainer,
-        )
-
-
-def check_soft_loss(
-    loss_fn: Callable,
-    num_classes: int,
-    option: str = "model.mixup",
-    off: str = "model.mixup=0",
-    what: str = "mixed (soft) targets",
-) -> None:
-    """``option`` trains on soft targets: ``loss_fn`` must take ``(n, C)`` distributions."""
-    logits = torch.zeros(2, num_classes)
-    soft = torch.full((2, num_classes), 1.0 / num_classes)
-    try:
-        out = loss_fn(logits, soft)
-    except Exception as err:  # noqa: BLE001 - any failure of the user's loss
-        raise UserInputError(
-            f"{option} trains on {what}, but model.loss fails on (n, C) "
-            f"distributions: {type(err).__name__}: {err}. Use a loss that takes them "
-            f"(cross-entropy, dcloop.models.losses.gce_loss or sce_loss) or set {off}"
-        ) from err
-    if not isinstance(out, torch.Tensor) or tuple(out.shape) != (2,):
-        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-        raise UserInputError(
-            f"{option} needs per-sample losses; model.loss gave {shape} for 2 soft targets"
         )

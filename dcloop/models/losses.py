@@ -7,6 +7,8 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
+from dcloop.errors import UserInputError
+
 
 def fold_masked_loss(
     logits: torch.Tensor,
@@ -125,6 +127,31 @@ def forward_nll(
     t = _as_distribution(targets, logits.shape[-1], probs.dtype)
     loss = -(probs * t).sum(-1).clamp_min(1e-12).log()
     return _reduce(loss, reduction)
+
+
+def check_soft_loss(
+    loss_fn: Callable,
+    num_classes: int,
+    option: str = "model.mixup",
+    off: str = "model.mixup=0",
+    what: str = "mixed (soft) targets",
+) -> None:
+    """``option`` trains on soft targets: ``loss_fn`` must take ``(n, C)`` distributions."""
+    logits = torch.zeros(2, num_classes)
+    soft = torch.full((2, num_classes), 1.0 / num_classes)
+    try:
+        out = loss_fn(logits, soft)
+    except Exception as err:  # noqa: BLE001 - any failure of the user's loss
+        raise UserInputError(
+            f"{option} trains on {what}, but model.loss fails on (n, C) "
+            f"distributions: {type(err).__name__}: {err}. Use a loss that takes them "
+            f"(cross-entropy, dcloop.models.losses.gce_loss or sce_loss) or set {off}"
+        ) from err
+    if not isinstance(out, torch.Tensor) or tuple(out.shape) != (2,):
+        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise UserInputError(
+            f"{option} needs per-sample losses; model.loss gave {shape} for 2 soft targets"
+        )
 
 
 def _reduce(loss: torch.Tensor, reduction: str) -> torch.Tensor:
