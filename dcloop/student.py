@@ -17,6 +17,7 @@ import torch
 
 from dcloop._checks import check_choice, check_float
 from dcloop.mixup import check_alpha
+from dcloop.models.coguess import VIEWS
 
 #: ``relabel``: a confidently flagged sample trains on the evidence's argmax, an unconfident
 #: one is left out; ``soft``: a flagged sample trains on the evidence itself (its softmax);
@@ -70,6 +71,12 @@ class StudentPolicy:
         epochs: the student's epochs, a fraction of ``trainer.max_epochs`` in (0, 1] (at
             least one epoch), with a learning-rate schedule of its own over them.
         init: one of :data:`STUDENT_INITS`.
+        unlabelled: the weight of the left-out flagged samples as unlabelled data, on
+            co-guessed pseudo-labels (:mod:`dcloop.models.coguess`; 0: off, they are left
+            out as before). Not with ``mixup``.
+        sharpen: ``unlabelled``'s sharpening temperature in (0, 1].
+        view: ``unlabelled``'s input view: ``none`` or ``perturb``
+            (:data:`dcloop.models.coguess.VIEWS`).
     """
 
     targets: str = "prune"
@@ -79,6 +86,9 @@ class StudentPolicy:
     mixup: float | None = None
     epochs: float = 1.0
     init: str = "scratch"
+    unlabelled: float = 0.0
+    sharpen: float = 0.5
+    view: str = "none"
 
     def __post_init__(self) -> None:
         check_choice("student.targets", self.targets, TARGET_RULES)
@@ -88,6 +98,14 @@ class StudentPolicy:
         check_float("student.min_confidence", self.min_confidence, low=0.0, high=1.0)
         if self.mixup is not None:
             check_alpha(self.mixup, "student.mixup")
+        check_float("student.unlabelled", self.unlabelled, low=0.0)
+        check_float("student.sharpen", self.sharpen, low=0.0, high=1.0, low_open=True)
+        check_choice("student.view", self.view, VIEWS)
+        if self.unlabelled and self.mixup:
+            raise ValueError(
+                f"student.unlabelled={self.unlabelled:g} and student.mixup={self.mixup:g} "
+                "cannot be combined (a mixed row has no single guess): set one of them to 0"
+            )
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -181,6 +199,12 @@ def student_targets(
     base = torch.ones_like(w) if weights is None else torch.where(flags, torch.ones_like(w), w)
     w = torch.where(flags & ~keep, torch.zeros_like(base), base)
     return targets, w
+
+
+def unlabelled_rows(flags: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """``(N,)`` bool: the flagged samples a rule's ``weights`` leave out (weight 0), the
+    unlabelled data of ``student.unlabelled``."""
+    return flags.to(weights.device, torch.bool) & (weights == 0)
 
 
 def _needed(value: torch.Tensor | None, shape: tuple[int, int], rule: str, what: str):

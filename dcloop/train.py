@@ -31,12 +31,13 @@ from dcloop.folds import check_num_folds
 from dcloop.kept.save import replica_nets, save_kept_model
 from dcloop.mixup import check_alpha, mix_point
 from dcloop.models import Classifier, FoldEnsemble
+from dcloop.models.coguess import CoGuess
 from dcloop.models.factory import check_net_keys, module_kwargs, net_factory
 from dcloop.models.losses import forward_nll
 from dcloop.scale.fold_run import run_fold
 from dcloop.signals import exit_on_signal
 from dcloop.state import digest
-from dcloop.student import FORWARD_RULES, StudentPolicy, student_targets
+from dcloop.student import FORWARD_RULES, StudentPolicy, student_targets, unlabelled_rows
 from dcloop.timing import timed
 
 log = logging.getLogger(__name__)
@@ -352,35 +353,19 @@ def train_student(cfg: DictConfig, run: Run, policy: StudentPolicy) -> tuple[Cla
             log.warning("cleaning was stopped for harm: the student trains on the given labels")
         policy = replace(policy, targets="given", mix=0.0)
         evidence = torch.full((len(table), dm.num_classes), 1.0 / dm.num_classes)
-    posterior = noise = None
-    if policy.targets in ("posterior", *FORWARD_RULES):
-        cal = calibrate(evidence.float().cpu(), table.labels.cpu(), table.folds.cpu())
-        posterior, noise = cal.posterior, cal.noise_matrix
-    targets, weights = student_targets(
-        table.labels.cpu(),
-        evidence.float().cpu(),
-        table.flagged.cpu(),
-        policy,
-        weights=table.weights.cpu(),
-        posterior=posterior,
-        noise_matrix=noise,
-    )
-    kwargs = module_kwargs(cfg.model, Classifier)
-    if policy.targets in FORWARD_RULES:  # -log <M[given], p>, in place of model.loss
-        kwargs.pop("label_smoothing", None)
-        kwargs["loss"] = forward_nll
-    if policy.mixup is not None:  # student.mixup, in place of model.mixup
-        kwargs["mixup"] = policy.mixup
     net = _net(cfg, dm)
     if policy.init == "replica":  # carry on from fold replica 0's weights
         net = _from_replica(net, replica_nets(run.model, net, only=0)[0].state_dict())
-    model = Classifier(
+    model = build_student(
+        cfg,
         net,
         dm.num_classes,
-        targets=targets,
-        weights=weights,
-        seed=cfg.seed,
-        **kwargs,
+        policy,
+        labels=table.labels,
+        evidence=evidence,
+        flags=table.flagged,
+        weights=table.weights,
+        folds=table.folds,
     )
     ckpt = StudentCheckpoint(Path(cfg.output_dir) / "checkpoints", policy.targets)
     trainer = instantiate(
@@ -400,6 +385,56 @@ def train_student(cfg: DictConfig, run: Run, policy: StudentPolicy) -> tuple[Cla
     trainer.fit(model, datamodule=dm, ckpt_path=resume)
     test = trainer.test(model, datamodule=dm, verbose=False)
     return model, float(test[0]["test/acc"])
+
+
+def build_student(
+    cfg: DictConfig,
+    net,
+    num_classes: int,
+    policy: StudentPolicy,
+    *,
+    labels: torch.Tensor,
+    evidence: torch.Tensor,
+    flags: torch.Tensor,
+    weights: torch.Tensor,
+    folds: torch.Tensor,
+) -> Classifier:
+    """The student's untrained :class:`~dcloop.models.Classifier`: the run's model options,
+    the rule's targets and weights from the verdict (:func:`dcloop.student.student_targets`;
+    calibrated per fold for ``posterior`` and the forward rules), the forward loss for those,
+    ``student.mixup``, and the left-out samples as unlabelled data with ``student.unlabelled``
+    (:class:`~dcloop.models.coguess.CoGuess`). ``net`` is the network factory."""
+    labels, evidence = labels.cpu().long(), evidence.float().cpu()
+    flags, weights = flags.cpu().bool(), weights.cpu().float()
+    posterior = noise = None
+    if policy.targets in ("posterior", *FORWARD_RULES):
+        cal = calibrate(evidence, labels, folds.cpu())
+        posterior, noise = cal.posterior, cal.noise_matrix
+    targets, weights = student_targets(
+        labels,
+        evidence,
+        flags,
+        policy,
+        weights=weights,
+        posterior=posterior,
+        noise_matrix=noise,
+    )
+    kwargs = module_kwargs(cfg.model, Classifier)
+    if policy.targets in FORWARD_RULES:  # -log <M[given], p>, in place of model.loss
+        kwargs.pop("label_smoothing", None)
+        kwargs["loss"] = forward_nll
+    if policy.mixup is not None:  # student.mixup, in place of model.mixup
+        kwargs["mixup"] = policy.mixup
+    rows = unlabelled_rows(flags, weights)
+    if policy.unlabelled and policy.targets != "given" and bool(rows.any()):
+        kwargs["coguess"] = CoGuess(
+            evidence,
+            rows,
+            weight=policy.unlabelled,
+            temperature=policy.sharpen,
+            view=policy.view,
+        )
+    return Classifier(net, num_classes, targets=targets, weights=weights, seed=cfg.seed, **kwargs)
 
 
 def _from_replica(factory, state: dict[str, torch.Tensor]):

@@ -12,6 +12,8 @@ Usage:
 
     python scripts/bench_student_saved.py --runs RUN [RUN ...] --rules relabel forward \\
         --out scripts/results/NAME
+
+A rule may carry student options: ``relabel,unlabelled=1,view=perturb``.
 """
 
 from __future__ import annotations
@@ -36,12 +38,8 @@ def one_run(job: dict) -> list[dict]:
     from hydra.utils import instantiate
     from omegaconf import OmegaConf
 
-    from dcloop.calibrate import calibrate
-    from dcloop.models import Classifier
-    from dcloop.models.factory import module_kwargs
-    from dcloop.models.losses import forward_nll
-    from dcloop.student import FORWARD_RULES, StudentPolicy, student_targets
-    from dcloop.train import _net
+    from dcloop.student import StudentPolicy
+    from dcloop.train import _net, build_student
 
     run = Path(job["run"])
     cfg = OmegaConf.load(run / "config.yaml")
@@ -51,34 +49,22 @@ def one_run(job: dict) -> list[dict]:
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     dm = instantiate(cfg.data)
     dm.setup("fit")
-    labels, folds = table["labels"].long(), table["folds"].long()
-    assert len(labels) == len(dm.train_dataset), "the run's data changed since it was made"
-    cal = calibrate(evidence, labels, folds)
+    assert len(table["labels"]) == len(dm.train_dataset), "the run's data changed since made"
     rows = []
     for rule in job["rules"]:
-        policy = StudentPolicy(targets=rule)
-        targets, weights = student_targets(
-            labels,
-            evidence,
-            table["flagged"].bool(),
-            policy,
-            weights=table["weights"].float(),
-            posterior=cal.posterior,
-            noise_matrix=cal.noise_matrix,
-        )
-        kwargs = module_kwargs(cfg.model, Classifier)
-        if rule in FORWARD_RULES:
-            kwargs.pop("label_smoothing", None)
-            kwargs["loss"] = forward_nll
+        policy = StudentPolicy(**parse_rule(rule))
         t0 = time.process_time()
         L.seed_everything(cfg.seed, workers=True, verbose=False)
-        model = Classifier(
+        model = build_student(
+            cfg,
             _net(cfg, dm),
             dm.num_classes,
-            targets=targets,
-            weights=weights,
-            seed=cfg.seed,
-            **kwargs,
+            policy,
+            labels=table["labels"],
+            evidence=evidence,
+            flags=table["flagged"],
+            weights=table["weights"],
+            folds=table["folds"],
         )
         with tempfile.TemporaryDirectory() as tmp:
             trainer = instantiate(
@@ -105,6 +91,45 @@ def one_run(job: dict) -> list[dict]:
             }
         )
     return rows
+
+
+def summary(rows: list[dict]) -> list[str]:
+    """Mean test accuracy per setting (the run folder's parent, seed suffix dropped) and rule,
+    beside the runs' own kept models and the per-seed difference to them."""
+    import numpy as np
+
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for r in rows:
+        setting = Path(r["run"]).parent.name.rsplit("_", 1)[0]
+        groups.setdefault((setting, r["rule"]), []).append(r)
+    out = [
+        "| setting | rule | n | student % (mean ± sd) | run's kept % | student - kept (mean, "
+        "per seed) |",
+        "|---|---|---:|---:|---:|---|",
+    ]
+    for (setting, rule), rs in sorted(groups.items()):
+        acc = 100 * np.array([r["acc"] for r in rs])
+        kept = 100 * np.array([r["run_kept"] for r in rs])
+        diff = acc - kept
+        out.append(
+            f"| {setting} | {rule} | {len(rs)} | {acc.mean():.1f} ± {acc.std():.1f} | "
+            f"{kept.mean():.1f} | {diff.mean():+.1f} ({', '.join(f'{d:+.1f}' for d in diff)}) |"
+        )
+    return out
+
+
+def parse_rule(rule: str) -> dict:
+    """``"relabel,unlabelled=1,view=perturb"`` -> StudentPolicy's keyword arguments: the
+    rule, then ``key=value`` options (numbers parsed as floats)."""
+    name, *opts = rule.split(",")
+    out: dict = {"targets": name}
+    for opt in opts:
+        key, _, value = opt.partition("=")
+        try:
+            out[key] = float(value)
+        except ValueError:
+            out[key] = value
+    return out
 
 
 def main(argv=None) -> None:
@@ -141,6 +166,7 @@ def main(argv=None) -> None:
             f"| {r['run']} | {r['rule']} | {100 * r['acc']:.1f} | {100 * r['run_kept']:.1f} "
             f"({r['run_kept_targets']}) | {f1} | {r['cpu_s']:.0f} |"
         )
+    lines += ["", *summary(rows)]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.with_suffix(".md").write_text("\n".join(lines) + "\n")
     args.out.with_suffix(".json").write_text(json.dumps({"command": command, "rows": rows}))

@@ -256,6 +256,39 @@ def test_a_student_from_replica_zero_trains_its_share_of_the_epochs(tmp_path, mo
     )
 
 
+@pytest.mark.slow
+def test_a_student_with_unlabelled_rows_trains_them_on_co_guesses(tmp_path, monkeypatch):
+    """student.unlabelled=1: the flagged rows relabel leaves out reach the student as the
+    unlabelled set of its CoGuess term, with the replicas' evidence; the run ends as usual."""
+    import dcloop.train as tr
+
+    seen = {}
+    real_fit = tr.L.Trainer.fit
+
+    def fit(trainer, model, *args, **kwargs):
+        if isinstance(model, tr.Classifier):
+            seen["coguess"] = model.coguess
+            seen["weights"] = model.weights.clone()
+        return real_fit(trainer, model, *args, **kwargs)
+
+    monkeypatch.setattr(tr.L.Trainer, "fit", fit)
+    cfg = cfg_for(
+        tmp_path,
+        "trainer.max_epochs=3",
+        "cl.warmup_epochs=1",
+        "noise.rate=0.4",
+        "student.unlabelled=1",
+        "student.min_confidence=0.9",
+    )
+    metrics = tr.train(cfg)
+    cg = seen["coguess"]
+    assert cg is not None and cg.unlabelled.sum() > 0
+    assert (seen["weights"][cg.unlabelled] == 0).all()
+    assert torch.allclose(cg.evidence.sum(1), torch.ones(len(cg.evidence)), atol=1e-4)
+    assert metrics["kept"]["policy"]["unlabelled"] == 1.0
+    assert 0 < metrics["kept"]["test_accuracy"] <= 1
+
+
 def test_replica_epochs_and_student_options_are_checked(tmp_path):
     from dcloop.errors import UserInputError
     from dcloop.train import replica_epochs, student_policy
@@ -270,6 +303,10 @@ def test_replica_epochs_and_student_options_are_checked(tmp_path):
         student_policy(cfg_for(tmp_path, "+student.temperature=2"))
     with pytest.raises(UserInputError, match="student.init"):
         student_policy(cfg_for(tmp_path, "student.init=teacher"))
+    with pytest.raises(UserInputError, match="student.view"):
+        student_policy(cfg_for(tmp_path, "student.unlabelled=1", "student.view=strong"))
+    with pytest.raises(UserInputError, match="student.mixup"):
+        student_policy(cfg_for(tmp_path, "student.unlabelled=1", "student.mixup=0.4"))
     for bad in ("0", "1.5"):
         with pytest.raises(UserInputError, match="student.epochs"):
             student_policy(cfg_for(tmp_path, f"student.epochs={bad}"))

@@ -13,6 +13,7 @@ from dcloop import mixup as mixing
 from dcloop._checks import check_callable
 from dcloop.errors import UserInputError
 from dcloop.models import optim
+from dcloop.models.coguess import CoGuess
 from dcloop.models.elr import EarlyLearning, reconcile_checkpoint
 from dcloop.models.elr import check_options as check_elr
 from dcloop.models.losses import check_soft_loss
@@ -43,6 +44,8 @@ class Classifier(L.LightningModule):
             (:mod:`dcloop.models.elr`); ``None``: off. Not with ``mixup``.
         num_samples: N, the training set's size, for ``elr``'s running targets (default: the
             length of ``targets`` or ``weights``).
+        coguess: a student's left-out samples as unlabelled data
+            (:class:`~dcloop.models.coguess.CoGuess`); ``None``: off. Not with ``mixup``.
     """
 
     def __init__(
@@ -62,6 +65,7 @@ class Classifier(L.LightningModule):
         mixup: float = 0.0,
         elr: Mapping[str, float] | None = None,
         num_samples: int | None = None,
+        coguess: CoGuess | None = None,
     ) -> None:
         super().__init__()
         elr = check_elr(elr)
@@ -118,6 +122,13 @@ class Classifier(L.LightningModule):
             if n is None:
                 raise ValueError("Classifier(elr=...) needs num_samples, targets or weights")
             self.elr = EarlyLearning(int(n), self.num_classes, **elr)
+        if coguess is not None and mixup:
+            raise UserInputError(
+                "student.unlabelled and mixup cannot be combined (a mixed row has no single "
+                "guess): set student.mixup=0 or student.unlabelled=0"
+            )
+        self.coguess = coguess
+        self._view_generator: torch.Generator | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
@@ -135,11 +146,22 @@ class Classifier(L.LightningModule):
         # Per-epoch seed, as FoldEnsemble: a resumed run draws the same randomness.
         torch.manual_seed(self.hparams.seed * 100_003 + self.current_epoch)
         self._mix_generator = self._epoch_generator()
+        self._view_generator = self._epoch_generator(offset=2)
 
-    def _epoch_generator(self) -> torch.Generator:
-        """Mixup's own stream (CPU), seeded per epoch: apart from the network's dropout."""
-        seed = (self.hparams.seed * 100_003 + self.current_epoch) * 2 + 1
+    def _epoch_generator(self, offset: int = 1) -> torch.Generator:
+        """Mixup's (or the unlabelled view's) own stream (CPU), seeded per epoch: apart from
+        the network's dropout."""
+        seed = (self.hparams.seed * 100_003 + self.current_epoch) * 2 + offset  # 1 or 2
         return torch.Generator().manual_seed(seed)
+
+    def _progress(self, batch_idx: int) -> float:
+        """The share of this fit's epochs done at ``batch_idx`` (0 without a trainer)."""
+        trainer = self._trainer
+        if trainer is None or not trainer.max_epochs or trainer.max_epochs < 1:
+            return 0.0
+        batches = trainer.num_training_batches
+        within = batch_idx / batches if batches and batches != float("inf") else 0.0
+        return (self.current_epoch + within) / trainer.max_epochs
 
     def training_step(self, batch, batch_idx):
         x, y, index = batch
@@ -156,6 +178,10 @@ class Classifier(L.LightningModule):
             loss = ce.mean()
         else:
             loss = (w * ce).sum() / w.sum().clamp_min(1e-8)
+        if self.coguess is not None:
+            loss = loss + self.coguess.loss(
+                self.net, x, logits, index, self._progress(batch_idx), self._view_generator
+            )
         self.log("train/loss", loss, on_step=False, on_epoch=True, batch_size=x.shape[0])
         return loss
 
