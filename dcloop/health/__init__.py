@@ -8,6 +8,8 @@ training loop and writes ``data_issues/*.csv``. See ``docs/health.md``.
 * :func:`knn` -- exact k-nearest neighbours in row chunks (bounded memory, any device).
 * :func:`find_outliers` -- mean kNN distance, Datalab's IQR cutoff (:func:`fence`);
   ``scale="log_similarity"`` for sparse features.
+* :func:`find_far_groups` -- small groups far from every other sample (which a kNN distance
+  does not see: a group is its own neighbourhood).
 * :func:`token_rarity`, :func:`find_rare_texts` -- off-topic texts by the mean inverse
   document frequency of their tokens.
 * :func:`image_properties` -- cleanvision-style image properties (measured, not a default).
@@ -24,13 +26,14 @@ from dcloop.health.features import outputs, replica_outputs
 from dcloop.health.groups import Groups, kmeans, underperforming_groups
 from dcloop.health.imbalance import Imbalance, class_imbalance
 from dcloop.health.knn import Neighbours, knn
-from dcloop.health.outliers import Outliers, fence, find_outliers
+from dcloop.health.outliers import FarGroups, Outliers, fence, find_far_groups, find_outliers
 from dcloop.health.pixels import PixelPairs, pixel_leakage, pixel_signature
 from dcloop.health.properties import image_properties
 from dcloop.health.rarity import find_rare_texts, token_rarity
 from dcloop.health.test_only import OnlyInTest, find_test_only
 
 __all__ = [
+    "FarGroups",
     "Groups",
     "Imbalance",
     "Leakage",
@@ -41,6 +44,7 @@ __all__ = [
     "OnlyInTest",
     "class_imbalance",
     "fence",
+    "find_far_groups",
     "find_leakage",
     "find_near_duplicates",
     "find_outliers",
