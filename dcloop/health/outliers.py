@@ -93,7 +93,7 @@ def find_outliers(
 
     Example:
         >>> x = torch.randn(200, 4); x[0] = 50.0
-        >>> bool(find_outliers(x, k=5).flags[0])
+        >>> bool(find_outliers(x, k=5, metric="euclidean").flags[0])
         True
     """
     check_float("threshold", threshold, low=0.0, high=1.0, low_open=True)
