@@ -15,6 +15,13 @@ Signals:
   ``data_health`` callback saved in a dcloop run on this folder (train on ``train/``, test on
   ``test/``); cosine distance, or the nearest / second-nearest ratio
   (:func:`dcloop.health.duplicates.find_leakage`).
+* ``contrastive`` (``--contrastive SEED``): instead of (or beside) a run's features, the
+  embedding of :func:`dcloop.health.contrastive.instance_embedding` (recipe in its module
+  doc, fixed before it was measured here), trained without labels on the train and test
+  images together with seed ``SEED``; rows for its 128-d backbone (the recipe's output) and,
+  declared as a second variant before measuring, its 64-d projection head (same training).
+  The embedding, combined and pairs rows below then use it; CPU seconds of the training
+  are in the page.
 * ``combined``: the pixel ratio times the embedding's ratio for the pixel's pair (its
   embedding distance over the distance to the nearest other training image).
 * ``combined rank mean``: the same pair, scored by the mean of its two ranks among the test
@@ -37,13 +44,15 @@ Signals:
 Usage:
 
     python scripts/bench_health_leakage.py [--root ../shared/data/cifar10-duplicates]
-        [--run outputs/...] [--both-ways] [--pairs] [--out scripts/results/bench_health_leakage]
+        [--run outputs/... | --contrastive SEED [--contrastive-epochs 30]] [--both-ways]
+        [--pairs] [--out scripts/results/bench_health_leakage]
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import inspect
 import json
 import platform
 import sys
@@ -55,6 +64,7 @@ import torch
 from PIL import Image
 from scipy.stats import rankdata
 
+from dcloop.health.contrastive import _check_images, _embed, _fit, instance_embedding
 from dcloop.health.duplicates import find_leakage
 from dcloop.health.pixels import aligned_distance, pixel_leakage, shifted_candidates
 
@@ -130,6 +140,71 @@ def _cosine(fte: np.ndarray, ftr: np.ndarray) -> np.ndarray:
     return np.maximum(1.0 - b @ a.T, 0.0)
 
 
+def _embedding_rows(label: str, ftr, fte, t_make: float, pix: dict, args, truth) -> list[dict]:
+    """The embedding, combined and (``--pairs``) pairs rows for one embedding.
+
+    ``pix``: the pixel signal (``px``, ``both``, ``back``, ``t_px``, ``t_back``); ``t_make``:
+    seconds spent making the embedding (0 for a run's saved features)."""
+
+    def name(row: str) -> str:  # a run's rows keep their old names
+        return row if label == "embedding" else f"{row} [{label}]"
+
+    rows = []
+    pref, pr = pix["px"].reference.numpy(), pix["px"].ratio.numpy()
+    t_px, t_back = pix["t_px"], pix["t_back"]
+    t0 = time.perf_counter()
+    lk = find_leakage(torch.from_numpy(ftr), torch.from_numpy(fte))
+    t_e = time.perf_counter() - t0 + t_make
+    eref, ed, er = lk.train.numpy(), lk.distance.numpy(), lk.ratio.numpy()
+    rows.append({"signal": f"{label} distance", **scores(eref, ed, truth), "seconds": t_e})
+    rows.append({"signal": f"{label} ratio", **scores(eref, er, truth), "seconds": t_e})
+    # the embedding's ratio for the pixel signal's pair: d(test, pixel pair) / 2nd nearest
+    a = torch.nn.functional.normalize(torch.from_numpy(ftr).float(), dim=1)
+    b = torch.nn.functional.normalize(torch.from_numpy(fte).float(), dim=1)
+    dist = (1 - b @ a.T).clamp_min(0).numpy()
+    rows_b = np.arange(len(dist))
+    d_pair = dist[rows_b, pref].copy()
+    dist[rows_b, pref] = np.inf  # the nearest training image other than the pixel's pair
+    comb = pr * d_pair / np.maximum(dist.min(1), 1e-12)
+    rows.append(
+        {"signal": name("combined ratio"), **scores(pref, comb, truth), "seconds": t_px + t_e}
+    )
+    # scale-free: the mean of the two signals' ranks over the test images, for the pixel's
+    # pair (the product above weighs the signal whose log ratio spreads wider the more)
+    px_score = pix["both"] if args.both_ways else pr
+    e_pair = d_pair / np.maximum(dist.min(1), 1e-12)
+    mean_rank = (rankdata(px_score) + rankdata(e_pair)) / 2
+    rows.append(
+        {
+            "signal": name("combined rank mean" + (" (pixel both ways)" if args.both_ways else "")),
+            **scores(pref, mean_rank, truth),
+            "seconds": t_px + t_e + t_back,
+        }
+    )
+    if args.pairs:
+        t0 = time.perf_counter()
+        cref, cscore = pair_ratio_product(
+            pix["test"],
+            pix["train"],
+            fte,
+            ftr,
+            k=args.candidates,
+            max_shift=args.max_shift,
+            back=pix["back"],
+        )
+        rows.append(
+            {
+                "signal": name(
+                    "pairs: ratio product" + (" (pixel both ways)" if args.both_ways else "")
+                ),
+                **scores(cref, cscore, truth),
+                "seconds": time.perf_counter() - t0 + t_e + t_back,
+                "pair_is_true": int(sum((i, int(j)) in truth for i, j in enumerate(cref))),
+            }
+        )
+    return rows
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--root", default=str(ROOT.parent / "shared/data/cifar10-duplicates"))
@@ -149,9 +224,19 @@ def main(argv=None) -> int:
         help="with --run: the 'pairs: ratio product' row (the pair chosen among both "
         "signals' candidates; a second pixel pass over twice the candidates)",
     )
+    ap.add_argument(
+        "--contrastive",
+        type=int,
+        default=None,
+        metavar="SEED",
+        help="use instance_embedding (trained here, this seed) instead of --run's features",
+    )
+    ap.add_argument("--contrastive-epochs", type=int, default=None, help="the recipe's if unset")
     args = ap.parse_args(argv)
-    if args.pairs and not args.run:
-        ap.error("--pairs needs --run (the embedding's features)")
+    if args.run and args.contrastive is not None:
+        ap.error("--run and --contrastive are alternatives (one embedding per page)")
+    if args.pairs and not (args.run or args.contrastive is not None):
+        ap.error("--pairs needs --run or --contrastive (an embedding)")
     torch.set_num_threads(1)
     root = Path(args.root)
     train_paths, train = load(root, "train")
@@ -181,60 +266,42 @@ def main(argv=None) -> int:
                 "seconds": t_px + t_back,
             }
         )
+    embeddings = []  # (row label prefix, train features, test features, seconds to make)
+    contrastive = {}
     if args.run:
         issues = Path(args.run) / "data_issues"
         ftr = np.load(issues / "features_train.npy")
         fte = np.load(issues / "features_test.npy")
-        t0 = time.perf_counter()
-        lk = find_leakage(torch.from_numpy(ftr), torch.from_numpy(fte))
-        t_e = time.perf_counter() - t0
-        eref, ed, er = lk.train.numpy(), lk.distance.numpy(), lk.ratio.numpy()
-        rows.append({"signal": "embedding distance", **scores(eref, ed, truth), "seconds": t_e})
-        rows.append({"signal": "embedding ratio", **scores(eref, er, truth), "seconds": t_e})
-        # the embedding's ratio for the pixel signal's pair: d(test, pixel pair) / 2nd nearest
-        a = torch.nn.functional.normalize(torch.from_numpy(ftr).float(), dim=1)
-        b = torch.nn.functional.normalize(torch.from_numpy(fte).float(), dim=1)
-        dist = (1 - b @ a.T).clamp_min(0).numpy()
-        rows_b = np.arange(len(dist))
-        d_pair = dist[rows_b, pref].copy()
-        dist[rows_b, pref] = np.inf  # the nearest training image other than the pixel's pair
-        comb = pr * d_pair / np.maximum(dist.min(1), 1e-12)
-        rows.append(
-            {"signal": "combined ratio", **scores(pref, comb, truth), "seconds": t_px + t_e}
-        )
-        # scale-free: the mean of the two signals' ranks over the test images, for the pixel's
-        # pair (the product above weighs the signal whose log ratio spreads wider the more)
-        px_score = both if args.both_ways else pr
-        e_pair = d_pair / np.maximum(dist.min(1), 1e-12)
-        mean_rank = (rankdata(px_score) + rankdata(e_pair)) / 2
-        secs = t_px + t_e + (t_back if args.both_ways else 0.0)
-        rows.append(
-            {
-                "signal": "combined rank mean" + (" (pixel both ways)" if args.both_ways else ""),
-                **scores(pref, mean_rank, truth),
-                "seconds": secs,
-            }
-        )
-    if args.pairs:
-        t0 = time.perf_counter()
-        cref, cscore = pair_ratio_product(
-            test,
-            train,
-            fte,
-            ftr,
-            k=args.candidates,
-            max_shift=args.max_shift,
-            back=back if args.both_ways else None,
-        )
-        t_pairs = time.perf_counter() - t0 + t_e + (t_back if args.both_ways else 0.0)
-        rows.append(
-            {
-                "signal": "pairs: ratio product" + (" (pixel both ways)" if args.both_ways else ""),
-                **scores(cref, cscore, truth),
-                "seconds": t_pairs,
-                "pair_is_true": int(sum((i, int(j)) in truth for i, j in enumerate(cref))),
-            }
-        )
+        embeddings.append(("embedding", ftr, fte, 0.0))
+    if args.contrastive is not None:
+        recipe = {
+            k: p.default
+            for k, p in inspect.signature(instance_embedding).parameters.items()
+            if p.kind is p.KEYWORD_ONLY and k != "head"
+        }
+        recipe["seed"] = args.contrastive
+        if args.contrastive_epochs is not None:
+            recipe["epochs"] = args.contrastive_epochs
+        x = _check_images(torch.cat([train, test]))
+        c0, w0 = time.process_time(), time.perf_counter()
+        net = _fit(x, **recipe)
+        cpu, wall = time.process_time() - c0, time.perf_counter() - w0
+        contrastive = {**recipe, "cpu_seconds": round(cpu, 1), "wall_seconds": round(wall, 1)}
+        n = len(train)
+        for label, head in (("contrastive", False), ("contrastive head", True)):
+            f = _embed(net, x, head=head).numpy()
+            embeddings.append((label, f[:n], f[n:], wall))
+    pix = {
+        "px": px,
+        "both": both if args.both_ways else None,
+        "back": back if args.both_ways else None,
+        "t_px": t_px,
+        "t_back": t_back if args.both_ways else 0.0,
+        "test": test,
+        "train": train,
+    }
+    for label, ftr, fte, t_make in embeddings:
+        rows += _embedding_rows(label, ftr, fte, t_make, pix, args, truth)
     command = "python " + " ".join([Path(sys.argv[0]).as_posix(), *(argv or sys.argv[1:])])
     meta = {
         "command": command,
@@ -247,6 +314,7 @@ def main(argv=None) -> int:
         "candidates": args.candidates,
         "max_shift": args.max_shift,
         "pairs_row": args.pairs,
+        "contrastive": contrastive or None,
     }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -264,6 +332,14 @@ def main(argv=None) -> int:
         f"- Embedding run: {args.run or 'none'}; pixel signal: {args.candidates} candidates, "
         f"shifts up to {args.max_shift} px.",
         "- Target (issue 22): recall >= 0.9 at precision >= 0.8.",
+        *(
+            [
+                f"- Contrastive embedding: {contrastive}; trained on train + test "
+                "together, no labels (CPU seconds: process time, one thread)."
+            ]
+            if contrastive
+            else []
+        ),
         "",
         "| signal | average precision | recall at precision >= 0.8 | score there | "
         "recall in top 139 | s |",
