@@ -421,6 +421,12 @@ def build_student(
     )
     kwargs = module_kwargs(cfg.model, Classifier)
     if policy.targets in FORWARD_RULES:  # -log <M[given], p>, in place of model.loss
+        if kwargs.get("loss") is not None or kwargs.get("label_smoothing"):
+            log.warning(
+                "student.targets=%s: the student trains with the forward-corrected loss "
+                "(dcloop.models.losses.forward_nll), not model.loss / label_smoothing",
+                policy.targets,
+            )
         kwargs.pop("label_smoothing", None)
         kwargs["loss"] = forward_nll
     if policy.mixup is not None:  # student.mixup, in place of model.mixup

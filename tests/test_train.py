@@ -316,3 +316,34 @@ def test_replica_epochs_and_student_options_are_checked(tmp_path):
     assert student_epochs(cfg, student_policy(cfg)) == 3
     cfg = cfg_for(tmp_path, "trainer.max_epochs=10", "student.epochs=0.01")
     assert student_epochs(cfg, student_policy(cfg)) == 1
+
+
+def test_a_forward_student_says_it_replaces_the_models_loss(tmp_path, caplog):
+    """student.targets=forward trains on forward_nll; a model.loss / label smoothing the user
+    set is not used by the student, and the log says so."""
+    import logging
+
+    from dcloop.models.losses import forward_nll
+    from dcloop.train import build_student, student_policy
+
+    cfg = cfg_for(tmp_path, "student.targets=forward", "model.loss.label_smoothing=0.1")
+    n, c = 12, 10
+    labels = torch.arange(n) % c
+    evidence = torch.full((n, c), 1.0 / c)
+    with caplog.at_level(logging.WARNING, logger="dcloop.train"):
+        model = build_student(
+            cfg,
+            lambda: torch.nn.Linear(4, c),
+            c,
+            student_policy(cfg),
+            labels=labels,
+            evidence=evidence,
+            flags=torch.zeros(n, dtype=torch.bool),
+            weights=torch.ones(n),
+            folds=torch.arange(n) % 3,
+        )
+    assert model.hparams.label_smoothing == 0.0
+    assert "forward-corrected loss" in caplog.text
+    # the student's loss is forward_nll: -log <target row, softmax>
+    logits, rows = torch.randn(3, c), torch.full((3, c), 1.0 / c)
+    assert torch.allclose(model._loss_fn(logits, rows), forward_nll(logits, rows))
