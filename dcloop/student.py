@@ -33,7 +33,8 @@ from dcloop.models.coguess import VIEWS
 #: targets for the flagged samples, and the unflagged ones through the noise that is left
 #: among them (the residual noise matrix ``P(given | true, unflagged)`` from the calibrated
 #: posterior, :func:`residual_noise_matrix`); ``given``: the given labels (a plain network:
-#: for baselines).
+#: for baselines); ``auto``: ``forward`` where the recipe's networks do not fit the labels the
+#: replicas flag, ``relabel`` where they do (:func:`auto_rule`).
 TARGET_RULES = (
     "soft",
     "relabel",
@@ -43,7 +44,14 @@ TARGET_RULES = (
     "forward",
     "relabel_forward",
     "given",
+    "auto",
 )
+
+#: ``auto``: the share of the flagged samples (that the replicas train on) whose given label
+#: the replicas that trained on them predict, at or above which the student relabels. A
+#: network that fits wrong labels fits them through the noise matrix too, so forward
+#: correction only helps one that does not (scripts/results/bench_kept_auto.md).
+AUTO_FIT_THRESHOLD = 0.5
 
 #: Rules whose targets are rows of a noise matrix, for :func:`dcloop.models.losses.forward_nll`
 #: (not for cross-entropy).
@@ -161,6 +169,8 @@ def student_targets(
         if weights is None
         else weights.to(evidence.device).float().clone()
     )
+    if policy.targets == "auto":
+        raise ValueError("student.targets=auto is resolved to a rule first (auto_rule)")
     if policy.targets == "given":  # a plain network: the loop's weights are not used
         return given, torch.ones_like(w)
     clean = (1 - policy.mix) * given + policy.mix * evidence if policy.mix else given
@@ -199,6 +209,25 @@ def student_targets(
     base = torch.ones_like(w) if weights is None else torch.where(flags, torch.ones_like(w), w)
     w = torch.where(flags & ~keep, torch.zeros_like(base), base)
     return targets, w
+
+
+def flagged_fit(
+    in_fold: torch.Tensor, labels: torch.Tensor, flags: torch.Tensor, weights: torch.Tensor
+) -> float | None:
+    """The share of the flagged samples with weight > 0 whose given label ``in_fold``'s
+    argmax predicts (``in_fold``: ``(N, C)``, each row the mean softmax of the replicas that
+    trained on the sample); ``None`` when no flagged sample was trained on."""
+    rows = flags.bool() & (weights > 0)
+    if not bool(rows.any()):
+        return None
+    return float((in_fold[rows].argmax(1) == labels[rows].long()).float().mean())
+
+
+def auto_rule(fit: float | None, threshold: float = AUTO_FIT_THRESHOLD) -> str:
+    """``student.targets=auto``'s rule: ``forward`` when the replicas fit less than
+    ``threshold`` of the flagged labels they train on (:func:`flagged_fit`), else (and
+    without flagged samples) ``relabel``."""
+    return "relabel" if fit is None or fit >= threshold else "forward"
 
 
 def unlabelled_rows(flags: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:

@@ -37,7 +37,15 @@ from dcloop.models.losses import forward_nll
 from dcloop.scale.fold_run import run_fold
 from dcloop.signals import exit_on_signal
 from dcloop.state import digest
-from dcloop.student import FORWARD_RULES, StudentPolicy, student_targets, unlabelled_rows
+from dcloop.student import (
+    AUTO_FIT_THRESHOLD,
+    FORWARD_RULES,
+    StudentPolicy,
+    auto_rule,
+    flagged_fit,
+    student_targets,
+    unlabelled_rows,
+)
 from dcloop.timing import timed
 
 log = logging.getLogger(__name__)
@@ -104,6 +112,8 @@ class Run:
     dm: Any
     model: FoldEnsemble
     trainer: L.Trainer
+    #: ``student.targets=auto``: what the student's rule was chosen on (set by train_student).
+    auto: dict[str, Any] | None = None
 
     def callback(self, kind: type) -> Any:
         """The trainer's callback of type ``kind`` (``None`` if it has none)."""
@@ -244,6 +254,8 @@ def keep_model(
         test.update(accuracy=acc, student_accuracy=acc)
         kept = {"model": "student", "test_accuracy": acc, "targets": policy.targets}
         kept["policy"] = policy.as_dict()
+        if run.auto is not None:  # student.targets=auto: the rule it chose, and why
+            kept["targets"], kept["auto"] = run.auto["rule"], run.auto
         nets, kind = [student.net], "single"
     else:
         nets, kind = replica_nets(run.model, _net(cfg, run.dm)), "ensemble"
@@ -353,6 +365,19 @@ def train_student(cfg: DictConfig, run: Run, policy: StudentPolicy) -> tuple[Cla
             log.warning("cleaning was stopped for harm: the student trains on the given labels")
         policy = replace(policy, targets="given", mix=0.0)
         evidence = torch.full((len(table), dm.num_classes), 1.0 / dm.num_classes)
+    if policy.targets == "auto":
+        fit = flagged_fit(
+            in_fold_probs(cfg, run), table.labels.cpu(), table.flagged.cpu(), table.weights.cpu()
+        )
+        policy = replace(policy, targets=auto_rule(fit))
+        run.auto = {"flagged_fit": fit, "threshold": AUTO_FIT_THRESHOLD, "rule": policy.targets}
+        log.info(
+            "student.targets=auto: the replicas fit %s of the flagged labels they train on "
+            "(threshold %.2f): the student uses %s",
+            "none" if fit is None else f"{fit:.1%}",
+            AUTO_FIT_THRESHOLD,
+            policy.targets,
+        )
     net = _net(cfg, dm)
     if policy.init == "replica":  # carry on from fold replica 0's weights
         net = _from_replica(net, replica_nets(run.model, net, only=0)[0].state_dict())
@@ -385,6 +410,28 @@ def train_student(cfg: DictConfig, run: Run, policy: StudentPolicy) -> tuple[Cla
     trainer.fit(model, datamodule=dm, ckpt_path=resume)
     test = trainer.test(model, datamodule=dm, verbose=False)
     return model, float(test[0]["test/acc"])
+
+
+def in_fold_probs(cfg: DictConfig, run: Run) -> torch.Tensor:
+    """``(N, C)``: each training sample's mean softmax over the fold replicas that trained on
+    it (every replica but its held-out fold's), one pass over the training set in eval mode
+    on the replicas' device. ``student.targets=auto`` reads the replicas' fit from it."""
+    model, dm = run.model, run.dm
+    nets = replica_nets(model, _net(cfg, dm))
+    device = next(model.parameters()).device
+    folds = model.samples.folds.cpu()
+    out = torch.zeros(len(folds), dm.num_classes)
+    with torch.no_grad():
+        nets = [net.to(device) for net in nets]
+        for x, _, index in dm.oof_dataloader():
+            index = index.cpu()
+            x, held = x.to(device), folds[index]
+            total = torch.zeros(len(index), dm.num_classes)
+            for k, net in enumerate(nets):
+                probs = net(x).float().softmax(-1).cpu()
+                total += probs * (held != k).unsqueeze(1)
+            out[index] = total / max(1, len(nets) - 1)
+    return out
 
 
 def build_student(

@@ -160,3 +160,20 @@ def test_relabel_forward_relabels_flags_and_sends_the_rest_through_the_noise_lef
     assert w.tolist() == [1.0, 1.0, 1.0, 1.0]
     with pytest.raises(ValueError, match="relabel_forward needs"):
         student_targets(labels, evidence, flags, StudentPolicy("relabel_forward"))
+
+
+def test_auto_chooses_forward_only_where_the_replicas_do_not_fit_the_flagged_labels():
+    from dcloop.student import AUTO_FIT_THRESHOLD, auto_rule, flagged_fit
+
+    labels = torch.tensor([0, 1, 2, 0])
+    flags = torch.tensor([True, True, True, False])
+    weights = torch.tensor([1.0, 1.0, 0.0, 1.0])  # the third flag was not trained on
+    fits = torch.nn.functional.one_hot(torch.tensor([0, 1, 1, 0]), 3).float()
+    assert flagged_fit(fits, labels, flags, weights) == 1.0  # both trained-on flags fitted
+    misses = torch.nn.functional.one_hot(torch.tensor([1, 1, 2, 0]), 3).float()
+    assert flagged_fit(misses, labels, flags, weights) == 0.5
+    assert flagged_fit(fits, labels, torch.zeros(4, dtype=torch.bool), weights) is None
+    assert auto_rule(1.0) == "relabel" and auto_rule(0.1) == "forward"
+    assert auto_rule(AUTO_FIT_THRESHOLD) == "relabel" and auto_rule(None) == "relabel"
+    with pytest.raises(ValueError, match="auto"):
+        student_targets(labels, fits, flags, StudentPolicy("auto"))

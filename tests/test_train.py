@@ -347,3 +347,58 @@ def test_a_forward_student_says_it_replaces_the_models_loss(tmp_path, caplog):
     # the student's loss is forward_nll: -log <target row, softmax>
     logits, rows = torch.randn(3, c), torch.full((3, c), 1.0 / c)
     assert torch.allclose(model._loss_fn(logits, rows), forward_nll(logits, rows))
+
+
+def test_in_fold_probs_average_only_the_replicas_that_trained_on_each_sample(monkeypatch):
+    """Replica k predicts class k everywhere: a sample of fold f then gets 0 for class f and
+    1 / (K - 1) for every other replica's class."""
+    from types import SimpleNamespace
+
+    from torch.utils.data import DataLoader, TensorDataset
+
+    import dcloop.train as tr
+
+    k, n = 3, 7
+    folds = torch.tensor([0, 1, 2, 0, 1, 2, 0])
+
+    class Const(torch.nn.Module):
+        def __init__(self, c):
+            super().__init__()
+            self.c = c
+
+        def forward(self, x):
+            return torch.nn.functional.one_hot(torch.full((len(x),), self.c), k).float() * 50
+
+    model = torch.nn.Linear(1, 1)
+    model.samples = SimpleNamespace(folds=folds)
+    loader = DataLoader(TensorDataset(torch.zeros(n, 1), torch.zeros(n), torch.arange(n)), 3)
+    dm = SimpleNamespace(num_classes=k, oof_dataloader=lambda: loader)
+    monkeypatch.setattr(tr, "replica_nets", lambda m, f: [Const(c) for c in range(k)])
+    monkeypatch.setattr(tr, "_net", lambda cfg, dm: None)
+    out = tr.in_fold_probs(None, SimpleNamespace(model=model, dm=dm))
+    for i in range(n):
+        want = torch.full((k,), 0.5)
+        want[folds[i]] = 0.0
+        assert torch.allclose(out[i], want, atol=1e-4), (i, out[i])
+
+
+@pytest.mark.slow
+def test_student_targets_auto_names_the_rule_it_chose(tmp_path):
+    """student.targets=auto: the student's rule is chosen on the replicas' fit of the flagged
+    labels; metrics.json's kept block names the rule and the fit."""
+    from dcloop.student import AUTO_FIT_THRESHOLD
+
+    cfg = cfg_for(
+        tmp_path,
+        "trainer.max_epochs=3",
+        "cl.warmup_epochs=1",
+        "noise.rate=0.3",
+        "student.targets=auto",
+    )
+    metrics = train(cfg)
+    kept = metrics["kept"]
+    auto = kept["auto"]
+    assert kept["targets"] == auto["rule"] in ("relabel", "forward")
+    assert auto["threshold"] == AUTO_FIT_THRESHOLD and 0.0 <= auto["flagged_fit"] <= 1.0
+    assert auto["rule"] == ("relabel" if auto["flagged_fit"] >= AUTO_FIT_THRESHOLD else "forward")
+    assert kept["policy"]["targets"] == "auto"
