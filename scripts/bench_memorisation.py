@@ -1,0 +1,131 @@
+"""Does one network of a run's recipe fit the wrong labels? (the evidence behind
+``student.targets=auto``)
+
+For each finished run folder (``config.yaml``, ``sample_table.pt``, ``labels.csv`` with the
+true labels, ``oof_probs_smoothed.npy``), train one network with the run's recipe and seed on
+the given labels (``given``) and one with forward correction (``forward``), then predict the
+training set and report, among the samples whose given label is wrong: the share predicted as
+the given (wrong) label, and as the true label; and the training accuracy on the rest. One
+process, one thread.
+
+Usage:
+
+    python scripts/bench_memorisation.py --runs RUN [RUN ...] --out scripts/results/NAME
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import platform
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+
+def one_run(run: Path) -> list[dict]:
+    import lightning as L
+    import numpy as np
+    import torch
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    from dcloop.student import StudentPolicy
+    from dcloop.train import _net, build_student
+
+    torch.set_num_threads(1)
+    cfg = OmegaConf.load(run / "config.yaml")
+    table = torch.load(run / "sample_table.pt")
+    evidence = torch.from_numpy(np.load(run / "oof_probs_smoothed.npy")).float()
+    with open(run / "labels.csv", newline="") as f:
+        true = np.array([int(r["true_label"]) for r in csv.DictReader(f)])
+    given = table["labels"].numpy()
+    noisy = given != true
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    dm = instantiate(cfg.data)
+    dm.setup("fit")
+    rows = []
+    for rule in ("given", "forward"):
+        L.seed_everything(cfg.seed, workers=True, verbose=False)
+        model = build_student(
+            cfg,
+            _net(cfg, dm),
+            dm.num_classes,
+            StudentPolicy(targets=rule),
+            labels=table["labels"],
+            evidence=evidence,
+            flags=table["flagged"],
+            weights=table["weights"],
+            folds=table["folds"],
+        )
+        t0 = time.process_time()
+        with tempfile.TemporaryDirectory() as tmp:
+            trainer = instantiate(
+                cfg.trainer,
+                callbacks=[],
+                logger=False,
+                enable_checkpointing=False,
+                enable_progress_bar=False,
+                enable_model_summary=False,
+                default_root_dir=tmp,
+            )
+            trainer.fit(model, datamodule=dm)
+        model.eval()
+        pred = np.empty(len(given), dtype=np.int64)
+        with torch.no_grad():
+            for x, _, index in dm.oof_dataloader():
+                pred[index.numpy()] = model(x).argmax(-1).numpy()
+        rows.append(
+            {
+                "run": str(run),
+                "rule": rule,
+                "noisy": int(noisy.sum()),
+                "fits_wrong": float((pred[noisy] == given[noisy]).mean()),
+                "predicts_true": float((pred[noisy] == true[noisy]).mean()),
+                "clean_train_acc": float((pred[~noisy] == given[~noisy]).mean()),
+                "cpu_s": time.process_time() - t0,
+            }
+        )
+    return rows
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--runs", nargs="+", type=Path, required=True)
+    p.add_argument("--out", type=Path, required=True)
+    args = p.parse_args(argv)
+    t0 = time.perf_counter()
+    rows = [r for run in args.runs for r in one_run(run)]
+    command = "python scripts/bench_memorisation.py " + " ".join(sys.argv[1:])
+    lines = [
+        "# Does one network of the recipe fit the wrong labels?",
+        "",
+        "```",
+        command,
+        "```",
+        "",
+        f"- Date: {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC; {platform.machine()} CPU, "
+        f"one process, one thread; {(time.perf_counter() - t0) / 60:.1f} min.",
+        "- Each network: the run's own recipe and seed, from scratch, on all training samples; "
+        "then its prediction on the training set (no augmentation).",
+        "",
+        "| run | loss | wrong labels | predicted as the wrong label | as the true label "
+        "| training accuracy, right labels |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['run']} | {r['rule']} | {r['noisy']} | {r['fits_wrong']:.3f} | "
+            f"{r['predicts_true']:.3f} | {r['clean_train_acc']:.3f} |"
+        )
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    args.out.with_suffix(".json").write_text(json.dumps({"command": command, "rows": rows}))
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
