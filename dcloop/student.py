@@ -50,7 +50,9 @@ TARGET_RULES = (
 #: ``auto``: the share of the flagged samples (that the replicas train on) whose given label
 #: the replicas that trained on them predict, at or above which the student relabels. A
 #: network that fits wrong labels fits them through the noise matrix too, so forward
-#: correction only helps one that does not (scripts/results/bench_kept_auto.md).
+#: correction cannot help it. The converse does not hold: on CIFAR-10N the replicas fit 1 %
+#: and forward still lost to relabel (scripts/results/bench_kept_auto{,_cifar}.md), so
+#: ``auto`` is not the default.
 AUTO_FIT_THRESHOLD = 0.5
 
 #: Rules whose targets are rows of a noise matrix, for :func:`dcloop.models.losses.forward_nll`
