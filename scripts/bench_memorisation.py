@@ -20,63 +20,33 @@ import csv
 import json
 import platform
 import sys
-import tempfile
 import time
 from datetime import datetime, timezone
 from pathlib import Path
 
 
 def one_run(run: Path) -> list[dict]:
-    import lightning as L
     import numpy as np
     import torch
-    from hydra.utils import instantiate
-    from omegaconf import OmegaConf
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from bench_student_saved import SavedRun
 
     from dcloop.student import StudentPolicy
-    from dcloop.train import _net, build_student
 
-    torch.set_num_threads(1)
-    cfg = OmegaConf.load(run / "config.yaml")
-    table = torch.load(run / "sample_table.pt")
-    evidence = torch.from_numpy(np.load(run / "oof_probs_smoothed.npy")).float()
+    saved = SavedRun(run)
     with open(run / "labels.csv", newline="") as f:
         true = np.array([int(r["true_label"]) for r in csv.DictReader(f)])
-    given = table["labels"].numpy()
+    given = saved.table["labels"].numpy()
     noisy = given != true
-    L.seed_everything(cfg.seed, workers=True, verbose=False)
-    dm = instantiate(cfg.data)
-    dm.setup("fit")
     rows = []
     for rule in ("given", "forward"):
-        L.seed_everything(cfg.seed, workers=True, verbose=False)
-        model = build_student(
-            cfg,
-            _net(cfg, dm),
-            dm.num_classes,
-            StudentPolicy(targets=rule),
-            labels=table["labels"],
-            evidence=evidence,
-            flags=table["flagged"],
-            weights=table["weights"],
-            folds=table["folds"],
-        )
         t0 = time.process_time()
-        with tempfile.TemporaryDirectory() as tmp:
-            trainer = instantiate(
-                cfg.trainer,
-                callbacks=[],
-                logger=False,
-                enable_checkpointing=False,
-                enable_progress_bar=False,
-                enable_model_summary=False,
-                default_root_dir=tmp,
-            )
-            trainer.fit(model, datamodule=dm)
+        model, _ = saved.student(StudentPolicy(targets=rule))
         model.eval()
         pred = np.empty(len(given), dtype=np.int64)
         with torch.no_grad():
-            for x, _, index in dm.oof_dataloader():
+            for x, _, index in saved.dm.oof_dataloader():
                 pred[index.numpy()] = model(x).argmax(-1).numpy()
         rows.append(
             {

@@ -29,31 +29,37 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 
-def one_run(job: dict) -> list[dict]:
-    import numpy as np
-    import torch
+class SavedRun:
+    """A finished run folder's config, sample table, evidence and rebuilt data module, and
+    the students trained on its saved verdict with the run's own recipe and seed."""
 
-    torch.set_num_threads(1)
-    import lightning as L
-    from hydra.utils import instantiate
-    from omegaconf import OmegaConf
+    def __init__(self, run: Path) -> None:
+        import lightning as L
+        import numpy as np
+        import torch
+        from hydra.utils import instantiate
+        from omegaconf import OmegaConf
 
-    from dcloop.student import StudentPolicy
-    from dcloop.train import _net, build_student
+        torch.set_num_threads(1)
+        self.run = run
+        self.cfg = OmegaConf.load(run / "config.yaml")
+        self.metrics = json.loads((run / "metrics.json").read_text())
+        self.table = torch.load(run / "sample_table.pt")
+        self.evidence = torch.from_numpy(np.load(run / "oof_probs_smoothed.npy")).float()
+        L.seed_everything(self.cfg.seed, workers=True, verbose=False)
+        self.dm = instantiate(self.cfg.data)
+        self.dm.setup("fit")
+        assert len(self.table["labels"]) == len(self.dm.train_dataset), "the data changed"
 
-    run = Path(job["run"])
-    cfg = OmegaConf.load(run / "config.yaml")
-    metrics = json.loads((run / "metrics.json").read_text())
-    table = torch.load(run / "sample_table.pt")
-    evidence = torch.from_numpy(np.load(run / "oof_probs_smoothed.npy")).float()
-    L.seed_everything(cfg.seed, workers=True, verbose=False)
-    dm = instantiate(cfg.data)
-    dm.setup("fit")
-    assert len(table["labels"]) == len(dm.train_dataset), "the run's data changed since made"
-    rows = []
-    for rule in job["rules"]:
-        policy = StudentPolicy(**parse_rule(rule))
-        t0 = time.process_time()
+    def student(self, policy):
+        """A fitted student of ``policy`` (:class:`dcloop.student.StudentPolicy`) and its test
+        accuracy."""
+        import lightning as L
+        from hydra.utils import instantiate
+
+        from dcloop.train import _net, build_student
+
+        cfg, dm, table = self.cfg, self.dm, self.table
         L.seed_everything(cfg.seed, workers=True, verbose=False)
         model = build_student(
             cfg,
@@ -61,7 +67,7 @@ def one_run(job: dict) -> list[dict]:
             dm.num_classes,
             policy,
             labels=table["labels"],
-            evidence=evidence,
+            evidence=self.evidence,
             flags=table["flagged"],
             weights=table["weights"],
             folds=table["folds"],
@@ -78,9 +84,20 @@ def one_run(job: dict) -> list[dict]:
             )
             trainer.fit(model, datamodule=dm)
             acc = float(trainer.test(model, datamodule=dm, verbose=False)[0]["test/acc"])
+        return model, acc
+
+
+def one_run(job: dict) -> list[dict]:
+    from dcloop.student import StudentPolicy
+
+    saved = SavedRun(Path(job["run"]))
+    metrics, rows = saved.metrics, []
+    for rule in job["rules"]:
+        t0 = time.process_time()
+        _, acc = saved.student(StudentPolicy(**parse_rule(rule)))
         rows.append(
             {
-                "run": str(run),
+                "run": str(saved.run),
                 "rule": rule,
                 "acc": acc,
                 "cpu_s": time.process_time() - t0,
