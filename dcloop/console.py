@@ -144,6 +144,11 @@ def test_line(metrics: dict[str, Any]) -> str:
         "prune": "the loop's pruned samples left out",
         "given": "the given labels",
     }.get(kept.get("targets"), kept.get("targets"))
+    auto = kept.get("auto")
+    if auto:  # student.targets=auto: the rule it chose, and on what
+        fit = auto.get("flagged_fit")
+        seen = "no flagged sample" if fit is None else f"{fit:.0%} of the flagged labels"
+        rule += f"; chosen by student.targets=auto: the replicas fit {seen}"
     line = (
         f"  test        accuracy {test['accuracy']:.4f} "
         f"(the kept model: student, one network; {rule})"

@@ -402,3 +402,6 @@ def test_student_targets_auto_names_the_rule_it_chose(tmp_path):
     assert auto["threshold"] == AUTO_FIT_THRESHOLD and 0.0 <= auto["flagged_fit"] <= 1.0
     assert auto["rule"] == ("relabel" if auto["flagged_fit"] >= AUTO_FIT_THRESHOLD else "forward")
     assert kept["policy"]["targets"] == "auto"
+    from dcloop.console import test_line
+
+    assert "chosen by student.targets=auto: the replicas fit" in test_line(metrics)
