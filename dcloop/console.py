@@ -168,6 +168,7 @@ _PHASE_LABELS = {
     "policy_update": "policy",
     "test": "test",
     "refit": "refit",
+    "auto_rule": "auto rule",
     "student": "student",
     "result_files": "files",
     "checkpoint": "checkpoint",

@@ -40,6 +40,7 @@ PHASES: tuple[str, ...] = (
     "policy_update",
     "test",
     "refit",
+    "auto_rule",
     "student",
     "result_files",
     "data_health",

@@ -112,8 +112,6 @@ class Run:
     dm: Any
     model: FoldEnsemble
     trainer: L.Trainer
-    #: ``student.targets=auto``: what the student's rule was chosen on (set by train_student).
-    auto: dict[str, Any] | None = None
 
     def callback(self, kind: type) -> Any:
         """The trainer's callback of type ``kind`` (``None`` if it has none)."""
@@ -244,7 +242,7 @@ def keep_model(
     kept: dict[str, Any] = dict(metrics.get("kept") or {"model": "ensemble"})
     plain = None
     if cfg.get("kept", "student") == "student":
-        policy = student_policy(cfg)
+        policy, auto = resolve_auto(cfg, run, student_policy(cfg))  # before the yardstick
         before = _clock()
         with timed(run.trainer, "student"):
             student, acc = train_student(cfg, run, policy)
@@ -254,8 +252,8 @@ def keep_model(
         test.update(accuracy=acc, student_accuracy=acc)
         kept = {"model": "student", "test_accuracy": acc, "targets": policy.targets}
         kept["policy"] = policy.as_dict()
-        if run.auto is not None:  # student.targets=auto: the rule it chose, and why
-            kept["targets"], kept["auto"] = run.auto["rule"], run.auto
+        if auto is not None:  # student.targets=auto: the rule it chose, and on what
+            kept["policy"]["targets"], kept["auto"] = "auto", auto
         nets, kind = [student.net], "single"
     else:
         nets, kind = replica_nets(run.model, _net(cfg, run.dm)), "ensemble"
@@ -365,19 +363,6 @@ def train_student(cfg: DictConfig, run: Run, policy: StudentPolicy) -> tuple[Cla
             log.warning("cleaning was stopped for harm: the student trains on the given labels")
         policy = replace(policy, targets="given", mix=0.0)
         evidence = torch.full((len(table), dm.num_classes), 1.0 / dm.num_classes)
-    if policy.targets == "auto":
-        fit = flagged_fit(
-            in_fold_probs(cfg, run), table.labels.cpu(), table.flagged.cpu(), table.weights.cpu()
-        )
-        policy = replace(policy, targets=auto_rule(fit))
-        run.auto = {"flagged_fit": fit, "threshold": AUTO_FIT_THRESHOLD, "rule": policy.targets}
-        log.info(
-            "student.targets=auto: the replicas fit %s of the flagged labels they train on "
-            "(threshold %.2f): the student uses %s",
-            "none" if fit is None else f"{fit:.1%}",
-            AUTO_FIT_THRESHOLD,
-            policy.targets,
-        )
     net = _net(cfg, dm)
     if policy.init == "replica":  # carry on from fold replica 0's weights
         net = _from_replica(net, replica_nets(run.model, net, only=0)[0].state_dict())
@@ -412,6 +397,30 @@ def train_student(cfg: DictConfig, run: Run, policy: StudentPolicy) -> tuple[Cla
     return model, float(test[0]["test/acc"])
 
 
+def resolve_auto(
+    cfg: DictConfig, run: Run, policy: StudentPolicy
+) -> tuple[StudentPolicy, dict[str, Any] | None]:
+    """``student.targets=auto``: the policy with the rule chosen on the replicas' fit of the
+    flagged labels (:func:`in_fold_probs`, :func:`dcloop.student.auto_rule`) and what it was
+    chosen on; any other policy as it is, with ``None``."""
+    if policy.targets != "auto":
+        return policy, None
+    table = run.model.samples
+    with timed(run.trainer, "auto_rule"):
+        fit = flagged_fit(
+            in_fold_probs(cfg, run), table.labels.cpu(), table.flagged.cpu(), table.weights.cpu()
+        )
+    policy = replace(policy, targets=auto_rule(fit))
+    log.info(
+        "student.targets=auto: the replicas fit %s of the flagged labels they train on "
+        "(threshold %.2f): the student uses %s",
+        "none" if fit is None else f"{fit:.1%}",
+        AUTO_FIT_THRESHOLD,
+        policy.targets,
+    )
+    return policy, {"flagged_fit": fit, "threshold": AUTO_FIT_THRESHOLD, "rule": policy.targets}
+
+
 def in_fold_probs(cfg: DictConfig, run: Run) -> torch.Tensor:
     """``(N, C)``: each training sample's mean softmax over the fold replicas that trained on
     it (every replica but its held-out fold's), one pass over the training set in eval mode
@@ -425,12 +434,11 @@ def in_fold_probs(cfg: DictConfig, run: Run) -> torch.Tensor:
         nets = [net.to(device) for net in nets]
         for x, _, index in dm.oof_dataloader():
             index = index.cpu()
-            x, held = x.to(device), folds[index]
-            total = torch.zeros(len(index), dm.num_classes)
-            for k, net in enumerate(nets):
-                probs = net(x).float().softmax(-1).cpu()
-                total += probs * (held != k).unsqueeze(1)
-            out[index] = total / max(1, len(nets) - 1)
+            x, held = x.to(device), folds[index].to(device)
+            total = sum(
+                net(x).float().softmax(-1) * (held != k).unsqueeze(1) for k, net in enumerate(nets)
+            )
+            out[index] = total.cpu() / max(1, len(nets) - 1)  # one copy to the host a batch
     return out
 
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import platform
 import sys
 import time
@@ -63,6 +62,9 @@ def one_run(run: Path) -> list[dict]:
 
 
 def main(argv=None) -> None:
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from bench_student_saved import write_result
+
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--runs", nargs="+", type=Path, required=True)
     p.add_argument("--out", type=Path, required=True)
@@ -91,10 +93,7 @@ def main(argv=None) -> None:
             f"| {r['run']} | {r['rule']} | {r['noisy']} | {r['fits_wrong']:.3f} | "
             f"{r['predicts_true']:.3f} | {r['clean_train_acc']:.3f} |"
         )
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.with_suffix(".md").write_text("\n".join(lines) + "\n")
-    args.out.with_suffix(".json").write_text(json.dumps({"command": command, "rows": rows}))
-    print("\n".join(lines))
+    write_result(args.out, lines, command, rows)
 
 
 if __name__ == "__main__":

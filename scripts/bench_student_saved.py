@@ -184,9 +184,14 @@ def main(argv=None) -> None:
             f"({r['run_kept_targets']}) | {f1} | {r['cpu_s']:.0f} |"
         )
     lines += ["", *summary(rows)]
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.with_suffix(".md").write_text("\n".join(lines) + "\n")
-    args.out.with_suffix(".json").write_text(json.dumps({"command": command, "rows": rows}))
+    write_result(args.out, lines, command, rows)
+
+
+def write_result(out: Path, lines: list[str], command: str, rows: list[dict]) -> None:
+    """``out``.md (the lines) and ``out``.json (the command and rows), and the lines printed."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    out.with_suffix(".json").write_text(json.dumps({"command": command, "rows": rows}))
     print("\n".join(lines))
 
 

@@ -136,3 +136,13 @@ def test_a_classifier_with_coguess_trains_the_left_out_rows(tmp_path):
     assert not torch.allclose(plain, with_term)
     with pytest.raises(Exception, match="mixup"):
         Classifier(lambda: nn.Linear(4, 2), 2, weights=w, mixup=0.4, coguess=CoGuess(ev, rows))
+
+
+def test_perturb_shifts_each_row_circularly_by_at_most_an_eighth(monkeypatch):
+    """Without the noise, every row is a torch.roll of itself by up to 1/8 of the last axis."""
+    monkeypatch.setattr(torch, "randn", lambda *shape, **kw: torch.zeros(*shape))
+    x = torch.arange(2 * 3 * 16, dtype=torch.float32).view(2, 3, 16)
+    y = perturb(x, torch.Generator().manual_seed(3))
+    for row, out in zip(x, y, strict=True):
+        shifts = [s for s in range(-2, 3) if torch.equal(torch.roll(row, s, dims=-1), out)]
+        assert len(shifts) == 1, out

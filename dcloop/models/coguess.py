@@ -61,9 +61,13 @@ def perturb(x: torch.Tensor, generator: torch.Generator | None = None) -> torch.
     sd = flat.float().std(1, unbiased=False).clamp_min(1e-8).to(x.dtype)
     noise = torch.randn(*x.shape, generator=generator).to(dev, x.dtype)
     y = x + 0.1 * sd.view(-1, *([1] * (x.ndim - 1))) * noise
-    span = max(1, x.shape[-1] // 8)
+    length = x.shape[-1]
+    span = max(1, length // 8)
     shifts = (rand(x.shape[0]) * (2 * span + 1)).long() - span
-    return torch.stack([torch.roll(row, int(s), dims=-1) for row, s in zip(y, shifts, strict=True)])
+    # torch.roll per row, in one gather: out[..., i] = y[..., (i - shift) % length]
+    idx = (torch.arange(length, device=dev) - shifts.view(-1, 1)) % length
+    idx = idx.view(x.shape[0], *([1] * (x.ndim - 2)), length).expand_as(y)
+    return y.gather(-1, idx)
 
 
 class CoGuess(nn.Module):
@@ -113,12 +117,20 @@ class CoGuess(nn.Module):
         """The term for one batch: ``x`` its inputs, ``logits`` the student's on ``x``,
         ``index`` the rows' sample indices, ``progress`` the share of the student's epochs done
         (the ramp: ``min(1, 2 * progress)``). Zero when the batch has no unlabelled row."""
-        rows = self.unlabelled[index]
         ramp = min(1.0, 2.0 * max(0.0, progress))
-        if not bool(rows.any()) or ramp == 0.0:
+        if ramp == 0.0:
+            return logits.sum() * 0.0
+        rows = self.unlabelled[index]
+        if self.view == "none":  # the whole batch, masked: no host sync on the device
+            own = logits.detach().float().softmax(-1)
+            guess = sharpen((self.evidence[index] + own) / 2, self.temperature)
+            ce = -(guess * logits.float().log_softmax(-1)).sum(-1)
+            mask = rows.float()
+            return self.weight * ramp * (ce * mask).sum() / mask.sum().clamp_min(1.0)
+        if not bool(rows.any()):  # the perturbed pass needs at least one row
             return logits.sum() * 0.0
         own = logits[rows].detach().float().softmax(-1)
         guess = sharpen((self.evidence[index[rows]] + own) / 2, self.temperature)
-        z = logits[rows] if self.view == "none" else net(perturb(x[rows], generator))
+        z = net(perturb(x[rows], generator))
         ce = -(guess * z.float().log_softmax(-1)).sum(-1)
         return self.weight * ramp * ce.mean()
