@@ -228,7 +228,7 @@ def _fit(
     net.train()
     for epoch in range(epochs):
         order = torch.randperm(n, generator=g).to(x.device)
-        running = 0.0
+        running = torch.zeros((), device=x.device)
         for s in range(steps_per_epoch):
             batch = x[order[s * batch_size : (s + 1) * batch_size]]
             views = torch.cat([augment(batch, g, max_shift=max_shift, flip=flip) for _ in "12"])
@@ -238,8 +238,8 @@ def _fit(
             loss.backward()
             opt.step()
             sched.step()
-            running += float(loss.detach())
-        log.debug("contrastive epoch %d: loss %.4f", epoch, running / steps_per_epoch)
+            running += loss.detach()  # one host copy an epoch, not a step
+        log.debug("contrastive epoch %d: loss %.4f", epoch, float(running) / steps_per_epoch)
     return net.eval()
 
 
