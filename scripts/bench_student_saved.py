@@ -13,7 +13,10 @@ Usage:
     python scripts/bench_student_saved.py --runs RUN [RUN ...] --rules relabel forward \\
         --out scripts/results/NAME
 
-A rule may carry student options: ``relabel,unlabelled=1,view=perturb``.
+A rule may carry student options: ``relabel,unlabelled=1,view=perturb``; ``flags=truth``
+trains it on perfect detection instead of the run's flags (an upper bound, for diagnosis);
+other flags and ``evidence=infold``: :meth:`SavedRun.flags`, :meth:`SavedRun.probs`.
+Each row also gives how right the rule's targets are against the true labels.
 """
 
 from __future__ import annotations
@@ -46,14 +49,100 @@ class SavedRun:
         self.metrics = json.loads((run / "metrics.json").read_text())
         self.table = torch.load(run / "sample_table.pt")
         self.evidence = torch.from_numpy(np.load(run / "oof_probs_smoothed.npy")).float()
+        fit = run / "in_fold_probs.npy"  # written by student.targets=auto runs
+        self.in_fold = torch.from_numpy(np.load(fit)).float() if fit.exists() else None
         L.seed_everything(self.cfg.seed, workers=True, verbose=False)
         self.dm = instantiate(self.cfg.data)
         self.dm.setup("fit")
         assert len(self.table["labels"]) == len(self.dm.train_dataset), "the data changed"
 
-    def student(self, policy):
-        """A fitted student of ``policy`` (:class:`dcloop.student.StudentPolicy`) and its test
-        accuracy."""
+    def flags(self, which: str = "run"):
+        """The flags a student trains on: ``run`` (the run's verdict), ``truth`` (every
+        sample whose given label is wrong, from the data's true labels: perfect detection,
+        an upper bound for the rule, not something a run can do), ``disagree`` (every sample
+        whose evidence's top class is not its given label) or ``belowT`` (e.g. ``below0.5``:
+        every sample whose evidence gives its given label less than T), ``infold`` (the
+        replicas that trained on it disagree with its label) or ``student`` (the run's flags
+        and every label the relabel student disagrees with on its own training samples)."""
+        if which == "run":
+            return self.table["flagged"]
+        given = self.evidence.gather(1, self.table["labels"].long().view(-1, 1)).squeeze(1)
+        if which == "disagree":
+            return self.evidence.argmax(1) != self.table["labels"]
+        if which == "infold":
+            return self.probs("infold").argmax(1) != self.table["labels"]
+        if which == "student":  # the run's flags, and the labels a relabel student disagrees with
+            return self.table["flagged"] | (self.probs("student").argmax(1) != self.table["labels"])
+        if which.startswith("below"):
+            return given < float(which[len("below") :])
+        if which == "truth":
+            if self.table.get("true_labels") is None:
+                raise ValueError(f"{self.run}: flags=truth needs a run with true labels")
+            return self.table["labels"] != self.table["true_labels"]
+        raise ValueError(f"flags={which!r}: expected 'run' or 'truth'")
+
+    def probs(self, which: str = "oof"):
+        """The evidence the rule reads: ``oof`` (held-out, the run's) or ``infold`` (the
+        replicas that trained on each sample: ``in_fold_probs.npy``), ``mean`` (of the two) or
+        ``student`` (:meth:`student_probs`)."""
+        if which == "oof":
+            return self.evidence
+        if which == "student":
+            return self.student_probs()
+        if which in ("infold", "mean"):
+            if self.in_fold is None:
+                raise ValueError(f"{self.run}: no in_fold_probs.npy (a student.targets=auto run)")
+            return self.in_fold if which == "infold" else (self.in_fold + self.evidence) / 2
+        raise ValueError(f"evidence={which!r}: expected 'oof', 'infold' or 'mean'")
+
+    def student_probs(self):
+        """``(N, C)``: the softmax, on its own training samples (in eval mode), of the student
+        that the run kept (``relabel`` on the run's flags); trained once and cached."""
+        import torch
+
+        from dcloop.student import StudentPolicy
+
+        if getattr(self, "_student_probs", None) is None:
+            model, _ = self.student(StudentPolicy("relabel"))
+            model.eval()
+            out = torch.zeros(len(self.table["labels"]), self.dm.num_classes)
+            with torch.no_grad():
+                for x, _, index in self.dm.oof_dataloader():
+                    out[index] = model(x).float().softmax(-1)
+            self._student_probs = out
+        return self._student_probs
+
+    def target_quality(self, policy, flags: str = "run", evidence: str = "oof") -> dict:
+        """How right the student's targets are, against the true labels: the share of the
+        samples it trains on (weight > 0), and among them the share whose target's top class
+        is the true label (all, and the flagged ones). ``None`` where the rule's targets are
+        not label distributions (forward rules) or the run has no true labels."""
+        from dcloop.student import FORWARD_RULES, student_targets
+
+        true = self.table.get("true_labels")
+        if true is None or policy.targets in FORWARD_RULES or policy.targets == "posterior":
+            return {}
+        flagged = self.flags(flags)
+        t, w = student_targets(
+            self.table["labels"],
+            self.probs(evidence),
+            flagged,
+            policy,
+            weights=self.table["weights"],
+        )
+        kept = w > 0
+        right = t.argmax(1) == true
+        return {
+            "trained_share": float(kept.float().mean()),
+            "target_acc": float(right[kept].float().mean()),
+            "flagged_target_acc": float(right[kept & flagged].float().mean())
+            if bool((kept & flagged).any())
+            else None,
+        }
+
+    def student(self, policy, flags: str = "run", evidence: str = "oof"):
+        """A fitted student of ``policy`` (:class:`dcloop.student.StudentPolicy`) on the
+        ``flags`` (:meth:`flags`) and its test accuracy."""
         import lightning as L
         from hydra.utils import instantiate
 
@@ -67,8 +156,8 @@ class SavedRun:
             dm.num_classes,
             policy,
             labels=table["labels"],
-            evidence=self.evidence,
-            flags=table["flagged"],
+            evidence=self.probs(evidence),
+            flags=self.flags(flags),
             weights=table["weights"],
             folds=table["folds"],
         )
@@ -94,12 +183,16 @@ def one_run(job: dict) -> list[dict]:
     metrics, rows = saved.metrics, []
     for rule in job["rules"]:
         t0 = time.process_time()
-        _, acc = saved.student(StudentPolicy(**parse_rule(rule)))
+        opts = parse_rule(rule)
+        flags, evidence = opts.pop("flags", "run"), opts.pop("evidence", "oof")
+        policy = StudentPolicy(**opts)
+        _, acc = saved.student(policy, flags, evidence)
         rows.append(
             {
                 "run": str(saved.run),
                 "rule": rule,
                 "acc": acc,
+                **saved.target_quality(policy, flags, evidence),
                 "cpu_s": time.process_time() - t0,
                 "run_kept": metrics["kept"]["test_accuracy"],
                 "run_kept_targets": metrics["kept"].get("targets"),
@@ -121,16 +214,23 @@ def summary(rows: list[dict]) -> list[str]:
         groups.setdefault((setting, r["rule"]), []).append(r)
     out = [
         "| setting | rule | n | student % (mean ± sd) | run's kept % | student - kept (mean, "
-        "per seed) |",
-        "|---|---|---:|---:|---:|---|",
+        "per seed) | trained on | targets right |",
+        "|---|---|---:|---:|---:|---|---:|---:|",
     ]
     for (setting, rule), rs in sorted(groups.items()):
         acc = 100 * np.array([r["acc"] for r in rs])
         kept = 100 * np.array([r["run_kept"] for r in rs])
         diff = acc - kept
+        q = [
+            "—"
+            if any(r.get(k) is None for r in rs)
+            else f"{100 * np.mean([r[k] for r in rs]):.1f} %"
+            for k in ("trained_share", "target_acc")
+        ]
         out.append(
             f"| {setting} | {rule} | {len(rs)} | {acc.mean():.1f} ± {acc.std():.1f} | "
-            f"{kept.mean():.1f} | {diff.mean():+.1f} ({', '.join(f'{d:+.1f}' for d in diff)}) |"
+            f"{kept.mean():.1f} | {diff.mean():+.1f} ({', '.join(f'{d:+.1f}' for d in diff)}) | "
+            f"{q[0]} | {q[1]} |"
         )
     return out
 
@@ -173,15 +273,20 @@ def main(argv=None) -> None:
         "- Each student: the run's own recipe (net, optimiser, schedule, epochs, seed), trained "
         "from scratch on the rule's targets from the run's saved evidence and flags.",
         "",
+        "- Targets: the share of samples the student trains on (weight > 0), and the share of "
+        "those (and of the flagged ones among them) whose target's top class is the true label.",
+        "",
         "| run | rule | student test acc. % | the run's kept model % (its rule) "
-        "| run's F1 | CPU s |",
-        "|---|---|---:|---:|---:|---:|",
+        "| run's F1 | trained on | targets right | flagged targets right | CPU s |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         f1 = "—" if r["f1"] is None else f"{r['f1']:.3f}"
+        q = [r.get(k) for k in ("trained_share", "target_acc", "flagged_target_acc")]
+        q = ["—" if v is None else f"{100 * v:.1f} %" for v in q]
         lines.append(
             f"| {r['run']} | {r['rule']} | {100 * r['acc']:.1f} | {100 * r['run_kept']:.1f} "
-            f"({r['run_kept_targets']}) | {f1} | {r['cpu_s']:.0f} |"
+            f"({r['run_kept_targets']}) | {f1} | {' | '.join(q)} | {r['cpu_s']:.0f} |"
         )
     lines += ["", *summary(rows)]
     write_result(args.out, lines, command, rows)
