@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+import numpy as np
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
@@ -407,9 +408,10 @@ def resolve_auto(
         return policy, None
     table = run.model.samples
     with timed(run.trainer, "auto_rule"):
-        fit = flagged_fit(
-            in_fold_probs(cfg, run), table.labels.cpu(), table.flagged.cpu(), table.weights.cpu()
-        )
+        probs = in_fold_probs(cfg, run)
+        fit = flagged_fit(probs, table.labels.cpu(), table.flagged.cpu(), table.weights.cpu())
+        if run.trainer.is_global_zero:  # beside oof_probs.npy, for a look at what they fit
+            np.save(Path(cfg.output_dir) / "in_fold_probs.npy", probs.numpy())
     policy = replace(policy, targets=auto_rule(fit))
     log.info(
         "student.targets=auto: the replicas fit %s of the flagged labels they train on "
