@@ -402,6 +402,9 @@ def test_student_targets_auto_names_the_rule_it_chose(tmp_path):
     assert auto["threshold"] == AUTO_FIT_THRESHOLD and 0.0 <= auto["flagged_fit"] <= 1.0
     assert auto["rule"] == ("relabel" if auto["flagged_fit"] >= AUTO_FIT_THRESHOLD else "forward")
     assert kept["policy"]["targets"] == "auto"
+    probs = np.load(tmp_path / "in_fold_probs.npy")  # what the fit was read from
+    assert probs.shape == np.load(tmp_path / "oof_probs.npy").shape
+    assert np.allclose(probs.sum(1), 1.0, atol=1e-5)
     from dcloop.console import test_line
 
     assert "chosen by student.targets=auto: the replicas fit" in test_line(metrics)
