@@ -60,7 +60,7 @@ class SavedRun:
         """The flags a student trains on: ``run`` (the run's verdict), ``truth`` (every
         sample whose given label is wrong, from the data's true labels: perfect detection,
         an upper bound for the rule, not something a run can do), ``disagree`` (every sample
-        whose evidence's top class is not its given label) or ``belowT`` (e.g. ``below0.5``:
+        whose evidence's top class is not its given label), ``belowT`` (e.g. ``below0.5``:
         every sample whose evidence gives its given label less than T), ``infold`` (the
         replicas that trained on it disagree with its label) or ``student`` (the run's flags
         and every label the relabel student disagrees with on its own training samples)."""
@@ -79,10 +79,13 @@ class SavedRun:
             if self.table.get("true_labels") is None:
                 raise ValueError(f"{self.run}: flags=truth needs a run with true labels")
             return self.table["labels"] != self.table["true_labels"]
-        raise ValueError(f"flags={which!r}: expected 'run' or 'truth'")
+        raise ValueError(
+            f"flags={which!r}: expected run, truth, disagree, belowT (e.g. below0.5), infold "
+            "or student"
+        )
 
     def probs(self, which: str = "oof"):
-        """The evidence the rule reads: ``oof`` (held-out, the run's) or ``infold`` (the
+        """The evidence the rule reads: ``oof`` (held-out, the run's), ``infold`` (the
         replicas that trained on each sample: ``in_fold_probs.npy``), ``mean`` (of the two) or
         ``student`` (:meth:`student_probs`)."""
         if which == "oof":

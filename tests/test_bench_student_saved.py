@@ -1,0 +1,79 @@
+"""scripts/bench_student_saved.py: the flags and evidence a diagnosis trains a student on, and
+how right the rule's targets are (on a constructed verdict, without a run folder)."""
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+import torch
+
+from dcloop.student import StudentPolicy
+
+SCRIPT = Path(__file__).parent.parent / "scripts" / "bench_student_saved.py"
+
+
+def _script():
+    spec = importlib.util.spec_from_file_location("bench_student_saved", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture
+def saved():
+    """Four samples: 0 and 1 labelled right, 2 and 3 wrong; the run flagged 1 (a false
+    positive) and 2 (a hit) and missed 3."""
+    mod = _script()
+    run = object.__new__(mod.SavedRun)  # no run folder: the attributes the methods read
+    run.run = Path("constructed")
+    run.table = {
+        "labels": torch.tensor([0, 1, 0, 1]),
+        "true_labels": torch.tensor([0, 1, 1, 0]),
+        "flagged": torch.tensor([False, True, True, False]),
+        "weights": torch.ones(4),
+    }
+    run.evidence = torch.tensor([[0.9, 0.1], [0.7, 0.3], [0.2, 0.8], [0.4, 0.6]])
+    run.in_fold = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.0, 1.0], [1.0, 0.0]])
+    return mod, run
+
+
+def test_flags_come_from_the_run_the_truth_or_the_evidence(saved):
+    _, run = saved
+    assert run.flags("run").tolist() == [False, True, True, False]
+    assert run.flags("truth").tolist() == [False, False, True, True]  # given != true
+    assert run.flags("disagree").tolist() == [False, True, True, False]  # argmax != given
+    assert run.flags("below0.7").tolist() == [False, True, True, True]  # P(given) < 0.7
+    assert run.flags("infold").tolist() == [False, False, True, True]
+    with pytest.raises(ValueError, match="expected run, truth, disagree"):
+        run.flags("sometimes")
+
+
+def test_mean_evidence_averages_held_out_and_in_fold(saved):
+    _, run = saved
+    assert torch.allclose(run.probs("mean"), (run.evidence + run.in_fold) / 2)
+    run.in_fold = None
+    with pytest.raises(ValueError, match="in_fold_probs.npy"):
+        run.probs("infold")
+
+
+def test_target_quality_scores_the_rule_against_the_true_labels(saved):
+    _, run = saved
+    # relabel on the run's flags: 1 relabelled to 0 (wrong), 2 to 1 (right), 3 kept wrong.
+    q = run.target_quality(StudentPolicy("relabel"))
+    assert q["trained_share"] == 1.0
+    assert q["target_acc"] == 0.5 and q["flagged_target_acc"] == 0.5
+    # drop on perfect flags: the two right labels, all right.
+    q = run.target_quality(StudentPolicy("drop"), flags="truth")
+    assert q["trained_share"] == 0.5 and q["target_acc"] == 1.0
+    assert q["flagged_target_acc"] is None  # no flagged sample is trained on
+    assert run.target_quality(StudentPolicy("forward")) == {}  # noise-matrix rows
+
+
+def test_rule_options_parse_with_flags_and_evidence(saved):
+    mod, _ = saved
+    assert mod.parse_rule("relabel,flags=truth,evidence=infold,min_confidence=0.3") == {
+        "targets": "relabel",
+        "flags": "truth",
+        "evidence": "infold",
+        "min_confidence": 0.3,
+    }
