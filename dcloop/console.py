@@ -156,6 +156,11 @@ def test_line(metrics: dict[str, Any]) -> str:
     ens = test.get("ensemble_accuracy")
     if ens is not None:
         line += f"\n              {ensemble}: {ens:.4f}"
+    if kept.get("targets_right") is not None:  # the truth is known: how right its targets were
+        line += (
+            f"\n              its targets, against the true labels: {kept['targets_right']:.1%} "
+            f"right, on the {kept['trained_share']:.1%} of samples it trained on"
+        )
     return line
 
 

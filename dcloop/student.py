@@ -213,6 +213,27 @@ def student_targets(
     return targets, w
 
 
+def target_quality(
+    targets: torch.Tensor, weights: torch.Tensor, true_labels: torch.Tensor
+) -> dict[str, float]:
+    """How right the student's targets are, where the true labels are known (injected noise,
+    a truth file): ``trained_share``, the share of samples it trains on (weight > 0), and
+    ``targets_right``, the share of those whose target's top class is the true label. With
+    perfect detection the student reaches the oracle (scripts/results/
+    bench_student_truth_flags.md), so this says how much of a shortfall is the verdict's.
+
+    Example:
+        >>> t = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0]])
+        >>> target_quality(t, torch.tensor([1.0, 1.0, 0.0]), torch.tensor([0, 0, 1]))
+        {'trained_share': 0.6667, 'targets_right': 0.5}
+    """
+    kept = weights > 0
+    right = targets.argmax(1) == true_labels.to(targets.device)
+    share = float(kept.float().mean()) if len(kept) else 0.0
+    acc = float(right[kept].float().mean()) if bool(kept.any()) else 0.0
+    return {"trained_share": round(share, 4), "targets_right": round(acc, 4)}
+
+
 def flagged_fit(
     in_fold: torch.Tensor, labels: torch.Tensor, flags: torch.Tensor, weights: torch.Tensor
 ) -> float | None:

@@ -45,6 +45,7 @@ from dcloop.student import (
     auto_rule,
     flagged_fit,
     student_targets,
+    target_quality,
     unlabelled_rows,
 )
 from dcloop.timing import timed
@@ -253,6 +254,9 @@ def keep_model(
         test.update(accuracy=acc, student_accuracy=acc)
         kept = {"model": "student", "test_accuracy": acc, "targets": policy.targets}
         kept["policy"] = policy.as_dict()
+        table = run.model.samples
+        if table.has_ground_truth and policy.targets not in FORWARD_RULES:
+            kept.update(target_quality(student.targets, student.weights, table.true_labels))
         if auto is not None:  # student.targets=auto: the rule it chose, and on what
             kept["policy"]["targets"], kept["auto"] = "auto", auto
         nets, kind = [student.net], "single"

@@ -76,9 +76,9 @@ class SavedRun:
         if which.startswith("below"):
             return given < float(which[len("below") :])
         if which == "truth":
-            if self.table.get("true_labels") is None:
+            if self.true_labels() is None:
                 raise ValueError(f"{self.run}: flags=truth needs a run with true labels")
-            return self.table["labels"] != self.table["true_labels"]
+            return self.table["labels"] != self.true_labels()
         raise ValueError(
             f"flags={which!r}: expected run, truth, disagree, belowT (e.g. below0.5), infold "
             "or student"
@@ -115,14 +115,20 @@ class SavedRun:
             self._student_probs = out
         return self._student_probs
 
-    def target_quality(self, policy, flags: str = "run", evidence: str = "oof") -> dict:
-        """How right the student's targets are, against the true labels: the share of the
-        samples it trains on (weight > 0), and among them the share whose target's top class
-        is the true label (all, and the flagged ones). ``None`` where the rule's targets are
-        not label distributions (forward rules) or the run has no true labels."""
-        from dcloop.student import FORWARD_RULES, student_targets
-
+    def true_labels(self):
+        """The data's true labels, or ``None`` where the run has none (its table holds -1)."""
         true = self.table.get("true_labels")
+        return None if true is None or bool((true < 0).any()) else true
+
+    def target_quality(self, policy, flags: str = "run", evidence: str = "oof") -> dict:
+        """How right the student's targets are, against the true labels
+        (:func:`dcloop.student.target_quality`: the share of the samples it trains on, and
+        among them the share whose target's top class is the true label), and the same share
+        among the flagged ones. Empty where the rule's targets are not label distributions
+        (forward rules, posterior) or the run has no true labels."""
+        from dcloop.student import FORWARD_RULES, student_targets, target_quality
+
+        true = self.true_labels()
         if true is None or policy.targets in FORWARD_RULES or policy.targets == "posterior":
             return {}
         flagged = self.flags(flags)
@@ -133,13 +139,13 @@ class SavedRun:
             policy,
             weights=self.table["weights"],
         )
-        kept = w > 0
-        right = t.argmax(1) == true
+        q = target_quality(t, w, true)
+        on_flagged = (w > 0) & flagged
         return {
-            "trained_share": float(kept.float().mean()),
-            "target_acc": float(right[kept].float().mean()),
-            "flagged_target_acc": float(right[kept & flagged].float().mean())
-            if bool((kept & flagged).any())
+            "trained_share": q["trained_share"],
+            "target_acc": q["targets_right"],
+            "flagged_target_acc": float((t.argmax(1) == true)[on_flagged].float().mean())
+            if bool(on_flagged.any())
             else None,
         }
 

@@ -77,3 +77,12 @@ def test_rule_options_parse_with_flags_and_evidence(saved):
         "evidence": "infold",
         "min_confidence": 0.3,
     }
+
+
+def test_a_run_without_truth_has_no_truth_flags_or_target_quality(saved):
+    _, run = saved
+    run.table["true_labels"] = torch.full((4,), -1)  # how a run's table stores "unknown"
+    assert run.true_labels() is None
+    assert run.target_quality(StudentPolicy("relabel")) == {}
+    with pytest.raises(ValueError, match="needs a run with true labels"):
+        run.flags("truth")

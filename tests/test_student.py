@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from dcloop.models.losses import gce_loss, sce_loss
-from dcloop.student import StudentPolicy, student_targets
+from dcloop.student import StudentPolicy, student_targets, target_quality
 
 LABELS = torch.tensor([0, 1, 2, 1])
 FLAGS = torch.tensor([False, True, True, False])
@@ -177,3 +177,15 @@ def test_auto_chooses_forward_only_where_the_replicas_do_not_fit_the_flagged_lab
     assert auto_rule(AUTO_FIT_THRESHOLD) == "relabel" and auto_rule(None) == "relabel"
     with pytest.raises(ValueError, match="auto"):
         student_targets(labels, fits, flags, StudentPolicy("auto"))
+
+
+def test_target_quality_counts_only_the_samples_the_student_trains_on():
+    labels, true = torch.tensor([0, 1, 0, 1]), torch.tensor([0, 1, 1, 0])
+    ev = torch.tensor([[0.9, 0.1], [0.7, 0.3], [0.2, 0.8], [0.4, 0.6]])
+    flags = torch.tensor([False, True, True, False])
+    t, w = student_targets(labels, ev, flags, StudentPolicy("relabel"))
+    # 0 right, 1 relabelled to 0 (wrong), 2 relabelled to 1 (right), 3 kept wrong.
+    assert target_quality(t, w, true) == {"trained_share": 1.0, "targets_right": 0.5}
+    t, w = student_targets(labels, ev, labels != true, StudentPolicy("drop"))  # perfect flags
+    assert target_quality(t, w, true) == {"trained_share": 0.5, "targets_right": 1.0}
+    assert target_quality(t, torch.zeros(4), true) == {"trained_share": 0.0, "targets_right": 0.0}

@@ -210,8 +210,11 @@ def test_the_kept_student_is_trained_after_shorter_replicas(tmp_path, capsys):
     assert [e["epoch"] for e in metrics["safety"]["epochs"]] == [1, 2]  # the replicas' epochs
     saved = json.loads((tmp_path / "metrics.json").read_text())
     assert saved["kept"]["model"] == "student"
+    # Injected noise: the truth is known, so the run says how right the student's targets were.
+    assert 0.5 < kept["targets_right"] <= 1 and 0.5 < kept["trained_share"] <= 1
     text = summarize(tmp_path, saved)
     assert "the kept model: student" in text and "ensemble: mean softmax" in text
+    assert "its targets, against the true labels:" in text
     assert "x the CPU seconds of one plain training run" in text
 
 
