@@ -240,10 +240,10 @@ def jpeg(a: np.ndarray, quality: int = 75) -> np.ndarray:
     return np.asarray(Image.open(io.BytesIO(buf.getvalue())).convert("RGB"))
 
 
-def image_data(rng) -> tuple[torch.Tensor, np.ndarray, np.ndarray, np.ndarray]:
-    """The CIFAR subset with its plants: images ``(N, 3, 32, 32)`` in [0, 1], outlier truth,
-    duplicate truth (each copy and its original), and the same plus
-    :data:`CIFAR_OWN_DUPLICATES`."""
+def planted_images(rng) -> dict:
+    """The CIFAR subset with its plants, as ``uint8`` arrays ``(N, 32, 32, 3)``: ``images``,
+    ``paths`` (the subset's files, in row order), ``originals`` (the row each copy was made
+    from, in the copies' order), and the truths of :func:`image_data`."""
     from sklearn.datasets import load_digits
 
     paths = sorted((DATA / "cifar10-subset" / "train").glob("*/*.jpg"))
@@ -269,12 +269,27 @@ def image_data(rng) -> tuple[torch.Tensor, np.ndarray, np.ndarray, np.ndarray]:
     dup_truth = np.zeros(len(allx), bool)
     dup_truth[n + 50 :] = True
     dup_truth[originals] = True
-    t = torch.from_numpy(allx).permute(0, 3, 1, 2).float() / 255
     own_truth = dup_truth.copy()
     row = {p.relative_to(p.parents[1]).as_posix(): i for i, p in enumerate(paths)}
     for a, b in CIFAR_OWN_DUPLICATES:
         own_truth[[row[a], row[b]]] = True
-    return t, out_truth, dup_truth, own_truth
+    return {
+        "images": allx,
+        "paths": paths,
+        "originals": originals,
+        "out_truth": out_truth,
+        "dup_truth": dup_truth,
+        "own_truth": own_truth,
+    }
+
+
+def image_data(rng) -> tuple[torch.Tensor, np.ndarray, np.ndarray, np.ndarray]:
+    """The CIFAR subset with its plants: images ``(N, 3, 32, 32)`` in [0, 1], outlier truth,
+    duplicate truth (each copy and its original), and the same plus
+    :data:`CIFAR_OWN_DUPLICATES`."""
+    d = planted_images(rng)
+    t = torch.from_numpy(d["images"]).permute(0, 3, 1, 2).float() / 255
+    return t, d["out_truth"], d["dup_truth"], d["own_truth"]
 
 
 def images(rng, pixel_ratio: float) -> list[dict]:
@@ -370,9 +385,10 @@ def images(rng, pixel_ratio: float) -> list[dict]:
     return rows
 
 
-def text_data(rng) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray]:
-    """AG News with its plants: texts, outlier truth, planted duplicate truth, planted plus
-    AG News's own duplicate truth."""
+def planted_texts(rng) -> dict:
+    """AG News with its plants: ``texts``, ``labels`` (AG News's own; ``None`` for the
+    plants), ``originals`` (the row each copy was made from, in the copies' order) and the
+    truths of :func:`text_data`."""
     import pandas as pd
 
     df = pd.read_csv(DATA / "agnews-4000" / "agnews.csv")
@@ -401,7 +417,21 @@ def text_data(rng) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray]:
     dup_truth[originals] = True
     planted_only = dup_truth.copy()
     dup_truth[:n] |= natural_text_duplicates(base)
-    return allt, out_truth, planted_only, dup_truth
+    return {
+        "texts": allt,
+        "labels": df["label"].astype(str).tolist() + [None] * 80,
+        "originals": originals,
+        "out_truth": out_truth,
+        "planted_only": planted_only,
+        "dup_truth": dup_truth,
+    }
+
+
+def text_data(rng) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray]:
+    """AG News with its plants: texts, outlier truth, planted duplicate truth, planted plus
+    AG News's own duplicate truth."""
+    d = planted_texts(rng)
+    return d["texts"], d["out_truth"], d["planted_only"], d["dup_truth"]
 
 
 def texts(rng) -> list[dict]:

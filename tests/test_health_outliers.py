@@ -160,5 +160,7 @@ def test_a_text_run_names_an_off_topic_text_by_its_rare_words(tmp_path):
     assert str(out.loc[0, "source"]).endswith(":row 5")  # the off-topic text, first
     assert out.loc[0, "signal"] in ("rarity", "both")
     assert out.loc[0, "rarity"] == out["rarity"].max()
+    assert set(out["signal"]) <= {"rarity", "both"}  # by default text's outliers are its rare texts
     summary = json.loads((run / "data_issues" / "summary.json").read_text())
-    assert summary["rare_texts"] >= 1 and summary["outliers"] >= summary["rare_texts"]
+    assert summary["rare_texts"] >= 1 and summary["outliers"] == summary["rare_texts"]
+    assert summary["outlier_signal"] == "rarity"

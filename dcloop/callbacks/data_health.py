@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,7 @@ from dcloop.health import (
     find_test_only,
     knn,
     pixel_leakage,
+    pixel_signature,
     replica_outputs,
     underperforming_groups,
 )
@@ -53,6 +55,49 @@ FILES = (
 #: Token ids the rare-text check holds on the host (int32), at most: 400 MB.
 MAX_RARITY_IDS = 100_000_000
 
+#: ``pixels`` and ``outlier_signal`` of :class:`DataHealth`.
+PIXEL_CHOICES = (True, False, "auto")
+OUTLIER_SIGNALS = ("auto", "embedding")
+
+#: ``pixels="auto"`` compares images by their pixels when their smaller side has at least
+#: this many pixels (the pixel signal aligns 3 px moves on a central window; 8x8 digits
+#: leave no room for that).
+MIN_PIXEL_SIDE = 16
+
+
+def _host_budget() -> int:
+    """Bytes of images the pixel signal may keep on the host: an eighth of the available
+    RAM (the OOF embedding buffer's rule)."""
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 8
+    except (ValueError, OSError, AttributeError):
+        return 1 << 30
+
+
+class HostImages(list):
+    """Image batches ``(B, C, H, W)`` kept on the host for the pixel signal, up to
+    ``max_bytes`` in all and (``min_side``) of images at least that large; past either
+    limit the list is emptied and :attr:`dropped` says why (the signal is then skipped)."""
+
+    def __init__(self, max_bytes: int, min_side: int = 1) -> None:
+        super().__init__()
+        self.max_bytes, self.min_side = int(max_bytes), int(min_side)
+        self.bytes = 0
+        self.dropped: str | None = None
+
+    def add(self, x: torch.Tensor) -> None:
+        if self.dropped is not None:
+            return
+        if min(x.shape[-2:]) < self.min_side:
+            self.dropped = f"images of {tuple(x.shape[-2:])} px, below {self.min_side} px"
+        elif self.bytes + x.numel() * 4 > self.max_bytes:
+            self.dropped = f"images past {self.max_bytes >> 20} MB of host memory"
+        if self.dropped is not None:
+            self.clear()
+            return
+        self.append(x.float().cpu())
+        self.bytes += x.numel() * 4
+
 
 @torch.inference_mode()
 def ensemble_features(
@@ -73,7 +118,10 @@ def ensemble_features(
             batch = model.transfer_batch_to_device(batch, model.device, 0)  # text: a tuple
             x = batch[0] if isinstance(batch, (tuple, list)) else batch
             if inputs is not None and isinstance(x, torch.Tensor) and x.ndim == 4:
-                inputs.append(x.float().cpu())
+                if isinstance(inputs, HostImages):
+                    inputs.add(x)
+                else:
+                    inputs.append(x.float().cpu())
             if tokens is not None and isinstance(x, torch.Tensor) and x.ndim == 2:
                 if not (x.is_floating_point() or x.dtype == torch.bool):
                     tokens.append(x.to(torch.int32).cpu())  # half of int64 on the host
@@ -108,8 +156,14 @@ class DataHealth(L.Callback):
         save_features: also save ``features_train.npy`` / ``features_test.npy``.
         pixels: for images, also compare the test images with the training images by their
             pixels (:func:`~dcloop.health.pixel_leakage`, kept on the host during the
-            passes); a test image whose best / second-best aligned distance is below
-            ``pixel_ratio`` is flagged as leakage (``signal`` column: embedding, pixel, both).
+            passes). ``"auto"`` (the default): for images of at least
+            :data:`MIN_PIXEL_SIDE` px a side, while they take at most an eighth of the
+            available RAM (else skipped, with a log line); ``True``: any size (a warning when
+            memory stops it). On a default CIFAR run the embedding found none of 38 planted
+            copies and 4 of 41 planted outliers among 116 flags
+            (``scripts/results/bench_health_planted_run_cifar.md``). A test image whose
+            best / second-best aligned distance is below ``pixel_ratio`` is flagged as
+            leakage (``signal`` column: embedding, pixel, both).
             The default 0.7 sits below 0.716, the cut-off where recall peaked (0.892) with
             precision >= 0.8 on the 139 real CIFAR-10 pairs
             (``scripts/results/bench_health_leakage_shifted.md``; 0.73 before the
@@ -136,6 +190,15 @@ class DataHealth(L.Callback):
             flagged each row (``embedding``, ``rarity``, ``both``). On AG News with 40
             planted off-topic texts: F1 0.800 at the fence, 1.000 at the best cut-off
             (``scripts/results/bench_health_planted.md``). Needs ``space="mean"``.
+        outlier_signal: which rule fills ``outliers.csv``. ``"auto"`` (the default): the
+            data's own signal where the pass has one (images: Datalab's kNN rule on the
+            pixel thumbnails, column ``pixels``; text: token rarity, column ``rarity``),
+            else the embedding's kNN rule. ``"embedding"``: the embedding's rule, and on
+            text token rarity beside it (either flags a row). The embedding of a network
+            trained on the labels puts hard, between-class samples far from the rest: in
+            default runs its rule flagged 116 CIFAR images (4 of them planted outliers) and
+            167 AG News texts (11 planted), where the data's own signals flagged
+            (``scripts/results/bench_health_planted_run_*.md``).
     """
 
     def __init__(
@@ -146,7 +209,7 @@ class DataHealth(L.Callback):
         metric: str = "cosine",
         duplicate_threshold: float = 0.13,
         leakage_ratio: float = 0.0,
-        pixels: bool = False,
+        pixels: bool | str = "auto",
         pixel_ratio: float = 0.7,
         pixel_duplicate_ratio: float = 0.5,
         group_threshold: float = 0.5,
@@ -154,6 +217,7 @@ class DataHealth(L.Callback):
         space: str = "mean",
         index: str = "auto",
         rarity: bool = True,
+        outlier_signal: str = "auto",
     ) -> None:
         check_int("health.k", k, minimum=1)
         check_choice("health.metric", metric, METRICS)
@@ -164,7 +228,13 @@ class DataHealth(L.Callback):
         self.k, self.metric = k, metric
         self.duplicate_threshold = duplicate_threshold
         self.leakage_ratio = leakage_ratio
-        self.pixels = check_bool("health.pixels", pixels)
+        if isinstance(pixels, str):
+            check_choice("health.pixels", pixels, ("auto",))
+            self.pixels: bool | str = pixels
+        else:
+            self.pixels = check_bool("health.pixels", pixels)
+        check_choice("health.outlier_signal", outlier_signal, OUTLIER_SIGNALS)
+        self.outlier_signal = outlier_signal
         self.pixel_ratio = check_float("health.pixel_ratio", pixel_ratio, low=0.0, high=1.0)
         self.pixel_duplicate_ratio = check_float(
             "health.pixel_duplicate_ratio", pixel_duplicate_ratio, low=0.0, high=1.0
@@ -203,20 +273,18 @@ class DataHealth(L.Callback):
         with timed(trainer, "data_health"):
             feats = oof.features if self.space == "held_out" else None
             if feats is None:  # the replicas' mean embedding: one pass over the training set
-                kept: list = []
+                kept = self._keeper()
                 self._tokens = []
                 loader = trainer.datamodule.oof_dataloader()
                 tokens = self._tokens if self.rarity else None
                 try:
-                    feats = ensemble_features(
-                        pl_module, loader, kept if self.pixels else None, tokens
-                    )
+                    feats = ensemble_features(pl_module, loader, kept, tokens)
                 except NoEmbedding as err:  # a net with no embedding: nothing to judge on
                     log.warning("data health skipped: %s", err)
                     self._skipped = True
                     return
                 self._train_shared = feats
-                self._images["train"] = kept
+                self._images["train"] = self._kept_images(kept, "training")
             self._train_issues(trainer, feats, samples.labels, oof.probs, self._sources(trainer))
 
     def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -229,14 +297,40 @@ class DataHealth(L.Callback):
         train = self._train_shared
         if train is None:
             train = ensemble_features(pl_module, dm.oof_dataloader())
-        self._images["test"] = []
-        test = ensemble_features(
-            pl_module, dm.test_dataloader(), self._images["test"] if self.pixels else None
-        )
+        kept = self._keeper() if self._images["train"] else None
+        test = ensemble_features(pl_module, dm.test_dataloader(), kept)
+        self._images["test"] = self._kept_images(kept, "test")
         test_sources = getattr(getattr(dm, "test_dataset", None), "sources", None)
         self._test_issues(trainer, train, test, self._sources(trainer), test_sources)
 
     # ---------------------------------------------------------------- private
+    def _keeper(self) -> HostImages | None:
+        """Where the pass keeps image batches for the pixel signal (``None``: pixels off)."""
+        if not self.pixels:
+            return None
+        return HostImages(_host_budget(), MIN_PIXEL_SIDE if self.pixels == "auto" else 1)
+
+    def _kept_images(self, kept: HostImages | None, split: str) -> list:
+        if kept is None:
+            return []
+        if kept.dropped is not None:
+            (log.info if self.pixels == "auto" else log.warning)(
+                "data health: pixel signal skipped for the %s set (%s)", split, kept.dropped
+            )
+            return []
+        return list(kept)
+
+    def _pixel_outliers(self, num_train: int, k: int) -> Outliers | None:
+        """Datalab's kNN rule on the training images' pixel thumbnails
+        (:func:`~dcloop.health.pixel_signature`), when the pass kept them, else ``None``."""
+        train = self._images["train"]
+        if not (self.pixels and train):
+            return None
+        tr = torch.cat(train)
+        if tr.shape[0] != num_train or tr.shape[0] < 3:
+            return None
+        return find_outliers(pixel_signature(tr), k=min(k, tr.shape[0] - 1))
+
     def _pixel_train_pairs(self, num_train: int) -> np.ndarray | None:
         """``(P, 2)`` pairs ``i < j`` of training images whose pixel ratio is below
         ``pixel_duplicate_ratio`` (``pixels=True``, image data, one size), else ``None``."""
@@ -299,13 +393,20 @@ class DataHealth(L.Callback):
         nb = knn(x, k=k, metric=self.metric, index=self.index)
         out = find_outliers(x, k=k, neighbours=nb)
         rare = self._rare_texts(trainer, n)
+        pix = self._pixel_outliers(n, k)
+        if self.outlier_signal == "auto":  # the data's own signal, where there is one
+            other = ("pixels", pix) if pix is not None else ("rarity", rare)
+            union = other[1] is None
+        else:  # the embedding's rule, with token rarity beside it on text
+            other, union = ("rarity", rare), True
         dup = find_near_duplicates(x, k=k, threshold=self.duplicate_threshold, neighbours=nb)
         num_classes = probs.shape[1]
         groups = underperforming_groups(x, labels, probs.float(), threshold=self.group_threshold)
         imb = class_imbalance(labels.cpu(), num_classes)
         folder = self.folder(trainer)
         folder.mkdir(parents=True, exist_ok=True)
-        write_csv(_outlier_rows(out, rare, src), folder / "outliers.csv")
+        table = _outlier_rows(out, other, src, union=union)
+        write_csv(table, folder / "outliers.csv")
         pairs = dup.pairs.cpu().numpy()
         dist = dup.distance.cpu().numpy()
         px = self._pixel_train_pairs(n)
@@ -360,10 +461,10 @@ class DataHealth(L.Callback):
             np.save(folder / f"features_train_{self.space}.npy", x.cpu().numpy())
         self.summary.update(
             {
-                "outliers": int(out.flags.sum())
-                if rare is None
-                else int((out.flags.cpu() | rare.flags.cpu()).sum()),
+                "outliers": int(len(table)),
+                "outlier_signal": _signal_name(other, union),
                 **({"rare_texts": int(rare.flags.sum())} if rare is not None else {}),
+                **({"pixel_outliers": int(pix.flags.sum())} if pix is not None else {}),
                 "near_duplicate_pairs": int(pairs.shape[0]),
                 "underperforming_groups": int(groups.flagged.sum()),
                 "underperforming_samples": int(len(weak)),
@@ -455,30 +556,48 @@ def _unit(x: torch.Tensor) -> np.ndarray:
     return torch.nn.functional.normalize(x.float(), dim=1).cpu().numpy()
 
 
-def _outlier_rows(out: Outliers, rare: Outliers | None, sources: list[str]) -> pd.DataFrame:
-    """``outliers.csv``: ``index, source, score`` (the kNN distance), most outlying first; with
-    ``rare`` (text) also ``rarity`` and ``signal``, rows flagged by either rule, ordered by
-    how far each is past its own rule's cutoff (the larger of the two ratios)."""
+def _signal_name(other: tuple[str, Outliers | None], union: bool) -> str:
+    name, res = other
+    if res is None:
+        return "embedding"
+    return f"embedding+{name}" if union else name
+
+
+def _outlier_rows(
+    out: Outliers,
+    other: tuple[str, Outliers | None],
+    sources: list[str],
+    *,
+    union: bool = True,
+) -> pd.DataFrame:
+    """``outliers.csv``: ``index, source, score`` (the embedding's kNN distance), most
+    outlying first. With the data's own signal ``other`` (text: ``("rarity", ...)``, images:
+    ``("pixels", ...)``) also a column of its score and ``signal``: the rows it flags
+    (``union``: or the embedding's rule flags), ordered by how far each is past its rule's
+    cutoff (the larger of the two ratios), ``signal`` naming the rule(s) that flag it
+    (``embedding``, the other's name, or ``both``)."""
     score = out.score.cpu().numpy()
     flags = out.flags.cpu().numpy()
-    if rare is None:
+    name, res = other
+    if res is None:
         rows = flags.nonzero()[0]
         rows = rows[np.argsort(-score[rows], kind="stable")]
         return pd.DataFrame(
             {"index": rows, "source": [sources[i] for i in rows], "score": score[rows]}
         )
-    rarity = rare.score.cpu().numpy()
-    by_rare = rare.flags.cpu().numpy()
-    past = np.maximum(score / max(out.cutoff, 1e-12), rarity / max(rare.cutoff, 1e-12))
-    rows = (flags | by_rare).nonzero()[0]
+    theirs = res.score.cpu().numpy()
+    by_other = res.flags.cpu().numpy()
+    ratio = theirs / max(res.cutoff, 1e-12)
+    past = np.maximum(score / max(out.cutoff, 1e-12), ratio) if union else ratio
+    rows = ((flags | by_other) if union else by_other).nonzero()[0]
     rows = rows[np.argsort(-past[rows], kind="stable")]
-    signal = np.where(flags & by_rare, "both", np.where(flags, "embedding", "rarity"))
+    signal = np.where(flags & by_other, "both", np.where(flags, "embedding", name))
     return pd.DataFrame(
         {
             "index": rows,
             "source": [sources[i] for i in rows],
             "score": score[rows],
-            "rarity": rarity[rows],
+            name: theirs[rows],
             "signal": signal[rows],
         }
     )

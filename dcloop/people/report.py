@@ -680,9 +680,12 @@ def _health_sections(folder: Path, dataset, worst: int) -> list[str]:
     out = folder / "outliers.csv"
     if out.is_file():
         df = read_csv(out, dtype={"source": str}).head(worst)
+        named = (("pixels", "pixel kNN distance"), ("rarity", "rarity"))
+        own = [(c, w) for c, w in named if c in df]
         cards = [
             f'<div class="card">{_health_preview(dataset, int(r.index), str(r.source))}'
             f"<br>#{int(r.index)} &middot; kNN distance {float(r.score):.3f}"
+            + "".join(f" &middot; {w} {float(getattr(r, c)):.3f}" for c, w in own)
             + (f" &middot; {r.signal}" if hasattr(r, "signal") else "")
             + "</div>"
             for r in df.itertuples(index=False)
