@@ -284,5 +284,37 @@ def test_pixel_leakage_is_the_same_for_any_pixel_range():
     unit = pixel_leakage(imgs, candidates=4, crop=20, max_shift=3)
     for scaled in (imgs * 255, (imgs - 0.45) / 0.25):
         r = pixel_leakage(scaled, candidates=4, crop=20, max_shift=3)
-        assert torch.equal(r.reference, unit.reference)
+        # image 21 is image 5 moved: for most images the two tie exactly (ratio 1), and
+        # rounding picks either; where the best match is clear it is the same one
+        clear = unit.ratio < 0.999
+        assert clear.sum() >= 2
+        assert torch.equal(r.reference[clear], unit.reference[clear])
         assert torch.allclose(r.ratio, unit.ratio, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("shape, crop, shift", [((3, 20, 20), 14, 3), ((1, 12, 15), 8, 2)])
+def test_aligned_distance_equals_comparing_every_shifted_window(shape, crop, shift):
+    from dcloop.health.pixels import _standardise, _unit_range, aligned_distance
+
+    g = torch.Generator().manual_seed(0)
+    q = torch.rand(5, *shape, generator=g)
+    r = torch.rand(7, *shape, generator=g)
+    r[2] = torch.roll(q[1], shifts=(1, -2), dims=(1, 2))  # a moved copy
+    cand = torch.randint(0, 7, (5, 4), generator=g)
+    cand[1, 0] = 2
+    got = aligned_distance(q, r, cand, crop=crop, max_shift=shift)
+    qu, ru = _unit_range(q, r)
+    h, w = shape[1:]
+    y0, x0 = (h - crop) // 2, (w - crop) // 2
+    want = torch.full((5, 4), float("inf"))
+    for i in range(5):
+        a = _standardise(qu[i, :, y0 : y0 + crop, x0 : x0 + crop])
+        for j in range(4):
+            for dy in range(-shift, shift + 1):
+                for dx in range(-shift, shift + 1):
+                    win = ru[cand[i, j], :, y0 + dy : y0 + dy + crop, x0 + dx : x0 + dx + crop]
+                    d = ((a - _standardise(win)) ** 2).mean()
+                    want[i, j] = torch.minimum(want[i, j], d)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
+    if shape[0] == 3:  # the copy, moved back within the window, matches exactly
+        assert got[1, 0] < 1e-4
