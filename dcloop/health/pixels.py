@@ -89,7 +89,8 @@ def aligned_distance(
     All ``(2 max_shift + 1)^2`` shifts of a candidate come from one grouped correlation of
     its region with the standardised query crop and the windows' means and variances from
     box filters (``|a - b|^2 = |a|^2 + |b|^2 - 2 a.b``): the same distances as comparing
-    every shifted, standardised window (to float32 rounding), about 6x faster on a CPU.
+    every shifted, standardised window (to float32 rounding), 5.5x faster on one CPU thread
+    (``scripts/results/bench_pixel_aligned.md``).
     """
     q, r = _unit_range(_images(query, "query images"), _images(reference, "reference images"))
     if q.shape[1:] != r.shape[1:]:
