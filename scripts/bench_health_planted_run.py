@@ -223,6 +223,9 @@ def score_run(
             }
         )
 
+    def add_rule(signal: str, res) -> None:  # an outlier rule's result, with its best F1
+        add("outliers", signal, res.flags.numpy(), out_t, res.score.numpy())
+
     o = pd.read_csv(issues / "outliers.csv")
     flags = flagged_rows(issues / "outliers.csv", ("index",), n)
     add("outliers", "the run's outliers.csv (all signals)", flags, out_t)
@@ -235,13 +238,8 @@ def score_run(
     x = torch.from_numpy(np.load(issues / "features_train_mean.npy"))
     for metric in ("cosine", "euclidean"):
         res = find_outliers(x, metric=metric)
-        add(
-            "outliers",
-            f"run's mean embedding (D = {x.shape[1]}), Datalab rule, {metric} (recomputed)",
-            res.flags.numpy(),
-            out_t,
-            res.score.numpy(),
-        )
+        what = f"run's mean embedding (D = {x.shape[1]}), Datalab rule, {metric} (recomputed)"
+        add_rule(what, res)
     if data == "cifar":
         from dcloop.health import pixel_signature
 
@@ -249,26 +247,15 @@ def score_run(
         imgs = np.stack([np.asarray(Image.open(folder / "train" / f)) for f in files])
         t = torch.from_numpy(imgs).permute(0, 3, 1, 2).float() / 255
         res = find_outliers(pixel_signature(t))
-        add(
-            "outliers",
-            "pixel thumbnails of the training images, Datalab rule (recomputed)",
-            res.flags.numpy(),
-            out_t,
-            res.score.numpy(),
-        )
+        add_rule("pixel thumbnails of the training images, Datalab rule (recomputed)", res)
     if data == "agnews":
         from dcloop.data.tokenize import UNK_ID, NgramTokenizer
 
         texts = truth["text"].to_numpy()[rows_of].tolist()
         tok = NgramTokenizer(ngrams=(1,), max_vocab=8000, min_count=2, max_len=128).fit(texts)
         res = find_rare_texts(tok.encode_batch(texts), pad_id=tok.pad_id, unk_id=UNK_ID)
-        add(
-            "outliers",
-            "token rarity on the training rows (recomputed, the run's tokenizer settings)",
-            res.flags.numpy(),
-            out_t,
-            res.score.numpy(),
-        )
+        what = "token rarity on the training rows (recomputed, the run's tokenizer settings)"
+        add_rule(what, res)
     # near-duplicates: a sample counts as found when it is a member of a flagged train pair;
     # a planted pair is true only when both members are training rows
     pos = np.full(len(truth), -1)

@@ -320,25 +320,28 @@ class DataHealth(L.Callback):
             return []
         return list(kept)
 
-    def _pixel_outliers(self, num_train: int, k: int) -> Outliers | None:
-        """Datalab's kNN rule on the training images' pixel thumbnails
-        (:func:`~dcloop.health.pixel_signature`), when the pass kept them, else ``None``."""
+    def _train_images(self, num_train: int) -> torch.Tensor | None:
+        """The training images the pass kept for the pixel signal, one per training sample
+        (at least 3), else ``None``."""
         train = self._images["train"]
         if not (self.pixels and train):
             return None
         tr = torch.cat(train)
-        if tr.shape[0] != num_train or tr.shape[0] < 3:
+        return tr if tr.shape[0] == num_train and tr.shape[0] >= 3 else None
+
+    def _pixel_outliers(self, num_train: int, k: int) -> Outliers | None:
+        """Datalab's kNN rule on the training images' pixel thumbnails
+        (:func:`~dcloop.health.pixel_signature`), when the pass kept them, else ``None``."""
+        tr = self._train_images(num_train)
+        if tr is None:
             return None
         return find_outliers(pixel_signature(tr), k=min(k, tr.shape[0] - 1))
 
     def _pixel_train_pairs(self, num_train: int) -> np.ndarray | None:
         """``(P, 2)`` pairs ``i < j`` of training images whose pixel ratio is below
         ``pixel_duplicate_ratio`` (``pixels=True``, image data, one size), else ``None``."""
-        train = self._images["train"]
-        if not (self.pixels and train):
-            return None
-        tr = torch.cat(train)
-        if tr.shape[0] != num_train or tr.shape[0] < 3:
+        tr = self._train_images(num_train)
+        if tr is None:
             return None
         side = min(tr.shape[-2:])
         shift = min(3, side // 8)
