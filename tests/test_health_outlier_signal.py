@@ -98,3 +98,16 @@ def test_without_kept_images_auto_falls_back_to_the_embedding(tmp_path):
 def test_bad_options_name_the_option(kwargs, name):
     with pytest.raises(ValueError, match=name):
         DataHealth(**kwargs)
+
+
+def test_a_skipped_pixel_signal_is_logged_by_how_much_it_was_asked_for(caplog):
+    small = HostImages(max_bytes=1 << 30, min_side=MIN_PIXEL_SIDE)
+    small.add(torch.zeros(2, 1, 8, 8))
+    full = HostImages(max_bytes=16, min_side=1)
+    full.add(torch.zeros(2, 3, 16, 16))
+    with caplog.at_level("DEBUG", logger="dcloop.callbacks.data_health"):
+        assert DataHealth(pixels="auto")._kept_images(small, "training") == []
+        assert DataHealth(pixels="auto")._kept_images(full, "training") == []
+        assert DataHealth(pixels=True)._kept_images(full, "test") == []
+    levels = [(r.levelname, "px" in r.getMessage()) for r in caplog.records]
+    assert levels == [("DEBUG", True), ("INFO", False), ("WARNING", False)]

@@ -314,8 +314,12 @@ class DataHealth(L.Callback):
         if kept is None:
             return []
         if kept.dropped is not None:
-            (log.info if self.pixels == "auto" else log.warning)(
-                "data health: pixel signal skipped for the %s set (%s)", split, kept.dropped
+            if self.pixels is True:
+                level = logging.WARNING
+            else:  # auto: small images are the expected case (the embedded digits)
+                level = logging.DEBUG if kept.dropped.endswith(" px") else logging.INFO
+            log.log(
+                level, "data health: pixel signal skipped for the %s set (%s)", split, kept.dropped
             )
             return []
         return list(kept)
