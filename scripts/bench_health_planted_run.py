@@ -15,6 +15,10 @@ default), and scores the run's own ``data_issues/outliers.csv`` and
   of :func:`bench_health_planted.planted_texts`, one CSV; the run holds out its test and
   validation rows as usual (the plants that land there are not training samples and are not
   scored). Recipe: ``bench_text``'s (TextBoW, 20 epochs).
+* ``--data fsdd``: the spoken digits' training recordings (10-49, as ``bench_real``) plus
+  25 noise clips, 25 pure tones and 50 moved, re-levelled, lightly noised copies
+  (:func:`write_fsdd`); recordings 0-9 are the test set. Recipe: ``bench_real``'s
+  (AudioCNN, 20 epochs).
 
 Each planted outlier gets a class drawn at random (a plant has no true class); each copy
 keeps its original's class. Truth for duplicates: each planted copy and its original when
@@ -124,6 +128,61 @@ def write_agnews(seed: int, folder: Path) -> pd.DataFrame:
     )
 
 
+def write_fsdd(seed: int, folder: Path) -> pd.DataFrame:
+    """Write the planted spoken digits under ``folder/train/<digit>/`` (FSDD's recordings
+    10-49, as ``bench_real``) and ``folder/test/<digit>/`` (0-9), 8 kHz WAV; one row per
+    training clip: ``file``, ``outlier``, ``original``. Plants: 25 noise clips (white, 1 s,
+    random level), 25 tones (one sine of 150-2,000 Hz, 0.3-1 s, random level: sounds that
+    are not speech) and 50 copies of distinct training clips moved by 20-60 ms, at a gain
+    of 0.7-1.3 with noise 30 dB below the clip."""
+    import soundfile as sf
+
+    rng = np.random.default_rng(seed)
+    label_rng = np.random.default_rng(seed + 1000)
+    src = bhp.DATA / "fsdd-3speakers"
+    files, clips = [], []
+    for digit in sorted(p for p in src.iterdir() if p.is_dir()):
+        for f in sorted(digit.glob("*.wav")):
+            part = "test" if int(f.stem.rsplit("_", 1)[1]) < 10 else "train"
+            dst = folder / part / digit.name / f.name
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            if not dst.exists():
+                dst.symlink_to(f)
+            if part == "train":
+                files.append(f"{digit.name}/{f.name}")
+                clips.append(sf.read(f, dtype="float32")[0])
+    n, sr = len(files), 8000
+    classes = sorted({f.split("/")[0] for f in files})
+    plants = []
+    for j in range(50):
+        c = classes[label_rng.integers(len(classes))]
+        if j < 25:
+            a = rng.normal(0, rng.uniform(0.02, 0.3), sr).astype(np.float32)
+            plants.append((f"{c}/plant_noise_{j:02d}.wav", a))
+        else:
+            t = np.arange(int(sr * rng.uniform(0.3, 1.0))) / sr
+            a = rng.uniform(0.05, 0.5) * np.sin(2 * np.pi * rng.uniform(150, 2000) * t)
+            plants.append((f"{c}/plant_tone_{j:02d}.wav", a.astype(np.float32)))
+    originals = rng.choice(n, 50, replace=False)
+    for j, i in enumerate(originals):
+        a = clips[i]
+        move = int(rng.integers(160, 481))  # 20-60 ms
+        a = np.concatenate([np.zeros(move, np.float32), a]) * rng.uniform(0.7, 1.3)
+        a = a + rng.normal(0, 10 ** (-30 / 20) * float(np.sqrt((a**2).mean())), a.shape)
+        name = Path(files[i])
+        plants.append((f"{name.parent}/plant_copy_{j:02d}_of_{name.stem}.wav", a))
+    for f, a in plants:
+        path = folder / "train" / f
+        if not path.exists():
+            sf.write(path, np.clip(a, -1, 1).astype(np.float32), sr, subtype="PCM_16")
+    files += [f for f, _ in plants]
+    outlier = np.zeros(len(files), bool)
+    outlier[n : n + 50] = True
+    original = np.full(len(files), -1)
+    original[n + 50 :] = originals
+    return pd.DataFrame({"file": files, "outlier": outlier, "original": original})
+
+
 def overrides(data: str, folder: Path, epochs: int | None) -> list[str]:
     if data == "cifar":
         ov = [
@@ -132,6 +191,15 @@ def overrides(data: str, folder: Path, epochs: int | None) -> list[str]:
             f"data.source.root={folder / 'train'}",
             f"data.source.test_root={bhp.DATA / 'cifar10-subset' / 'test'}",
             "data.num_workers=0",
+        ]
+    elif data == "fsdd":
+        ov = [
+            "data=audio_folder",
+            f"data.source.root={folder / 'train'}",
+            f"data.source.test_root={folder / 'test'}",
+            "model=audio_cnn",
+            "data.num_workers=0",
+            "trainer.max_epochs=20",
         ]
     else:
         ov = [
@@ -279,10 +347,11 @@ def score_run(
             if ia >= 0 and ib >= 0:
                 own[ia] = own[ib] = True
         what = "planted + the subset's own photos"
-    else:
+    elif data == "agnews":
         own[:n] |= bhp.natural_text_duplicates(truth["text"].to_numpy()[rows_of].tolist())
         what = "planted + AG News's own"
-    add(f"near-duplicates ({what})", "the run's near_duplicates.csv", dflags, own)
+    if data != "fsdd":  # spoken digits: no judged duplicates of its own
+        add(f"near-duplicates ({what})", "the run's near_duplicates.csv", dflags, own)
     info["planted_pairs_in_training"] = int(dup_t.sum() // 2)
     return rows, info
 
@@ -290,7 +359,7 @@ def score_run(
 # ------------------------------------------------------------------------------ main
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--data", choices=["cifar", "agnews"], required=True)
+    ap.add_argument("--data", choices=["cifar", "agnews", "fsdd"], required=True)
     ap.add_argument("--seed", type=int, default=0, help="the plants' seed and the run's")
     ap.add_argument("--workdir", default="/tmp/bench_health_planted_run")
     ap.add_argument("--run", default=None, help="score this finished run folder")
@@ -301,7 +370,8 @@ def main(argv=None) -> int:
     torch.set_num_threads(1)
     folder = Path(args.workdir) / f"{args.data}_seed{args.seed}"
     t0 = time.perf_counter()
-    truth = (write_cifar if args.data == "cifar" else write_agnews)(args.seed, folder)
+    write = {"cifar": write_cifar, "agnews": write_agnews, "fsdd": write_fsdd}[args.data]
+    truth = write(args.seed, folder)
     ov = overrides(args.data, folder, args.epochs) + list(args.extra)
     cpu = None
     if args.run is None:  # the script's own run folder, one per set of --extra overrides
