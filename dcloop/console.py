@@ -65,9 +65,11 @@ def run_summary(metrics: dict[str, Any], run_dir: Path, top: list[dict[str, Any]
     health = Path(run_dir) / "data_issues" / "summary.json"
     if health.is_file():  # the data_health callback (health=true)
         h = json.loads(health.read_text())
+        by = f" (by {h['outlier_signal']})" if h.get("outlier_signal") else ""
         lines.append(
-            f"  health      {h.get('outliers', 0)} outliers, {h.get('near_duplicate_pairs', 0)} "
-            f"near-duplicate pairs, {h.get('leakage', '-')} test samples leaked, "
+            f"  health      {h.get('outliers', 0)} outliers{by}, "
+            f"{h.get('near_duplicate_pairs', 0)} near-duplicate pairs, "
+            f"{h.get('leakage', '-')} test samples leaked, "
             f"{h.get('underperforming_groups', 0)} weak groups, {h.get('test_only', '-')} "
             f"test-only samples ({Path(run_dir) / 'data_issues'}/)"
         )

@@ -91,7 +91,9 @@ def test_a_run_names_a_planted_duplicate(folder, tmp_path):
     metrics = train(cfg)
     from dcloop.console import summarize
 
-    assert "near-duplicate pairs" in summarize(run, metrics)  # the CLI's one health line
+    line = summarize(run, metrics)  # the CLI's one health line
+    assert "near-duplicate pairs" in line
+    assert "outliers (by pixels)" in line  # 16 px images: the pixel signal, by default
     pairs = pd.read_csv(run / "data_issues" / "near_duplicates.csv")
     assert list(pairs.columns[:5]) == ["split_a", "source_a", "split_b", "source_b", "distance"]
     first = {pairs.loc[0, "source_a"], pairs.loc[0, "source_b"]}
