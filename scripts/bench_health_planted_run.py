@@ -70,6 +70,11 @@ CLASSES_AG = ("World", "Sports", "Business", "Sci/Tech")
 
 
 # ------------------------------------------------------------------------------ the data
+def data_root(data: str, folder: Path) -> Path:
+    """Where the written data set's ``train/`` (and for spoken digits ``test/``) lie."""
+    return folder / "fsdd_by_recording" if data == "fsdd" else folder
+
+
 def write_cifar(seed: int, folder: Path) -> pd.DataFrame:
     """Write the planted CIFAR subset under ``folder/train/<class>/``; one row per image:
     ``file`` (relative to ``train/``), ``outlier``, ``original`` (a planted copy's original
@@ -129,28 +134,22 @@ def write_agnews(seed: int, folder: Path) -> pd.DataFrame:
 
 
 def write_fsdd(seed: int, folder: Path) -> pd.DataFrame:
-    """Write the planted spoken digits under ``folder/train/<digit>/`` (FSDD's recordings
-    10-49, as ``bench_real``) and ``folder/test/<digit>/`` (0-9), 8 kHz WAV; one row per
+    """Write the planted spoken digits: :func:`bench_real.fsdd_split`'s ``train/<digit>/``
+    (FSDD's recordings 10-49) and ``test/<digit>/`` (0-9) under ``folder`` (symlinks), the
+    plants beside the training clips as 8 kHz WAV (:func:`data_root`); one row per
     training clip: ``file``, ``outlier``, ``original``. Plants: 25 noise clips (white, 1 s,
     random level), 25 tones (one sine of 150-2,000 Hz, 0.3-1 s, random level: sounds that
     are not speech) and 50 copies of distinct training clips moved by 20-60 ms, at a gain
     of 0.7-1.3 with noise 30 dB below the clip."""
     import soundfile as sf
+    from bench_real import fsdd_split
 
     rng = np.random.default_rng(seed)
     label_rng = np.random.default_rng(seed + 1000)
-    src = bhp.DATA / "fsdd-3speakers"
-    files, clips = [], []
-    for digit in sorted(p for p in src.iterdir() if p.is_dir()):
-        for f in sorted(digit.glob("*.wav")):
-            part = "test" if int(f.stem.rsplit("_", 1)[1]) < 10 else "train"
-            dst = folder / part / digit.name / f.name
-            dst.parent.mkdir(parents=True, exist_ok=True)
-            if not dst.exists():
-                dst.symlink_to(f)
-            if part == "train":
-                files.append(f"{digit.name}/{f.name}")
-                clips.append(sf.read(f, dtype="float32")[0])
+    train = fsdd_split(folder) / "train"  # bench_real's split by recording, as symlinks
+    files = [p.relative_to(train).as_posix() for p in sorted(train.glob("*/*.wav"))]
+    files = [f for f in files if "plant_" not in f]  # a second call finds its own plants
+    clips = [sf.read(train / f, dtype="float32")[0] for f in files]
     n, sr = len(files), 8000
     classes = sorted({f.split("/")[0] for f in files})
     plants = []
@@ -172,7 +171,7 @@ def write_fsdd(seed: int, folder: Path) -> pd.DataFrame:
         name = Path(files[i])
         plants.append((f"{name.parent}/plant_copy_{j:02d}_of_{name.stem}.wav", a))
     for f, a in plants:
-        path = folder / "train" / f
+        path = train / f
         if not path.exists():
             sf.write(path, np.clip(a, -1, 1).astype(np.float32), sr, subtype="PCM_16")
     files += [f for f, _ in plants]
@@ -195,8 +194,8 @@ def overrides(data: str, folder: Path, epochs: int | None) -> list[str]:
     elif data == "fsdd":
         ov = [
             "data=audio_folder",
-            f"data.source.root={folder / 'train'}",
-            f"data.source.test_root={folder / 'test'}",
+            f"data.source.root={data_root(data, folder) / 'train'}",
+            f"data.source.test_root={data_root(data, folder) / 'test'}",
             "model=audio_cnn",
             "data.num_workers=0",
             "trainer.max_epochs=20",
@@ -244,18 +243,8 @@ def training_rows(run_dir: Path, data: str, truth: pd.DataFrame, folder: Path) -
     if data == "agnews":
         return src.str.rsplit("row ", n=1).str[1].astype(int).to_numpy()
     where = {f: i for i, f in enumerate(truth["file"])}
-    root = folder / "train"
+    root = data_root(data, folder) / "train"
     return np.array([where[Path(s).relative_to(root).as_posix()] for s in src])
-
-
-def flagged_rows(csv: Path, columns: tuple[str, ...], n: int) -> np.ndarray:
-    flags = np.zeros(n, bool)
-    if csv.exists():
-        df = pd.read_csv(csv)
-        for c in columns:
-            if c in df:
-                flags[df[c].dropna().astype(int).to_numpy()] = True
-    return flags
 
 
 def score_run(
@@ -294,15 +283,17 @@ def score_run(
     def add_rule(signal: str, res) -> None:  # an outlier rule's result, with its best F1
         add("outliers", signal, res.flags.numpy(), out_t, res.score.numpy())
 
+    def member(index) -> np.ndarray:  # rows of the training set named in ``index``
+        flags = np.zeros(n, bool)
+        flags[np.asarray(index, int)] = True
+        return flags
+
     o = pd.read_csv(issues / "outliers.csv")
-    flags = flagged_rows(issues / "outliers.csv", ("index",), n)
-    add("outliers", "the run's outliers.csv (all signals)", flags, out_t)
+    add("outliers", "the run's outliers.csv (all signals)", member(o["index"]), out_t)
     if "signal" in o:
         for sig in sorted(set(o["signal"]) - {"both"}):
-            part = o[o["signal"].isin([sig, "both"])]["index"].to_numpy()
-            f = np.zeros(n, bool)
-            f[part] = True
-            add("outliers", f"the run's outliers.csv, signal {sig} or both", f, out_t)
+            part = o[o["signal"].isin([sig, "both"])]["index"]
+            add("outliers", f"the run's outliers.csv, signal {sig} or both", member(part), out_t)
     x = torch.from_numpy(np.load(issues / "features_train_mean.npy"))
     for metric in ("cosine", "euclidean"):
         res = find_outliers(x, metric=metric)
@@ -335,9 +326,7 @@ def score_run(
             dup_t[pos[c]] = dup_t[pos[orig[c]]] = True
     nd = pd.read_csv(issues / "near_duplicates.csv")
     nd = nd[(nd["split_a"] == "train") & (nd["split_b"] == "train")]
-    dflags = np.zeros(n, bool)
-    dflags[nd["index_a"].astype(int).to_numpy()] = True
-    dflags[nd["index_b"].astype(int).to_numpy()] = True
+    dflags = member(np.concatenate([nd["index_a"], nd["index_b"]]))
     add("near-duplicates (planted only)", "the run's near_duplicates.csv", dflags, dup_t)
     own = dup_t.copy()
     if data == "cifar":

@@ -55,8 +55,7 @@ FILES = (
 #: Token ids the rare-text check holds on the host (int32), at most: 400 MB.
 MAX_RARITY_IDS = 100_000_000
 
-#: ``pixels`` and ``outlier_signal`` of :class:`DataHealth`.
-PIXEL_CHOICES = (True, False, "auto")
+#: ``outlier_signal`` of :class:`DataHealth`.
 OUTLIER_SIGNALS = ("auto", "embedding")
 
 #: ``pixels="auto"`` compares images by their pixels when their smaller side has at least
@@ -101,13 +100,13 @@ class HostImages(list):
 
 @torch.inference_mode()
 def ensemble_features(
-    model: Any, loader: Any, inputs: list | None = None, tokens: list | None = None
+    model: Any, loader: Any, inputs: HostImages | None = None, tokens: list | None = None
 ) -> torch.Tensor:
     """``(N, D)`` mean over the fold replicas of their penultimate embedding, in loader order:
     one map for train and test alike (a held-out replica per sample would put the samples of
-    different folds in different coordinate systems). Image batches ``(B, C, H, W)`` are
-    appended to ``inputs`` (on the host) when it is given, token id batches ``(B, L)`` to
-    ``tokens``."""
+    different folds in different coordinate systems). Image batches ``(B, C, H, W)`` go to
+    ``inputs`` (kept on the host within its limits) when it is given, token id batches
+    ``(B, L)`` to ``tokens``."""
     params, buffers = model._stacked()
     skeleton = model._skeleton[0]
     was = skeleton.training
@@ -118,10 +117,7 @@ def ensemble_features(
             batch = model.transfer_batch_to_device(batch, model.device, 0)  # text: a tuple
             x = batch[0] if isinstance(batch, (tuple, list)) else batch
             if inputs is not None and isinstance(x, torch.Tensor) and x.ndim == 4:
-                if isinstance(inputs, HostImages):
-                    inputs.add(x)
-                else:
-                    inputs.append(x.float().cpu())
+                inputs.add(x)
             if tokens is not None and isinstance(x, torch.Tensor) and x.ndim == 2:
                 if not (x.is_floating_point() or x.dtype == torch.bool):
                     tokens.append(x.to(torch.int32).cpu())  # half of int64 on the host
@@ -343,7 +339,7 @@ class DataHealth(L.Callback):
 
     def _pixel_train_pairs(self, num_train: int) -> np.ndarray | None:
         """``(P, 2)`` pairs ``i < j`` of training images whose pixel ratio is below
-        ``pixel_duplicate_ratio`` (``pixels=True``, image data, one size), else ``None``."""
+        ``pixel_duplicate_ratio`` (pixel signal on, image data, one size), else ``None``."""
         tr = self._train_images(num_train)
         if tr is None:
             return None
@@ -357,7 +353,7 @@ class DataHealth(L.Callback):
 
     def _pixel_pairs(self, num_test: int, num_train: int):
         """:func:`~dcloop.health.pixel_leakage` of the test images against the training
-        images (``pixels=True``, image data, one size), else ``None``."""
+        images (pixel signal on, image data, one size), else ``None``."""
         train, test = self._images["train"], self._images["test"]
         if not (self.pixels and train and test):
             return None
