@@ -307,6 +307,17 @@ def score_run(
         t = torch.from_numpy(imgs).permute(0, 3, 1, 2).float() / 255
         res = find_outliers(pixel_signature(t))
         add_rule("pixel thumbnails of the training images, Datalab rule (recomputed)", res)
+    if data == "fsdd":
+        from dcloop.data.audio import read_audio
+        from dcloop.health import audio_signature
+
+        root = data_root(data, folder) / "train"
+        files = truth["file"].to_numpy()[rows_of]
+        clips = torch.stack([read_audio(str(root / f), 8000, 8000) for f in files])
+        sig = audio_signature(clips, sample_rate=8000)
+        for metric in ("euclidean", "cosine"):
+            what = f"log-mel spectrograms of the training clips, Datalab rule, {metric}"
+            add_rule(f"{what} (recomputed)", find_outliers(sig, metric=metric))
     if data == "agnews":
         from dcloop.data.tokenize import UNK_ID, NgramTokenizer
 
@@ -342,6 +353,8 @@ def score_run(
     if data != "fsdd":  # spoken digits: no judged duplicates of its own
         add(f"near-duplicates ({what})", "the run's near_duplicates.csv", dflags, own)
     info["planted_pairs_in_training"] = int(dup_t.sum() // 2)
+    leak = issues / "leakage.csv"
+    info["leakage_rows"] = len(pd.read_csv(leak)) if leak.is_file() else None
     return rows, info
 
 
@@ -399,6 +412,8 @@ def main(argv=None) -> int:
         f"- The run's phases (its metrics.json): wall {info['run_wall_s']} s, CPU "
         f"{info['run_cpu_s']} s; data health at the end of fit {info['data_health_s']} s; the "
         f"test phase (with data health's test-end pass) {info['test_phase_s']} s.",
+        f"- Test samples flagged as leaking from training (leakage.csv): {info['leakage_rows']}"
+        + (" (the test recordings are other takes: none is a copy)" if args.data == "fsdd" else ""),
         "- Target (issue 22): F1 >= 0.9.",
         "",
         "| type | signal | flagged | precision | recall | F1 | best F1 |",

@@ -17,6 +17,8 @@ from dcloop.callbacks.confident_learning import ConfidentLearning
 from dcloop.callbacks.oof import OOFCollector
 from dcloop.callbacks.results import find_callback
 from dcloop.health import (
+    audio_leakage,
+    audio_signature,
     class_imbalance,
     find_leakage,
     find_near_duplicates,
@@ -58,6 +60,9 @@ MAX_RARITY_IDS = 100_000_000
 #: ``outlier_signal`` of :class:`DataHealth`.
 OUTLIER_SIGNALS = ("auto", "embedding")
 
+#: ``summary.json``'s count of the outliers the data's own signal flags, by signal.
+OWN_COUNT = {"pixels": "pixel_outliers", "spectrogram": "spectrogram_outliers"}
+
 #: ``pixels="auto"`` compares images by their pixels when their smaller side has at least
 #: this many pixels (the pixel signal aligns 3 px moves on a central window; 8x8 digits
 #: leave no room for that).
@@ -74,23 +79,25 @@ def _host_budget() -> int:
 
 
 class HostImages(list):
-    """Image batches ``(B, C, H, W)`` kept on the host for the pixel signal, up to
-    ``max_bytes`` in all and (``min_side``) of images at least that large; past either
-    limit the list is emptied and :attr:`dropped` says why (the signal is then skipped)."""
+    """Image batches ``(B, C, H, W)`` (``ndim=4``) or waveform batches ``(B, C, T)``
+    (``ndim=3``) kept on the host for the data's own signal, up to ``max_bytes`` in all and
+    (``min_side``) of images at least that large; past either limit the list is emptied and
+    :attr:`dropped` says why (the signal is then skipped)."""
 
-    def __init__(self, max_bytes: int, min_side: int = 1) -> None:
+    def __init__(self, max_bytes: int, min_side: int = 1, ndim: int = 4) -> None:
         super().__init__()
-        self.max_bytes, self.min_side = int(max_bytes), int(min_side)
+        self.max_bytes, self.min_side, self.ndim = int(max_bytes), int(min_side), int(ndim)
         self.bytes = 0
         self.dropped: str | None = None
 
     def add(self, x: torch.Tensor) -> None:
         if self.dropped is not None:
             return
-        if min(x.shape[-2:]) < self.min_side:
+        if self.ndim == 4 and min(x.shape[-2:]) < self.min_side:
             self.dropped = f"images of {tuple(x.shape[-2:])} px, below {self.min_side} px"
         elif self.bytes + x.numel() * 4 > self.max_bytes:
-            self.dropped = f"images past {self.max_bytes >> 20} MB of host memory"
+            what = "clips" if self.ndim == 3 else "images"
+            self.dropped = f"{what} past {self.max_bytes >> 20} MB of host memory"
         if self.dropped is not None:
             self.clear()
             return
@@ -104,9 +111,9 @@ def ensemble_features(
 ) -> torch.Tensor:
     """``(N, D)`` mean over the fold replicas of their penultimate embedding, in loader order:
     one map for train and test alike (a held-out replica per sample would put the samples of
-    different folds in different coordinate systems). Image batches ``(B, C, H, W)`` go to
-    ``inputs`` (kept on the host within its limits) when it is given, token id batches
-    ``(B, L)`` to ``tokens``."""
+    different folds in different coordinate systems). Float batches of ``inputs.ndim``
+    dimensions (images ``(B, C, H, W)``, clips ``(B, C, T)``) go to ``inputs`` (kept on the
+    host within its limits) when it is given, token id batches ``(B, L)`` to ``tokens``."""
     params, buffers = model._stacked()
     skeleton = model._skeleton[0]
     was = skeleton.training
@@ -116,8 +123,9 @@ def ensemble_features(
         for batch in loader:
             batch = model.transfer_batch_to_device(batch, model.device, 0)  # text: a tuple
             x = batch[0] if isinstance(batch, (tuple, list)) else batch
-            if inputs is not None and isinstance(x, torch.Tensor) and x.ndim == 4:
-                inputs.add(x)
+            if inputs is not None and isinstance(x, torch.Tensor) and x.ndim == inputs.ndim:
+                if x.is_floating_point():
+                    inputs.add(x)
             if tokens is not None and isinstance(x, torch.Tensor) and x.ndim == 2:
                 if not (x.is_floating_point() or x.dtype == torch.bool):
                     tokens.append(x.to(torch.int32).cpu())  # half of int64 on the host
@@ -171,6 +179,21 @@ class DataHealth(L.Callback):
             on planted CIFAR copies counting the subset's own duplicate photos as true, 0.813
             counting them as false; ``scripts/results/bench_health_planted.md``). Stricter
             than ``pixel_ratio``: inside one set both members of a pair are scored.
+        audio: for audio (waveform batches ``(B, C, T)`` from a source with a
+            ``sample_rate``), compare the clips themselves (:mod:`dcloop.health.audio`):
+            outliers by Datalab's kNN rule on their log-mel spectrograms (with
+            ``outlier_signal="auto"``, column ``spectrogram``), copies inside the training set
+            and test clips with a copy in training by their waveforms (``signal`` column of
+            ``leakage.csv``: ``waveform``). ``"auto"`` (the default) and
+            ``True``: while the clips take at most an eighth of the available RAM (else
+            skipped: logged at info level, a warning for ``True``). On planted spoken digits
+            the embedding flagged none of 19 noise clips and none of 36 moved copies
+            (``scripts/results/bench_health_planted_run_fsdd_embedding.md``).
+        audio_distance: two clips whose waveform distance (``1 -`` their largest normalised
+            cross-correlation over lags) is below this are copies. The default 0.05 is noise
+            about 10 dB below the clip; on spoken digits planted copies were at 0.0017 or
+            less, distinct recordings (one speaker saying one digit) at 0.08 or more
+            (``scripts/results/bench_audio_signal.md``).
         index: the kNN search of the fit-end detectors (:func:`~dcloop.health.knn`):
             ``auto`` (exact below 50,000 training samples, k-means cells from there on:
             approximate, about 10x less work; ``scripts/results/bench_health_datalab.md``),
@@ -188,7 +211,8 @@ class DataHealth(L.Callback):
             (``scripts/results/bench_health_planted.md``). Needs ``space="mean"``.
         outlier_signal: which rule fills ``outliers.csv``. ``"auto"`` (the default): the
             data's own signal where the pass has one (images: Datalab's kNN rule on the
-            pixel thumbnails, column ``pixels``; text: token rarity, column ``rarity``),
+            pixel thumbnails, column ``pixels``; audio: the same rule on the log-mel
+            spectrograms, column ``spectrogram``; text: token rarity, column ``rarity``),
             else the embedding's kNN rule. ``"embedding"``: the embedding's rule, and on
             text token rarity beside it (either flags a row). The embedding of a network
             trained on the labels puts hard, between-class samples far from the rest: in
@@ -208,6 +232,8 @@ class DataHealth(L.Callback):
         pixels: bool | str = "auto",
         pixel_ratio: float = 0.7,
         pixel_duplicate_ratio: float = 0.5,
+        audio: bool | str = "auto",
+        audio_distance: float = 0.05,
         group_threshold: float = 0.5,
         save_features: bool = True,
         space: str = "mean",
@@ -229,6 +255,15 @@ class DataHealth(L.Callback):
             self.pixels: bool | str = pixels
         else:
             self.pixels = check_bool("health.pixels", pixels)
+        if isinstance(audio, str):
+            check_choice("health.audio", audio, ("auto",))
+            self.audio: bool | str = audio
+        else:
+            self.audio = check_bool("health.audio", audio)
+        self.audio_distance = check_float(
+            "health.audio_distance", audio_distance, low=0.0, high=1.0
+        )
+        self._rate: int | None = None  # the audio source's sample rate, at the end of fit
         check_choice("health.outlier_signal", outlier_signal, OUTLIER_SIGNALS)
         self.outlier_signal = outlier_signal
         self.pixel_ratio = check_float("health.pixel_ratio", pixel_ratio, low=0.0, high=1.0)
@@ -269,6 +304,7 @@ class DataHealth(L.Callback):
         with timed(trainer, "data_health"):
             feats = oof.features if self.space == "held_out" else None
             if feats is None:  # the replicas' mean embedding: one pass over the training set
+                self._rate = _sample_rate(trainer)
                 kept = self._keeper()
                 self._tokens = []
                 loader = trainer.datamodule.oof_dataloader()
@@ -301,7 +337,10 @@ class DataHealth(L.Callback):
 
     # ---------------------------------------------------------------- private
     def _keeper(self) -> HostImages | None:
-        """Where the pass keeps image batches for the pixel signal (``None``: pixels off)."""
+        """Where the pass keeps the inputs for the data's own signal (``None``: off): the
+        clips of an audio source (``audio``), else image batches (``pixels``)."""
+        if self._rate is not None:
+            return HostImages(_host_budget(), ndim=3) if self.audio else None
         if not self.pixels:
             return None
         return HostImages(_host_budget(), MIN_PIXEL_SIDE if self.pixels == "auto" else 1)
@@ -310,59 +349,83 @@ class DataHealth(L.Callback):
         if kept is None:
             return []
         if kept.dropped is not None:
-            if self.pixels is True:
+            what, asked = ("audio", self.audio) if kept.ndim == 3 else ("pixel", self.pixels)
+            if asked is True:
                 level = logging.WARNING
             else:  # auto: small images are the expected case (the embedded digits)
                 level = logging.DEBUG if kept.dropped.endswith(" px") else logging.INFO
             log.log(
-                level, "data health: pixel signal skipped for the %s set (%s)", split, kept.dropped
+                level,
+                "data health: %s signal skipped for the %s set (%s)",
+                what,
+                split,
+                kept.dropped,
             )
             return []
         return list(kept)
 
     def _train_images(self, num_train: int) -> torch.Tensor | None:
-        """The training images the pass kept for the pixel signal, one per training sample
-        (at least 3), else ``None``."""
+        """The training inputs (images or clips) the pass kept for the data's own signal, one
+        per training sample (at least 3), else ``None``."""
         train = self._images["train"]
-        if not (self.pixels and train):
+        if not train:
             return None
         tr = torch.cat(train)
         return tr if tr.shape[0] == num_train and tr.shape[0] >= 3 else None
 
-    def _pixel_outliers(self, num_train: int, k: int) -> Outliers | None:
-        """Datalab's kNN rule on the training images' pixel thumbnails
-        (:func:`~dcloop.health.pixel_signature`), when the pass kept them, else ``None``."""
+    def _own_outliers(self, num_train: int, k: int) -> tuple[str, Outliers] | None:
+        """Datalab's kNN rule on the data's own signal, when the pass kept the inputs:
+        ``("pixels", ...)`` on the training images' thumbnails
+        (:func:`~dcloop.health.pixel_signature`), ``("spectrogram", ...)`` on the clips'
+        log-mel spectrograms (:func:`~dcloop.health.audio_signature`, euclidean: mean F1
+        0.928 against 0.790 cosine on planted spoken digits, ``bench_audio_signal.md``);
+        else ``None``."""
         tr = self._train_images(num_train)
         if tr is None:
             return None
-        return find_outliers(pixel_signature(tr), k=min(k, tr.shape[0] - 1))
+        k = min(k, tr.shape[0] - 1)
+        if tr.ndim == 3:
+            sig = audio_signature(tr, sample_rate=self._rate)
+            return "spectrogram", find_outliers(sig, k=k, metric="euclidean")
+        return "pixels", find_outliers(pixel_signature(tr), k=k)
 
     def _pixel_train_pairs(self, num_train: int) -> np.ndarray | None:
-        """``(P, 2)`` pairs ``i < j`` of training images whose pixel ratio is below
-        ``pixel_duplicate_ratio`` (pixel signal on, image data, one size), else ``None``."""
+        """``(P, 2)`` pairs ``i < j`` of training inputs that are copies by the data's own
+        signal (images: pixel ratio below ``pixel_duplicate_ratio``; clips: waveform distance
+        below ``audio_distance``), when the pass kept them, else ``None``."""
         tr = self._train_images(num_train)
         if tr is None:
             return None
-        side = min(tr.shape[-2:])
-        shift = min(3, side // 8)
-        px = pixel_leakage(tr, crop=side - 2 * shift, max_shift=shift)
-        rows = (px.ratio < self.pixel_duplicate_ratio).nonzero().flatten()
+        if tr.ndim == 3:
+            px = audio_leakage(tr, sample_rate=self._rate)
+            rows = (px.distance < self.audio_distance).nonzero().flatten()
+        else:
+            side = min(tr.shape[-2:])
+            shift = min(3, side // 8)
+            px = pixel_leakage(tr, crop=side - 2 * shift, max_shift=shift)
+            rows = (px.ratio < self.pixel_duplicate_ratio).nonzero().flatten()
         ref = px.reference[rows]
         pairs = torch.stack([torch.minimum(rows, ref), torch.maximum(rows, ref)], 1)
         return torch.unique(pairs, dim=0).numpy().reshape(-1, 2)
 
     def _pixel_pairs(self, num_test: int, num_train: int):
-        """:func:`~dcloop.health.pixel_leakage` of the test images against the training
-        images (pixel signal on, image data, one size), else ``None``."""
+        """``(pairs, sure, signal name)``: :func:`~dcloop.health.pixel_leakage` of the test
+        images against the training images, sure below ``pixel_ratio``, or
+        :func:`~dcloop.health.audio_leakage` of the clips, sure below ``audio_distance``
+        (the signal on, one size), else ``None``."""
         train, test = self._images["train"], self._images["test"]
-        if not (self.pixels and train and test):
+        if not (train and test):
             return None
         tr, te = torch.cat(train), torch.cat(test)
         if tr.shape[0] != num_train or te.shape[0] != num_test or tr.shape[1:] != te.shape[1:]:
             return None
+        if tr.ndim == 3:
+            px = audio_leakage(te, tr, sample_rate=self._rate)
+            return px, px.distance.numpy() < self.audio_distance, "waveform"
         side = min(tr.shape[-2:])
         shift = min(3, side // 8)
-        return pixel_leakage(te, tr, crop=side - 2 * shift, max_shift=shift)
+        px = pixel_leakage(te, tr, crop=side - 2 * shift, max_shift=shift)
+        return px, px.ratio.numpy() < self.pixel_ratio, "pixel"
 
     def _rare_texts(self, trainer: L.Trainer, num_train: int) -> Outliers | None:
         """:func:`~dcloop.health.find_rare_texts` of the training texts' ids kept during the
@@ -396,9 +459,9 @@ class DataHealth(L.Callback):
         nb = knn(x, k=k, metric=self.metric, index=self.index)
         out = find_outliers(x, k=k, neighbours=nb)
         rare = self._rare_texts(trainer, n)
-        pix = self._pixel_outliers(n, k)
+        own = self._own_outliers(n, k)
         if self.outlier_signal == "auto":  # the data's own signal, where there is one
-            other = ("pixels", pix) if pix is not None else ("rarity", rare)
+            other = own if own is not None else ("rarity", rare)
             union = other[1] is None
         else:  # the embedding's rule, with token rarity beside it on text
             other, union = ("rarity", rare), True
@@ -467,7 +530,7 @@ class DataHealth(L.Callback):
                 "outliers": int(len(table)),
                 "outlier_signal": _signal_name(other, union),
                 **({"rare_texts": int(rare.flags.sum())} if rare is not None else {}),
-                **({"pixel_outliers": int(pix.flags.sum())} if pix is not None else {}),
+                **({OWN_COUNT[own[0]]: int(own[1].flags.sum())} if own is not None else {}),
                 "near_duplicate_pairs": int(pairs.shape[0]),
                 "underperforming_groups": int(groups.flagged.sum()),
                 "underperforming_samples": int(len(weak)),
@@ -500,12 +563,12 @@ class DataHealth(L.Callback):
         tr = leak.train.cpu().numpy()
         dist = leak.distance.cpu().numpy()
         signal = np.where(flags, "embedding", "")
-        px = self._pixel_pairs(t.shape[0], a.shape[0])
-        if px is not None:  # a pixel pair replaces the embedding's where the pixels are sure
-            sure = px.ratio.numpy() < self.pixel_ratio
+        own = self._pixel_pairs(t.shape[0], a.shape[0])
+        if own is not None:  # the data's own pair replaces the embedding's where it is sure
+            px, sure, name = own
             ref = px.reference.numpy()
             same = sure & flags & (ref == tr)
-            signal = np.where(same, "both", np.where(sure, "pixel", signal))
+            signal = np.where(same, "both", np.where(sure, name, signal))
             tr = np.where(sure, ref, tr)
             an, tn = _unit(a), _unit(t)
             dist = np.where(sure, (1 - (tn * an[tr]).sum(1)).clip(min=0), dist)
@@ -553,6 +616,13 @@ class DataHealth(L.Callback):
             }
         )
         write_json(self.summary, folder / "summary.json")
+
+
+def _sample_rate(trainer: L.Trainer) -> int | None:
+    """The sample rate of the run's audio source, else ``None`` (not audio)."""
+    source = getattr(trainer.datamodule, "source_object", None)
+    rate = getattr(source, "sample_rate", None)
+    return int(rate) if isinstance(rate, (int, float)) and rate > 0 else None
 
 
 def _unit(x: torch.Tensor) -> np.ndarray:

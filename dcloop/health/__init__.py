@@ -16,11 +16,14 @@ training loop and writes ``data_issues/*.csv``. See ``docs/health.md``.
 * :func:`find_near_duplicates`, :func:`find_leakage` -- pairs inside a set, and test samples
   with a near-duplicate in training (distance and nearest/second-nearest ratio).
 * :func:`pixel_leakage` -- the same for images from their pixels (no model needed).
+* :func:`audio_signature`, :func:`audio_leakage` -- outliers and copies of audio clips from
+  their log-mel spectrograms and waveforms (no model needed).
 * :func:`underperforming_groups` -- k-means clusters with low held-out accuracy.
 * :func:`find_test_only` -- test samples far from all training samples, grouped.
 * :func:`class_imbalance` -- the rarest class, Datalab's rule.
 """
 
+from dcloop.health.audio import audio_leakage, audio_signature, waveform_distance
 from dcloop.health.duplicates import Leakage, NearDuplicates, find_leakage, find_near_duplicates
 from dcloop.health.features import outputs, replica_outputs
 from dcloop.health.groups import Groups, kmeans, underperforming_groups
@@ -42,6 +45,8 @@ __all__ = [
     "Outliers",
     "PixelPairs",
     "OnlyInTest",
+    "audio_leakage",
+    "audio_signature",
     "class_imbalance",
     "fence",
     "find_far_groups",
@@ -59,4 +64,5 @@ __all__ = [
     "token_rarity",
     "find_test_only",
     "underperforming_groups",
+    "waveform_distance",
 ]

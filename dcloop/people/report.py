@@ -680,7 +680,11 @@ def _health_sections(folder: Path, dataset, worst: int) -> list[str]:
     out = folder / "outliers.csv"
     if out.is_file():
         df = read_csv(out, dtype={"source": str}).head(worst)
-        named = (("pixels", "pixel kNN distance"), ("rarity", "rarity"))
+        named = (
+            ("pixels", "pixel kNN distance"),
+            ("spectrogram", "spectrogram kNN distance"),
+            ("rarity", "rarity"),
+        )
         own = [(c, w) for c, w in named if c in df]
         cards = [
             f'<div class="card">{_health_preview(dataset, int(r.index), str(r.source))}'
