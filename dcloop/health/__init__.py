@@ -12,6 +12,7 @@ training loop and writes ``data_issues/*.csv``. See ``docs/health.md``.
   does not see: a group is its own neighbourhood).
 * :func:`token_rarity`, :func:`find_rare_texts` -- off-topic texts by the mean inverse
   document frequency of their tokens.
+* :func:`text_duplicates` -- pairs of texts sharing most of their tokens (Jaccard, exact).
 * :func:`image_properties` -- cleanvision-style image properties (measured, not a default).
 * :func:`find_near_duplicates`, :func:`find_leakage` -- pairs inside a set, and test samples
   with a near-duplicate in training (distance and nearest/second-nearest ratio).
@@ -34,6 +35,7 @@ from dcloop.health.pixels import PixelPairs, pixel_leakage, pixel_signature
 from dcloop.health.properties import image_properties
 from dcloop.health.rarity import find_rare_texts, token_rarity
 from dcloop.health.test_only import OnlyInTest, find_test_only
+from dcloop.health.textdup import TextPairs, text_duplicates
 
 __all__ = [
     "FarGroups",
@@ -44,6 +46,7 @@ __all__ = [
     "Neighbours",
     "Outliers",
     "PixelPairs",
+    "TextPairs",
     "OnlyInTest",
     "audio_leakage",
     "audio_signature",
@@ -61,6 +64,7 @@ __all__ = [
     "pixel_leakage",
     "pixel_signature",
     "replica_outputs",
+    "text_duplicates",
     "token_rarity",
     "find_test_only",
     "underperforming_groups",
