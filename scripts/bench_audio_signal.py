@@ -22,8 +22,6 @@ scripts/results/bench_audio_signal`` (one thread, as every benchmark here).
 from __future__ import annotations
 
 import argparse
-import json
-import platform
 import sys
 import time
 from pathlib import Path
@@ -135,15 +133,8 @@ def main(argv=None) -> int:
             table[key]["seeds"].append(row)
         dups.append({"seed": seed, **duplicates(clips, partner)})
         n = len(clips)
-    command = "python " + " ".join([Path(sys.argv[0]).as_posix(), *(argv or sys.argv[1:])])
-    meta = {
-        "command": command,
-        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-        "machine": f"{platform.machine()} CPU, 1 thread, torch {torch.__version__}",
-        "wall_s": round(time.perf_counter() - t0, 1),
-        "clips": n,
-    }
-    seeds = args.seeds
+    meta = bhp.page_meta(argv, t0)
+    command, seeds = meta["command"], args.seeds
     md = [
         "# Audio's own signal: log-mel outliers and waveform copies (planted spoken digits)",
         "",
@@ -186,15 +177,7 @@ def main(argv=None) -> int:
             f"{d['smallest_distance_of_other_best_matches']} | {a['flagged']} / "
             f"{a['precision']:.3f} / {a['recall']:.3f} / {a['f1']:.3f} | {d['seconds']} |"
         )
-    text = "\n".join(md) + "\n"
-    print(text)
-    if args.out:
-        out = Path(args.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.with_suffix(".json").write_text(
-            json.dumps({**meta, "outliers": table, "copies": dups}, indent=2) + "\n"
-        )
-        out.with_suffix(".md").write_text(text)
+    bhp.write_page(args.out, "\n".join(md) + "\n", {**meta, "outliers": table, "copies": dups})
     return 0
 
 

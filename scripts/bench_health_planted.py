@@ -154,6 +154,26 @@ def prf(flags: np.ndarray, truth: np.ndarray) -> dict:
     }
 
 
+def page_meta(argv, started: float) -> dict:
+    """The command line, date, machine and wall seconds of a benchmark page."""
+    return {
+        "command": "python " + " ".join([Path(sys.argv[0]).as_posix(), *(argv or sys.argv[1:])]),
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "machine": f"{platform.machine()} CPU, 1 thread, torch {torch.__version__}",
+        "wall_s": round(time.perf_counter() - started, 1),
+    }
+
+
+def write_page(out: str | None, text: str, payload: dict) -> None:
+    """Print a page and, with ``out``, write it as ``out.md`` and its data as ``out.json``."""
+    print(text)
+    if out:
+        path = Path(out)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.with_suffix(".json").write_text(json.dumps(payload, indent=2, default=str) + "\n")
+        path.with_suffix(".md").write_text(text)
+
+
 def best_f1(score: np.ndarray, truth: np.ndarray) -> float:
     """Best F1 over cut-offs of ``score`` (larger = more suspicious)."""
     order = np.argsort(-score, kind="stable")

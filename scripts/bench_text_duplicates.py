@@ -19,8 +19,6 @@ scripts/results/bench_text_duplicates``.
 from __future__ import annotations
 
 import argparse
-import json
-import platform
 import sys
 import time
 from pathlib import Path
@@ -135,13 +133,8 @@ def main(argv=None) -> int:
     t0 = time.perf_counter()
     qual = [quality(s, Path(args.workdir)) for s in args.seeds]
     big = scale(args.sizes)
-    command = "python " + " ".join([Path(sys.argv[0]).as_posix(), *(argv or sys.argv[1:])])
-    meta = {
-        "command": command,
-        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-        "machine": f"{platform.machine()} CPU, 1 thread, torch {torch.__version__}",
-        "wall_s": round(time.perf_counter() - t0, 1),
-    }
+    meta = bhp.page_meta(argv, t0)
+    command = meta["command"]
     md = [
         "# Near-duplicate texts by token-set Jaccard (text_duplicates)",
         "",
@@ -187,15 +180,7 @@ def main(argv=None) -> int:
             f"| {r['n']} | {r['seconds']} | {r['pairs']} | {r['copies_found']} of {r['copies']} |"
             f" {dense} |"
         )
-    text = "\n".join(md) + "\n"
-    print(text)
-    if args.out:
-        out = Path(args.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.with_suffix(".json").write_text(
-            json.dumps({**meta, "agnews": qual, "scale": big}, indent=2, default=str) + "\n"
-        )
-        out.with_suffix(".md").write_text(text)
+    bhp.write_page(args.out, "\n".join(md) + "\n", {**meta, "agnews": qual, "scale": big})
     return 0
 
 
