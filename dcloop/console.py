@@ -146,11 +146,23 @@ def test_line(metrics: dict[str, Any]) -> str:
         "prune": "the loop's pruned samples left out",
         "given": "the given labels",
     }.get(kept.get("targets"), kept.get("targets"))
+    source = kept.get("evidence", "oof")
+    if source in ("knn", "blend") and kept.get("targets") in ("relabel", "relabel_forward"):
+        rule = rule.replace(
+            "the replicas' prediction",
+            "their nearest neighbours' labels"
+            if source == "knn"
+            else "the replicas' prediction and their neighbours' labels",
+        )
     auto = kept.get("auto")
-    if auto:  # student.targets=auto: the rule it chose, and on what
+    if auto:  # student.targets / student.evidence = auto: what it chose, and on what
         fit = auto.get("flagged_fit")
         seen = "no flagged sample" if fit is None else f"{fit:.0%} of the flagged labels"
-        rule += f"; chosen by student.targets=auto: the replicas fit {seen}"
+        chosen = [k for k in ("targets", "evidence") if k in auto]
+        if "rule" in auto and "targets" not in chosen:  # a metrics.json of before the evidence
+            chosen.insert(0, "targets")
+        which = " and ".join(f"student.{k}=auto" for k in chosen)
+        rule += f"; chosen by {which}: the replicas fit {seen}"
     line = (
         f"  test        accuracy {test['accuracy']:.4f} "
         f"(the kept model: student, one network; {rule})"
@@ -176,6 +188,7 @@ _PHASE_LABELS = {
     "test": "test",
     "refit": "refit",
     "auto_rule": "auto rule",
+    "student_evidence": "votes",
     "student": "student",
     "result_files": "files",
     "checkpoint": "checkpoint",

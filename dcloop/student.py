@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass
 import torch
 
 from dcloop._checks import check_choice, check_float
+from dcloop.health.knn import knn
 from dcloop.mixup import check_alpha
 from dcloop.models.coguess import VIEWS
 
@@ -65,6 +66,19 @@ FORWARD_RULES = ("forward", "relabel_forward")
 STUDENT_INITS = ("scratch", "replica")
 
 
+#: Where the evidence that relabels the student's targets comes from (``student.evidence``):
+#: ``oof`` (the replicas' held-out softmax, as calibrated by the loop); ``knn`` (the given
+#: labels of each sample's :data:`VOTE_NEIGHBOURS` nearest training samples in the replicas'
+#: mean embedding, :func:`neighbour_votes`: deep kNN, Bahri et al. 2020); ``blend`` (the mean
+#: of the two); ``auto`` (``knn`` where the replicas fit less than :data:`AUTO_FIT_THRESHOLD`
+#: of the flagged labels they train on, else ``oof``: a network that memorises wrong labels
+#: puts them among their given class in its embedding, so their neighbours vote for them).
+EVIDENCE_SOURCES = ("oof", "knn", "blend", "auto")
+
+#: Neighbours whose given labels vote in :func:`neighbour_votes`.
+VOTE_NEIGHBOURS = 10
+
+
 @dataclass(frozen=True)
 class StudentPolicy:
     """How the student's targets come from the verdict.
@@ -87,6 +101,8 @@ class StudentPolicy:
         sharpen: ``unlabelled``'s sharpening temperature in (0, 1].
         view: ``unlabelled``'s input view: ``none`` or ``perturb``
             (:data:`dcloop.models.coguess.VIEWS`).
+        evidence: one of :data:`EVIDENCE_SOURCES`: what relabels the flagged samples (the
+            flags stay the loop's).
     """
 
     targets: str = "prune"
@@ -99,6 +115,7 @@ class StudentPolicy:
     unlabelled: float = 0.0
     sharpen: float = 0.5
     view: str = "none"
+    evidence: str = "oof"
 
     def __post_init__(self) -> None:
         check_choice("student.targets", self.targets, TARGET_RULES)
@@ -111,6 +128,7 @@ class StudentPolicy:
         check_float("student.unlabelled", self.unlabelled, low=0.0)
         check_float("student.sharpen", self.sharpen, low=0.0, high=1.0, low_open=True)
         check_choice("student.view", self.view, VIEWS)
+        check_choice("student.evidence", self.evidence, EVIDENCE_SOURCES)
         if self.unlabelled and self.mixup:
             raise ValueError(
                 f"student.unlabelled={self.unlabelled:g} and student.mixup={self.mixup:g} "
@@ -251,6 +269,46 @@ def auto_rule(fit: float | None, threshold: float = AUTO_FIT_THRESHOLD) -> str:
     ``threshold`` of the flagged labels they train on (:func:`flagged_fit`), else (and
     without flagged samples) ``relabel``."""
     return "relabel" if fit is None or fit >= threshold else "forward"
+
+
+def neighbour_votes(
+    features: torch.Tensor, labels: torch.Tensor, num_classes: int, k: int = VOTE_NEIGHBOURS
+) -> torch.Tensor:
+    """``(N, C)``: the given labels of each sample's ``k`` nearest other samples in
+    ``features`` (cosine), as shares, smoothed by one pseudo-count spread over the classes
+    (so a row is never one-hot: ``(votes + 1/C) / (k + 1)``).
+
+    Example:
+        >>> x = torch.tensor([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0], [0.1, 0.9]])
+        >>> neighbour_votes(x, torch.tensor([0, 0, 1, 1]), 2, k=1).argmax(1).tolist()
+        [0, 0, 1, 1]
+    """
+    n = features.shape[0]
+    k = max(1, min(int(k), n - 1))
+    nb = knn(features.float(), k=k, metric="cosine")
+    labels = labels.to(nb.index.device).long()
+    votes = torch.nn.functional.one_hot(labels[nb.index], num_classes).sum(1).float()
+    return (votes + 1.0 / num_classes) / (k + 1.0)
+
+
+def evidence_source(source: str, fit: float | None, threshold: float = AUTO_FIT_THRESHOLD) -> str:
+    """``student.evidence`` resolved: ``auto`` is ``knn`` when the replicas fit less than
+    ``threshold`` of the flagged labels they train on (:func:`flagged_fit`), else (and without
+    flagged samples) ``oof``; any other source as it is."""
+    if source != "auto":
+        return source
+    return "oof" if fit is None or fit >= threshold else "knn"
+
+
+def student_evidence(
+    evidence: torch.Tensor, votes: torch.Tensor | None, source: str
+) -> torch.Tensor:
+    """The evidence the student's rule reads: the held-out ``evidence`` (``oof``, or when
+    there are no ``votes``), the ``votes`` (``knn``) or their mean (``blend``)."""
+    if source == "oof" or votes is None:
+        return evidence
+    votes = votes.to(evidence.device, evidence.dtype)
+    return votes if source == "knn" else (evidence + votes) / 2
 
 
 def unlabelled_rows(flags: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:

@@ -41,6 +41,7 @@ PHASES: tuple[str, ...] = (
     "test",
     "refit",
     "auto_rule",
+    "student_evidence",
     "student",
     "result_files",
     "data_health",

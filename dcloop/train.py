@@ -25,10 +25,12 @@ from omegaconf import DictConfig, OmegaConf
 from dcloop._checks import check_choice, check_float, check_int, check_run_config
 from dcloop.calibrate import calibrate
 from dcloop.callbacks import ConfidentLearning, EpochCheckpoint, RunResults
+from dcloop.callbacks.data_health import DataHealth, ensemble_features
 from dcloop.callbacks.results import find_callback
 from dcloop.data import check_item
 from dcloop.errors import UserInputError
 from dcloop.folds import check_num_folds
+from dcloop.health.features import NoEmbedding
 from dcloop.kept.save import replica_nets, save_kept_model
 from dcloop.mixup import check_alpha, mix_point
 from dcloop.models import Classifier, FoldEnsemble
@@ -43,7 +45,10 @@ from dcloop.student import (
     FORWARD_RULES,
     StudentPolicy,
     auto_rule,
+    evidence_source,
     flagged_fit,
+    neighbour_votes,
+    student_evidence,
     student_targets,
     target_quality,
     unlabelled_rows,
@@ -245,20 +250,26 @@ def keep_model(
     plain = None
     if cfg.get("kept", "student") == "student":
         policy, auto = resolve_auto(cfg, run, student_policy(cfg))  # before the yardstick
+        with timed(run.trainer, "student_evidence"):
+            votes = student_votes(cfg, run, policy)
         before = _clock()
         with timed(run.trainer, "student"):
-            student, acc = train_student(cfg, run, policy)
+            student, acc = train_student(cfg, run, policy, votes=votes)
         # One plain run of the full schedule: the student's seconds, per epoch, x the epochs.
         scale = int(cfg.trainer.max_epochs) / student_epochs(cfg, policy)
         plain = tuple((b - a) * scale for a, b in zip(before, _clock(), strict=True))
         test.update(accuracy=acc, student_accuracy=acc)
         kept = {"model": "student", "test_accuracy": acc, "targets": policy.targets}
+        kept["evidence"] = policy.evidence
         kept["policy"] = policy.as_dict()
         table = run.model.samples
         if table.has_ground_truth and policy.targets not in FORWARD_RULES:
             kept.update(target_quality(student.targets, student.weights, table.true_labels))
-        if auto is not None:  # student.targets=auto: the rule it chose, and on what
-            kept["policy"]["targets"], kept["auto"] = "auto", auto
+        if auto is not None:  # student.targets / student.evidence = auto: the choice, and on what
+            kept["auto"] = auto
+            for key in ("targets", "evidence"):
+                if key in auto:
+                    kept["policy"][key] = "auto"
         nets, kind = [student.net], "single"
     else:
         nets, kind = replica_nets(run.model, _net(cfg, run.dm)), "ensemble"
@@ -349,12 +360,15 @@ def student_epochs(cfg: DictConfig, policy: StudentPolicy) -> int:
     return max(1, min(epochs, math.ceil(policy.epochs * epochs)))
 
 
-def train_student(cfg: DictConfig, run: Run, policy: StudentPolicy) -> tuple[Classifier, float]:
+def train_student(
+    cfg: DictConfig, run: Run, policy: StudentPolicy, votes: torch.Tensor | None = None
+) -> tuple[Classifier, float]:
     """Train the kept network: one network, on all samples, on the targets the fold
     replicas' final verdict gives (:func:`dcloop.student.student_targets`); the same recipe
     (net, optimiser, schedule, epochs) as one plain run. ``student.init=replica`` starts it
     from fold replica 0's weights instead of from scratch, ``student.epochs`` shortens its
-    schedule (:func:`student_epochs`).
+    schedule (:func:`student_epochs`). ``votes`` (:func:`student_votes`) join the evidence as
+    ``policy.evidence`` says (:func:`dcloop.student.student_evidence`).
 
     Returns:
         The trained :class:`~dcloop.models.Classifier` and its test accuracy.
@@ -368,6 +382,8 @@ def train_student(cfg: DictConfig, run: Run, policy: StudentPolicy) -> tuple[Cla
             log.warning("cleaning was stopped for harm: the student trains on the given labels")
         policy = replace(policy, targets="given", mix=0.0)
         evidence = torch.full((len(table), dm.num_classes), 1.0 / dm.num_classes)
+    else:
+        evidence = student_evidence(evidence, votes, evidence_source(policy.evidence, None))
     net = _net(cfg, dm)
     if policy.init == "replica":  # carry on from fold replica 0's weights
         net = _from_replica(net, replica_nets(run.model, net, only=0)[0].state_dict())
@@ -405,10 +421,11 @@ def train_student(cfg: DictConfig, run: Run, policy: StudentPolicy) -> tuple[Cla
 def resolve_auto(
     cfg: DictConfig, run: Run, policy: StudentPolicy
 ) -> tuple[StudentPolicy, dict[str, Any] | None]:
-    """``student.targets=auto``: the policy with the rule chosen on the replicas' fit of the
-    flagged labels (:func:`in_fold_probs`, :func:`dcloop.student.auto_rule`) and what it was
-    chosen on; any other policy as it is, with ``None``."""
-    if policy.targets != "auto":
+    """``student.targets=auto`` and ``student.evidence=auto``: the policy with the rule and
+    the evidence chosen on the replicas' fit of the flagged labels (:func:`in_fold_probs`,
+    :func:`dcloop.student.auto_rule`, :func:`dcloop.student.evidence_source`) and what they
+    were chosen on; a policy with neither as it is, with ``None``."""
+    if "auto" not in (policy.targets, policy.evidence):
         return policy, None
     table = run.model.samples
     with timed(run.trainer, "auto_rule"):
@@ -416,15 +433,49 @@ def resolve_auto(
         fit = flagged_fit(probs, table.labels.cpu(), table.flagged.cpu(), table.weights.cpu())
         if run.trainer.is_global_zero:  # beside oof_probs.npy, for a look at what they fit
             np.save(Path(cfg.output_dir) / "in_fold_probs.npy", probs.numpy())
-    policy = replace(policy, targets=auto_rule(fit))
-    log.info(
-        "student.targets=auto: the replicas fit %s of the flagged labels they train on "
-        "(threshold %.2f): the student uses %s",
-        "none" if fit is None else f"{fit:.1%}",
-        AUTO_FIT_THRESHOLD,
-        policy.targets,
-    )
-    return policy, {"flagged_fit": fit, "threshold": AUTO_FIT_THRESHOLD, "rule": policy.targets}
+    info: dict[str, Any] = {"flagged_fit": fit, "threshold": AUTO_FIT_THRESHOLD}
+    fitted = "none" if fit is None else f"{fit:.1%}"
+    if policy.targets == "auto":
+        policy = replace(policy, targets=auto_rule(fit))
+        info["rule"] = info["targets"] = policy.targets
+        log.info(
+            "student.targets=auto: the replicas fit %s of the flagged labels they train on "
+            "(threshold %.2f): the student uses %s",
+            fitted,
+            AUTO_FIT_THRESHOLD,
+            policy.targets,
+        )
+    if policy.evidence == "auto":
+        policy = replace(policy, evidence=evidence_source("auto", fit))
+        info["evidence"] = policy.evidence
+        log.info(
+            "student.evidence=auto: the replicas fit %s of the flagged labels they train on "
+            "(threshold %.2f): the flagged samples are relabelled from %s",
+            fitted,
+            AUTO_FIT_THRESHOLD,
+            "their neighbours' labels" if policy.evidence == "knn" else "the held-out softmax",
+        )
+    return policy, info
+
+
+def student_votes(cfg: DictConfig, run: Run, policy: StudentPolicy) -> torch.Tensor | None:
+    """``(N, C)`` :func:`dcloop.student.neighbour_votes` in the replicas' mean embedding when
+    ``policy.evidence`` needs them (``knn``, ``blend``), else ``None``. The embedding is data
+    health's (:attr:`DataHealth.train_embedding`, computed at the end of fit) or one pass of
+    the replicas over the training set; a net without an embedding falls back to the
+    held-out softmax, with a warning."""
+    if policy.evidence not in ("knn", "blend"):
+        return None
+    health = run.callback(DataHealth)
+    feats = health.train_embedding if health is not None else None
+    if feats is None:
+        try:
+            feats = ensemble_features(run.model, run.dm.oof_dataloader())
+        except NoEmbedding as err:
+            log.warning("student.evidence=%s: no embedding (%s); using oof", policy.evidence, err)
+            return None
+    table = run.model.samples
+    return neighbour_votes(feats, table.labels, run.dm.num_classes).cpu()
 
 
 def in_fold_probs(cfg: DictConfig, run: Run) -> torch.Tensor:

@@ -62,10 +62,16 @@ class SavedRun:
         an upper bound for the rule, not something a run can do), ``disagree`` (every sample
         whose evidence's top class is not its given label), ``belowT`` (e.g. ``below0.5``:
         every sample whose evidence gives its given label less than T), ``infold`` (the
-        replicas that trained on it disagree with its label) or ``student`` (the run's flags
-        and every label the relabel student disagrees with on its own training samples)."""
+        replicas that trained on it disagree with its label), ``student`` (the run's flags
+        and every label the relabel student disagrees with on its own training samples) or
+        ``cl:E`` (confident learning, :func:`dcloop.cl.find_label_issues`, on evidence ``E``
+        of :meth:`probs`, e.g. ``cl:blend``)."""
         if which == "run":
             return self.table["flagged"]
+        if which.startswith("cl:"):
+            from dcloop.cl import find_label_issues
+
+            return find_label_issues(self.table["labels"].long(), self.probs(which[3:]))
         given = self.evidence.gather(1, self.table["labels"].long().view(-1, 1)).squeeze(1)
         if which == "disagree":
             return self.evidence.argmax(1) != self.table["labels"]
@@ -87,16 +93,41 @@ class SavedRun:
     def probs(self, which: str = "oof"):
         """The evidence the rule reads: ``oof`` (held-out, the run's), ``infold`` (the
         replicas that trained on each sample: ``in_fold_probs.npy``), ``mean`` (of the two) or
-        ``student`` (:meth:`student_probs`)."""
+        ``student`` (:meth:`student_probs`), ``knn`` (:meth:`knn_probs`) or ``blend`` (the mean
+        of ``oof`` and ``knn``)."""
         if which == "oof":
             return self.evidence
+        if which == "knn":
+            return self.knn_probs()
+        if which == "blend":
+            return (self.evidence + self.knn_probs()) / 2
         if which == "student":
             return self.student_probs()
         if which in ("infold", "mean"):
             if self.in_fold is None:
                 raise ValueError(f"{self.run}: no in_fold_probs.npy (a student.targets=auto run)")
             return self.in_fold if which == "infold" else (self.in_fold + self.evidence) / 2
-        raise ValueError(f"evidence={which!r}: expected 'oof', 'infold' or 'mean'")
+        raise ValueError(
+            f"evidence={which!r}: expected 'oof', 'infold', 'mean', 'student', 'knn' or 'blend'"
+        )
+
+    def knn_probs(self, k: int = 10):
+        """``(N, C)``: the given labels of each sample's ``k`` nearest other training samples
+        in the replicas' mean embedding (the run's ``data_issues/features_train.npy``,
+        cosine), as shares smoothed by one pseudo-count spread over the classes (deep kNN,
+        Bahri et al. 2020)."""
+        import numpy as np
+        import torch
+
+        from dcloop.health import knn
+
+        if getattr(self, "_knn", None) is None:
+            feats = torch.from_numpy(np.load(self.run / "data_issues" / "features_train.npy"))
+            labels = self.table["labels"].long()
+            nb = knn(feats.float(), k=k, metric="cosine")
+            votes = torch.nn.functional.one_hot(labels[nb.index], self.dm.num_classes).sum(1)
+            self._knn = (votes.float() + 1.0 / self.dm.num_classes) / (k + 1.0)
+        return self._knn
 
     def student_probs(self):
         """``(N, C)``: the softmax, on its own training samples (in eval mode), of the student

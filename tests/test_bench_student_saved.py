@@ -86,3 +86,22 @@ def test_a_run_without_truth_has_no_truth_flags_or_target_quality(saved):
     assert run.target_quality(StudentPolicy("relabel")) == {}
     with pytest.raises(ValueError, match="needs a run with true labels"):
         run.flags("truth")
+
+
+def test_knn_and_blend_evidence_vote_with_the_neighbours_labels(saved, tmp_path):
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    _, run = saved
+    run.run, run.dm = tmp_path, SimpleNamespace(num_classes=2)
+    (tmp_path / "data_issues").mkdir()
+    feats = np.array([[1.0, 0.0], [0.0, 1.0], [0.1, 1.0], [1.0, 0.1]], np.float32)
+    np.save(tmp_path / "data_issues" / "features_train.npy", feats)
+    votes = run.knn_probs(k=1)  # each sample's one nearest other sample's label
+    assert votes.argmax(1).tolist() == [1, 0, 1, 0]  # the labels of 3, 2, 1, 0
+    assert torch.allclose(votes.sum(1), torch.ones(4))
+    assert torch.allclose(run.probs("blend"), (run.evidence + votes) / 2)
+    assert run.flags("cl:oof").dtype == torch.bool and run.flags("cl:oof").shape == (4,)
+    with pytest.raises(ValueError, match="'knn' or 'blend'"):
+        run.probs("neighbours")

@@ -189,3 +189,36 @@ def test_target_quality_counts_only_the_samples_the_student_trains_on():
     t, w = student_targets(labels, ev, labels != true, StudentPolicy("drop"))  # perfect flags
     assert target_quality(t, w, true) == {"trained_share": 0.5, "targets_right": 1.0}
     assert target_quality(t, torch.zeros(4), true) == {"trained_share": 0.0, "targets_right": 0.0}
+
+
+def test_neighbour_votes_relabel_a_sample_among_the_other_class():
+    from dcloop.student import (
+        StudentPolicy,
+        evidence_source,
+        neighbour_votes,
+        student_evidence,
+    )
+
+    g = torch.Generator().manual_seed(0)
+    centres = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
+    x = centres[torch.arange(40) % 2] + 0.05 * torch.randn(40, 3, generator=g)
+    labels = torch.arange(40) % 2
+    labels[6] = 1  # sits among class 0
+    votes = neighbour_votes(x, labels, 2, k=5)
+    assert votes.argmax(1)[6] == 0 and torch.allclose(votes.sum(1), torch.ones(40))
+    assert float(votes.max()) < 1.0  # smoothed: never one-hot
+    oof = torch.full((40, 2), 0.5)
+    assert student_evidence(oof, votes, "oof") is oof
+    assert student_evidence(oof, None, "knn") is oof  # no votes: the held-out softmax
+    torch.testing.assert_close(student_evidence(oof, votes, "knn"), votes)
+    torch.testing.assert_close(student_evidence(oof, votes, "blend"), (oof + votes) / 2)
+    flags = torch.zeros(40, dtype=torch.bool)
+    flags[6] = True
+    t, w = student_targets(
+        labels, student_evidence(oof, votes, "knn"), flags, StudentPolicy("relabel")
+    )
+    assert int(t[6].argmax()) == 0 and float(w[6]) == 1.0
+    assert evidence_source("auto", 0.02) == "knn" and evidence_source("auto", 0.9) == "oof"
+    assert evidence_source("auto", None) == "oof" and evidence_source("blend", 0.02) == "blend"
+    with pytest.raises(ValueError, match="student.evidence"):
+        StudentPolicy("relabel", evidence="neighbours")

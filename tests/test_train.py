@@ -410,4 +410,38 @@ def test_student_targets_auto_names_the_rule_it_chose(tmp_path):
     assert np.allclose(probs.sum(1), 1.0, atol=1e-5)
     from dcloop.console import test_line
 
-    assert "chosen by student.targets=auto: the replicas fit" in test_line(metrics)
+    line = test_line(metrics)
+    assert "chosen by student.targets=auto" in line and "the replicas fit" in line
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("health", ["true", "false"])
+def test_student_evidence_knn_and_auto_name_what_relabelled(tmp_path, health):
+    """student.evidence: the flagged samples relabelled from their neighbours' labels in the
+    replicas' mean embedding (data health's, or one pass of its own without it); auto picks
+    knn where the replicas do not fit the flagged labels."""
+    from dcloop.console import test_line
+    from dcloop.student import AUTO_FIT_THRESHOLD
+
+    evidence = "auto" if health == "true" else "knn"
+    cfg = cfg_for(
+        tmp_path,
+        "trainer.max_epochs=3",
+        "cl.warmup_epochs=1",
+        "noise.rate=0.3",
+        f"student.evidence={evidence}",
+        f"health={health}",
+    )
+    metrics = train(cfg)
+    kept = metrics["kept"]
+    if evidence == "auto":
+        fit = kept["auto"]["flagged_fit"]
+        assert kept["evidence"] == kept["auto"]["evidence"]
+        assert kept["evidence"] == ("oof" if fit is None or fit >= AUTO_FIT_THRESHOLD else "knn")
+        assert kept["policy"]["evidence"] == "auto" and "student.evidence=auto" in test_line(
+            metrics
+        )
+    else:
+        assert kept["evidence"] == "knn" and "auto" not in kept
+        assert "their nearest neighbours' labels" in test_line(metrics)
+        assert metrics["timing"]["student_evidence"] > 0  # its own pass over the training set

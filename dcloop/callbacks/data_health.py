@@ -294,6 +294,12 @@ class DataHealth(L.Callback):
         self._train_pairs: pd.DataFrame | None = None
         self._train_shared: torch.Tensor | None = None  # the training set's mean embedding
 
+    @property
+    def train_embedding(self) -> torch.Tensor | None:
+        """``(N, D)`` the replicas' mean embedding of the training set from the end of fit
+        (``space="mean"``), else ``None``; the student's neighbour votes reuse it."""
+        return self._train_shared
+
     @classmethod
     def when(cls, enabled: bool, **kwargs: Any) -> DataHealth | None:
         """The callback when ``enabled`` (config ``health``), else ``None`` (left out)."""
