@@ -93,12 +93,12 @@ class SavedRun:
     def probs(self, which: str = "oof"):
         """The evidence the rule reads: ``oof`` (held-out, the run's), ``infold`` (the
         replicas that trained on each sample: ``in_fold_probs.npy``), ``mean`` (of the two) or
-        ``student`` (:meth:`student_probs`), ``knn`` (:meth:`knn_probs`) or ``blend`` (the mean
-        of ``oof`` and ``knn``)."""
+        ``student`` (:meth:`student_probs`), ``knn`` (:meth:`knn_probs`; ``knnK``: with K
+        neighbours) or ``blend`` (the mean of ``oof`` and ``knn``)."""
         if which == "oof":
             return self.evidence
-        if which == "knn":
-            return self.knn_probs()
+        if which == "knn" or (which.startswith("knn") and which[3:].isdigit()):
+            return self.knn_probs(int(which[3:] or 10))  # knnK: K neighbours
         if which == "blend":
             return (self.evidence + self.knn_probs()) / 2
         if which == "student":
@@ -121,13 +121,17 @@ class SavedRun:
 
         from dcloop.health import knn
 
-        if getattr(self, "_knn", None) is None:
+        k = min(k, len(self.table["labels"]) - 1)
+        cache = getattr(self, "_knn", None)
+        if not isinstance(cache, dict):
+            self._knn = cache = {}
+        if k not in cache:
             feats = torch.from_numpy(np.load(self.run / "data_issues" / "features_train.npy"))
             labels = self.table["labels"].long()
             nb = knn(feats.float(), k=k, metric="cosine")
             votes = torch.nn.functional.one_hot(labels[nb.index], self.dm.num_classes).sum(1)
-            self._knn = (votes.float() + 1.0 / self.dm.num_classes) / (k + 1.0)
-        return self._knn
+            cache[k] = (votes.float() + 1.0 / self.dm.num_classes) / (k + 1.0)
+        return cache[k]
 
     def student_probs(self):
         """``(N, C)``: the softmax, on its own training samples (in eval mode), of the student

@@ -101,7 +101,8 @@ def test_knn_and_blend_evidence_vote_with_the_neighbours_labels(saved, tmp_path)
     votes = run.knn_probs(k=1)  # each sample's one nearest other sample's label
     assert votes.argmax(1).tolist() == [1, 0, 1, 0]  # the labels of 3, 2, 1, 0
     assert torch.allclose(votes.sum(1), torch.ones(4))
-    assert torch.allclose(run.probs("blend"), (run.evidence + votes) / 2)
+    assert torch.equal(run.probs("knn1"), votes)  # knnK: K neighbours
+    assert torch.allclose(run.probs("blend"), (run.evidence + run.knn_probs()) / 2)
     assert run.flags("cl:oof").dtype == torch.bool and run.flags("cl:oof").shape == (4,)
     with pytest.raises(ValueError, match="'knn' or 'blend'"):
         run.probs("neighbours")
