@@ -252,6 +252,8 @@ def keep_model(
         policy, auto = resolve_auto(cfg, run, student_policy(cfg))  # before the yardstick
         with timed(run.trainer, "student_evidence"):
             votes = student_votes(cfg, run, policy)
+        if votes is None and policy.evidence in ("knn", "blend"):  # no embedding: oof, said so
+            policy = replace(policy, evidence="oof")
         before = _clock()
         with timed(run.trainer, "student"):
             student, acc = train_student(cfg, run, policy, votes=votes)

@@ -291,6 +291,7 @@ class DataHealth(L.Callback):
         self.rarity = check_bool("health.rarity", rarity)
         self.text_jaccard = check_float("health.text_jaccard", text_jaccard, low=0.0, high=1.0)
         self._tokens: list = []
+        self._test_tokens: list = []
         self._train_pairs: pd.DataFrame | None = None
         self._train_shared: torch.Tensor | None = None  # the training set's mean embedding
 
@@ -459,7 +460,7 @@ class DataHealth(L.Callback):
         if self.text_jaccard <= 0:
             return None
         train = self._token_ids(self._tokens, num_train, "duplicate texts")
-        test = self._token_ids(getattr(self, "_test_tokens", []), num_test, "leaked texts")
+        test = self._token_ids(self._test_tokens, num_test, "leaked texts")
         if train is None or test is None:
             return None
         pad, unk = _pad_unk(trainer)
