@@ -65,16 +65,23 @@ class SavedRun:
         replicas that trained on it disagree with its label), ``student`` (the run's flags
         and every label the relabel student disagrees with on its own training samples) or
         ``cl:E`` (confident learning, :func:`dcloop.cl.find_label_issues`, on evidence ``E``
-        of :meth:`probs`, e.g. ``cl:blend``)."""
+        of :meth:`probs`, e.g. ``cl:blend``). ``disagree`` and ``belowT`` read the held-out
+        softmax, or evidence ``E`` with a suffix (``disagree:knn``, ``below0.5:knn``); ``A+B``
+        is the union of two flag sets (``run+disagree:knn``)."""
+        if "+" in which:
+            first, rest = which.split("+", 1)
+            return self.flags(first).bool() | self.flags(rest).bool()
         if which == "run":
             return self.table["flagged"]
         if which.startswith("cl:"):
             from dcloop.cl import find_label_issues
 
             return find_label_issues(self.table["labels"].long(), self.probs(which[3:]))
-        given = self.evidence.gather(1, self.table["labels"].long().view(-1, 1)).squeeze(1)
+        which, _, source = which.partition(":")
+        evidence = self.probs(source) if source else self.evidence
+        given = evidence.gather(1, self.table["labels"].long().view(-1, 1)).squeeze(1)
         if which == "disagree":
-            return self.evidence.argmax(1) != self.table["labels"]
+            return evidence.argmax(1) != self.table["labels"]
         if which == "infold":
             return self.probs("infold").argmax(1) != self.table["labels"]
         if which == "student":  # the run's flags, and the labels a relabel student disagrees with

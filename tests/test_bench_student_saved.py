@@ -44,6 +44,10 @@ def test_flags_come_from_the_run_the_truth_or_the_evidence(saved):
     assert run.flags("disagree").tolist() == [False, True, True, False]  # argmax != given
     assert run.flags("below0.7").tolist() == [False, True, True, True]  # P(given) < 0.7
     assert run.flags("infold").tolist() == [False, False, True, True]
+    # another evidence after a colon, and the union of two sets
+    assert run.flags("disagree:infold").tolist() == [False, False, True, True]
+    assert run.flags("below0.5:infold").tolist() == [False, False, True, True]
+    assert run.flags("run+disagree:infold").tolist() == [False, True, True, True]
     with pytest.raises(ValueError, match="expected run, truth, disagree"):
         run.flags("sometimes")
 
