@@ -95,6 +95,62 @@ def scores(test_to_train: np.ndarray, score: np.ndarray, truth: set[tuple[int, i
     }
 
 
+def missed_pairs(
+    test_to_train: np.ndarray,
+    score: np.ndarray,
+    truth: dict[tuple[int, int], int],
+    test: torch.Tensor,
+    train: torch.Tensor,
+    *,
+    max_shift: int,
+) -> list[dict]:
+    """The true pairs a signal misses at precision >= 0.8 (:func:`scores`' cutoff): per
+    miss its test image, the listed training image and its judgment, the test image's rank
+    and score, the training image the signal picked, and the pixel distances from the test
+    image to both and between the two (small: the pick is another copy of the listed one)."""
+    order = np.argsort(score, kind="stable")
+    hit = np.array([(int(i), int(test_to_train[i])) in truth for i in order])
+    tp = np.cumsum(hit)
+    precision = tp / np.arange(1, len(hit) + 1)
+    ok = np.nonzero(precision >= 0.8)[0]
+    at = int(ok[np.argmax(tp[ok])]) if len(ok) else -1
+    rank = {int(i): r for r, i in enumerate(order)}
+    rows = []
+    for (i, j), judgment in truth.items():
+        pick = int(test_to_train[i])
+        if pick == j and rank[i] <= at:
+            continue
+        d = aligned_distance(
+            torch.stack([test[i], test[i], train[j]]),
+            train,
+            torch.tensor([[j], [pick], [pick]]),
+            max_shift=max_shift,
+        )[:, 0].tolist()
+        rows.append(
+            {
+                "test": i,
+                "listed": j,
+                "judgment": judgment,
+                "rank": rank[i] + 1,
+                "score": round(float(score[i]), 4),
+                "pick": pick,
+                "d_test_listed": round(d[0], 3),
+                "d_test_pick": round(d[1], 3),
+                "d_listed_pick": round(d[2], 3),
+            }
+        )
+    return sorted(rows, key=lambda r: r["rank"])
+
+
+def montage(rows: list[dict], test: torch.Tensor, train: torch.Tensor, path: Path) -> None:
+    """One line per missed pair: the test image, the listed training image, the pick (x3)."""
+    lines = [
+        torch.cat([test[r["test"]], train[r["listed"]], train[r["pick"]]], dim=2) for r in rows
+    ]
+    img = torch.cat(lines, dim=1).permute(1, 2, 0).numpy().astype(np.uint8)
+    Image.fromarray(img).resize((img.shape[1] * 3, img.shape[0] * 3), Image.NEAREST).save(path)
+
+
 def pair_ratio_product(
     test: torch.Tensor,
     train: torch.Tensor,
@@ -232,11 +288,19 @@ def main(argv=None) -> int:
         help="use instance_embedding (trained here, this seed) instead of --run's features",
     )
     ap.add_argument("--contrastive-epochs", type=int, default=None, help="the recipe's if unset")
+    ap.add_argument(
+        "--misses",
+        action="store_true",
+        help="with --both-ways: list the true pairs that 'pixel ratio, both ways' misses at "
+        "precision >= 0.8, and draw them (OUT.png: test | listed train | pick)",
+    )
     args = ap.parse_args(argv)
     if args.run and args.contrastive is not None:
         ap.error("--run and --contrastive are alternatives (one embedding per page)")
     if args.pairs and not (args.run or args.contrastive is not None):
         ap.error("--pairs needs --run or --contrastive (an embedding)")
+    if args.misses and not args.both_ways:
+        ap.error("--misses needs --both-ways (it lists that signal's misses)")
     torch.set_num_threads(1)
     root = Path(args.root)
     train_paths, train = load(root, "train")
@@ -244,7 +308,11 @@ def main(argv=None) -> int:
     ia = {p: i for i, p in enumerate(train_paths)}
     ib = {p: i for i, p in enumerate(test_paths)}
     with open(root / "pairs.csv") as fh:
-        truth = {(ib[r["test_path"]], ia[r["train_path"]]) for r in csv.DictReader(fh)}
+        judged = {
+            (ib[r["test_path"]], ia[r["train_path"]]): int(r["judgment"])
+            for r in csv.DictReader(fh)
+        }
+    truth = set(judged)
     rows = []
     t0 = time.perf_counter()
     px = pixel_leakage(test, train, candidates=args.candidates, max_shift=args.max_shift)
@@ -318,7 +386,19 @@ def main(argv=None) -> int:
     }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps({**meta, "rows": rows}, indent=2) + "\n")
+    missed = []
+    if args.misses:
+        missed = missed_pairs(pref, both, judged, test, train, max_shift=args.max_shift)
+        if missed:
+            montage(missed, test, train, out.with_suffix(".png"))
+        for r in missed:
+            r.update(
+                test_path=test_paths[r["test"]],
+                listed_path=train_paths[r["listed"]],
+                pick_path=train_paths[r["pick"]],
+            )
+    body = {**meta, "rows": rows, **({"misses": missed} if args.misses else {})}
+    out.with_suffix(".json").write_text(json.dumps(body, indent=2) + "\n")
     md = [
         "# Real train/test leakage: ciFAIR's 139 human-judged CIFAR-10 pairs",
         "",
@@ -350,6 +430,28 @@ def main(argv=None) -> int:
             f"| {r['signal']} | {r['average_precision']:.3f} | {r['recall_at_p0.8']:.3f} | "
             f"{r['cutoff_at_p0.8']:.4g} | {r['recall_top_139']:.3f} | {r['seconds']:.1f} |"
         )
+    if args.misses:
+        n1 = sum(r["judgment"] == 1 for r in missed)
+        md += [
+            "",
+            f"## The {len(missed)} true pairs that 'pixel ratio, both ways' misses at "
+            "precision >= 0.8",
+            "",
+            f"Judgment 1 (near-duplicate): {n1}; 2 (very similar): {len(missed) - n1}. "
+            f"Drawn in `{out.name}.png` (test | listed training image | the pixels' "
+            "pick). Distances: the pixel signal's aligned distance.",
+            "",
+            "| test image | listed training image | judgment | rank | score | pixels' pick | "
+            "d(test, listed) | d(test, pick) | d(listed, pick) |",
+            "|---|---|---:|---:|---:|---|---:|---:|---:|",
+        ]
+        for r in missed:
+            pick = "the listed one" if r["pick"] == r["listed"] else r["pick_path"]
+            md.append(
+                f"| {r['test_path']} | {r['listed_path']} | {r['judgment']} | {r['rank']} | "
+                f"{r['score']:.3f} | {pick} | {r['d_test_listed']:.3f} | "
+                f"{r['d_test_pick']:.3f} | {r['d_listed_pick']:.3f} |"
+            )
     out.with_suffix(".md").write_text("\n".join(md) + "\n")
     print("\n".join(md))
     return 0
