@@ -291,6 +291,22 @@ def neighbour_votes(
     return (votes + 1.0 / num_classes) / (k + 1.0)
 
 
+def reads_evidence(policy: StudentPolicy) -> bool:
+    """Whether the rule's targets depend on the evidence (:func:`student_targets`, and the
+    calibration and unlabelled rows of a student): every rule but ``given``, and ``prune`` /
+    ``drop`` only through ``mix`` or ``unlabelled``.
+
+    Example:
+        >>> reads_evidence(StudentPolicy("relabel")), reads_evidence(StudentPolicy("drop"))
+        (True, False)
+    """
+    if policy.targets == "given":
+        return False
+    if policy.targets in ("prune", "drop"):
+        return bool(policy.mix) or bool(policy.unlabelled)
+    return True
+
+
 def evidence_source(source: str, fit: float | None, threshold: float = AUTO_FIT_THRESHOLD) -> str:
     """``student.evidence`` resolved: ``auto`` is ``knn`` when the replicas fit less than
     ``threshold`` of the flagged labels they train on (:func:`flagged_fit`), else (and without

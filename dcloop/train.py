@@ -48,6 +48,7 @@ from dcloop.student import (
     evidence_source,
     flagged_fit,
     neighbour_votes,
+    reads_evidence,
     student_evidence,
     student_targets,
     target_quality,
@@ -249,7 +250,8 @@ def keep_model(
     kept: dict[str, Any] = dict(metrics.get("kept") or {"model": "ensemble"})
     plain = None
     if cfg.get("kept", "student") == "student":
-        policy, auto = resolve_auto(cfg, run, student_policy(cfg))  # before the yardstick
+        configured = student_policy(cfg)
+        policy, auto = resolve_auto(cfg, run, configured)  # before the yardstick
         with timed(run.trainer, "student_evidence"):
             votes = student_votes(cfg, run, policy)
         if votes is None and policy.evidence in ("knn", "blend"):  # no embedding: oof, said so
@@ -269,9 +271,9 @@ def keep_model(
             kept.update(target_quality(student.targets, student.weights, table.true_labels))
         if auto is not None:  # student.targets / student.evidence = auto: the choice, and on what
             kept["auto"] = auto
-            for key in ("targets", "evidence"):
-                if key in auto:
-                    kept["policy"][key] = "auto"
+        for key in ("targets", "evidence"):  # the policy as configured
+            if getattr(configured, key) == "auto":
+                kept["policy"][key] = "auto"
         nets, kind = [student.net], "single"
     else:
         nets, kind = replica_nets(run.model, _net(cfg, run.dm)), "ensemble"
@@ -426,7 +428,11 @@ def resolve_auto(
     """``student.targets=auto`` and ``student.evidence=auto``: the policy with the rule and
     the evidence chosen on the replicas' fit of the flagged labels (:func:`in_fold_probs`,
     :func:`dcloop.student.auto_rule`, :func:`dcloop.student.evidence_source`) and what they
-    were chosen on; a policy with neither as it is, with ``None``."""
+    were chosen on; a policy with neither as it is, with ``None``. ``student.evidence=auto``
+    with a rule that reads no evidence (:func:`dcloop.student.reads_evidence`) is ``oof``,
+    without the replicas' pass."""
+    if policy.evidence == "auto" and policy.targets != "auto" and not reads_evidence(policy):
+        policy = replace(policy, evidence="oof")
     if "auto" not in (policy.targets, policy.evidence):
         return policy, None
     table = run.model.samples

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from dcloop.models.losses import gce_loss, sce_loss
-from dcloop.student import StudentPolicy, student_targets, target_quality
+from dcloop.student import StudentPolicy, reads_evidence, student_targets, target_quality
 
 LABELS = torch.tensor([0, 1, 2, 1])
 FLAGS = torch.tensor([False, True, True, False])
@@ -222,3 +222,13 @@ def test_neighbour_votes_relabel_a_sample_among_the_other_class():
     assert evidence_source("auto", None) == "oof" and evidence_source("blend", 0.02) == "blend"
     with pytest.raises(ValueError, match="student.evidence"):
         StudentPolicy("relabel", evidence="neighbours")
+
+
+def test_reads_evidence_names_the_rules_whose_targets_depend_on_it():
+    for rule in ("relabel", "soft", "posterior", "forward", "relabel_forward"):
+        assert reads_evidence(StudentPolicy(rule)), rule
+    for rule in ("given", "prune", "drop"):
+        assert not reads_evidence(StudentPolicy(rule)), rule
+    assert reads_evidence(StudentPolicy("drop", mix=0.3))
+    assert reads_evidence(StudentPolicy("prune", unlabelled=1.0))
+    assert not reads_evidence(StudentPolicy("given", mix=0.3))

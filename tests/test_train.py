@@ -1,4 +1,5 @@
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -412,6 +413,45 @@ def test_student_targets_auto_names_the_rule_it_chose(tmp_path):
 
     line = test_line(metrics)
     assert "chosen by student.targets=auto" in line and "the replicas fit" in line
+
+
+@pytest.mark.slow
+def test_student_evidence_auto_skips_the_replicas_pass_for_a_rule_that_reads_none(tmp_path):
+    """student.targets=drop reads no evidence: evidence=auto (the default) is oof without the
+    in-fold pass that decides it, and metrics keep the policy as configured."""
+    cfg = cfg_for(
+        tmp_path,
+        "trainer.max_epochs=3",
+        "cl.warmup_epochs=1",
+        "noise.rate=0.3",
+        "student.targets=drop",
+    )
+    kept = train(cfg)["kept"]
+    assert kept["targets"] == "drop" and kept["evidence"] == "oof" and "auto" not in kept
+    assert kept["policy"]["evidence"] == "auto"
+    assert not (tmp_path / "in_fold_probs.npy").exists()
+
+
+@pytest.mark.slow
+def test_student_evidence_knn_without_an_embedding_relabels_from_oof(tmp_path, caplog):
+    """A net with no embedding (no features hook, no nn.Linear head): student.evidence=knn
+    cannot vote, so the student relabels from the held-out softmax, and metrics and the log
+    say so."""
+    cfg = cfg_for(
+        tmp_path,
+        "model=mlp",
+        "~model.net.hidden",
+        "~model.net.dropout",
+        "model.net._target_=weaknets.NoLinearNet",
+        "trainer.max_epochs=3",
+        "cl.warmup_epochs=1",
+        "noise.rate=0.3",
+        "student.evidence=knn",
+    )
+    with caplog.at_level(logging.WARNING, logger="dcloop"):
+        metrics = train(cfg)
+    assert metrics["kept"]["evidence"] == "oof"
+    assert "student.evidence=knn: no embedding" in caplog.text
 
 
 @pytest.mark.slow
