@@ -67,10 +67,14 @@ class SavedRun:
         ``cl:E`` (confident learning, :func:`dcloop.cl.find_label_issues`, on evidence ``E``
         of :meth:`probs`, e.g. ``cl:blend``). ``disagree`` and ``belowT`` read the held-out
         softmax, or evidence ``E`` with a suffix (``disagree:knn``, ``below0.5:knn``); ``A+B``
-        is the union of two flag sets (``run+disagree:knn``)."""
+        is the union of two flag sets (``run+disagree:knn``), ``A&B`` their intersection
+        (binds tighter: ``run+disagree&disagree:knn``)."""
         if "+" in which:
             first, rest = which.split("+", 1)
             return self.flags(first).bool() | self.flags(rest).bool()
+        if "&" in which:
+            first, rest = which.split("&", 1)
+            return self.flags(first).bool() & self.flags(rest).bool()
         if which == "run":
             return self.table["flagged"]
         if which.startswith("cl:"):

@@ -48,6 +48,8 @@ def test_flags_come_from_the_run_the_truth_or_the_evidence(saved):
     assert run.flags("disagree:infold").tolist() == [False, False, True, True]
     assert run.flags("below0.5:infold").tolist() == [False, False, True, True]
     assert run.flags("run+disagree:infold").tolist() == [False, True, True, True]
+    assert run.flags("disagree&disagree:infold").tolist() == [False, False, True, False]
+    assert run.flags("truth+disagree&disagree:infold").tolist() == [False, False, True, True]
     with pytest.raises(ValueError, match="expected run, truth, disagree"):
         run.flags("sometimes")
 
