@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from dcloop.callbacks import DataHealth
-from dcloop.callbacks.data_health import HostImages
+from dcloop.callbacks.data_health import HostInputs
 from dcloop.errors import UserInputError
 from dcloop.health import audio_leakage, audio_signature, find_outliers, waveform_distance
 
@@ -80,7 +80,7 @@ def test_audio_signature_flags_a_noise_clip_and_ignores_the_level():
 
 
 def test_host_images_keep_clips_when_asked_for_three_dimensions():
-    keep = HostImages(max_bytes=1 << 20, ndim=3)
+    keep = HostInputs(max_bytes=1 << 20, ndim=3)
     keep.add(torch.zeros(4, 1, 8000))  # no side limit for clips
     assert keep.dropped is None and len(keep) == 1
     keep.add(torch.zeros(40, 1, 8000))  # past 1 MB: dropped

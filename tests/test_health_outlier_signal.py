@@ -9,11 +9,11 @@ import pytest
 import torch
 
 from dcloop.callbacks import DataHealth
-from dcloop.callbacks.data_health import MIN_PIXEL_SIDE, HostImages
+from dcloop.callbacks.data_health import MIN_PIXEL_SIDE, HostInputs
 
 
 def test_host_images_keeps_batches_within_its_limits():
-    keep = HostImages(max_bytes=4 * 3 * 16 * 16 * 4, min_side=16)
+    keep = HostInputs(max_bytes=4 * 3 * 16 * 16 * 4, min_side=16)
     keep.add(torch.zeros(2, 3, 16, 16, dtype=torch.uint8))
     keep.add(torch.ones(2, 3, 16, 16))
     assert keep.dropped is None and len(keep) == 2 and keep[0].dtype == torch.float32
@@ -21,7 +21,7 @@ def test_host_images_keeps_batches_within_its_limits():
     assert keep.dropped is not None and "MB" in keep.dropped and len(keep) == 0
     keep.add(torch.ones(1, 3, 16, 16))  # stays dropped
     assert len(keep) == 0
-    small = HostImages(max_bytes=1 << 30, min_side=16)
+    small = HostInputs(max_bytes=1 << 30, min_side=16)
     small.add(torch.zeros(4, 1, 8, 8))  # the embedded digits' size
     assert small.dropped is not None and "8, 8" in small.dropped and len(small) == 0
 
@@ -75,7 +75,7 @@ def test_outliers_come_from_the_pixels_by_default(tmp_path, signal):
     assert summary["outliers"] == len(out)
 
 
-def test_without_kept_images_auto_falls_back_to_the_embedding(tmp_path):
+def test_without_kept_inputs_auto_falls_back_to_the_embedding(tmp_path):
     _, emb = _images_and_embedding()
     cb = DataHealth(tmp_path, pixels="auto")  # no images kept (e.g. audio, or too small)
     cb._train_issues(
@@ -101,13 +101,13 @@ def test_bad_options_name_the_option(kwargs, name):
 
 
 def test_a_skipped_pixel_signal_is_logged_by_how_much_it_was_asked_for(caplog):
-    small = HostImages(max_bytes=1 << 30, min_side=MIN_PIXEL_SIDE)
+    small = HostInputs(max_bytes=1 << 30, min_side=MIN_PIXEL_SIDE)
     small.add(torch.zeros(2, 1, 8, 8))
-    full = HostImages(max_bytes=16, min_side=1)
+    full = HostInputs(max_bytes=16, min_side=1)
     full.add(torch.zeros(2, 3, 16, 16))
     with caplog.at_level("DEBUG", logger="dcloop.callbacks.data_health"):
-        assert DataHealth(pixels="auto")._kept_images(small, "training") == []
-        assert DataHealth(pixels="auto")._kept_images(full, "training") == []
-        assert DataHealth(pixels=True)._kept_images(full, "test") == []
+        assert DataHealth(pixels="auto")._kept_inputs(small, "training") == []
+        assert DataHealth(pixels="auto")._kept_inputs(full, "training") == []
+        assert DataHealth(pixels=True)._kept_inputs(full, "test") == []
     levels = [(r.levelname, "px" in r.getMessage()) for r in caplog.records]
     assert levels == [("DEBUG", True), ("INFO", False), ("WARNING", False)]

@@ -80,9 +80,9 @@ def _host_budget() -> int:
         return 1 << 30
 
 
-class HostImages(list):
-    """Image batches ``(B, C, H, W)`` (``ndim=4``) or waveform batches ``(B, C, T)``
-    (``ndim=3``) kept on the host for the data's own signal, up to ``max_bytes`` in all and
+class HostInputs(list):
+    """Input batches kept on the host for the data's own signal: images ``(B, C, H, W)``
+    (``ndim=4``) or waveforms ``(B, C, T)`` (``ndim=3``), up to ``max_bytes`` in all and
     (``min_side``) of images at least that large; past either limit the list is emptied and
     :attr:`dropped` says why (the signal is then skipped)."""
 
@@ -109,7 +109,7 @@ class HostImages(list):
 
 @torch.inference_mode()
 def ensemble_features(
-    model: Any, loader: Any, inputs: HostImages | None = None, tokens: list | None = None
+    model: Any, loader: Any, inputs: HostInputs | None = None, tokens: list | None = None
 ) -> torch.Tensor:
     """``(N, D)`` mean over the fold replicas of their penultimate embedding, in loader order:
     one map for train and test alike (a held-out replica per sample would put the samples of
@@ -334,7 +334,7 @@ class DataHealth(L.Callback):
                     self._skipped = True
                     return
                 self._train_shared = feats
-                self._images["train"] = self._kept_images(kept, "training")
+                self._images["train"] = self._kept_inputs(kept, "training")
             self._train_issues(trainer, feats, samples.labels, oof.probs, self._sources(trainer))
 
     def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -351,21 +351,21 @@ class DataHealth(L.Callback):
         self._test_tokens = []
         tokens = self._test_tokens if self._tokens and self.text_jaccard > 0 else None
         test = ensemble_features(pl_module, dm.test_dataloader(), kept, tokens)
-        self._images["test"] = self._kept_images(kept, "test")
+        self._images["test"] = self._kept_inputs(kept, "test")
         test_sources = getattr(getattr(dm, "test_dataset", None), "sources", None)
         self._test_issues(trainer, train, test, self._sources(trainer), test_sources)
 
     # ---------------------------------------------------------------- private
-    def _keeper(self) -> HostImages | None:
+    def _keeper(self) -> HostInputs | None:
         """Where the pass keeps the inputs for the data's own signal (``None``: off): the
         clips of an audio source (``audio``), else image batches (``pixels``)."""
         if self._rate is not None:
-            return HostImages(_host_budget(), ndim=3) if self.audio else None
+            return HostInputs(_host_budget(), ndim=3) if self.audio else None
         if not self.pixels:
             return None
-        return HostImages(_host_budget(), MIN_PIXEL_SIDE if self.pixels == "auto" else 1)
+        return HostInputs(_host_budget(), MIN_PIXEL_SIDE if self.pixels == "auto" else 1)
 
-    def _kept_images(self, kept: HostImages | None, split: str) -> list:
+    def _kept_inputs(self, kept: HostInputs | None, split: str) -> list:
         if kept is None:
             return []
         if kept.dropped is not None:
