@@ -1,3 +1,4 @@
+import importlib.util
 from pathlib import Path
 
 import lightning as L
@@ -53,6 +54,17 @@ def fast_trainer(tmp_path, callbacks, max_epochs=3, **kw):
 
 #: The package's config folder (``conf`` at the repository root links to it).
 CONF = str(Path(dcloop.__file__).parent / "conf")
+SCRIPTS = Path(__file__).parent.parent / "scripts"
+
+
+def load_script(name: str):
+    """``scripts/NAME.py`` imported as a module (the scripts are not a package)."""
+    spec = importlib.util.spec_from_file_location(name, SCRIPTS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 #: Overrides that keep a test run quiet and light.
 QUIET = ("logger=none", "trainer.enable_progress_bar=false")
 #: What the end-to-end tests add for a run: no logger, no checkpoints, no progress bar.

@@ -1,23 +1,13 @@
 """scripts/bench_health_leakage.py: the missed true pairs it lists (constructed images)."""
 
-import importlib.util
-from pathlib import Path
-
 import numpy as np
 import torch
 
-SCRIPT = Path(__file__).parent.parent / "scripts" / "bench_health_leakage.py"
-
-
-def _script():
-    spec = importlib.util.spec_from_file_location("bench_health_leakage", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from conftest import load_script
 
 
 def test_missed_pairs_lists_wrong_picks_and_pairs_below_the_cutoff(tmp_path):
-    mod = _script()
+    mod = load_script("bench_health_leakage")
     g = torch.Generator().manual_seed(0)
     train = torch.randint(0, 256, (4, 3, 32, 32), generator=g).float()
     test = torch.randint(0, 256, (4, 3, 32, 32), generator=g).float()

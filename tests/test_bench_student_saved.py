@@ -1,7 +1,6 @@
 """scripts/bench_student_saved.py: the flags and evidence a diagnosis trains a student on, and
 how right the rule's targets are (on a constructed verdict, without a run folder)."""
 
-import importlib.util
 from pathlib import Path
 
 import pytest
@@ -9,21 +8,14 @@ import torch
 
 from dcloop.student import StudentPolicy
 
-SCRIPT = Path(__file__).parent.parent / "scripts" / "bench_student_saved.py"
-
-
-def _script():
-    spec = importlib.util.spec_from_file_location("bench_student_saved", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from conftest import load_script
 
 
 @pytest.fixture
 def saved():
     """Four samples: 0 and 1 labelled right, 2 and 3 wrong; the run flagged 1 (a false
     positive) and 2 (a hit) and missed 3."""
-    mod = _script()
+    mod = load_script("bench_student_saved")
     run = object.__new__(mod.SavedRun)  # no run folder: the attributes the methods read
     run.run = Path("constructed")
     run.table = {
