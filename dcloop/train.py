@@ -251,7 +251,10 @@ def keep_model(
     plain = None
     if cfg.get("kept", "student") == "student":
         configured = student_policy(cfg)
-        policy, auto = resolve_auto(cfg, run, configured)  # before the yardstick
+        if verdict_evidence(run) is None:  # no verdict (cleaning stopped): nothing to resolve
+            policy, auto = on_given_labels(configured), None
+        else:
+            policy, auto = resolve_auto(cfg, run, configured)  # before the yardstick
         with timed(run.trainer, "student_evidence"):
             votes = student_votes(cfg, run, policy)
         if votes is None and policy.evidence in ("knn", "blend"):  # no embedding: oof, said so
@@ -364,6 +367,21 @@ def student_epochs(cfg: DictConfig, policy: StudentPolicy) -> int:
     return max(1, min(epochs, math.ceil(policy.epochs * epochs)))
 
 
+def verdict_evidence(run: Run) -> torch.Tensor | None:
+    """The replicas' final held-out evidence the student learns from, or ``None`` when it
+    must train on the given labels: no confident-learning callback or evidence, or cleaning
+    stopped for harm."""
+    cl = run.cl
+    if cl is None or cl.stopped:
+        return None
+    return cl.evidence if cl.evidence is not None else cl.collector.probs
+
+
+def on_given_labels(policy: StudentPolicy) -> StudentPolicy:
+    """``policy`` as it trains without a verdict: the given labels, no evidence."""
+    return replace(policy, targets="given", mix=0.0, evidence="oof")
+
+
 def train_student(
     cfg: DictConfig, run: Run, policy: StudentPolicy, votes: torch.Tensor | None = None
 ) -> tuple[Classifier, float]:
@@ -378,13 +396,11 @@ def train_student(
         The trained :class:`~dcloop.models.Classifier` and its test accuracy.
     """
     dm, table, cl = run.dm, run.model.samples, run.cl
-    evidence = None
-    if cl is not None:
-        evidence = cl.evidence if cl.evidence is not None else cl.collector.probs
-    if evidence is None or (cl is not None and cl.stopped):
+    evidence = verdict_evidence(run)
+    if evidence is None:
         if cl is not None and cl.stopped:
             log.warning("cleaning was stopped for harm: the student trains on the given labels")
-        policy = replace(policy, targets="given", mix=0.0)
+        policy = on_given_labels(policy)
         evidence = torch.full((len(table), dm.num_classes), 1.0 / dm.num_classes)
     else:
         evidence = student_evidence(evidence, votes, evidence_source(policy.evidence, None))

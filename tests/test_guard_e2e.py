@@ -29,6 +29,9 @@ def test_constant_model_trips_the_guard_and_the_warning_reaches_every_output(tmp
     assert "predicted for no training sample" in " ".join(events[0]["problems"])
     assert events[-1]["action"].endswith("cleaning stopped for the rest of the run")
     assert metrics["warnings"] and metrics["cleaning"]["min_class_kept_frac"] == 1.0
+    # no verdict to learn from: the kept student trained on the given labels, and says so
+    assert metrics["kept"]["targets"] == "given" and metrics["kept"]["evidence"] == "oof"
+    assert "auto" not in metrics["kept"]
     on_disk = json.loads((tmp_path / "metrics.json").read_text())
     assert on_disk["warnings"] == metrics["warnings"]
     html = (tmp_path / "report.html").read_text()
