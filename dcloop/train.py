@@ -268,15 +268,12 @@ def keep_model(
         test.update(accuracy=acc, student_accuracy=acc)
         kept = {"model": "student", "test_accuracy": acc, "targets": policy.targets}
         kept["evidence"] = policy.evidence
-        kept["policy"] = policy.as_dict()
+        kept["policy"] = configured.as_dict()  # as configured; targets/evidence: as used
         table = run.model.samples
         if table.has_ground_truth and policy.targets not in FORWARD_RULES:
             kept.update(target_quality(student.targets, student.weights, table.true_labels))
         if auto is not None:  # student.targets / student.evidence = auto: the choice, and on what
             kept["auto"] = auto
-        for key in ("targets", "evidence"):  # the policy as configured
-            if getattr(configured, key) == "auto":
-                kept["policy"][key] = "auto"
         nets, kind = [student.net], "single"
     else:
         nets, kind = replica_nets(run.model, _net(cfg, run.dm)), "ensemble"

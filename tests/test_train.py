@@ -450,7 +450,8 @@ def test_student_evidence_knn_without_an_embedding_relabels_from_oof(tmp_path, c
     )
     with caplog.at_level(logging.WARNING, logger="dcloop"):
         metrics = train(cfg)
-    assert metrics["kept"]["evidence"] == "oof"
+    assert metrics["kept"]["evidence"] == "oof"  # as used
+    assert metrics["kept"]["policy"]["evidence"] == "knn"  # as configured
     assert "student.evidence=knn: no embedding" in caplog.text
 
 
