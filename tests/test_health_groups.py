@@ -57,6 +57,8 @@ def test_weak_groups_raise_the_weak_cluster_only_not_its_whole_class():
     assert levels.tolist() == expect.tolist()  # the rest of class 0 stays at the base level
     assert policy.sample_weights()[weak.numpy()].tolist() == [2.0] * 60
     assert cb.history == [{"epoch": 4, "groups": cb.history[0]["groups"], "samples": 60}]
+    section = cb.run_metrics(trainer, module)["weak_groups"]  # metrics.json: what it did
+    assert section["history"] == cb.history and section["level"] == 3
     again = WeakGroups(AugmentPolicy(module.samples.labels.numpy(), 2, num_levels=3), level=3)
     again.load_state_dict(cb.state_dict())  # resume: the same samples raised
     assert again.boosted.tolist() == cb.boosted.tolist()
@@ -76,6 +78,8 @@ def test_weak_groups_run_in_the_loop_and_check_their_options(blobs, tmp_path):
         WeakGroups(threshold=0.0)
     assert WeakGroups.when(False) is None
     assert isinstance(WeakGroups.when(True, {"kind": "targeted"}), WeakGroups)
+    own = WeakGroups.when(True, {"kind": "targeted"}, oversample=4.0, level=None)
+    assert own.oversample == 4.0 and own.level is None  # level: the augmenter's, at setup
     with pytest.raises(ValueError, match="needs augment=targeted.*got augment kind 'none'"):
         WeakGroups.when(True, {"kind": "none"})
     policy = AugmentPolicy(blobs.labels, 3, num_levels=3)

@@ -79,7 +79,10 @@ class WeakGroups(L.Callback):
                 f"callbacks.weak_groups.enabled=true needs augment=targeted (a policy to "
                 f"update); got augment kind {kind!r}"
             )
-        return cls(level=None, oversample=None, **kwargs)
+        # level and oversample: the augmenter's (read at setup) unless the config sets them
+        kwargs.setdefault("level", None)
+        kwargs.setdefault("oversample", None)
+        return cls(**kwargs)
 
     @property
     def state_key(self) -> str:
@@ -136,6 +139,19 @@ class WeakGroups(L.Callback):
                 int(self.boosted.sum()),
                 self.level,
             )
+
+    def run_metrics(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, Any]:
+        """``metrics.json``'s ``weak_groups`` section: the rule's settings and one row per step
+        (epoch, the flagged groups, how many samples were raised)."""
+        return {
+            "weak_groups": {
+                "threshold": self.threshold,
+                "min_size": self.min_size,
+                "level": self.level,
+                "oversample": self.oversample,
+                "history": list(self.history),
+            }
+        }
 
     def state_dict(self) -> dict[str, Any]:
         return {
