@@ -19,8 +19,10 @@ config: digits CNN, 20 % symmetric noise, K = 5, the kept student), through
 Reported per method, mean and sd over seeds: the kept model's test accuracy on all test
 images, on the turned ones (the rare pattern) and on the others; of the turned training
 images, the share inside the run's final weak groups (``data_issues/underperforming_groups
-.csv``), and of the weak groups' samples, the share that is turned. The methods and the
-pattern were fixed before the first measurement.
+.csv``), and of the weak groups' samples, the share that is turned. The pattern and the first
+three methods were fixed before the first measurement; ``groups_oversample`` was first
+``augment.oversample=4`` (which raises the weak classes too) and became the groups' own factor
+when ``callbacks.weak_groups.oversample`` was made settable.
 
 Usage::
 
@@ -47,6 +49,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+from hydra.utils import instantiate
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_real  # noqa: E402  (scripts/ on the path: the shared compose)
@@ -115,8 +118,6 @@ def run_one(method: str, seed: int, args) -> dict:
         metrics = train(cfg)
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     # the kept model on the test split, rebuilt from the run's own config
-    from hydra.utils import instantiate
-
     dm = instantiate(cfg.data)
     dm.setup("test")
     test = dm.test_dataset
