@@ -35,7 +35,13 @@ from dcloop.kept.save import replica_nets, save_kept_model
 from dcloop.mixup import check_alpha, mix_point
 from dcloop.models import Classifier, FoldEnsemble
 from dcloop.models.coguess import CoGuess
-from dcloop.models.factory import check_net_keys, module_kwargs, net_factory
+from dcloop.models.factory import (
+    check_net_keys,
+    has_replica_net,
+    module_kwargs,
+    net_factory,
+    replica_net_config,
+)
 from dcloop.models.losses import forward_nll
 from dcloop.scale.fold_run import run_fold
 from dcloop.signals import exit_on_signal
@@ -141,12 +147,13 @@ def build(cfg: DictConfig, run_dir: Path) -> Run:
     before any training starts; callbacks check what they need at setup.
     """
     check_net_keys(cfg.model.net)  # a key the network does not take: fail before the data loads
+    check_net_keys(replica_net_config(cfg.model), where="model.replica_net")
     dm = instantiate(cfg.data)  # noise, seed, augment: interpolations in the data config
     dm.setup("fit")
     check_item(dm.train_dataset[0])
     check_num_folds(dm.given_labels, cfg.folds, class_names=getattr(dm, "class_names", None))
     model = FoldEnsemble(
-        _net(cfg, dm),
+        _net(cfg, dm, replica=True),
         dm.given_labels,
         num_folds=cfg.folds,
         num_classes=dm.num_classes,
@@ -226,11 +233,16 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     return dict(results.metrics)
 
 
-def _net(cfg: DictConfig, dm) -> Any:
-    """The network factory for the data: shape, class count and the source's net keywords."""
+def _net(cfg: DictConfig, dm, *, replica: bool = False) -> Any:
+    """The network factory for the data: shape, class count and the source's net keywords.
+    ``replica``: the fold replicas' network (``model.replica_net`` over ``model.net``,
+    :func:`~dcloop.models.factory.replica_net_config`); else the kept network's."""
     extra = getattr(dm, "net_kwargs", None)
     example = dm.train_dataset[0][0]
-    return net_factory(cfg.model.net, dm.input_shape, dm.num_classes, extra, example=example)
+    net_cfg, where = cfg.model.net, "model.net"
+    if replica and has_replica_net(cfg.model):
+        net_cfg, where = replica_net_config(cfg.model), "model.replica_net"
+    return net_factory(net_cfg, dm.input_shape, dm.num_classes, extra, example=example, where=where)
 
 
 def keep_model(
@@ -276,7 +288,7 @@ def keep_model(
             kept["auto"] = auto
         nets, kind = [student.net], "single"
     else:
-        nets, kind = replica_nets(run.model, _net(cfg, run.dm)), "ensemble"
+        nets, kind = replica_nets(run.model, _net(cfg, run.dm, replica=True)), "ensemble"
     if run.trainer.is_global_zero:
         with timed(run.trainer, "result_files"):
             where = save_kept_model(
@@ -348,6 +360,13 @@ def student_policy(cfg: DictConfig) -> StudentPolicy:
             f"model.mixup={alpha:g}: the K fold replicas of mode=parallel do not mix (a mixed "
             f"pair would train a replica on its held-out fold); set student.mixup={alpha:g} "
             "for the kept network and model.mixup=0 (or mode=sequential)"
+        )
+    if policy.init == "replica" and has_replica_net(cfg.model):
+        over = OmegaConf.to_container(cfg.model.replica_net)
+        raise UserInputError(
+            f"student.init=replica carries fold replica 0's weights over, but model.replica_net="
+            f"{over} makes the replicas another size than the student: set "
+            "student.init=scratch, or model.replica_net={} (replicas the student's size)"
         )
     return policy if policy.mixup is not None else replace(policy, mixup=alpha)
 
@@ -504,7 +523,7 @@ def in_fold_probs(cfg: DictConfig, run: Run) -> torch.Tensor:
     it (every replica but its held-out fold's), one pass over the training set in eval mode
     on the replicas' device. ``student.targets=auto`` reads the replicas' fit from it."""
     model, dm = run.model, run.dm
-    nets = replica_nets(model, _net(cfg, dm))
+    nets = replica_nets(model, _net(cfg, dm, replica=True))
     device = next(model.parameters()).device
     folds = model.samples.folds.cpu()
     out = torch.zeros(len(folds), dm.num_classes)

@@ -36,7 +36,10 @@ from dcloop.data.sources import (
 from dcloop.data.text import TextSource
 from dcloop.kept.prepare import HF_FILE, VOCAB_FILE, hf_json, tokenizer_spec
 from dcloop.kept.spec import AVERAGING, FORMAT, KINDS, SPEC_FILE, rebuildable
-from dcloop.models.factory import net_factory  # (lightning: saving runs inside training)
+from dcloop.models.factory import (  # (lightning: saving runs inside training)
+    net_factory,
+    replica_net_config,
+)
 from dcloop.models.fold_ensemble import FoldEnsemble
 from dcloop.results import _umask
 
@@ -138,7 +141,7 @@ def _write(out: Path, *, cfg, dm, nets, kind, name, acc) -> dict[str, Any]:
     preprocess, extra_files = preprocess_of(dm, input_shape, dtype)
     for fname, text in extra_files.items():
         (out / fname).write_text(text, encoding="utf-8")
-    net_cfg = plain_net_config(cfg, dm)
+    net_cfg = plain_net_config(cfg, dm, replica=kind == "ensemble")
     members = []
     for i, net in enumerate(nets):
         fname = f"member_{i}.pt"
@@ -172,13 +175,14 @@ def _write(out: Path, *, cfg, dm, nets, kind, name, acc) -> dict[str, Any]:
     return spec
 
 
-def plain_net_config(cfg, dm) -> dict[str, Any] | None:
+def plain_net_config(cfg, dm, *, replica: bool = False) -> dict[str, Any] | None:
     """``cfg.model.net`` completed as the run built it (``in_shape``, ``num_classes``, the
     data's ``vocab_size``...), as plain JSON, or ``None`` when it is not plain data or not a
     network :func:`~dcloop.kept.load_model` may rebuild (then only the exported program
-    loads)."""
-    target = str(cfg.model.net.get("_target_"))
-    factory = net_factory(cfg.model.net, dm.input_shape, dm.num_classes, dm.net_kwargs, check=False)
+    loads). ``replica``: the fold replicas' network (``model.replica_net`` over it)."""
+    net_cfg = replica_net_config(cfg.model) if replica else cfg.model.net
+    target = str(net_cfg.get("_target_"))
+    factory = net_factory(net_cfg, dm.input_shape, dm.num_classes, dm.net_kwargs, check=False)
     kwargs: dict[str, Any] = {}
     f = factory
     while isinstance(f, functools.partial):  # innermost first: outer keywords win
@@ -197,7 +201,7 @@ def plain_net_config(cfg, dm) -> dict[str, Any] | None:
             "kept model: the network %s is not one dcloop rebuilds from a config (%s); the "
             "saved model loads from its exported program",
             target,
-            OmegaConf.to_container(cfg.model.net),
+            OmegaConf.to_container(net_cfg),
         )
         return None
     return net

@@ -103,6 +103,43 @@ def net_factory(
     return made
 
 
+def replica_net_config(model_cfg: DictConfig) -> DictConfig:
+    """The fold replicas' network config: ``model.net`` with ``model.replica_net``'s keys over
+    it (e.g. ``{width: 16}``: replicas half as wide as the kept network); a key set to
+    ``null`` keeps ``model.net``'s value. ``model.replica_net`` absent, ``null``, empty or all
+    ``null``: ``model.net`` itself.
+
+    With ``kept=student`` the K replicas only have to reach a verdict (held-out softmax,
+    embeddings); the student, the model the run hands over, is built from ``model.net``.
+
+    Raises:
+        ValueError: ``model.replica_net`` is not a mapping, or sets ``_target_`` (the
+            replicas are the same network at another size, not another network).
+    """
+    over = model_cfg.get("replica_net")
+    if over is None:
+        return model_cfg.net
+    if not isinstance(over, DictConfig) or OmegaConf.is_list(over):
+        raise ValueError(
+            f"model.replica_net must be a mapping of model.net keys (e.g. {{width: 16}}); "
+            f"got {OmegaConf.to_container(over) if isinstance(over, DictConfig) else over!r}"
+        )
+    if "_target_" in over or "_partial_" in over:
+        raise ValueError(
+            "model.replica_net sets keys of model.net (e.g. width), not _target_/_partial_: the "
+            "fold replicas are the kept network at another size, not another network"
+        )
+    over = {k: v for k, v in over.items() if v is not None}  # null: as model.net
+    return OmegaConf.merge(model_cfg.net, over) if over else model_cfg.net
+
+
+def has_replica_net(model_cfg: DictConfig) -> bool:
+    """Does ``model.replica_net`` set any key (not null), i.e. do the replicas differ from
+    ``model.net``?"""
+    over = model_cfg.get("replica_net")
+    return isinstance(over, DictConfig) and any(v is not None for v in over.values())
+
+
 def check_net_keys(net_cfg: DictConfig, *, where: str = "model.net") -> None:
     """Before any data is loaded: does the network take every key that ``net_cfg`` sets?
 
