@@ -20,6 +20,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from dcloop.errors import EXIT_USAGE, PREFIX, UserInputError, quote, user_error_message
+from dcloop.resolvers import register as register_resolvers
 from dcloop.runfolder import check_run_folder, is_launched_rank, lock_run_folder
 
 CONFIG_DIR = str(Path(__file__).resolve().parent / "conf")
@@ -27,6 +28,7 @@ CONFIG_DIR = str(Path(__file__).resolve().parent / "conf")
 # Default run folders end in the process id (conf/config.yaml): two runs started in the
 # same second from one directory get two folders.
 OmegaConf.register_new_resolver("dcloop_pid", os.getpid, replace=True)
+register_resolvers()  # ${dcloop_scale:...} of the model configs' replica_net
 
 log = logging.getLogger(__name__)
 

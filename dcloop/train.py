@@ -362,7 +362,7 @@ def student_policy(cfg: DictConfig) -> StudentPolicy:
             "for the kept network and model.mixup=0 (or mode=sequential)"
         )
     if policy.init == "replica" and has_replica_net(cfg.model):
-        over = OmegaConf.to_container(cfg.model.replica_net)
+        over = OmegaConf.to_container(cfg.model.replica_net, resolve=True)
         raise UserInputError(
             f"student.init=replica carries fold replica 0's weights over, but model.replica_net="
             f"{over} makes the replicas another size than the student: set "

@@ -30,3 +30,48 @@ def test_a_run_saves_the_kept_model_it_reports(tmp_path, kept):
     x = torch.stack([test[i][0] for i in range(len(test))])
     acc = (model.predict_proba(x).argmax(-1) == torch.as_tensor(test.labels)).float().mean()
     assert acc.item() == pytest.approx(saved["test_accuracy"], abs=1e-6)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kept", ["student", "ensemble"])
+def test_replicas_narrower_than_the_student_with_model_replica_net(tmp_path, kept, monkeypatch):
+    """model.replica_net.width=8: the K fold replicas are SmallCNN width 8, the kept student
+    width 32 (model.net); a kept ensemble is the narrow replicas, saved with their config,
+    and either reloads to the accuracy the run reports."""
+    import dcloop.train as tr
+
+    built = {}
+    real_build = tr.build
+
+    def build(cfg, run_dir):
+        built["run"] = run = real_build(cfg, run_dir)
+        return run
+
+    monkeypatch.setattr(tr, "build", build)
+    cfg = compose_dcloop(
+        tmp_path, *RUN_QUIET, "trainer.max_epochs=2", f"kept={kept}", "model.replica_net.width=8"
+    )
+    metrics = train(cfg)
+    params, _ = built["run"].model._stacked()
+    first = next(v for k, v in params.items() if k.endswith("weight") and v.ndim == 5)
+    assert first.shape[:2] == (cfg.folds, 8)  # (K, out channels, in, kh, kw): width 8
+    spec = json.loads((tmp_path / "model" / "model.json").read_text())
+    assert spec["net"]["width"] == (32 if kept == "student" else 8)
+    model = dcloop.load_model(tmp_path)
+    dm = instantiate(cfg.data)
+    dm.setup("fit")
+    test = dm.test_dataset
+    x = torch.stack([test[i][0] for i in range(len(test))])
+    acc = (model.predict_proba(x).argmax(-1) == torch.as_tensor(test.labels)).float().mean()
+    assert acc.item() == pytest.approx(metrics["kept"]["test_accuracy"], abs=1e-6)
+
+
+def test_a_student_from_replica_weights_needs_replicas_of_its_size(tmp_path):
+    from dcloop.errors import UserInputError
+    from dcloop.train import student_policy
+
+    cfg = compose_dcloop(tmp_path, *RUN_QUIET, "student.init=replica", "model.replica_net.width=8")
+    with pytest.raises(UserInputError, match="student.init=scratch"):
+        student_policy(cfg)
+    cfg = compose_dcloop(tmp_path, *RUN_QUIET, "student.init=replica", "model.replica_net.width=32")
+    assert student_policy(cfg).init == "replica"  # net's own width: the same network

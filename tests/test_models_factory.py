@@ -155,3 +155,55 @@ def test_module_kwargs_old_block_new_partials_and_conflicts():
         module_kwargs(OmegaConf.create({"optim": {"learning_rate": 0.1}}))
     with pytest.raises(ValueError, match="unknown keys"):
         module_kwargs(OmegaConf.create({"loss": {"smoothing": 0.1}}))
+
+
+def test_replica_net_sets_keys_of_net_for_the_replicas_only():
+    """model.replica_net: its keys over model.net (null keeps model.net's); it cannot name
+    another network; has_replica_net says whether it changes anything."""
+    from dcloop.models.factory import has_replica_net, replica_net_config
+
+    net = {"_target_": "dcloop.models.SmallCNN", "_partial_": True, "width": 32, "dropout": 0.0}
+    model = OmegaConf.create({"net": net, "replica_net": {"width": None}})
+    assert not has_replica_net(model)
+    assert replica_net_config(model) == model.net
+    model.replica_net.width = 8
+    assert has_replica_net(model)
+    rep = replica_net_config(model)
+    assert rep.width == 8 and rep.dropout == 0.0 and model.net.width == 32
+    assert not has_replica_net(OmegaConf.create({"net": net}))
+    assert replica_net_config(OmegaConf.create({"net": net})).width == 32
+    with pytest.raises(ValueError, match="not _target_"):
+        replica_net_config(OmegaConf.create({"net": net, "replica_net": {"_target_": "x.Y"}}))
+    with pytest.raises(ValueError, match="must be a mapping"):
+        replica_net_config(OmegaConf.create({"net": net, "replica_net": [8]}))
+    with pytest.raises(ValueError, match="must be a mapping"):
+        replica_net_config(OmegaConf.create({"net": net, "replica_net": 8}))
+    model.replica_net = {"widht": 8}  # a key the network does not take: named, as for net
+    with pytest.raises(ValueError, match="widht"):
+        check_net_keys(replica_net_config(model), where="model.replica_net")
+
+
+def test_dcloop_scale_sizes_replicas_relative_to_the_net():
+    """${dcloop_scale:${..net.width},0.5} follows a width the user gives model.net."""
+    from dcloop.models.factory import replica_net_config
+    from dcloop.resolvers import scale_size
+
+    assert scale_size(32, 0.5) == 16 and scale_size(3, 0.25) == 1 and scale_size(None, 0.5) is None
+    assert scale_size([256, 128], "0.5") == [128, 64]
+    for size, factor, match in (
+        (2.5, 0.5, "size"),
+        (True, 0.5, "size"),
+        (8, 0, "> 0"),
+        (8, "x", "number"),
+    ):
+        with pytest.raises(ValueError, match=match):
+            scale_size(size, factor)
+    model = OmegaConf.create(
+        {
+            "net": {"_target_": "dcloop.models.SmallCNN", "_partial_": True, "width": 32},
+            "replica_net": {"width": "${dcloop_scale:${..net.width},0.5}"},
+        }
+    )
+    assert replica_net_config(model).width == 16
+    model.net.width = 8
+    assert replica_net_config(model).width == 4

@@ -23,6 +23,7 @@ from torch import nn
 
 from dcloop._checks import check_callable
 from dcloop.models.fold_ensemble import FoldEnsemble
+from dcloop.resolvers import register as register_resolvers
 
 MODEL_CONF = Path(__file__).resolve().parent.parent / "conf" / "model"
 _UNEXPECTED = re.compile(r"unexpected keyword argument '(\w+)'")
@@ -33,6 +34,7 @@ _LOSS_KEYS = ("label_smoothing",)
 _ENSEMBLE_ONLY = ("vectorize", "mask_folds")
 # Keys only the single network (Classifier) takes: the fold replicas do not mix (dcloop.mixup).
 _SINGLE_ONLY = ("mixup",)
+register_resolvers()  # ${dcloop_scale:...}: the model configs' replica_net reads it
 
 
 def net_factory(
@@ -134,10 +136,9 @@ def replica_net_config(model_cfg: DictConfig) -> DictConfig:
 
 
 def has_replica_net(model_cfg: DictConfig) -> bool:
-    """Does ``model.replica_net`` set any key (not null), i.e. do the replicas differ from
-    ``model.net``?"""
-    over = model_cfg.get("replica_net")
-    return isinstance(over, DictConfig) and any(v is not None for v in over.values())
+    """Do the fold replicas differ from ``model.net``: does ``model.replica_net`` set a key
+    (not null) to a value other than ``model.net``'s?"""
+    return replica_net_config(model_cfg) != model_cfg.net
 
 
 def check_net_keys(net_cfg: DictConfig, *, where: str = "model.net") -> None:
