@@ -363,10 +363,11 @@ def student_policy(cfg: DictConfig) -> StudentPolicy:
         )
     if policy.init == "replica" and has_replica_net(cfg.model):
         over = OmegaConf.to_container(cfg.model.replica_net, resolve=True)
+        fix = " ".join(f"model.replica_net.{k}=null" for k, v in over.items() if v is not None)
         raise UserInputError(
             f"student.init=replica carries fold replica 0's weights over, but model.replica_net="
-            f"{over} makes the replicas another size than the student: set "
-            "student.init=scratch, or model.replica_net={} (replicas the student's size)"
+            f"{over} makes the replicas another size than the student: set {fix} (replicas "
+            "the student's size) or student.init=scratch"
         )
     return policy if policy.mixup is not None else replace(policy, mixup=alpha)
 

@@ -59,7 +59,7 @@ def docs_run(folder: str | Path, kind: str = "images"):
     cfg = compose_dcloop(folder, *RUN_QUIET, "trainer.max_epochs=1", "folds=2", *data)
     run = build(cfg, folder)
     run.trainer.fit(run.model, datamodule=run.dm)
-    nets = replica_nets(run.model, _net(cfg, run.dm))
+    nets = replica_nets(run.model, _net(cfg, run.dm, replica=True))
     save_kept_model(
         folder, cfg=cfg, dm=run.dm, nets=nets, kind="ensemble", name="ensemble",
         test_accuracy=0.5,

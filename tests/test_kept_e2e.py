@@ -43,7 +43,7 @@ def tiny_run(tmp_path: Path, *overrides: str):
     run = build(cfg, tmp_path)
     run.cfg = cfg  # (for the tests' own network factories)
     run.trainer.fit(run.model, datamodule=run.dm)
-    nets = replica_nets(run.model, _net(cfg, run.dm))
+    nets = replica_nets(run.model, _net(cfg, run.dm, replica=True))
     save_kept_model(
         tmp_path, cfg=cfg, dm=run.dm, nets=nets, kind="ensemble", name="ensemble",
         test_accuracy=0.5,
@@ -98,13 +98,13 @@ def test_image_run_saved_reloaded_predicts_its_test_set(tmp_path, capsys):
         "model=cnn",
         "folds=3",
     )
-    every = replica_nets(run.model, _net(run.cfg, run.dm))
-    one = replica_nets(run.model, _net(run.cfg, run.dm), only=2)  # a student's start
+    every = replica_nets(run.model, _net(run.cfg, run.dm, replica=True))
+    one = replica_nets(run.model, _net(run.cfg, run.dm, replica=True), only=2)  # a student's start
     assert len(one) == 1
     pairs = zip(one[0].state_dict().values(), every[2].state_dict().values(), strict=True)
     assert all(torch.equal(a, b) for a, b in pairs)
     with pytest.raises(ValueError, match="only=3"):
-        replica_nets(run.model, _net(run.cfg, run.dm), only=3)
+        replica_nets(run.model, _net(run.cfg, run.dm, replica=True), only=3)
     spec = json.loads((run_dir / "model" / "model.json").read_text())
     assert spec["preprocess"] == {"kind": "image", "mode": "RGB", "size": [8, 8], "resize": "pil"}
     assert spec["kind"] == "ensemble" and len(spec["members"]) == 3

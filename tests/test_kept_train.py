@@ -71,7 +71,10 @@ def test_a_student_from_replica_weights_needs_replicas_of_its_size(tmp_path):
     from dcloop.train import student_policy
 
     cfg = compose_dcloop(tmp_path, *RUN_QUIET, "student.init=replica", "model.replica_net.width=8")
-    with pytest.raises(UserInputError, match="student.init=scratch"):
+    with pytest.raises(UserInputError, match="model.replica_net.width=null"):
+        student_policy(cfg)
+    cfg = compose_dcloop(tmp_path, *RUN_QUIET, "student.init=replica")  # cnn: half as wide
+    with pytest.raises(UserInputError, match=r"\{'width': 16\}"):
         student_policy(cfg)
     cfg = compose_dcloop(tmp_path, *RUN_QUIET, "student.init=replica", "model.replica_net.width=32")
     assert student_policy(cfg).init == "replica"  # net's own width: the same network

@@ -246,7 +246,13 @@ def test_a_student_from_replica_zero_trains_its_share_of_the_epochs(tmp_path, mo
 
     monkeypatch.setattr(tr.L.Trainer, "fit", fit)
     monkeypatch.setattr(tr, "replica_nets", nets)
-    cfg = cfg_for(tmp_path, "trainer.max_epochs=4", "student.init=replica", "student.epochs=0.5")
+    cfg = cfg_for(
+        tmp_path,
+        "trainer.max_epochs=4",
+        "student.init=replica",
+        "student.epochs=0.5",
+        "model.replica_net.width=null",  # replicas the student's size (cnn's: half)
+    )
     metrics = tr.train(cfg)
     assert seen["max_epochs"] == 2
     assert captured["replica0"].keys() == seen["start"].keys()
@@ -378,7 +384,7 @@ def test_in_fold_probs_average_only_the_replicas_that_trained_on_each_sample(mon
     loader = DataLoader(TensorDataset(torch.zeros(n, 1), torch.zeros(n), torch.arange(n)), 3)
     dm = SimpleNamespace(num_classes=k, oof_dataloader=lambda: loader)
     monkeypatch.setattr(tr, "replica_nets", lambda m, f: [Const(c) for c in range(k)])
-    monkeypatch.setattr(tr, "_net", lambda cfg, dm: None)
+    monkeypatch.setattr(tr, "_net", lambda cfg, dm, replica=False: None)
     out = tr.in_fold_probs(None, SimpleNamespace(model=model, dm=dm))
     for i in range(n):
         want = torch.full((k,), 0.5)

@@ -35,7 +35,7 @@ from dcloop.data.sources import (
 )
 from dcloop.data.text import TextSource
 from dcloop.kept.prepare import HF_FILE, VOCAB_FILE, hf_json, tokenizer_spec
-from dcloop.kept.spec import AVERAGING, FORMAT, KINDS, SPEC_FILE, rebuildable
+from dcloop.kept.spec import AVERAGING, FORMAT, KINDS, SPEC_FILE, build_net, rebuildable
 from dcloop.models.factory import (  # (lightning: saving runs inside training)
     net_factory,
     replica_net_config,
@@ -141,7 +141,7 @@ def _write(out: Path, *, cfg, dm, nets, kind, name, acc) -> dict[str, Any]:
     preprocess, extra_files = preprocess_of(dm, input_shape, dtype)
     for fname, text in extra_files.items():
         (out / fname).write_text(text, encoding="utf-8")
-    net_cfg = plain_net_config(cfg, dm, replica=kind == "ensemble")
+    net_cfg = _fitting_net_config(cfg, dm, nets[0], first_replica=kind == "ensemble")
     members = []
     for i, net in enumerate(nets):
         fname = f"member_{i}.pt"
@@ -173,6 +173,35 @@ def _write(out: Path, *, cfg, dm, nets, kind, name, acc) -> dict[str, Any]:
     }
     (out / SPEC_FILE).write_text(json.dumps(spec, indent=2) + "\n", encoding="utf-8")
     return spec
+
+
+def _shapes(net: nn.Module) -> dict[str, tuple[int, ...]]:
+    return {k: tuple(v.shape) for k, v in net.state_dict().items()}
+
+
+def _fitting_net_config(cfg, dm, net: nn.Module, *, first_replica: bool) -> dict[str, Any] | None:
+    """The saved ``net`` entry whose network takes ``net``'s weights: the fold replicas'
+    config (``model.replica_net`` over ``model.net``) or the kept network's, the replicas'
+    first for an ensemble. Neither fits (the user's own nets): the first, with a warning."""
+    order = [True, False] if first_replica else [False, True]
+    if replica_net_config(cfg.model) == cfg.model.net:
+        order = order[:1]
+    configs = [plain_net_config(cfg, dm, replica=r) for r in order]
+    want = _shapes(net)
+    for config in configs:
+        if config is None:
+            continue
+        with torch.random.fork_rng(devices=[]):
+            built = build_net(config)
+        if _shapes(built) == want:
+            return config
+    if configs[0] is not None:
+        log.warning(
+            "kept model: the saved network config (%s) does not take the weights of the "
+            "networks saved with it; the model may not reload from it",
+            configs[0],
+        )
+    return configs[0]
 
 
 def plain_net_config(cfg, dm, *, replica: bool = False) -> dict[str, Any] | None:
