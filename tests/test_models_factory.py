@@ -5,7 +5,7 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
-from omegaconf import OmegaConf
+from omegaconf import OmegaConf, open_dict
 from torch import nn
 
 import dcloop
@@ -178,7 +178,9 @@ def test_replica_net_sets_keys_of_net_for_the_replicas_only():
         replica_net_config(OmegaConf.create({"net": net, "replica_net": [8]}))
     with pytest.raises(ValueError, match="must be a mapping"):
         replica_net_config(OmegaConf.create({"net": net, "replica_net": 8}))
-    model.replica_net = {"widht": 8}  # a key the network does not take: named, as for net
+    OmegaConf.set_struct(model, True)  # as Hydra composes it: a key net lacks is still named
+    with open_dict(model):
+        model.replica_net = {"widht": 8}
     with pytest.raises(ValueError, match="widht"):
         check_net_keys(replica_net_config(model), where="model.replica_net")
 
@@ -189,15 +191,11 @@ def test_dcloop_scale_sizes_replicas_relative_to_the_net():
     from dcloop.resolvers import scale_size
 
     assert scale_size(32, 0.5) == 16 and scale_size(3, 0.25) == 1 and scale_size(None, 0.5) is None
-    assert scale_size([256, 128], "0.5") == [128, 64]
-    for size, factor, match in (
-        (2.5, 0.5, "size"),
-        (True, 0.5, "size"),
-        (8, 0, "> 0"),
-        (8, "x", "number"),
-    ):
+    assert scale_size([256, 128], "0.5") == [128, 64] and scale_size(24.0, 0.5) == 12
+    assert scale_size("abc", 0.5) == "abc"  # as given: model.net's own check names it
+    for factor, match in ((0, "> 0"), ("x", "number")):
         with pytest.raises(ValueError, match=match):
-            scale_size(size, factor)
+            scale_size(8, factor)
     model = OmegaConf.create(
         {
             "net": {"_target_": "dcloop.models.SmallCNN", "_partial_": True, "width": 32},

@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 from torch import nn
 
 from dcloop._checks import check_callable
@@ -132,7 +132,10 @@ def replica_net_config(model_cfg: DictConfig) -> DictConfig:
             "fold replicas are the kept network at another size, not another network"
         )
     over = {k: v for k, v in over.items() if v is not None}  # null: as model.net
-    return OmegaConf.merge(model_cfg.net, over) if over else model_cfg.net
+    if not over:
+        return model_cfg.net
+    with open_dict(model_cfg.net):  # a key net lacks: check_net_keys names it, not OmegaConf
+        return OmegaConf.merge(model_cfg.net, over)
 
 
 def has_replica_net(model_cfg: DictConfig) -> bool:
