@@ -78,3 +78,21 @@ def test_a_student_from_replica_weights_needs_replicas_of_its_size(tmp_path):
         student_policy(cfg)
     cfg = compose_dcloop(tmp_path, *RUN_QUIET, "student.init=replica", "model.replica_net.width=32")
     assert student_policy(cfg).init == "replica"  # net's own width: the same network
+
+
+def test_replica_net_keeps_interpolations_of_model_net(tmp_path):
+    """AudioCNN's sample_rate interpolates the data's: the replicas' merged config still
+    resolves it (16 kHz here, not the 8 kHz fallback), and only width changes."""
+    from dcloop.models.factory import has_replica_net, replica_net_config
+
+    cfg = compose_dcloop(
+        tmp_path,
+        *RUN_QUIET,
+        "data=audio_synth",
+        "model=audio_cnn",
+        "data.source.sample_rate=16000",
+        "model.replica_net.width=4",
+    )
+    rep = replica_net_config(cfg.model)
+    assert rep.sample_rate == cfg.model.net.sample_rate == 16000
+    assert (rep.width, cfg.model.net.width) == (4, 8) and has_replica_net(cfg.model)
