@@ -134,6 +134,8 @@ def test_line(metrics: dict[str, Any]) -> str:
     test, kept = metrics["test"], metrics.get("kept") or {"model": "ensemble"}
     k = metrics["cleaning"]["num_folds"]
     ensemble = f"ensemble: mean softmax of the {k} fold replicas"
+    if kept.get("replica_net"):  # model.replica_net: replicas of another size than model.net
+        ensemble += " (" + ", ".join(f"{key} {v}" for key, v in kept["replica_net"].items()) + ")"
     if kept["model"] != "student":
         return f"  test        accuracy {test['accuracy']:.4f} ({ensemble}; the kept model)"
     rule = {

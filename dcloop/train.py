@@ -40,6 +40,7 @@ from dcloop.models.factory import (
     has_replica_net,
     module_kwargs,
     net_factory,
+    replica_net_changes,
     replica_net_config,
 )
 from dcloop.models.losses import forward_nll
@@ -289,6 +290,8 @@ def keep_model(
         nets, kind = [student.net], "single"
     else:
         nets, kind = replica_nets(run.model, _net(cfg, run.dm, replica=True)), "ensemble"
+    if changes := replica_net_changes(cfg.model):  # the replicas' size, where not model.net's
+        kept["replica_net"] = changes
     if run.trainer.is_global_zero:
         with timed(run.trainer, "result_files"):
             where = save_kept_model(

@@ -8,6 +8,7 @@ import torch
 from hydra.utils import instantiate
 
 import dcloop
+from dcloop.console import summarize
 from dcloop.train import train
 
 from conftest import RUN_QUIET, compose_dcloop
@@ -52,6 +53,8 @@ def test_replicas_narrower_than_the_student_with_model_replica_net(tmp_path, kep
         tmp_path, *RUN_QUIET, "trainer.max_epochs=2", f"kept={kept}", "model.replica_net.width=8"
     )
     metrics = train(cfg)
+    assert metrics["kept"]["replica_net"] == {"width": 8}  # named in metrics.json
+    assert "fold replicas (width 8)" in summarize(tmp_path, metrics)
     params, _ = built["run"].model._stacked()
     first = next(v for k, v in params.items() if k.endswith("weight") and v.ndim == 5)
     assert first.shape[:2] == (cfg.folds, 8)  # (K, out channels, in, kh, kw): width 8
@@ -83,7 +86,7 @@ def test_a_student_from_replica_weights_needs_replicas_of_its_size(tmp_path):
 def test_replica_net_keeps_interpolations_of_model_net(tmp_path):
     """AudioCNN's sample_rate interpolates the data's: the replicas' merged config still
     resolves it (16 kHz here, not the 8 kHz fallback), and only width changes."""
-    from dcloop.models.factory import has_replica_net, replica_net_config
+    from dcloop.models.factory import has_replica_net, replica_net_changes, replica_net_config
 
     cfg = compose_dcloop(
         tmp_path,
@@ -96,3 +99,4 @@ def test_replica_net_keeps_interpolations_of_model_net(tmp_path):
     rep = replica_net_config(cfg.model)
     assert rep.sample_rate == cfg.model.net.sample_rate == 16000
     assert (rep.width, cfg.model.net.width) == (4, 8) and has_replica_net(cfg.model)
+    assert replica_net_changes(cfg.model) == {"width": 4}

@@ -160,7 +160,7 @@ def test_module_kwargs_old_block_new_partials_and_conflicts():
 def test_replica_net_sets_keys_of_net_for_the_replicas_only():
     """model.replica_net: its keys over model.net (null keeps model.net's); it cannot name
     another network; has_replica_net says whether it changes anything."""
-    from dcloop.models.factory import has_replica_net, replica_net_config
+    from dcloop.models.factory import has_replica_net, replica_net_changes, replica_net_config
 
     net = {"_target_": "dcloop.models.SmallCNN", "_partial_": True, "width": 32, "dropout": 0.0}
     model = OmegaConf.create({"net": net, "replica_net": {"width": None}})
@@ -171,6 +171,10 @@ def test_replica_net_sets_keys_of_net_for_the_replicas_only():
     rep = replica_net_config(model)
     assert rep.width == 8 and rep.dropout == 0.0 and model.net.width == 32
     assert not has_replica_net(OmegaConf.create({"net": net}))
+    assert replica_net_changes(model) == {"width": 8}
+    model.replica_net.width = 32  # net's own width: no change
+    assert replica_net_changes(model) == {} and not has_replica_net(model)
+    model.replica_net.width = 8
     assert replica_net_config(OmegaConf.create({"net": net})).width == 32
     with pytest.raises(ValueError, match="not _target_"):
         replica_net_config(OmegaConf.create({"net": net, "replica_net": {"_target_": "x.Y"}}))

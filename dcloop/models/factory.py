@@ -138,10 +138,23 @@ def replica_net_config(model_cfg: DictConfig) -> DictConfig:
         return OmegaConf.merge(model_cfg.net, over)
 
 
+def replica_net_changes(model_cfg: DictConfig) -> dict[str, Any]:
+    """``{key: value}`` of the fold replicas' network where it differs from ``model.net``
+    (``model.replica_net``'s keys, resolved; empty when the replicas are ``model.net``)."""
+    rep, net = replica_net_config(model_cfg), model_cfg.net
+    over = model_cfg.get("replica_net") or {}
+    changed = [k for k in over if over[k] is not None and (k not in net or rep[k] != net[k])]
+    return {str(k): _plain_value(rep[k]) for k in changed}
+
+
+def _plain_value(value: Any) -> Any:
+    return OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
+
+
 def has_replica_net(model_cfg: DictConfig) -> bool:
     """Do the fold replicas differ from ``model.net``: does ``model.replica_net`` set a key
     (not null) to a value other than ``model.net``'s?"""
-    return replica_net_config(model_cfg) != model_cfg.net
+    return bool(replica_net_changes(model_cfg))
 
 
 def check_net_keys(net_cfg: DictConfig, *, where: str = "model.net") -> None:
