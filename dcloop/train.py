@@ -234,14 +234,21 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     return dict(results.metrics)
 
 
+def narrow_replicas(cfg: DictConfig) -> bool:
+    """Do the fold replicas take ``model.replica_net``'s size? Only with ``kept=student``,
+    where they only reach a verdict; with ``kept=ensemble`` they are the kept model, and
+    ``model.net`` itself."""
+    return cfg.get("kept", "student") == "student" and has_replica_net(cfg.model)
+
+
 def _net(cfg: DictConfig, dm, *, replica: bool = False) -> Any:
     """The network factory for the data: shape, class count and the source's net keywords.
-    ``replica``: the fold replicas' network (``model.replica_net`` over ``model.net``,
-    :func:`~dcloop.models.factory.replica_net_config`); else the kept network's."""
+    ``replica``: the fold replicas' network (``model.replica_net`` over ``model.net`` where
+    :func:`narrow_replicas`); else the kept network's."""
     extra = getattr(dm, "net_kwargs", None)
     example = dm.train_dataset[0][0]
     net_cfg, where = cfg.model.net, "model.net"
-    if replica and has_replica_net(cfg.model):
+    if replica and narrow_replicas(cfg):
         net_cfg, where = replica_net_config(cfg.model), "model.replica_net"
     return net_factory(net_cfg, dm.input_shape, dm.num_classes, extra, example=example, where=where)
 
@@ -290,8 +297,8 @@ def keep_model(
         nets, kind = [student.net], "single"
     else:
         nets, kind = replica_nets(run.model, _net(cfg, run.dm, replica=True)), "ensemble"
-    if changes := replica_net_changes(cfg.model):  # the replicas' size, where not model.net's
-        kept["replica_net"] = changes
+    if narrow_replicas(cfg):  # the replicas' size, where not model.net's
+        kept["replica_net"] = replica_net_changes(cfg.model)
     if run.trainer.is_global_zero:
         with timed(run.trainer, "result_files"):
             where = save_kept_model(
@@ -364,7 +371,7 @@ def student_policy(cfg: DictConfig) -> StudentPolicy:
             f"pair would train a replica on its held-out fold); set student.mixup={alpha:g} "
             "for the kept network and model.mixup=0 (or mode=sequential)"
         )
-    if policy.init == "replica" and has_replica_net(cfg.model):
+    if policy.init == "replica" and narrow_replicas(cfg):
         over = OmegaConf.to_container(cfg.model.replica_net, resolve=True)
         fix = " ".join(f"model.replica_net.{k}=null" for k, v in over.items() if v is not None)
         raise UserInputError(

@@ -36,9 +36,9 @@ def test_a_run_saves_the_kept_model_it_reports(tmp_path, kept):
 @pytest.mark.slow
 @pytest.mark.parametrize("kept", ["student", "ensemble"])
 def test_replicas_narrower_than_the_student_with_model_replica_net(tmp_path, kept, monkeypatch):
-    """model.replica_net.width=8: the K fold replicas are SmallCNN width 8, the kept student
-    width 32 (model.net); a kept ensemble is the narrow replicas, saved with their config,
-    and either reloads to the accuracy the run reports."""
+    """model.replica_net.width=8: with kept=student the K fold replicas are SmallCNN width 8
+    and the kept student width 32 (model.net); with kept=ensemble the replicas are the kept
+    model, so model.net's width 32; either reloads to the accuracy the run reports."""
     import dcloop.train as tr
 
     built = {}
@@ -53,13 +53,17 @@ def test_replicas_narrower_than_the_student_with_model_replica_net(tmp_path, kep
         tmp_path, *RUN_QUIET, "trainer.max_epochs=2", f"kept={kept}", "model.replica_net.width=8"
     )
     metrics = train(cfg)
-    assert metrics["kept"]["replica_net"] == {"width": 8}  # named in metrics.json
-    assert "fold replicas (width 8)" in summarize(tmp_path, metrics)
+    width = 8 if kept == "student" else 32
+    if kept == "student":  # named in metrics.json and the summary
+        assert metrics["kept"]["replica_net"] == {"width": 8}
+        assert "fold replicas (width 8)" in summarize(tmp_path, metrics)
+    else:
+        assert "replica_net" not in metrics["kept"]
     params, _ = built["run"].model._stacked()
     first = next(v for k, v in params.items() if k.endswith("weight") and v.ndim == 5)
-    assert first.shape[:2] == (cfg.folds, 8)  # (K, out channels, in, kh, kw): width 8
+    assert first.shape[:2] == (cfg.folds, width)  # (K, out channels, in, kh, kw)
     spec = json.loads((tmp_path / "model" / "model.json").read_text())
-    assert spec["net"]["width"] == (32 if kept == "student" else 8)
+    assert spec["net"]["width"] == 32  # the student, or the replicas at model.net's width
     model = dcloop.load_model(tmp_path)
     dm = instantiate(cfg.data)
     dm.setup("fit")
@@ -79,6 +83,8 @@ def test_a_student_from_replica_weights_needs_replicas_of_its_size(tmp_path):
     cfg = compose_dcloop(tmp_path, *RUN_QUIET, "student.init=replica")  # cnn: half as wide
     with pytest.raises(UserInputError, match=r"\{'width': 16\}"):
         student_policy(cfg)
+    cfg = compose_dcloop(tmp_path, *RUN_QUIET, "student.init=replica", "kept=ensemble")
+    assert student_policy(cfg).init == "replica"  # kept=ensemble: replicas at model.net's size
     cfg = compose_dcloop(tmp_path, *RUN_QUIET, "student.init=replica", "model.replica_net.width=32")
     assert student_policy(cfg).init == "replica"  # net's own width: the same network
 
