@@ -1,4 +1,5 @@
-"""OmegaConf resolvers the shipped configs use (registered on import; no heavy imports).
+"""OmegaConf resolvers the shipped configs use (no heavy imports): :func:`register` them
+before a config is resolved (``dcloop.cli`` and ``dcloop.models.factory`` do on import).
 
 * ``${dcloop_scale:SIZE,FACTOR}``: ``max(1, round(SIZE * FACTOR))`` for a number ``SIZE``,
   each entry so for a list (``hidden: [256, 128]``), anything else (``null``, a string) as
@@ -31,8 +32,5 @@ def scale_size(size: Any, factor: Any) -> Any:
 
 
 def register() -> None:
-    """Register the resolvers (again: a no-op that keeps the same functions)."""
+    """Register the resolvers (again: replaces them with the same functions)."""
     OmegaConf.register_new_resolver("dcloop_scale", scale_size, replace=True)
-
-
-register()

@@ -141,7 +141,7 @@ def _write(out: Path, *, cfg, dm, nets, kind, name, acc) -> dict[str, Any]:
     preprocess, extra_files = preprocess_of(dm, input_shape, dtype)
     for fname, text in extra_files.items():
         (out / fname).write_text(text, encoding="utf-8")
-    net_cfg = _fitting_net_config(cfg, dm, nets[0], first_replica=kind == "ensemble")
+    net_cfg = _fitting_net_config(cfg, dm, nets[0])
     members = []
     for i, net in enumerate(nets):
         fname = f"member_{i}.pt"
@@ -179,13 +179,11 @@ def _shapes(net: nn.Module) -> dict[str, tuple[int, ...]]:
     return {k: tuple(v.shape) for k, v in net.state_dict().items()}
 
 
-def _fitting_net_config(cfg, dm, net: nn.Module, *, first_replica: bool) -> dict[str, Any] | None:
-    """The saved ``net`` entry whose network takes ``net``'s weights: the fold replicas'
-    config (``model.replica_net`` over ``model.net``) or the kept network's, the replicas'
-    first for an ensemble. Neither fits (the user's own nets): the first, with a warning."""
-    order = [True, False] if first_replica else [False, True]
-    if replica_net_config(cfg.model) == cfg.model.net:
-        order = order[:1]
+def _fitting_net_config(cfg, dm, net: nn.Module) -> dict[str, Any] | None:
+    """The saved ``net`` entry whose network takes ``net``'s weights: ``model.net``'s (the
+    student, a kept ensemble) or, for copies of replicas narrowed by ``model.replica_net``,
+    the replicas'. Neither fits (the user's own nets): ``model.net``'s, with a warning."""
+    order = [False] if replica_net_config(cfg.model) == cfg.model.net else [False, True]
     configs = [plain_net_config(cfg, dm, replica=r) for r in order]
     want = _shapes(net)
     for config in configs:
