@@ -27,6 +27,7 @@ from dcloop.calibrate import calibrate
 from dcloop.callbacks import ConfidentLearning, EpochCheckpoint, RunResults
 from dcloop.callbacks.data_health import DataHealth, ensemble_features
 from dcloop.callbacks.results import find_callback
+from dcloop.callbacks.verdict_stop import VerdictStop
 from dcloop.data import check_item
 from dcloop.errors import UserInputError
 from dcloop.folds import check_num_folds
@@ -164,6 +165,9 @@ def build(cfg: DictConfig, run_dir: Path) -> Run:
     )
     model.run_info["sources"] = digest(dm.train_sources)
     callbacks = instantiate_callbacks(cfg.get("callbacks"))
+    stop = verdict_stop(cfg)
+    if stop is not None:
+        callbacks.append(stop)
     logger = instantiate(cfg.logger) if cfg.get("logger") else False
     trainer = instantiate(
         cfg.trainer,
@@ -188,6 +192,16 @@ def replica_epochs(cfg: DictConfig) -> int:
     check_float("replica_epochs", frac, low=0.0, high=1.0, low_open=True)
     warmup = int((cfg.get("cl") or {}).get("warmup_epochs", 1))
     return max(1, min(epochs, max(warmup, math.ceil(frac * epochs))))
+
+
+def verdict_stop(cfg: DictConfig) -> VerdictStop | None:
+    """``replica_stop``'s rule (:class:`~dcloop.callbacks.verdict_stop.VerdictStop`): with the
+    student kept, the fold replicas stop once their verdict holds; ``None`` when
+    ``replica_stop.stable`` is null or the replicas are the kept model (``kept=ensemble``)."""
+    spec = cfg.get("replica_stop") or {}
+    if cfg.get("kept", "student") != "student" or spec.get("stable") is None:
+        return None
+    return VerdictStop(stable=spec.get("stable"), patience=spec.get("patience", 3))
 
 
 def train(cfg: DictConfig) -> dict[str, Any]:

@@ -41,6 +41,8 @@ default data, its default noise: symmetric 20 %) and on AG News
   the student lever alone;
 * ``old_default``: ``kept=ensemble model.vectorize=vmap``: the default before issue 21;
 * ``k3_re06``, ``k3_re05``: ``folds=3`` with ``replica_epochs`` 0.6 or 0.5 (both levers);
+* ``stop95``, ``stop90``, ``stop95_p2``: the default with ``replica_stop`` (the replicas stop
+  once consecutive steps' flagged sets reach this Jaccard index for 3, or 2, steps in a row);
 * ``replica_half``: the default with fold replicas half as wide as the kept student
   (``model.replica_net``: SmallCNN width 16 of 32 on digits, TextBoW dim 16 of the recipe's 32
   on AG News); ``replica_quarter``: a quarter as wide (width 8, dim 8);
@@ -95,6 +97,7 @@ MODES = ("plain", "vmap", "loop_mask", "loop_skip")
 METHODS = (
     *("plain", "default", "default_k3", "default_vmap", "student_re04", "ensemble_loop"),
     *("old_default", "k3_re06", "k3_re05", "replica_half", "replica_quarter"),
+    *("stop95", "stop90", "stop95_p2"),
 )
 METHOD_OVERRIDES = {
     "default": [],
@@ -105,6 +108,9 @@ METHOD_OVERRIDES = {
     "old_default": ["kept=ensemble", "model.vectorize=vmap"],
     "k3_re06": ["folds=3", "replica_epochs=0.6"],
     "k3_re05": ["folds=3", "replica_epochs=0.5"],
+    "stop95": ["replica_stop.stable=0.95", "replica_stop.patience=3"],
+    "stop90": ["replica_stop.stable=0.9", "replica_stop.patience=3"],
+    "stop95_p2": ["replica_stop.stable=0.95", "replica_stop.patience=2"],
 }
 #: Overrides that name a size key of the data's network (SmallCNN width, TextBoW dim).
 DATA_METHOD_OVERRIDES = {
@@ -131,6 +137,10 @@ NAMES = {
     "TextBoW dim 16 of 32)",
     "replica_quarter": "default, replicas a quarter as wide (SmallCNN width 8 of 32, TextBoW dim "
     "8 of 32)",
+    "stop95": "default, replicas stop once the flags hold (replica_stop: Jaccard >= 0.95, 3 steps)",
+    "stop90": "default, replicas stop once the flags hold (replica_stop: Jaccard >= 0.9, 3 steps)",
+    "stop95_p2": "default, replicas stop once the flags hold (replica_stop: Jaccard >= 0.95, 2 "
+    "steps)",
 }
 LABEL_SMOOTHING = 0.1  # the model configs'
 
