@@ -136,6 +136,9 @@ def test_line(metrics: dict[str, Any]) -> str:
     ensemble = f"ensemble: mean softmax of the {k} fold replicas"
     if kept.get("replica_net"):  # model.replica_net: replicas of another size than model.net
         ensemble += " (" + ", ".join(f"{key} {v}" for key, v in kept["replica_net"].items()) + ")"
+    stopped = (kept.get("replica_stop") or {}).get("stopped_epoch")
+    if stopped:  # replica_stop: the replicas stopped once their verdict held
+        ensemble += f", stopped after epoch {stopped} (their verdict held)"
     if kept["model"] != "student":
         return f"  test        accuracy {test['accuracy']:.4f} ({ensemble}; the kept model)"
     rule = {

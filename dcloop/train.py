@@ -313,6 +313,9 @@ def keep_model(
         nets, kind = replica_nets(run.model, _net(cfg, run.dm, replica=True)), "ensemble"
     if narrow_replicas(cfg):  # the replicas' size, where not model.net's
         kept["replica_net"] = replica_net_changes(cfg.model)
+    stop = run.callback(VerdictStop)
+    if stop is not None:  # replica_stop: where the replicas stopped (None: schedule run out)
+        kept["replica_stop"] = stop.summary()
     if run.trainer.is_global_zero:
         with timed(run.trainer, "result_files"):
             where = save_kept_model(
