@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from dcloop.models import MLP, FoldEnsemble, SmallCNN, fold_masked_loss
+from dcloop.models.audio import AudioCNN
 
 LABELS = np.repeat(np.arange(3), 10)
 
@@ -142,3 +143,39 @@ def test_auto_loops_on_cpu_at_fit_start():
     pinned = make(vectorize="vmap")
     pinned.on_fit_start()
     assert pinned.vectorized
+
+
+def test_the_loop_runs_a_shared_front_end_once_per_batch_with_the_same_loss_and_gradients():
+    """AudioCNN's log-mel front end has no parameters (``prepare_input``): the loop over replicas
+    computes it once per training batch and per forward, not once per replica, and the loss,
+    gradients and logits are those of each replica running its own front end."""
+    labels = np.repeat(np.arange(3), 10)
+    x = torch.randn(30, 1, 2000)
+    index = torch.arange(30)
+    runs = []
+    for shared in (True, False):
+        model = FoldEnsemble(
+            partial(AudioCNN, 1, 3, sample_rate=8000, width=4), labels, num_folds=5, seed=0
+        )
+        model.train()
+        model._mode = "loop"
+        net = model._skeleton[0]
+        if not shared:  # the instance attribute hides the method: no shared front end
+            net.prepare_input = None
+        calls: list[int] = []
+        real = net.logmel
+        net.logmel = lambda w, real=real, calls=calls: calls.append(len(w)) or real(w)
+        loss = model.training_step((x, model.samples.labels, index), 0)
+        loss.backward()
+        n_train = len(calls)
+        with torch.no_grad():
+            logits = model(x)
+        runs.append((loss.detach(), [p.grad.clone() for p in model.replica_params.values()]))
+        runs[-1] += (logits, n_train, len(calls) - n_train)
+    (l1, g1, o1, train1, fwd1), (l2, g2, o2, train2, fwd2) = runs
+    assert (train1, fwd1) == (1, 1)  # once per batch, whatever K
+    assert (train2, fwd2) == (5, 5)  # once per replica
+    torch.testing.assert_close(l1, l2)
+    torch.testing.assert_close(o1, o2)
+    for a, b in zip(g1, g2, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)

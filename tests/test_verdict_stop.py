@@ -89,7 +89,10 @@ def test_bad_settings_name_the_key(key, value):
 def test_the_rule_applies_with_the_student_kept_only(tmp_path):
     on = compose_dcloop(tmp_path, *RUN_QUIET, "replica_stop.stable=0.9")
     assert isinstance(verdict_stop(on), VerdictStop)
-    assert verdict_stop(compose_dcloop(tmp_path, *RUN_QUIET)) is None  # null: off
+    shipped = verdict_stop(compose_dcloop(tmp_path, *RUN_QUIET))  # on by default
+    assert (shipped.stable, shipped.patience) == (0.95, 3)
+    off = compose_dcloop(tmp_path, *RUN_QUIET, "replica_stop.stable=null")
+    assert verdict_stop(off) is None
     ens = compose_dcloop(tmp_path, *RUN_QUIET, "replica_stop.stable=0.9", "kept=ensemble")
     assert verdict_stop(ens) is None  # the replicas are the kept model: their full schedule
 

@@ -65,5 +65,12 @@ class AudioCNN(nn.Module):
         sd = logmel.std(dim=(1, 2), keepdim=True)
         return ((logmel - mu) / (sd + 1e-5)).unsqueeze(1)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(self.logmel(x)))
+    def prepare_input(self, x: torch.Tensor) -> torch.Tensor:
+        """The parameter-free front end (:meth:`logmel`): the same for every fold replica,
+        so :class:`~dcloop.models.FoldEnsemble`'s loop over replicas computes it once per
+        batch and runs each replica with ``prepared=True``."""
+        return self.logmel(x)
+
+    def forward(self, x: torch.Tensor, prepared: bool = False) -> torch.Tensor:
+        """Logits of waveforms ``x``, or of ``x`` already through :meth:`prepare_input`."""
+        return self.head(self.features(x if prepared else self.logmel(x)))

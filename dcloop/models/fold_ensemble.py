@@ -39,6 +39,19 @@ def _key(name: str) -> str:
     return name.replace(".", "__")
 
 
+def _prepared(skeleton: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, dict | None]:
+    """``x`` through the network's parameter-free front end, when it declares one, and the
+    keywords that make its ``forward`` skip it. A network with a ``prepare_input(x)`` method
+    (e.g. :class:`~dcloop.models.audio.AudioCNN`'s log-mel) takes
+    ``forward(prepare_input(x), prepared=True)`` for ``forward(x)``. The loop over replicas
+    then computes the front end once per batch instead of once per replica; ``vmap``
+    already runs it once."""
+    prepare = getattr(skeleton, "prepare_input", None)
+    if not callable(prepare) or isinstance(prepare, nn.Module):
+        return x, None
+    return prepare(x), {"prepared": True}
+
+
 class FoldEnsemble(L.LightningModule):
     """K replicas of a network; replica k trains on every fold but k.
 
@@ -245,12 +258,14 @@ class FoldEnsemble(L.LightningModule):
                     self.num_folds,
                 )
                 self._mode = "loop"
+        inp, kwargs = _prepared(skeleton, x)
         return torch.stack(
             [
                 functional_call(
                     skeleton,
                     ({n: p[k] for n, p in params.items()}, {n: b[k] for n, b in buffers.items()}),
-                    (x,),
+                    (inp,),
+                    kwargs,
                 )
                 for k in range(self.num_folds)
             ]
@@ -365,6 +380,7 @@ class FoldEnsemble(L.LightningModule):
         ce = self._loss_fn or functools.partial(
             F.cross_entropy, reduction="none", label_smoothing=self.hparams.label_smoothing
         )
+        inp, kwargs = _prepared(skeleton, x)  # a shared front end: once, not once per replica
         per_replica = []
         for k in range(k_all):
             rows = (w[k] > 0).nonzero().squeeze(1)
@@ -372,7 +388,7 @@ class FoldEnsemble(L.LightningModule):
                 per_replica.append(w.new_zeros(()))
                 continue
             one = ({n: p[k] for n, p in params.items()}, {n: b[k] for n, b in buffers.items()})
-            logits = functional_call(skeleton, one, (x[rows],))
+            logits = functional_call(skeleton, one, (inp[rows],), kwargs)
             loss_k = ce(logits.float(), targets[rows])
             if self.elr is not None:
                 loss_k = loss_k + self.elr.penalty(logits, index[rows], replica=k)
