@@ -67,11 +67,12 @@ def run_summary(metrics: dict[str, Any], run_dir: Path, top: list[dict[str, Any]
         h = json.loads(health.read_text())
         by = f" (by {h['outlier_signal']})" if h.get("outlier_signal") else ""
         lines.append(
-            f"  health      {h.get('outliers', 0)} outliers{by}, "
-            f"{h.get('near_duplicate_pairs', 0)} near-duplicate pairs, "
-            f"{h.get('leakage', '-')} test samples leaked, "
-            f"{h.get('underperforming_groups', 0)} weak groups, {h.get('test_only', '-')} "
-            f"test-only samples ({Path(run_dir) / 'data_issues'}/)"
+            f"  health      {_count(h.get('outliers', 0), 'outlier')}{by}, "
+            f"{_count(h.get('near_duplicate_pairs', 0), 'near-duplicate pair')}, "
+            f"{_count(h.get('leakage', '-'), 'test sample')} leaked, "
+            f"{_count(h.get('underperforming_groups', 0), 'weak group')}, "
+            f"{_count(h.get('test_only', '-'), 'test-only sample')} "
+            f"({Path(run_dir) / 'data_issues'}/)"
         )
     det = metrics.get("detection")
     if det:
@@ -121,6 +122,12 @@ def run_summary(metrics: dict[str, Any], run_dir: Path, top: list[dict[str, Any]
         "noise_matrix.csv, metrics.json)"
     )
     return "\n".join(lines)
+
+
+def _count(n: Any, noun: str) -> str:
+    """``"1 outlier"``, ``"3 outliers"``; a count that is not a number (``"-"``: not
+    computed) keeps the plural."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
 def _name(row: dict[str, Any], which: str) -> str:

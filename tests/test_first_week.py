@@ -1033,3 +1033,11 @@ def test_the_progress_bar_numbers_epochs_as_the_log(tmp_path):
     )
     trainer.fit(BoringModel())
     assert [d.split(":")[0] for d in seen] == ["Epoch 1", "Epoch 2"]
+
+
+def test_the_health_line_counts_in_the_singular_for_one():
+    from dcloop.console import _count
+
+    assert _count(1, "test sample") == "1 test sample"
+    assert _count(0, "weak group") == "0 weak groups"
+    assert _count("-", "test-only sample") == "- test-only samples"  # not computed
