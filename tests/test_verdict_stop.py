@@ -144,3 +144,8 @@ def test_resuming_after_the_stop_trains_no_more_replica_epochs(tmp_path):
     assert (tmp_path / "b" / "label_issues.csv").read_bytes() == (
         tmp_path / "a" / "label_issues.csv"
     ).read_bytes()
+
+
+def test_a_trainer_without_confident_learning_is_named():
+    with pytest.raises(ValueError, match=r"VerdictStop reads .* needs a ConfidentLearning"):
+        VerdictStop().setup(SimpleNamespace(callbacks=[]), None, "fit")

@@ -196,6 +196,21 @@ class ConfidentLearning(L.Callback):
         if all(x is not listener for x in self.listeners):
             self.listeners.append(listener)
 
+    @staticmethod
+    def listen(trainer: L.Trainer, listener: Any, does: str) -> ConfidentLearning:
+        """Register ``listener`` with the trainer's (last) :class:`ConfidentLearning` and
+        return it; a trainer without one is a ``ValueError`` naming ``listener``'s class and
+        what it ``does`` with the steps."""
+        cls = [c for c in trainer.callbacks if isinstance(c, ConfidentLearning)]
+        name = type(listener).__name__
+        if not cls:
+            raise ValueError(
+                f"{name} {does} and needs a ConfidentLearning callback: "
+                f"Trainer(callbacks=[ConfidentLearning(), {name}(), ...])"
+            )
+        cls[-1].add_listener(listener)
+        return cls[-1]
+
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.owns_oof:
             if self.wants_oof(trainer) and self.oof.due(trainer):

@@ -55,13 +55,7 @@ class VerdictStop(L.Callback):
         self._streak = 0
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        cls = [cb for cb in trainer.callbacks if isinstance(cb, ConfidentLearning)]
-        if not cls:
-            raise ValueError(
-                "VerdictStop needs a ConfidentLearning callback in the trainer (its steps' "
-                "flags are the verdict): Trainer(callbacks=[ConfidentLearning(), VerdictStop()])"
-            )
-        cls[-1].add_listener(self)
+        ConfidentLearning.listen(trainer, self, "reads confident learning's flags")
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.stopped_epoch is not None:  # resumed after the stop: no more replica epochs

@@ -77,15 +77,7 @@ class WeakClasses(L.Callback):
         return self._generate_state_key(rule=self.rule, k=self.k, threshold=self.threshold)
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        cls = [c for c in trainer.callbacks if isinstance(c, ConfidentLearning)]
-        if not cls:
-            raise ValueError(
-                "WeakClasses acts on confident learning's verdicts and needs a "
-                "ConfidentLearning callback: Trainer(callbacks=[ConfidentLearning(), "
-                "WeakClasses(), ...])"
-            )
-        self._cl = cls[-1]
-        self._cl.add_listener(self)
+        self._cl = ConfidentLearning.listen(trainer, self, "acts on confident learning's verdicts")
         aug = getattr(trainer.datamodule, "augmenter", None)
         if self.policy is None:
             self.policy = getattr(aug, "policy", None)

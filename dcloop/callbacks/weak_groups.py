@@ -89,13 +89,7 @@ class WeakGroups(L.Callback):
         return self._generate_state_key(threshold=self.threshold, min_size=self.min_size)
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        cls = [c for c in trainer.callbacks if isinstance(c, ConfidentLearning)]
-        if not cls:
-            raise ValueError(
-                "WeakGroups acts on confident learning's steps and needs a ConfidentLearning "
-                "callback: Trainer(callbacks=[ConfidentLearning(), WeakGroups(), ...])"
-            )
-        cls[-1].add_listener(self)
+        ConfidentLearning.listen(trainer, self, "acts on confident learning's steps")
         aug = getattr(trainer.datamodule, "augmenter", None)
         if self.policy is None:
             self.policy = getattr(aug, "policy", None)
