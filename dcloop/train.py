@@ -218,6 +218,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     kept = cfg.get("kept", "student")
     check_choice("kept", kept, KEPT_MODELS)
     student_policy(cfg)  # a bad student option: before any training
+    verdict_stop(cfg)  # a bad replica_stop value: before the data loads
     if cfg.get("mode", "parallel") != "parallel":  # one fold per run: dcloop.scale
         return run_fold(cfg)
     run_dir = Path(cfg.output_dir)

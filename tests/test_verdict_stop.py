@@ -149,3 +149,15 @@ def test_resuming_after_the_stop_trains_no_more_replica_epochs(tmp_path):
 def test_a_trainer_without_confident_learning_is_named():
     with pytest.raises(ValueError, match=r"VerdictStop reads .* needs a ConfidentLearning"):
         VerdictStop().setup(SimpleNamespace(callbacks=[]), None, "fit")
+
+
+def test_a_bad_replica_stop_value_fails_before_the_data_loads(tmp_path, monkeypatch):
+    import dcloop.train as tr
+
+    def build(*_a, **_k):
+        raise AssertionError("build ran: the value was not checked first")
+
+    monkeypatch.setattr(tr, "build", build)
+    cfg = compose_dcloop(tmp_path, *RUN_QUIET, "replica_stop.stable=2")
+    with pytest.raises(UserInputError, match=r"replica_stop\.stable"):
+        train(cfg)
