@@ -196,12 +196,18 @@ def replica_epochs(cfg: DictConfig) -> int:
 
 def verdict_stop(cfg: DictConfig) -> VerdictStop | None:
     """``replica_stop``'s rule (:class:`~dcloop.callbacks.verdict_stop.VerdictStop`): with the
-    student kept, the fold replicas stop once their verdict holds; ``None`` when
+    student kept, the fold replicas stop once their verdict holds, not before ``floor`` (a
+    fraction of their epochs); ``None`` when
     ``replica_stop.stable`` is null or the replicas are the kept model (``kept=ensemble``)."""
     spec = cfg.get("replica_stop") or {}
     if cfg.get("kept", "student") != "student" or spec.get("stable") is None:
         return None
-    return VerdictStop(stable=spec.get("stable"), patience=spec.get("patience", 3))
+    floor = check_float("replica_stop.floor", spec.get("floor", 0.0), low=0.0, high=1.0)
+    return VerdictStop(
+        stable=spec.get("stable"),
+        patience=spec.get("patience", 3),
+        floor=math.ceil(floor * replica_epochs(cfg)),
+    )
 
 
 def train(cfg: DictConfig) -> dict[str, Any]:

@@ -61,6 +61,21 @@ def test_a_stricter_threshold_does_not_stop_on_the_same_flags():
     assert stop.stopped_epoch is None
 
 
+def test_no_stop_before_the_floor_and_the_first_step_after_it_that_holds():
+    a = _mask(20, range(10))
+    stop = VerdictStop(stable=0.9, patience=1, floor=4)
+    assert _steps(stop, [a, a, a, a, a]) == [False, False, False, True, True]
+    assert stop.stopped_epoch == 4
+    assert stop.summary()["floor"] == 4
+
+
+def test_the_floor_is_a_fraction_of_the_replicas_epochs(tmp_path):
+    cfg = compose_dcloop(tmp_path, *RUN_QUIET, "trainer.max_epochs=20", "replica_stop.floor=0.75")
+    assert verdict_stop(cfg).floor == 15
+    with pytest.raises(UserInputError, match="replica_stop.floor"):
+        verdict_stop(compose_dcloop(tmp_path, *RUN_QUIET, "replica_stop.floor=2"))
+
+
 def test_state_round_trip_and_a_resumed_run_does_not_train_more_replica_epochs():
     a = _mask(8, [1, 2])
     stop = VerdictStop(stable=0.9, patience=1)

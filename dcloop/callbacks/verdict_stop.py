@@ -39,6 +39,8 @@ class VerdictStop(L.Callback):
     Args:
         stable: the Jaccard index in ``(0, 1]`` at which two steps' flags count as the same.
         patience: steps in a row (each against the one before) that must hold, ``>= 1``.
+        floor: the replicas run at least this many epochs, whatever their verdict (``0``: no
+            floor).
 
     Attributes:
         stopped_epoch: the (1-based) epoch after which the replicas stopped, ``None`` if they
@@ -46,9 +48,10 @@ class VerdictStop(L.Callback):
         history: per step, ``{"epoch", "jaccard"}`` (``jaccard`` ``None`` at the first).
     """
 
-    def __init__(self, stable: float = 0.95, patience: int = 3) -> None:
+    def __init__(self, stable: float = 0.95, patience: int = 3, floor: int = 0) -> None:
         self.stable = check_float("replica_stop.stable", stable, low=0, high=1, low_open=True)
         self.patience = check_int("replica_stop.patience", patience, minimum=1)
+        self.floor = check_int("replica_stop.floor (epochs)", floor, minimum=0)
         self.stopped_epoch: int | None = None
         self.history: list[dict[str, Any]] = []
         self._last: torch.Tensor | None = None
@@ -71,7 +74,7 @@ class VerdictStop(L.Callback):
         self._last = flags
         self.history.append({"epoch": epoch, "jaccard": score})
         self._streak = self._streak + 1 if score is not None and score >= self.stable else 0
-        if self._streak >= self.patience:
+        if self._streak >= self.patience and epoch >= self.floor:
             if self.stopped_epoch is None:
                 self.stopped_epoch = epoch
                 if trainer.is_global_zero:
@@ -89,6 +92,7 @@ class VerdictStop(L.Callback):
         return {
             "stable": self.stable,
             "patience": self.patience,
+            "floor": self.floor,
             "stopped_epoch": self.stopped_epoch,
             "history": list(self.history),
         }
