@@ -9,12 +9,15 @@ from torch import nn
 
 from dcloop.errors import UserInputError
 from dcloop.health import (
+    PixelPairs,
     class_imbalance,
     find_leakage,
     find_near_duplicates,
     find_outliers,
     find_test_only,
+    gaussian_blur,
     knn,
+    mutual_ratio,
     outputs,
     pixel_leakage,
     underperforming_groups,
@@ -263,6 +266,39 @@ def test_pixel_candidates_find_a_copy_moved_by_most_of_a_thumbnail_cell():
     assert shifted_candidates(query, ref, k=3, max_shift=3)[0, 0] == 17
     r = pixel_leakage(query, ref, candidates=5)
     assert int(r.reference[0]) == 17 and float(r.ratio[0]) < 0.5
+
+
+def test_a_light_blur_evens_out_pixel_noise_between_a_copy_and_its_source():
+    # a smooth image re-encoded with pixel-level noise (as JPEG or sharpening leave): its
+    # aligned distance to the source is mostly that noise, and a 0.7-px blur removes it
+    g = torch.Generator().manual_seed(0)
+    ref = nn.functional.interpolate(torch.rand(100, 3, 8, 8, generator=g), size=32, mode="bilinear")
+    query = ref[7:8] + (torch.rand(1, 3, 32, 32, generator=g) - 0.5) * 0.6
+    sharp = pixel_leakage(query, ref, candidates=5)
+    soft = pixel_leakage(query, ref, candidates=5, blur=0.7)
+    assert int(sharp.reference[0]) == int(soft.reference[0]) == 7
+    assert float(soft.ratio[0]) < 0.5 * float(sharp.ratio[0])
+    with pytest.raises(UserInputError, match="blur"):
+        pixel_leakage(query, ref, blur=-1)
+
+
+def test_gaussian_blur_keeps_flat_images_and_spreads_a_point_symmetrically():
+    flat = torch.full((2, 3, 9, 9), 0.4)
+    assert torch.allclose(gaussian_blur(flat, 1.0), flat)
+    assert gaussian_blur(flat, 0.0) is flat
+    point = torch.zeros(1, 1, 9, 9)
+    point[0, 0, 4, 4] = 1.0
+    out = gaussian_blur(point, 1.0)[0, 0]
+    assert out.sum().item() == pytest.approx(1.0, abs=1e-5)
+    assert torch.allclose(out, out.flip(0)) and torch.allclose(out, out.T)
+    assert out[4, 4] == out.max() and out[4, 4] < 0.2
+
+
+def test_mutual_ratio_counts_the_reference_side_only_when_the_best_match_is_mutual():
+    fwd = PixelPairs(torch.tensor([0, 1]), torch.zeros(2), torch.tensor([0.25, 0.25]))
+    # reference 0's best query is query 0 (mutual, ratio 0.04); reference 1's is query 0
+    back = PixelPairs(torch.tensor([0, 0]), torch.zeros(2), torch.tensor([0.04, 0.01]))
+    assert torch.allclose(mutual_ratio(fwd, back), torch.tensor([0.1, 0.5]))
 
 
 def test_pixel_candidates_inside_one_set_never_return_the_image_itself():

@@ -31,7 +31,13 @@ from dcloop.health.groups import Groups, kmeans, underperforming_groups
 from dcloop.health.imbalance import Imbalance, class_imbalance
 from dcloop.health.knn import Neighbours, knn
 from dcloop.health.outliers import FarGroups, Outliers, fence, find_far_groups, find_outliers
-from dcloop.health.pixels import PixelPairs, pixel_leakage, pixel_signature
+from dcloop.health.pixels import (
+    PixelPairs,
+    gaussian_blur,
+    mutual_ratio,
+    pixel_leakage,
+    pixel_signature,
+)
 from dcloop.health.properties import image_properties
 from dcloop.health.rarity import find_rare_texts, token_rarity
 from dcloop.health.test_only import OnlyInTest, find_test_only
@@ -63,6 +69,8 @@ __all__ = [
     "outputs",
     "pixel_leakage",
     "pixel_signature",
+    "gaussian_blur",
+    "mutual_ratio",
     "replica_outputs",
     "text_duplicates",
     "token_rarity",
