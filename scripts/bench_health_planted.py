@@ -312,7 +312,7 @@ def image_data(rng) -> tuple[torch.Tensor, np.ndarray, np.ndarray, np.ndarray]:
     return t, d["out_truth"], d["dup_truth"], d["own_truth"]
 
 
-def images(rng, pixel_ratio: float) -> list[dict]:
+def images(rng, pixel_ratio: float, blur: float = 0.0) -> list[dict]:
     t, out_truth, dup_truth, own_truth = image_data(rng)
     rows = []
     t0 = time.perf_counter()
@@ -384,7 +384,7 @@ def images(rng, pixel_ratio: float) -> list[dict]:
         }
     )
     t0 = time.perf_counter()
-    px = pixel_leakage(t)
+    px = pixel_leakage(t, blur=blur)
     ratio, ref = px.ratio.numpy(), px.reference.numpy()
     flags = ratio < pixel_ratio
     flags[ref[flags]] = True  # the pair's other member
@@ -396,7 +396,7 @@ def images(rng, pixel_ratio: float) -> list[dict]:
             {
                 "data": "CIFAR subset",
                 "type": f"near-duplicates ({what})",
-                "signal": f"pixel ratio < {pixel_ratio}",
+                "signal": f"pixel ratio < {pixel_ratio}" + (f", blur {blur:g} px" if blur else ""),
                 **prf(flags, truth),
                 "best_f1": best_f1(score, truth),
                 "seconds": sec,
@@ -540,6 +540,7 @@ def texts(rng) -> list[dict]:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--pixel-ratio", type=float, default=0.5)
+    ap.add_argument("--pixel-blur", type=float, default=0.0, help="pixel_leakage(blur=) sigma, px")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--parts", nargs="+", default=["text", "images"], choices=["text", "images"])
     ap.add_argument("--out", default=str(ROOT / "scripts/results/bench_health_planted"))
@@ -548,7 +549,7 @@ def main(argv=None) -> int:
     rng = np.random.default_rng(args.seed)
     rows = texts(rng) if "text" in args.parts else []
     if "images" in args.parts:
-        rows += images(rng, args.pixel_ratio)
+        rows += images(rng, args.pixel_ratio, args.pixel_blur)
     command = "python " + " ".join([Path(sys.argv[0]).as_posix(), *(argv or sys.argv[1:])])
     meta = {
         "command": command,
