@@ -169,6 +169,7 @@ def build(cfg: DictConfig, run_dir: Path) -> Run:
     if stop is not None:
         callbacks.append(stop)
     logger = instantiate(cfg.logger) if cfg.get("logger") else False
+    precision = replica_precision(cfg)
     trainer = instantiate(
         cfg.trainer,
         callbacks=callbacks,
@@ -176,8 +177,50 @@ def build(cfg: DictConfig, run_dir: Path) -> Run:
         enable_checkpointing=bool(cfg.checkpoint),
         default_root_dir=str(run_dir),
         max_epochs=replica_epochs(cfg),
+        **({} if precision is None else {"precision": precision}),
     )
     return Run(dm, model, trainer)
+
+
+#: ``replica_precision``'s values besides ``auto`` and null: Lightning's mixed-precision modes.
+REPLICA_PRECISIONS = ("bf16-mixed", "16-mixed", "32-true")
+
+
+def bf16_is_native(accelerator: str) -> bool:
+    """Does this machine run bfloat16 matmuls and convolutions natively? On CUDA, the
+    device's bf16 support; on CPU, oneDNN's (AVX512-BF16 or AMX): elsewhere bf16 autocast is
+    emulated and slower than float32."""
+    if accelerator in ("cuda", "gpu") or (accelerator == "auto" and torch.cuda.is_available()):
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    if accelerator not in ("cpu", "auto"):
+        return False
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def replica_precision(cfg: DictConfig) -> str | None:
+    """``replica_precision``: the fold replicas' ``trainer.precision`` when the student is
+    kept (``kept=student``; they then only reach a verdict, and the student trains at
+    ``trainer.precision``). ``auto``: ``bf16-mixed`` where the machine runs bfloat16
+    natively (:func:`bf16_is_native`), else as ``trainer.precision``; ``None``: as
+    ``trainer.precision`` (also with ``kept=ensemble``, where the replicas are the kept
+    model, or when ``trainer.precision`` is set)."""
+    value = cfg.get("replica_precision")
+    if value is None:
+        return None
+    if value != "auto" and value not in REPLICA_PRECISIONS:
+        raise UserInputError(
+            f"replica_precision must be auto, null or one of {', '.join(REPLICA_PRECISIONS)}; "
+            f"got replica_precision={value}"
+        )
+    trainer = cfg.get("trainer") or {}
+    if cfg.get("kept", "student") != "student" or trainer.get("precision") is not None:
+        return None
+    if value == "auto":
+        return "bf16-mixed" if bf16_is_native(str(trainer.get("accelerator", "cpu"))) else None
+    return value
 
 
 def replica_epochs(cfg: DictConfig) -> int:
@@ -225,6 +268,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     check_choice("kept", kept, KEPT_MODELS)
     student_policy(cfg)  # a bad student option: before any training
     verdict_stop(cfg)  # a bad replica_stop value: before the data loads
+    replica_precision(cfg)
     if cfg.get("mode", "parallel") != "parallel":  # one fold per run: dcloop.scale
         return run_fold(cfg)
     run_dir = Path(cfg.output_dir)
