@@ -364,6 +364,9 @@ def keep_model(
         nets, kind = replica_nets(run.model, _net(cfg, run.dm, replica=True)), "ensemble"
     if narrow_replicas(cfg):  # the replicas' size, where not model.net's
         kept["replica_net"] = replica_net_changes(cfg.model)
+    precision = replica_precision(cfg)
+    if precision is not None:  # the replicas' own precision (auto: what it resolved to)
+        kept["replica_precision"] = precision
     stop = run.callback(VerdictStop)
     if stop is not None:  # replica_stop: where the replicas stopped (None: schedule run out)
         kept["replica_stop"] = stop.summary()
