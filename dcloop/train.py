@@ -26,6 +26,7 @@ from dcloop._checks import check_choice, check_float, check_int, check_run_confi
 from dcloop.calibrate import calibrate
 from dcloop.callbacks import ConfidentLearning, EpochCheckpoint, RunResults
 from dcloop.callbacks.data_health import DataHealth, ensemble_features
+from dcloop.callbacks.oof import predict_context
 from dcloop.callbacks.results import find_callback
 from dcloop.callbacks.verdict_stop import VerdictStop
 from dcloop.data import check_item
@@ -603,13 +604,14 @@ def student_votes(cfg: DictConfig, run: Run, policy: StudentPolicy) -> torch.Ten
 def in_fold_probs(cfg: DictConfig, run: Run) -> torch.Tensor:
     """``(N, C)``: each training sample's mean softmax over the fold replicas that trained on
     it (every replica but its held-out fold's), one pass over the training set in eval mode
-    on the replicas' device. ``student.targets=auto`` reads the replicas' fit from it."""
+    on the replicas' device, at their precision. ``student.targets=auto`` reads the replicas'
+    fit from it."""
     model, dm = run.model, run.dm
     nets = replica_nets(model, _net(cfg, dm, replica=True))
     device = next(model.parameters()).device
     folds = model.samples.folds.cpu()
     out = torch.zeros(len(folds), dm.num_classes)
-    with torch.no_grad():
+    with torch.no_grad(), predict_context(run.trainer):  # the replicas' precision
         nets = [net.to(device) for net in nets]
         for x, _, index in dm.oof_dataloader():
             index = index.cpu()

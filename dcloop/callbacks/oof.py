@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 OOF_MODES: tuple[str, ...] = ("held_out", "all")
 
 
-def _predict_context(trainer: L.Trainer):
+def predict_context(trainer: L.Trainer):
     """The precision plugin's predict context (autocast under ``precision=16-mixed`` etc.)."""
     try:
         return trainer.precision_plugin.predict_step_context()
@@ -213,7 +213,7 @@ class OOFCollector(L.Callback):
         self._misrouted = None
         limit = _batch_limit(trainer)
         try:  # as Lightning predicts: the precision plugin's context, the batch-transfer hooks
-            with torch.inference_mode(), _predict_context(trainer):
+            with torch.inference_mode(), predict_context(trainer):
                 for i, batch in enumerate(loader):
                     if i >= limit:
                         break
