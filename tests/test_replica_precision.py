@@ -7,6 +7,7 @@ import torch
 
 import dcloop.train as tr
 from dcloop.errors import UserInputError
+from dcloop.models.nets import MLP, SmallCNN
 from dcloop.train import replica_precision, train
 
 from conftest import RUN_QUIET, compose_dcloop
@@ -29,6 +30,15 @@ def test_auto_is_bf16_only_where_the_machine_runs_it_natively(tmp_path, monkeypa
     monkeypatch.setattr(tr, "bf16_is_native", lambda accelerator: native)
     cfg = compose_dcloop(tmp_path, *RUN_QUIET, "replica_precision=auto")
     assert replica_precision(cfg) == ("bf16-mixed" if native else None)
+
+
+def test_auto_leaves_a_net_without_convolutions_at_the_runs_precision(tmp_path, monkeypatch):
+    # measured on this project's CPU: bf16 made an MLP's step 1.4x slower, a ResNet-8's 2x faster
+    monkeypatch.setattr(tr, "bf16_is_native", lambda accelerator: True)
+    cfg = compose_dcloop(tmp_path, *RUN_QUIET, "replica_precision=auto")
+    assert replica_precision(cfg, MLP((1, 8, 8), 10)) is None
+    assert replica_precision(cfg, SmallCNN(1, 10, width=4)) == "bf16-mixed"
+    assert tr.convolutional(SmallCNN(1, 10, width=4)) and not tr.convolutional(MLP((4,), 2))
 
 
 def test_bf16_is_native_answers_for_this_cpu_without_failing():

@@ -236,6 +236,11 @@ class FoldEnsemble(L.LightningModule):
         """True when the replicas run through ``torch.func.vmap``."""
         return self._mode == "vmap"
 
+    @property
+    def architecture(self) -> nn.Module:
+        """One replica's network with its tensors on ``meta``: the architecture only."""
+        return self._skeleton[0]
+
     def _stacked(self) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
         params = {n: self.replica_params[_key(n)] for n in self._names}
         buffers = {n: getattr(self, "replica_buf__" + _key(n)) for n in self._buffer_names}
