@@ -143,6 +143,8 @@ def test_line(metrics: dict[str, Any]) -> str:
     ensemble = f"ensemble: mean softmax of the {k} fold replicas"
     if kept.get("replica_net"):  # model.replica_net: replicas of another size than model.net
         ensemble += " (" + ", ".join(f"{key} {v}" for key, v in kept["replica_net"].items()) + ")"
+    if kept.get("replica_precision"):  # replica_precision: the replicas' own precision
+        ensemble += f", trained at {kept['replica_precision']}"
     stopped = (kept.get("replica_stop") or {}).get("stopped_epoch")
     if stopped:  # replica_stop: the replicas stopped once their verdict held
         ensemble += f", stopped after epoch {stopped} (their verdict held)"

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import dcloop.train as tr
+from dcloop.console import summarize
 from dcloop.errors import UserInputError
 from dcloop.models.nets import MLP, SmallCNN
 from dcloop.train import replica_precision, train
@@ -70,5 +71,6 @@ def test_the_replicas_train_in_bf16_and_the_student_in_float32(tmp_path, monkeyp
     assert precisions[0] == "bf16-mixed"  # the replicas
     assert precisions[-1] == "32-true"  # the student
     assert metrics["kept"]["replica_precision"] == "bf16-mixed"
+    assert ", trained at bf16-mixed" in summarize(tmp_path, metrics)
     state = torch.load(tmp_path / "model" / "member_0.pt", weights_only=True)
     assert all(v.dtype != torch.bfloat16 for v in state.values())  # the student: float32
