@@ -199,6 +199,7 @@ def test_recipe_experiment_wires_model_transform_and_schedule(compose_config):
     assert kwargs["optimizer"].func is torch.optim.SGD
     assert kwargs["scheduler"].func is torch.optim.lr_scheduler.OneCycleLR
     assert kwargs["label_smoothing"] == 0.0
+    assert cfg.replica_precision == "auto"  # the replicas in bf16 where it is native
 
 
 def test_recipe_net_is_recorded_as_json_for_the_kept_model(compose_config):
