@@ -213,8 +213,9 @@ def replica_precision(cfg: DictConfig, net: torch.nn.Module | None = None) -> st
     kept (``kept=student``; they then only reach a verdict, and the student trains at
     ``trainer.precision``). ``auto``: ``bf16-mixed`` for a convolutional ``net`` (the
     replicas' architecture) where the machine runs bfloat16 natively
-    (:func:`bf16_is_native`; on this project's CPU a ResNet-8 or SmallCNN step ran 2x
-    faster, an MLP's 1.4x slower, a bag of words' no faster), else as ``trainer.precision``;
+    (:func:`bf16_is_native`; on this project's CPU a ResNet-8 or SmallCNN step on 32x32
+    images ran about 2x faster, an MLP's 1.4x slower, TextBoW's and AudioCNN's no faster:
+    ``scripts/results/bench_bf16_step.md``), else as ``trainer.precision``;
     ``None``: as ``trainer.precision`` (also with ``kept=ensemble``, where the replicas are
     the kept model, or when ``trainer.precision`` is set)."""
     value = cfg.get("replica_precision")
