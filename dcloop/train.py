@@ -622,7 +622,7 @@ def in_fold_probs(cfg: DictConfig, run: Run) -> torch.Tensor:
     device = next(model.parameters()).device
     folds = model.samples.folds.cpu()
     out = torch.zeros(len(folds), dm.num_classes)
-    with torch.no_grad(), predict_context(getattr(run, "trainer", None)):  # replicas' precision
+    with torch.no_grad(), predict_context(run.trainer):  # the replicas' precision
         nets = [net.to(device) for net in nets]
         for x, _, index in dm.oof_dataloader():
             index = index.cpu()

@@ -385,7 +385,7 @@ def test_in_fold_probs_average_only_the_replicas_that_trained_on_each_sample(mon
     dm = SimpleNamespace(num_classes=k, oof_dataloader=lambda: loader)
     monkeypatch.setattr(tr, "replica_nets", lambda m, f: [Const(c) for c in range(k)])
     monkeypatch.setattr(tr, "_net", lambda cfg, dm, replica=False: None)
-    out = tr.in_fold_probs(None, SimpleNamespace(model=model, dm=dm))
+    out = tr.in_fold_probs(None, SimpleNamespace(model=model, dm=dm, trainer=None))
     for i in range(n):
         want = torch.full((k,), 0.5)
         want[folds[i]] = 0.0
